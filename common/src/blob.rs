@@ -1,0 +1,131 @@
+//! The object store behind segments, continuity frames and final videos: one small trait,
+//! a local-directory backend for the embedded farm (S3 joins it later), and one conformance
+//! suite every backend must pass.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::Error;
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Writes the whole object; readers never see a partial one.
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), Error>;
+    /// `Error::NotFound` when the key does not exist.
+    async fn get(&self, key: &str) -> Result<Bytes, Error>;
+    async fn exists(&self, key: &str) -> Result<bool, Error>;
+    /// Where the objects live, for logs and errors (`local:/path`, `s3://bucket`).
+    fn describe(&self) -> String;
+}
+
+/// Keys are relative, `/`-separated, and never climb out of the store.
+pub fn check_key(key: &str) -> Result<(), Error> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.contains('\\')
+        || key.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+    if bad {
+        return Err(Error::InvalidArgument(format!("object key {key:?} must be a relative path without empty, '.' or '..' parts")));
+    }
+    Ok(())
+}
+
+/// Objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct LocalBlobStore {
+    root: PathBuf,
+}
+
+impl LocalBlobStore {
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, Error> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)
+            .map_err(|error| Error::Unavailable(format!("cannot create object store directory {}: {error}", root.display())))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file behind a key, for callers in the same process that want to copy it out.
+    pub fn path_of(&self, key: &str) -> Result<PathBuf, Error> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), Error> {
+        let path = self.path_of(key)?;
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        let io_error = |error: std::io::Error| Error::Unavailable(format!("writing {}: {error}", path.display()));
+        tokio::fs::create_dir_all(&parent).await.map_err(io_error)?;
+        // Write beside the target, then rename: a reader sees the old object or the new one.
+        let temporary = parent.join(format!(".{}.{}.partial", path.file_name().and_then(|n| n.to_str()).unwrap_or("object"), std::process::id()));
+        tokio::fs::write(&temporary, &bytes).await.map_err(io_error)?;
+        tokio::fs::rename(&temporary, &path).await.map_err(io_error)
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, Error> {
+        let path = self.path_of(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!("object {key} in {}", self.describe()))),
+            Err(error) => Err(Error::Unavailable(format!("reading {}: {error}", path.display()))),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, Error> {
+        let path = self.path_of(key)?;
+        tokio::fs::try_exists(&path).await.map_err(|error| Error::Unavailable(format!("checking {}: {error}", path.display())))
+    }
+
+    fn describe(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+}
+
+/// The behaviour every backend must show; run by each backend's tests.
+pub mod conformance {
+    use super::*;
+
+    pub async fn run(store: &dyn BlobStore) {
+        let key = "conformance/a/object.bin";
+        assert!(!store.exists(key).await.unwrap(), "fresh key must not exist");
+        assert!(matches!(store.get(key).await, Err(Error::NotFound(_))), "missing key must be NotFound");
+
+        store.put(key, Bytes::from_static(b"first")).await.unwrap();
+        assert!(store.exists(key).await.unwrap());
+        assert_eq!(store.get(key).await.unwrap(), Bytes::from_static(b"first"));
+
+        store.put(key, Bytes::from_static(b"second, longer")).await.unwrap();
+        assert_eq!(store.get(key).await.unwrap(), Bytes::from_static(b"second, longer"), "put must replace");
+
+        let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        store.put("conformance/large.bin", Bytes::from(large.clone())).await.unwrap();
+        assert_eq!(store.get("conformance/large.bin").await.unwrap().as_ref(), large.as_slice());
+
+        store.put("conformance/empty", Bytes::new()).await.unwrap();
+        assert_eq!(store.get("conformance/empty").await.unwrap().len(), 0);
+
+        for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
+            assert!(matches!(store.put(bad, Bytes::new()).await, Err(Error::InvalidArgument(_))), "key {bad:?} must be refused");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_store_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(dir.path()).unwrap();
+        conformance::run(&store).await;
+    }
+}

@@ -1,0 +1,39 @@
+//! Object-store key layout: deterministic per sequence and segment, so a retried task
+//! overwrites its own earlier attempt instead of leaving a second copy.
+//!
+//! ```text
+//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.mp4       segment video
+//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.json      sidecar (frames, timings, Lab stats)
+//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.last.png  last frame, for continuity
+//! sequences/<sequence>/refs/shot-<shot:03>.png                    user reference image
+//! sequences/<sequence>/final.mp4                                  stitched video
+//! sequences/<sequence>/report.json                                stitch report
+//! ```
+
+pub fn segment_prefix(sequence_id: &str, shot_index: u32, segment_index: u32) -> String {
+    format!("sequences/{sequence_id}/segments/s{shot_index:03}-{segment_index:02}")
+}
+
+pub fn segment_video(prefix: &str) -> String {
+    format!("{prefix}.mp4")
+}
+
+pub fn segment_sidecar(prefix: &str) -> String {
+    format!("{prefix}.json")
+}
+
+pub fn segment_last_frame(prefix: &str) -> String {
+    format!("{prefix}.last.png")
+}
+
+pub fn reference_image(sequence_id: &str, shot_index: u32) -> String {
+    format!("sequences/{sequence_id}/refs/shot-{shot_index:03}.png")
+}
+
+pub fn final_video(sequence_id: &str) -> String {
+    format!("sequences/{sequence_id}/final.mp4")
+}
+
+pub fn final_report(sequence_id: &str) -> String {
+    format!("sequences/{sequence_id}/report.json")
+}

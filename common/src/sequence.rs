@@ -1,0 +1,196 @@
+//! The validated sequence: plain domain types that the planner, the scheduler and the CLI
+//! share once the spec has passed validation (see `spec`).
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resolution {
+    P480,
+    P720,
+    P1080,
+}
+
+impl Resolution {
+    pub const ALL: [Resolution; 3] = [Resolution::P480, Resolution::P720, Resolution::P1080];
+
+    pub fn short_side(self) -> u32 {
+        match self {
+            Resolution::P480 => 480,
+            Resolution::P720 => 720,
+            Resolution::P1080 => 1080,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::P480 => "480p",
+            Resolution::P720 => "720p",
+            Resolution::P1080 => "1080p",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Aspect {
+    Wide16x9,
+    Tall9x16,
+    Scope239,
+    Flat185,
+    Classic4x3,
+    Square,
+}
+
+impl Aspect {
+    pub const ALL: [Aspect; 6] =
+        [Aspect::Wide16x9, Aspect::Tall9x16, Aspect::Scope239, Aspect::Flat185, Aspect::Classic4x3, Aspect::Square];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Aspect::Wide16x9 => "16:9",
+            Aspect::Tall9x16 => "9:16",
+            Aspect::Scope239 => "2.39:1",
+            Aspect::Flat185 => "1.85:1",
+            Aspect::Classic4x3 => "4:3",
+            Aspect::Square => "1:1",
+        }
+    }
+
+    /// Long side over short side, and whether the picture is taller than wide.
+    fn long_over_short(self) -> (f64, bool) {
+        match self {
+            Aspect::Wide16x9 => (16.0 / 9.0, false),
+            Aspect::Tall9x16 => (16.0 / 9.0, true),
+            Aspect::Scope239 => (2.39, false),
+            Aspect::Flat185 => (1.85, false),
+            Aspect::Classic4x3 => (4.0 / 3.0, false),
+            Aspect::Square => (1.0, false),
+        }
+    }
+}
+
+/// Frame size: the short side is the resolution's number and the long side is
+/// `round(short * ratio / 16) * 16`, so encoders get macroblock-aligned widths.
+pub fn frame_size(resolution: Resolution, aspect: Aspect) -> (u32, u32) {
+    let short = resolution.short_side();
+    let (ratio, portrait) = aspect.long_over_short();
+    let long = ((f64::from(short) * ratio / 16.0).round() as u32) * 16;
+    if portrait { (short, long) } else { (long, short) }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Draft,
+    Final,
+}
+
+impl Pass {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass::Draft => "draft",
+            Pass::Final => "final",
+        }
+    }
+}
+
+/// How a shot starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transition {
+    Cut,
+    Continue,
+    Crossfade,
+}
+
+impl Transition {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transition::Cut => "cut",
+            Transition::Continue => "continue",
+            Transition::Crossfade => "crossfade",
+        }
+    }
+}
+
+/// A first-frame image the user supplied, carried as PNG bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub name: String,
+    pub png: Vec<u8>,
+}
+
+impl fmt::Debug for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reference({}, {} bytes)", self.name, self.png.len())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shot {
+    pub prompt: String,
+    pub duration_seconds: f64,
+    pub transition: Transition,
+    /// Dissolve length; set only for `Transition::Crossfade`.
+    pub crossfade_seconds: Option<f64>,
+    pub seed: Option<u64>,
+    pub negative: Option<String>,
+    pub reference: Option<Reference>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    pub title: Option<String>,
+    pub model: String,
+    pub resolution: Resolution,
+    pub aspect: Aspect,
+    pub fps: u32,
+    pub seed: u64,
+    pub pass: Pass,
+    pub style: Option<String>,
+    pub negative: Option<String>,
+    pub steps: Option<u32>,
+    pub shots: Vec<Shot>,
+}
+
+impl Sequence {
+    pub fn frame_size(&self) -> (u32, u32) {
+        frame_size(self.resolution, self.aspect)
+    }
+
+    pub fn total_duration_seconds(&self) -> f64 {
+        self.shots.iter().map(|shot| shot.duration_seconds).sum()
+    }
+
+    /// Frames of the whole timeline: `round(fps * total duration)`.
+    pub fn total_frames(&self) -> u64 {
+        (self.total_duration_seconds() * f64::from(self.fps)).round() as u64
+    }
+
+    pub fn display_title(&self) -> String {
+        self.title.clone().unwrap_or_else(|| format!("{} shots", self.shots.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes_follow_the_documented_rule() {
+        assert_eq!(frame_size(Resolution::P480, Aspect::Wide16x9), (848, 480));
+        assert_eq!(frame_size(Resolution::P480, Aspect::Tall9x16), (480, 848));
+        assert_eq!(frame_size(Resolution::P1080, Aspect::Wide16x9), (1920, 1080));
+        assert_eq!(frame_size(Resolution::P720, Aspect::Wide16x9), (1280, 720));
+        assert_eq!(frame_size(Resolution::P480, Aspect::Square), (480, 480));
+        assert_eq!(frame_size(Resolution::P480, Aspect::Classic4x3), (640, 480));
+        assert_eq!(frame_size(Resolution::P480, Aspect::Scope239), (1152, 480));
+    }
+
+    #[test]
+    fn every_frame_size_is_even() {
+        for resolution in Resolution::ALL {
+            for aspect in Aspect::ALL {
+                let (width, height) = frame_size(resolution, aspect);
+                assert!(width % 2 == 0 && height % 2 == 0, "{width}x{height}");
+            }
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The sequence spec people write (YAML or JSON) and the API message that mirrors it: both
+//! become one raw form, validated once into a `Sequence`, with every error naming the field
+//! path and the reason (`shots[2].duration: must be between 1 and 600 seconds, got 0`).
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::models;
+use crate::pb;
+use crate::sequence::{Aspect, Pass, Reference, Resolution, Sequence, Shot, Transition};
+
+pub const MAX_SHOTS: usize = 500;
+pub const MAX_TOTAL_SECONDS: f64 = 3600.0;
+pub const MAX_PROMPT_CHARS: usize = 2000;
+pub const SHOT_SECONDS: (f64, f64) = (1.0, 600.0);
+pub const FPS_RANGE: (u32, u32) = (8, 60);
+pub const STEPS_RANGE: (u32, u32) = (1, 200);
+pub const DEFAULT_CROSSFADE_SECONDS: f64 = 0.5;
+const MAX_REFERENCE_SIDE: u32 = 8192;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// Everything wrong with a spec, so a person fixes it in one go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub errors: Vec<FieldError>,
+}
+
+impl SpecError {
+    fn single(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        SpecError { errors: vec![FieldError { path: path.into(), reason: reason.into() }] }
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
+        write!(f, "{}", lines.join("; "))
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl From<SpecError> for crate::Error {
+    fn from(error: SpecError) -> Self {
+        crate::Error::InvalidArgument(error.to_string())
+    }
+}
+
+/// A value people may write as a number or a word (`25`, `25.5`, `"25s"`, `480p`, `"16:9"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Integer(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Integer(value) => write!(f, "{value}"),
+            Scalar::Float(value) => write!(f, "{value}"),
+            Scalar::Text(value) => write!(f, "{value}"),
+        }
+    }
+}
+
+/// The spec exactly as written, before validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecDoc {
+    pub title: Option<String>,
+    pub model: Option<String>,
+    pub resolution: Option<Scalar>,
+    pub aspect: Option<Scalar>,
+    pub fps: Option<Scalar>,
+    pub seed: Option<u64>,
+    pub pass: Option<String>,
+    pub style: Option<String>,
+    pub negative: Option<String>,
+    pub steps: Option<Scalar>,
+    pub shots: Option<Vec<ShotDoc>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShotDoc {
+    pub prompt: Option<String>,
+    pub duration: Option<Scalar>,
+    pub transition: Option<String>,
+    pub crossfade: Option<Scalar>,
+    pub seed: Option<u64>,
+    pub negative: Option<String>,
+    /// A path relative to the spec file.
+    pub reference: Option<String>,
+    /// The image itself, when it came over the API instead of from a file.
+    #[serde(skip)]
+    pub inline_reference: Option<Reference>,
+}
+
+/// Parses YAML (a superset of JSON, so `.json` specs parse too) into the raw form.
+pub fn parse_spec_text(text: &str) -> Result<SpecDoc, SpecError> {
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let path = if path == "." || path.is_empty() { "spec".to_string() } else { path };
+        SpecError::single(path, error.inner().to_string())
+    })
+}
+
+/// Reads, parses and validates a spec file; reference images resolve relative to it.
+pub fn load_spec_file(path: &Path) -> Result<Sequence, SpecError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| SpecError::single("spec", format!("cannot read {}: {error}", path.display())))?;
+    let doc = parse_spec_text(&text)?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    validate(doc, &|name| {
+        let resolved = base.join(name);
+        std::fs::read(&resolved).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => format!("file not found: {name} (looked for {})", resolved.display()),
+            _ => format!("cannot read {}: {error}", resolved.display()),
+        })
+    })
+}
+
+/// Validates the raw spec. `read_reference` turns a reference path into its bytes.
+pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, String>) -> Result<Sequence, SpecError> {
+    let mut errors = Vec::new();
+    let mut fail = |path: String, reason: String| errors.push(FieldError { path, reason });
+
+    let model = doc.model.clone().unwrap_or_else(|| models::DEFAULT_MODEL.to_string());
+    if models::find_model(&model).is_none() {
+        fail("model".into(), format!("unknown model {model:?}; available: {}", models::known_model_ids().join(", ")));
+    }
+    let resolution = match &doc.resolution {
+        None => Resolution::P480,
+        Some(value) => {
+            let word = value.to_string().to_lowercase();
+            let word = if word.ends_with('p') { word } else { format!("{word}p") };
+            Resolution::ALL.into_iter().find(|r| r.name() == word).unwrap_or_else(|| {
+                fail("resolution".into(), format!("must be one of 480p, 720p, 1080p, got {value}"));
+                Resolution::P480
+            })
+        }
+    };
+    let aspect = match &doc.aspect {
+        None => Aspect::Wide16x9,
+        Some(value) => {
+            let word = value.to_string().replace(' ', "");
+            Aspect::ALL.into_iter().find(|a| a.name() == word).unwrap_or_else(|| {
+                let names: Vec<&str> = Aspect::ALL.iter().map(|a| a.name()).collect();
+                fail("aspect".into(), format!("must be one of {}, got {value}", names.join(", ")));
+                Aspect::Wide16x9
+            })
+        }
+    };
+    let fps = match &doc.fps {
+        None => 24,
+        Some(value) => match whole_number(value) {
+            Some(fps) if (i64::from(FPS_RANGE.0)..=i64::from(FPS_RANGE.1)).contains(&fps) => fps as u32,
+            _ => {
+                fail("fps".into(), format!("must be a whole number between {} and {}, got {value}", FPS_RANGE.0, FPS_RANGE.1));
+                24
+            }
+        },
+    };
+    let pass = match doc.pass.as_deref().map(str::to_lowercase).as_deref() {
+        None | Some("draft") => Pass::Draft,
+        Some("final") => Pass::Final,
+        Some(other) => {
+            fail("pass".into(), format!("must be draft or final, got {other}"));
+            Pass::Draft
+        }
+    };
+    let steps = match &doc.steps {
+        None => None,
+        Some(value) => match whole_number(value) {
+            Some(steps) if (i64::from(STEPS_RANGE.0)..=i64::from(STEPS_RANGE.1)).contains(&steps) => Some(steps as u32),
+            _ => {
+                fail("steps".into(), format!("must be a whole number between {} and {}, got {value}", STEPS_RANGE.0, STEPS_RANGE.1));
+                None
+            }
+        },
+    };
+    check_text(&mut fail, "title", doc.title.as_deref(), 200);
+    check_text(&mut fail, "style", doc.style.as_deref(), MAX_PROMPT_CHARS);
+    check_text(&mut fail, "negative", doc.negative.as_deref(), MAX_PROMPT_CHARS);
+
+    let shot_docs = doc.shots.unwrap_or_default();
+    if shot_docs.is_empty() {
+        fail("shots".into(), "must list at least one shot".into());
+    } else if shot_docs.len() > MAX_SHOTS {
+        fail("shots".into(), format!("must list at most {MAX_SHOTS} shots, got {}", shot_docs.len()));
+    }
+
+    let mut shots = Vec::with_capacity(shot_docs.len());
+    for (index, shot) in shot_docs.into_iter().enumerate() {
+        let at = |field: &str| format!("shots[{index}].{field}");
+        let prompt = match shot.prompt {
+            None => {
+                fail(at("prompt"), "required: describe what the shot shows".into());
+                String::new()
+            }
+            Some(prompt) => {
+                let chars = prompt.chars().count();
+                if prompt.trim().is_empty() {
+                    fail(at("prompt"), "must not be empty".into());
+                } else if chars > MAX_PROMPT_CHARS {
+                    fail(at("prompt"), format!("must be at most {MAX_PROMPT_CHARS} characters, got {chars}"));
+                }
+                prompt.trim().to_string()
+            }
+        };
+        let duration_seconds = match &shot.duration {
+            None => {
+                fail(at("duration"), "required: seconds, e.g. 12 or \"12s\"".into());
+                SHOT_SECONDS.0
+            }
+            Some(value) => match seconds(value) {
+                Some(seconds) if (SHOT_SECONDS.0..=SHOT_SECONDS.1).contains(&seconds) => seconds,
+                Some(_) => {
+                    fail(at("duration"), format!("must be between 1 and 600 seconds, got {value}"));
+                    SHOT_SECONDS.0
+                }
+                None => {
+                    fail(at("duration"), format!("must be a number of seconds like 12 or \"12s\", got {value:?}"));
+                    SHOT_SECONDS.0
+                }
+            },
+        };
+        let transition = match shot.transition.as_deref().map(str::to_lowercase).as_deref() {
+            None | Some("cut") => Transition::Cut,
+            Some("continue") => Transition::Continue,
+            Some("crossfade") => Transition::Crossfade,
+            Some(other) => {
+                fail(at("transition"), format!("must be cut, continue or crossfade, got {other}"));
+                Transition::Cut
+            }
+        };
+        if index == 0 && transition != Transition::Cut {
+            fail(at("transition"), format!("the first shot has nothing before it to {}; use cut", transition.name()));
+        }
+        let crossfade_seconds = match (&shot.crossfade, transition) {
+            (Some(_), kind) if kind != Transition::Crossfade => {
+                fail(at("crossfade"), format!("only allowed with transition: crossfade (this shot's transition is {})", kind.name()));
+                None
+            }
+            (None, Transition::Crossfade) => Some(DEFAULT_CROSSFADE_SECONDS),
+            (Some(value), _) => match seconds(value) {
+                Some(seconds) if seconds > 0.0 => Some(seconds),
+                _ => {
+                    fail(at("crossfade"), format!("must be a positive number of seconds, got {value}"));
+                    None
+                }
+            },
+            (None, _) => None,
+        };
+        check_text(&mut fail, &at("negative"), shot.negative.as_deref(), MAX_PROMPT_CHARS);
+        let reference = match (shot.inline_reference, shot.reference) {
+            (Some(inline), _) => Some(inline),
+            (None, Some(name)) => match read_reference(&name) {
+                Ok(png) => Some(Reference { name, png }),
+                Err(reason) => {
+                    fail(at("reference"), reason);
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if reference.is_some() && transition == Transition::Continue {
+            fail(at("reference"), "a continuing shot starts from the previous shot's last frame; remove reference or use transition: cut".into());
+        }
+        if let Some(reference) = &reference
+            && let Err(reason) = check_png(&reference.png)
+        {
+            fail(at("reference"), format!("{} is not a usable PNG image: {reason}", reference.name));
+        }
+        shots.push(Shot {
+            prompt,
+            duration_seconds,
+            transition,
+            crossfade_seconds,
+            seed: shot.seed,
+            negative: shot.negative,
+            reference,
+        });
+    }
+
+    for index in 1..shots.len() {
+        let Some(crossfade) = shots[index].crossfade_seconds else { continue };
+        let (previous, this) = (shots[index - 1].duration_seconds, shots[index].duration_seconds);
+        if crossfade > previous.min(this) {
+            let which = if previous <= this { "the previous shot" } else { "this shot" };
+            fail(
+                format!("shots[{index}].crossfade"),
+                format!("{crossfade} s is longer than {which} ({} s); a dissolve must fit in both shots", previous.min(this)),
+            );
+        } else if (crossfade * f64::from(fps)).round() < 1.0 {
+            fail(format!("shots[{index}].crossfade"), format!("{crossfade} s is shorter than one frame at {fps} fps"));
+        }
+    }
+    let total: f64 = shots.iter().map(|shot| shot.duration_seconds).sum();
+    if total > MAX_TOTAL_SECONDS {
+        fail("shots".into(), format!("total duration {total} s exceeds the limit of {MAX_TOTAL_SECONDS} s (1 hour)"));
+    }
+
+    if !errors.is_empty() {
+        return Err(SpecError { errors });
+    }
+    Ok(Sequence {
+        title: doc.title.filter(|title| !title.trim().is_empty()),
+        model,
+        resolution,
+        aspect,
+        fps,
+        seed: doc.seed.unwrap_or(0),
+        pass,
+        style: doc.style.filter(|style| !style.trim().is_empty()),
+        negative: doc.negative.filter(|negative| !negative.trim().is_empty()),
+        steps,
+        shots,
+    })
+}
+
+fn check_text(fail: &mut impl FnMut(String, String), path: &str, text: Option<&str>, max_chars: usize) {
+    if let Some(text) = text {
+        let chars = text.chars().count();
+        if chars > max_chars {
+            fail(path.to_string(), format!("must be at most {max_chars} characters, got {chars}"));
+        }
+    }
+}
+
+fn whole_number(value: &Scalar) -> Option<i64> {
+    match value {
+        Scalar::Integer(number) => Some(*number),
+        Scalar::Float(number) if number.fract() == 0.0 => Some(*number as i64),
+        Scalar::Text(text) => text.trim().parse().ok(),
+        Scalar::Float(_) => None,
+    }
+}
+
+/// `25`, `2.5`, `"25s"`, `"25 s"` → seconds.
+fn seconds(value: &Scalar) -> Option<f64> {
+    let seconds = match value {
+        Scalar::Integer(number) => *number as f64,
+        Scalar::Float(number) => *number,
+        Scalar::Text(text) => text.trim().trim_end_matches('s').trim().parse().ok()?,
+    };
+    seconds.is_finite().then_some(seconds)
+}
+
+fn check_png(bytes: &[u8]) -> Result<(), String> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().map_err(|error| error.to_string())?;
+    let info = reader.info();
+    if info.width == 0 || info.height == 0 || info.width > MAX_REFERENCE_SIDE || info.height > MAX_REFERENCE_SIDE {
+        return Err(format!("size {}x{} is outside 1..{MAX_REFERENCE_SIDE}", info.width, info.height));
+    }
+    Ok(())
+}
+
+/// The API message goes through the same validation as a spec file.
+pub fn sequence_from_pb(spec: pb::SequenceSpec) -> Result<Sequence, SpecError> {
+    let shots = spec
+        .shots
+        .into_iter()
+        .map(|shot| ShotDoc {
+            prompt: Some(shot.prompt),
+            duration: Some(Scalar::Float(shot.duration_seconds)),
+            transition: shot.transition,
+            crossfade: shot.crossfade_seconds.map(Scalar::Float),
+            seed: shot.seed,
+            negative: shot.negative,
+            reference: None,
+            inline_reference: shot.reference_png.map(|png| Reference {
+                name: shot.reference_name.unwrap_or_else(|| "reference.png".to_string()),
+                png,
+            }),
+        })
+        .collect();
+    let doc = SpecDoc {
+        title: spec.title,
+        model: spec.model,
+        resolution: spec.resolution.map(Scalar::Text),
+        aspect: spec.aspect.map(Scalar::Text),
+        fps: spec.fps.map(|fps| Scalar::Integer(i64::from(fps))),
+        seed: spec.seed,
+        pass: spec.pass,
+        style: spec.style,
+        negative: spec.negative,
+        steps: spec.steps.map(|steps| Scalar::Integer(i64::from(steps))),
+        shots: Some(shots),
+    };
+    validate(doc, &|_| Err("references travel as image bytes over the API".to_string()))
+}
+
+pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
+    pb::SequenceSpec {
+        title: sequence.title.clone(),
+        model: Some(sequence.model.clone()),
+        resolution: Some(sequence.resolution.name().to_string()),
+        aspect: Some(sequence.aspect.name().to_string()),
+        fps: Some(sequence.fps),
+        seed: Some(sequence.seed),
+        pass: Some(sequence.pass.name().to_string()),
+        style: sequence.style.clone(),
+        negative: sequence.negative.clone(),
+        steps: sequence.steps,
+        shots: sequence
+            .shots
+            .iter()
+            .map(|shot| pb::ShotSpec {
+                prompt: shot.prompt.clone(),
+                duration_seconds: shot.duration_seconds,
+                transition: Some(shot.transition.name().to_string()),
+                crossfade_seconds: shot.crossfade_seconds,
+                seed: shot.seed,
+                negative: shot.negative.clone(),
+                reference_png: shot.reference.as_ref().map(|reference| reference.png.clone()),
+                reference_name: shot.reference.as_ref().map(|reference| reference.name.clone()),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+#[path = "spec_tests.rs"]
+mod tests;

@@ -1,0 +1,191 @@
+//! Spec validation: every bad input named in the spec reference, and the happy paths.
+
+use super::*;
+
+fn no_files(name: &str) -> Result<Vec<u8>, String> {
+    Err(format!("file not found: {name}"))
+}
+
+fn check(yaml: &str) -> Result<Sequence, SpecError> {
+    validate(parse_spec_text(yaml)?, &no_files)
+}
+
+fn error_of(yaml: &str) -> String {
+    check(yaml).expect_err("spec should be rejected").to_string()
+}
+
+const GOOD: &str = r#"
+title: Coastline at dawn
+resolution: 480p
+aspect: "16:9"
+fps: 24
+seed: 42
+style: "35mm film"
+shots:
+  - prompt: "Aerial drone shot over a pine valley at dawn, fog"
+    duration: 25
+  - prompt: "The fog lifts"
+    duration: "12s"
+    transition: continue
+  - prompt: "A lighthouse at dusk"
+    duration: 10.5
+    transition: crossfade
+    crossfade: 1
+"#;
+
+#[test]
+fn a_good_spec_validates_with_defaults() {
+    let sequence = check(GOOD).unwrap();
+    assert_eq!(sequence.frame_size(), (848, 480));
+    assert_eq!(sequence.model, "reelfarm-tiny");
+    assert_eq!(sequence.pass, Pass::Draft);
+    assert_eq!(sequence.shots[1].duration_seconds, 12.0);
+    assert_eq!(sequence.shots[1].transition, Transition::Continue);
+    assert_eq!(sequence.shots[2].crossfade_seconds, Some(1.0));
+    assert_eq!(sequence.total_frames(), (47.5f64 * 24.0).round() as u64);
+}
+
+#[test]
+fn json_specs_parse_too() {
+    let json = r#"{"shots": [{"prompt": "a desert at noon", "duration": 5}], "aspect": "9:16"}"#;
+    assert_eq!(check(json).unwrap().frame_size(), (480, 848));
+}
+
+#[test]
+fn crossfade_defaults_to_half_a_second() {
+    let yaml = "shots:\n  - {prompt: a, duration: 5}\n  - {prompt: b, duration: 5, transition: crossfade}\n";
+    assert_eq!(check(yaml).unwrap().shots[1].crossfade_seconds, Some(0.5));
+}
+
+#[test]
+fn missing_prompt_is_named() {
+    assert_eq!(error_of("shots:\n  - duration: 5\n"), "shots[0].prompt: required: describe what the shot shows");
+}
+
+#[test]
+fn duration_out_of_range_is_named_with_the_value() {
+    let yaml = "shots:\n  - {prompt: a, duration: 5}\n  - {prompt: b, duration: 5}\n  - {prompt: c, duration: 0}\n";
+    assert_eq!(error_of(yaml), "shots[2].duration: must be between 1 and 600 seconds, got 0");
+    assert_eq!(error_of("shots:\n  - {prompt: a, duration: 601}\n"), "shots[0].duration: must be between 1 and 600 seconds, got 601");
+    assert!(error_of("shots:\n  - {prompt: a, duration: soon}\n").starts_with("shots[0].duration: must be a number of seconds"));
+}
+
+#[test]
+fn fps_resolution_and_aspect_outside_the_vocabulary_are_rejected() {
+    let shots = "shots:\n  - {prompt: a, duration: 5}\n";
+    assert_eq!(error_of(&format!("fps: 7\n{shots}")), "fps: must be a whole number between 8 and 60, got 7");
+    assert_eq!(error_of(&format!("resolution: 4k\n{shots}")), "resolution: must be one of 480p, 720p, 1080p, got 4k");
+    assert_eq!(
+        error_of(&format!("aspect: \"5:4\"\n{shots}")),
+        "aspect: must be one of 16:9, 9:16, 2.39:1, 1.85:1, 4:3, 1:1, got 5:4"
+    );
+}
+
+#[test]
+fn crossfade_longer_than_a_neighbour_is_rejected() {
+    let yaml = "shots:\n  - {prompt: a, duration: 2}\n  - {prompt: b, duration: 10, transition: crossfade, crossfade: 3}\n";
+    assert_eq!(
+        error_of(yaml),
+        "shots[1].crossfade: 3 s is longer than the previous shot (2 s); a dissolve must fit in both shots"
+    );
+    let yaml = "shots:\n  - {prompt: a, duration: 10}\n  - {prompt: b, duration: 2, transition: crossfade, crossfade: 3}\n";
+    assert!(error_of(yaml).contains("longer than this shot (2 s)"));
+}
+
+#[test]
+fn crossfade_without_crossfade_transition_is_rejected() {
+    let yaml = "shots:\n  - {prompt: a, duration: 5}\n  - {prompt: b, duration: 5, crossfade: 1}\n";
+    assert!(error_of(yaml).starts_with("shots[1].crossfade: only allowed with transition: crossfade"));
+}
+
+#[test]
+fn first_shot_cannot_continue() {
+    let yaml = "shots:\n  - {prompt: a, duration: 5, transition: continue}\n";
+    assert!(error_of(yaml).starts_with("shots[0].transition: the first shot has nothing before it"));
+}
+
+#[test]
+fn missing_reference_file_is_named() {
+    let yaml = "shots:\n  - {prompt: a, duration: 5, reference: frames/start.png}\n";
+    assert_eq!(error_of(yaml), "shots[0].reference: file not found: frames/start.png");
+}
+
+#[test]
+fn a_reference_that_is_not_a_png_is_rejected() {
+    let doc = parse_spec_text("shots:\n  - {prompt: a, duration: 5, reference: x.png}\n").unwrap();
+    let error = validate(doc, &|_| Ok(b"GIF89a not a png".to_vec())).unwrap_err().to_string();
+    assert!(error.starts_with("shots[0].reference: x.png is not a usable PNG image"), "{error}");
+}
+
+#[test]
+fn malformed_yaml_is_reported_with_its_position() {
+    let error = error_of("shots: [\n  - prompt: a\n");
+    assert!(error.contains("at line 2 column 3"), "{error}");
+    let error = error_of("title: [unclosed\n");
+    assert!(error.contains("line"), "{error}");
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_path() {
+    let error = error_of("shots:\n  - {prompt: a, duration: 5, colour: red}\n");
+    assert!(error.starts_with("shots[0]"), "{error}");
+    assert!(error.contains("unknown field `colour`"), "{error}");
+    let error = error_of("framerate: 24\nshots:\n  - {prompt: a, duration: 5}\n");
+    assert!(error.contains("unknown field `framerate`"), "{error}");
+}
+
+#[test]
+fn limits_on_shot_count_total_length_and_prompt_length() {
+    let many: String = (0..501).map(|_| "  - {prompt: a, duration: 1}\n").collect();
+    assert!(error_of(&format!("shots:\n{many}")).contains("shots: must list at most 500 shots, got 501"));
+    let long: String = (0..7).map(|_| "  - {prompt: a, duration: 600}\n").collect();
+    assert!(error_of(&format!("shots:\n{long}")).contains("exceeds the limit of 3600 s"));
+    let prompt = "x".repeat(2001);
+    assert_eq!(
+        error_of(&format!("shots:\n  - {{prompt: {prompt}, duration: 5}}\n")),
+        "shots[0].prompt: must be at most 2000 characters, got 2001"
+    );
+    assert_eq!(error_of("shots: []\n"), "shots: must list at least one shot");
+}
+
+#[test]
+fn several_errors_are_reported_together() {
+    let spec_error = check("fps: 7\nshots:\n  - {duration: 0}\n").unwrap_err();
+    let paths: Vec<&str> = spec_error.errors.iter().map(|error| error.path.as_str()).collect();
+    assert_eq!(paths, ["fps", "shots[0].prompt", "shots[0].duration"]);
+}
+
+#[test]
+fn the_api_message_round_trips_and_is_validated_the_same_way() {
+    let sequence = check(GOOD).unwrap();
+    let back = sequence_from_pb(sequence_to_pb(&sequence)).unwrap();
+    assert_eq!(back, sequence);
+
+    let mut bad = sequence_to_pb(&sequence);
+    bad.shots[2].duration_seconds = 0.0;
+    bad.fps = Some(7);
+    let error = sequence_from_pb(bad).unwrap_err().to_string();
+    assert_eq!(error, "fps: must be a whole number between 8 and 60, got 7; shots[2].duration: must be between 1 and 600 seconds, got 0");
+}
+
+#[test]
+fn spec_files_resolve_references_next_to_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut png_bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png_bytes, 2, 2);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&[0u8; 12]).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("frames")).unwrap();
+    std::fs::write(dir.path().join("frames/start.png"), &png_bytes).unwrap();
+    let spec_path = dir.path().join("seq.yaml");
+    std::fs::write(&spec_path, "shots:\n  - {prompt: a, duration: 5, reference: frames/start.png}\n").unwrap();
+    let sequence = load_spec_file(&spec_path).unwrap();
+    assert_eq!(sequence.shots[0].reference.as_ref().unwrap().png, png_bytes);
+
+    let missing = load_spec_file(&dir.path().join("nope.yaml")).unwrap_err().to_string();
+    assert!(missing.starts_with("spec: cannot read"), "{missing}");
+}

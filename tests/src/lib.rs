@@ -1,0 +1,1 @@
+//! Integration-test harness: starts farms on loopback and checks videos with ffprobe.
