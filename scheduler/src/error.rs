@@ -1,0 +1,48 @@
+//! The scheduler's error cases, mapped once to gRPC status codes.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A report that does not match the current assignment (a fenced-off worker).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<reelfarm_common::Error> for Error {
+    fn from(error: reelfarm_common::Error) -> Self {
+        use reelfarm_common::Error as Common;
+        match error {
+            Common::InvalidArgument(message) => Error::InvalidArgument(message),
+            Common::NotFound(message) => Error::NotFound(message),
+            Common::FailedPrecondition(message) => Error::FailedPrecondition(message),
+            Common::Unavailable(message) => Error::Unavailable(message),
+            Common::Internal(message) => Error::Internal(message),
+        }
+    }
+}
+
+impl From<reelfarm_common::spec::SpecError> for Error {
+    fn from(error: reelfarm_common::spec::SpecError) -> Self {
+        Error::InvalidArgument(error.to_string())
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            Error::NotFound(_) => tonic::Status::not_found(message),
+            Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            Error::Unavailable(_) => tonic::Status::unavailable(message),
+            Error::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The scheduler's state and every transition of it, as a pure state machine: gRPC handlers
+//! call these methods under one lock and carry out the returned `Action`s; nothing here does
+//! I/O or reads the clock (`now` is passed in), so each rule is unit-tested directly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use reelfarm_common::pb;
+use reelfarm_common::sequence::Sequence;
+
+use crate::Error;
+use crate::planner::Plan;
+
+pub type SequenceId = String;
+pub type WorkerId = String;
+
+/// Attempts per task before the sequence fails.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// A stitch holds a few frames and the encoder; it fits any worker.
+pub const STITCH_MEMORY_ESTIMATE_BYTES: u64 = 512 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    /// Waiting for the segment it continues from.
+    Blocked,
+    Ready,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceState {
+    Queued,
+    Rendering,
+    Stitching,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl SequenceState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SequenceState::Succeeded | SequenceState::Failed | SequenceState::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TaskRef {
+    Segment(usize),
+    Stitch,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub state: TaskState,
+    /// Attempts started so far; the current assignment carries this number.
+    pub attempt: u32,
+    pub assignment_id: Option<String>,
+    pub worker: Option<WorkerId>,
+    pub progress_done: u64,
+    pub progress_total: u64,
+    pub error: Option<String>,
+    pub output_key: Option<String>,
+    pub memory_estimate_bytes: u64,
+    pub peak_memory_bytes: u64,
+}
+
+impl TaskRecord {
+    fn new(state: TaskState, memory_estimate_bytes: u64) -> Self {
+        TaskRecord {
+            state,
+            attempt: 0,
+            assignment_id: None,
+            worker: None,
+            progress_done: 0,
+            progress_total: 0,
+            error: None,
+            output_key: None,
+            memory_estimate_bytes,
+            peak_memory_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SequenceRecord {
+    pub id: SequenceId,
+    pub submit_order: u64,
+    pub sequence: Sequence,
+    pub plan: Plan,
+    pub segments: Vec<TaskRecord>,
+    pub stitch: TaskRecord,
+    pub state: SequenceState,
+    pub submitted_unix_s: f64,
+    pub finished_unix_s: Option<f64>,
+    pub error: Option<String>,
+    pub phases: Vec<pb::TimedPhase>,
+}
+
+impl SequenceRecord {
+    pub fn task(&self, task: TaskRef) -> &TaskRecord {
+        match task {
+            TaskRef::Segment(index) => &self.segments[index],
+            TaskRef::Stitch => &self.stitch,
+        }
+    }
+
+    fn task_mut(&mut self, task: TaskRef) -> &mut TaskRecord {
+        match task {
+            TaskRef::Segment(index) => &mut self.segments[index],
+            TaskRef::Stitch => &mut self.stitch,
+        }
+    }
+
+    pub fn task_name(&self, task: TaskRef) -> String {
+        match task {
+            TaskRef::Segment(index) => format!("segment {}", self.plan.segments[index].id),
+            TaskRef::Stitch => "stitch".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceRecord {
+    pub device: pb::Device,
+    pub reserved_bytes: u64,
+    /// One task per device at a time in this version of placement.
+    pub running: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerRecord {
+    pub id: WorkerId,
+    pub name: String,
+    pub models: Vec<String>,
+    pub devices: Vec<DeviceRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AssignmentRecord {
+    pub sequence_id: SequenceId,
+    pub task: TaskRef,
+    pub worker: WorkerId,
+    pub device_slot: usize,
+    pub attempt: u32,
+}
+
+/// Effects for the executor: messages to put on worker command streams.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Assign { worker: WorkerId, assignment: pb::Assignment },
+    Cancel { worker: WorkerId, assignment: pb::AssignmentRef },
+}
+
+/// Why a task attempt ended without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    ModelError,
+    OutOfMemory,
+    StorageError,
+    Cancelled,
+    WorkerLost,
+    InvalidTask,
+}
+
+impl FailureClass {
+    pub fn from_pb(reason: i32) -> Self {
+        match pb::FailureReason::try_from(reason).unwrap_or(pb::FailureReason::Unspecified) {
+            pb::FailureReason::OutOfMemory => FailureClass::OutOfMemory,
+            pb::FailureReason::StorageError => FailureClass::StorageError,
+            pb::FailureReason::Cancelled => FailureClass::Cancelled,
+            pb::FailureReason::WorkerLost => FailureClass::WorkerLost,
+            pb::FailureReason::InvalidTask => FailureClass::InvalidTask,
+            pb::FailureReason::ModelError | pb::FailureReason::Unspecified => FailureClass::ModelError,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailureClass::ModelError => "model error",
+            FailureClass::OutOfMemory => "out of memory",
+            FailureClass::StorageError => "storage error",
+            FailureClass::Cancelled => "cancelled",
+            FailureClass::WorkerLost => "worker lost",
+            FailureClass::InvalidTask => "invalid task",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Farm {
+    pub(crate) sequences: BTreeMap<SequenceId, SequenceRecord>,
+    idempotency_keys: HashMap<String, SequenceId>,
+    pub(crate) workers: BTreeMap<WorkerId, WorkerRecord>,
+    pub(crate) assignments: HashMap<String, AssignmentRecord>,
+    next_submit_order: u64,
+    max_attempts: u32,
+    changed: BTreeSet<SequenceId>,
+}
+
+impl Default for Farm {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_ATTEMPTS)
+    }
+}
+
+impl Farm {
+    pub fn new(max_attempts: u32) -> Self {
+        Farm {
+            sequences: BTreeMap::new(),
+            idempotency_keys: HashMap::new(),
+            workers: BTreeMap::new(),
+            assignments: HashMap::new(),
+            next_submit_order: 0,
+            max_attempts: max_attempts.max(1),
+            changed: BTreeSet::new(),
+        }
+    }
+
+    /// Sequences whose status changed since the last call, for watchers.
+    pub fn take_changed(&mut self) -> BTreeSet<SequenceId> {
+        std::mem::take(&mut self.changed)
+    }
+
+    pub fn sequence(&self, id: &str) -> Result<&SequenceRecord, Error> {
+        self.sequences.get(id).ok_or_else(|| Error::NotFound(format!("sequence {id} not found")))
+    }
+
+    pub fn sequences(&self) -> impl Iterator<Item = &SequenceRecord> {
+        self.sequences.values()
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerRecord> {
+        self.workers.values()
+    }
+
+    pub fn sequence_for_key(&self, idempotency_key: &str) -> Option<&SequenceId> {
+        self.idempotency_keys.get(idempotency_key)
+    }
+
+    /// Adds a planned sequence. With a known idempotency key, returns the earlier sequence
+    /// and `false` instead.
+    pub fn submit(&mut self, id: SequenceId, idempotency_key: Option<String>, sequence: Sequence, plan: Plan, now: f64) -> (SequenceId, bool) {
+        if let Some(existing) = idempotency_key.as_ref().and_then(|key| self.idempotency_keys.get(key)) {
+            return (existing.clone(), false);
+        }
+        let segments = plan
+            .segments
+            .iter()
+            .map(|segment| {
+                let state = if segment.continues_from.is_some() { TaskState::Blocked } else { TaskState::Ready };
+                TaskRecord::new(state, segment.memory_estimate_bytes)
+            })
+            .collect();
+        let record = SequenceRecord {
+            id: id.clone(),
+            submit_order: self.next_submit_order,
+            sequence,
+            plan,
+            segments,
+            stitch: TaskRecord::new(TaskState::Blocked, STITCH_MEMORY_ESTIMATE_BYTES),
+            state: SequenceState::Queued,
+            submitted_unix_s: now,
+            finished_unix_s: None,
+            error: None,
+            phases: Vec::new(),
+        };
+        self.next_submit_order += 1;
+        if let Some(key) = idempotency_key {
+            self.idempotency_keys.insert(key, id.clone());
+        }
+        self.sequences.insert(id.clone(), record);
+        self.changed.insert(id.clone());
+        (id, true)
+    }
+
+    pub fn register_worker(&mut self, id: WorkerId, name: String, devices: Vec<pb::Device>, models: Vec<String>) {
+        let devices = devices.into_iter().map(|device| DeviceRecord { device, reserved_bytes: 0, running: None }).collect();
+        self.workers.insert(id.clone(), WorkerRecord { id, name, models, devices });
+    }
+
+    /// The worker's stream closed: its running tasks go back to ready (attempt + 1 on the
+    /// next assignment) within their retry budget.
+    pub fn worker_lost(&mut self, worker: &str, now: f64) -> Vec<Action> {
+        if self.workers.remove(worker).is_none() {
+            return Vec::new();
+        }
+        let lost: Vec<String> = self.assignments.iter().filter(|(_, a)| a.worker == worker).map(|(id, _)| id.clone()).collect();
+        let mut actions = Vec::new();
+        for assignment_id in lost {
+            if let Some(assignment) = self.assignments.remove(&assignment_id) {
+                actions.extend(self.end_attempt(&assignment, FailureClass::WorkerLost, &format!("worker {worker} disconnected"), now));
+            }
+        }
+        actions
+    }
+
+    /// Checks a report against the current assignment (the fencing token).
+    fn current(&self, reference: &pb::AssignmentRef) -> Result<&AssignmentRecord, Error> {
+        match self.assignments.get(&reference.assignment_id) {
+            Some(assignment) if assignment.attempt == reference.attempt => Ok(assignment),
+            _ => Err(Error::FailedPrecondition(format!(
+                "assignment {} attempt {} is not current; drop its work",
+                reference.assignment_id, reference.attempt
+            ))),
+        }
+    }
+
+    /// Records progress; `Ok(true)` tells the worker to stop (the sequence was cancelled).
+    pub fn report_progress(&mut self, reference: &pb::AssignmentRef, done: u64, total: u64) -> Result<bool, Error> {
+        let assignment = self.current(reference)?.clone();
+        let record = self.sequences.get_mut(&assignment.sequence_id).ok_or_else(|| Error::Internal("assignment of a missing sequence".into()))?;
+        let task = record.task_mut(assignment.task);
+        if task.state != TaskState::Running {
+            return Ok(true);
+        }
+        task.progress_done = done;
+        task.progress_total = total;
+        self.changed.insert(assignment.sequence_id);
+        Ok(false)
+    }
+
+    pub fn complete(&mut self, reference: &pb::AssignmentRef, output_key: String, phases: Vec<pb::TimedPhase>, peak_memory_bytes: u64, now: f64) -> Result<Vec<Action>, Error> {
+        let assignment = self.current(reference)?.clone();
+        self.assignments.remove(&reference.assignment_id);
+        self.free_device(&assignment);
+        let record = self.sequences.get_mut(&assignment.sequence_id).ok_or_else(|| Error::Internal("assignment of a missing sequence".into()))?;
+        self.changed.insert(record.id.clone());
+        if record.task(assignment.task).state != TaskState::Running {
+            // Cancelled while it ran: the result is not wanted.
+            return Ok(Vec::new());
+        }
+        record.phases.extend(phases);
+        let task = record.task_mut(assignment.task);
+        task.state = TaskState::Done;
+        task.output_key = Some(output_key);
+        task.peak_memory_bytes = peak_memory_bytes;
+        task.progress_done = task.progress_total;
+        task.error = None;
+        match assignment.task {
+            TaskRef::Segment(index) => {
+                for (successor, planned) in record.plan.segments.iter().enumerate() {
+                    if planned.continues_from == Some(index) && record.segments[successor].state == TaskState::Blocked {
+                        record.segments[successor].state = TaskState::Ready;
+                    }
+                }
+                if record.segments.iter().all(|segment| segment.state == TaskState::Done) {
+                    record.stitch.state = TaskState::Ready;
+                    record.state = SequenceState::Stitching;
+                }
+            }
+            TaskRef::Stitch => {
+                record.state = SequenceState::Succeeded;
+                record.finished_unix_s = Some(now);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    pub fn fail(&mut self, reference: &pb::AssignmentRef, class: FailureClass, message: &str, now: f64) -> Result<Vec<Action>, Error> {
+        let assignment = self.current(reference)?.clone();
+        self.assignments.remove(&reference.assignment_id);
+        Ok(self.end_attempt(&assignment, class, message, now))
+    }
+
+    /// An attempt ended without a result: retry within the budget, else fail the sequence.
+    fn end_attempt(&mut self, assignment: &AssignmentRecord, class: FailureClass, message: &str, now: f64) -> Vec<Action> {
+        self.free_device(assignment);
+        let max_attempts = self.max_attempts;
+        let Some(record) = self.sequences.get_mut(&assignment.sequence_id) else { return Vec::new() };
+        self.changed.insert(record.id.clone());
+        let name = record.task_name(assignment.task);
+        let task = record.task_mut(assignment.task);
+        if task.state != TaskState::Running {
+            return Vec::new();
+        }
+        let reason = format!("{}: {message}", class.describe());
+        task.error = Some(reason.clone());
+        task.assignment_id = None;
+        let retryable = !matches!(class, FailureClass::InvalidTask | FailureClass::Cancelled);
+        if retryable && task.attempt < max_attempts {
+            task.state = TaskState::Ready;
+            return Vec::new();
+        }
+        task.state = TaskState::Failed;
+        let attempts = task.attempt;
+        record.state = SequenceState::Failed;
+        record.finished_unix_s = Some(now);
+        record.error = Some(format!("{name} failed after {attempts} attempt(s); last reason: {reason}"));
+        let id = record.id.clone();
+        self.stop_running_tasks(&id)
+    }
+
+    /// Cancels a sequence; running tasks are told to stop and keep their device until they
+    /// report back, so memory is never handed out twice.
+    pub fn cancel(&mut self, id: &str, now: f64) -> Result<Vec<Action>, Error> {
+        let record = self.sequences.get_mut(id).ok_or_else(|| Error::NotFound(format!("sequence {id} not found")))?;
+        if record.state.is_terminal() {
+            return Ok(Vec::new());
+        }
+        record.state = SequenceState::Cancelled;
+        record.finished_unix_s = Some(now);
+        self.changed.insert(id.to_string());
+        Ok(self.stop_running_tasks(id))
+    }
+
+    fn stop_running_tasks(&mut self, id: &str) -> Vec<Action> {
+        let Some(record) = self.sequences.get_mut(id) else { return Vec::new() };
+        for task in record.segments.iter_mut().chain(std::iter::once(&mut record.stitch)) {
+            if !matches!(task.state, TaskState::Done | TaskState::Failed) {
+                task.state = TaskState::Cancelled;
+            }
+        }
+        let mut actions: Vec<Action> = self
+            .assignments
+            .iter()
+            .filter(|(_, assignment)| assignment.sequence_id == id)
+            .map(|(assignment_id, assignment)| Action::Cancel {
+                worker: assignment.worker.clone(),
+                assignment: pb::AssignmentRef { assignment_id: assignment_id.clone(), attempt: assignment.attempt },
+            })
+            .collect();
+        actions.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        actions
+    }
+
+    fn free_device(&mut self, assignment: &AssignmentRecord) {
+        let Some(worker) = self.workers.get_mut(&assignment.worker) else { return };
+        let Some(device) = worker.devices.get_mut(assignment.device_slot) else { return };
+        let estimate = self.sequences.get(&assignment.sequence_id).map_or(0, |record| record.task(assignment.task).memory_estimate_bytes);
+        device.reserved_bytes = device.reserved_bytes.saturating_sub(estimate);
+        device.running = None;
+    }
+
+    /// Places ready tasks on idle devices with room, oldest sequence first, in plan order.
+    pub fn dispatch(&mut self) -> Vec<Action> {
+        let mut order: Vec<(u64, SequenceId)> = self
+            .sequences
+            .values()
+            .filter(|record| !record.state.is_terminal())
+            .map(|record| (record.submit_order, record.id.clone()))
+            .collect();
+        order.sort();
+        let mut actions = Vec::new();
+        for (_, id) in order {
+            let ready: Vec<TaskRef> = {
+                let record = &self.sequences[&id];
+                let segments = record.segments.iter().enumerate().filter(|(_, t)| t.state == TaskState::Ready).map(|(i, _)| TaskRef::Segment(i));
+                let stitch = (record.stitch.state == TaskState::Ready).then_some(TaskRef::Stitch);
+                segments.chain(stitch).collect()
+            };
+            for task in ready {
+                let Some((worker, slot)) = self.find_device(&id, task) else { continue };
+                actions.push(self.assign(&id, task, worker, slot));
+            }
+        }
+        actions
+    }
+
+    fn find_device(&self, id: &str, task: TaskRef) -> Option<(WorkerId, usize)> {
+        let record = &self.sequences[id];
+        let estimate = record.task(task).memory_estimate_bytes;
+        let needs_model = matches!(task, TaskRef::Segment(_)).then_some(record.sequence.model.as_str());
+        self.workers.values().find_map(|worker| {
+            if needs_model.is_some_and(|model| !worker.models.iter().any(|m| m == model)) {
+                return None;
+            }
+            worker
+                .devices
+                .iter()
+                .position(|device| device.running.is_none() && device.device.memory_total_bytes.saturating_sub(device.reserved_bytes) >= estimate)
+                .map(|slot| (worker.id.clone(), slot))
+        })
+    }
+
+    fn assign(&mut self, id: &str, task: TaskRef, worker_id: WorkerId, slot: usize) -> Action {
+        let record = self.sequences.get_mut(id).expect("dispatch iterates live sequences");
+        let task_name = match task {
+            TaskRef::Segment(index) => record.plan.segments[index].id.clone(),
+            TaskRef::Stitch => "stitch".to_string(),
+        };
+        let record_task = record.task_mut(task);
+        record_task.attempt += 1;
+        let attempt = record_task.attempt;
+        let assignment_id = format!("{id}/{task_name}/{attempt}");
+        record_task.state = TaskState::Running;
+        record_task.assignment_id = Some(assignment_id.clone());
+        record_task.worker = Some(worker_id.clone());
+        record_task.progress_done = 0;
+        let estimate = record_task.memory_estimate_bytes;
+        if record.state == SequenceState::Queued {
+            record.state = SequenceState::Rendering;
+        }
+        let worker = self.workers.get_mut(&worker_id).expect("found by find_device");
+        let device = &mut worker.devices[slot];
+        device.reserved_bytes += estimate;
+        device.running = Some(assignment_id.clone());
+        let device_index = device.device.index;
+        self.assignments.insert(
+            assignment_id.clone(),
+            AssignmentRecord { sequence_id: id.to_string(), task, worker: worker_id.clone(), device_slot: slot, attempt },
+        );
+        self.changed.insert(id.to_string());
+        let record = &self.sequences[id];
+        let reference = pb::AssignmentRef { assignment_id, attempt };
+        let assignment = crate::snapshot::assignment_message(record, task, reference, device_index);
+        Action::Assign { worker: worker_id, assignment }
+    }
+}
+
+#[cfg(test)]
+#[path = "farm_tests.rs"]
+mod tests;

@@ -1,0 +1,148 @@
+//! Sequence → render segments + one stitch task: the pure planner (no async, no I/O, no clock).
+//!
+//! Phases:
+//! 1. **Timeline.** Shot boundaries are rounded once on the cumulative timeline
+//!    (`round(fps * seconds so far)`), so the frame total is exactly `round(fps * total)` no
+//!    matter how many shots or fractional durations there are.
+//! 2. **Windows.** A shot no longer than the model's window is one segment; a longer shot is
+//!    split into the fewest equal windows (`ceil(duration / window)`), which for any shot
+//!    longer than one window lies between half a window and a window (10–20 s for
+//!    reelfarm-tiny). Frames are spread so windows differ by at most one frame.
+//! 3. **Joins.** The first segment of a shot joins as the shot's transition says; later
+//!    segments of a split shot continue their predecessor. A continuing segment renders one
+//!    lead frame conditioned on the predecessor's last frame and drops it; a crossfade renders
+//!    the dissolve length as lead frames that blend over the previous shot's tail. Continuity
+//!    edges therefore form one chain per continuity run; everything else is independent.
+//! 4. **Render size.** Lead + timeline frames rounded up to the model's `stride * n + 1`; the
+//!    worker trims the extra frames, so the timeline stays exact.
+//! 5. **Seeds.** Derived from (sequence or shot seed, shot index, segment index) by a fixed
+//!    mixing function: the same spec always renders the same frames, and re-rendering one
+//!    shot does not change any other.
+
+use reelfarm_common::models::ModelSpec;
+use reelfarm_common::sequence::{Pass, Sequence, Transition};
+
+/// How a segment's first frame relates to what came before it on the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    Cut,
+    Continue,
+    Crossfade,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedSegment {
+    /// `s<shot>-<segment>`, unique within a sequence.
+    pub id: String,
+    pub shot_index: u32,
+    pub segment_index: u32,
+    pub timeline_start_frame: u64,
+    pub timeline_frames: u64,
+    pub lead_frames: u64,
+    pub render_frames: u64,
+    pub join: Join,
+    /// Index (in `Plan::segments`) of the segment this one is conditioned on.
+    pub continues_from: Option<usize>,
+    pub seed: u64,
+    pub prompt: String,
+    pub negative: String,
+    /// The shot's reference image conditions this segment's first frame.
+    pub uses_reference: bool,
+    pub steps: u32,
+    pub guidance: f32,
+    pub memory_estimate_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub total_frames: u64,
+    pub segments: Vec<PlannedSegment>,
+}
+
+pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
+    let (width, height) = sequence.frame_size();
+    let fps = f64::from(sequence.fps);
+    let steps = sequence.steps.unwrap_or(match sequence.pass {
+        Pass::Draft => model.draft_steps,
+        Pass::Final => model.final_steps,
+    });
+    let mut segments: Vec<PlannedSegment> = Vec::new();
+    let mut seconds_so_far = 0.0;
+    for (shot_index, shot) in sequence.shots.iter().enumerate() {
+        let shot_start = (seconds_so_far * fps).round() as u64;
+        seconds_so_far += shot.duration_seconds;
+        let shot_end = (seconds_so_far * fps).round() as u64;
+        let shot_frames = shot_end - shot_start;
+
+        let windows = u64::from(window_count(shot.duration_seconds, model.window_seconds)).min(shot_frames.max(1));
+        let base = shot_frames / windows;
+        let remainder = shot_frames % windows;
+        let prompt = match &sequence.style {
+            Some(style) => format!("{}, {style}", shot.prompt),
+            None => shot.prompt.clone(),
+        };
+        let negative = shot.negative.clone().or_else(|| sequence.negative.clone()).unwrap_or_default();
+        let base_seed = shot.seed.unwrap_or(sequence.seed);
+
+        let mut start = shot_start;
+        for segment_index in 0..windows {
+            let timeline_frames = base + u64::from(segment_index < remainder);
+            let join = match (segment_index, shot.transition) {
+                (0, Transition::Cut) => Join::Cut,
+                (0, Transition::Crossfade) => Join::Crossfade,
+                _ => Join::Continue,
+            };
+            let lead_frames = match join {
+                Join::Cut => 0,
+                Join::Continue => 1,
+                Join::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps).round().max(1.0) as u64,
+            };
+            let continues_from = (join == Join::Continue).then(|| segments.len() - 1);
+            segments.push(PlannedSegment {
+                id: format!("s{shot_index:03}-{segment_index:02}"),
+                shot_index: shot_index as u32,
+                segment_index: segment_index as u32,
+                timeline_start_frame: start,
+                timeline_frames,
+                lead_frames,
+                render_frames: model.aligned_render_frames(lead_frames + timeline_frames),
+                join,
+                continues_from,
+                seed: derive_seed(base_seed, shot_index as u64, segment_index),
+                prompt: prompt.clone(),
+                negative: negative.clone(),
+                uses_reference: segment_index == 0 && shot.reference.is_some(),
+                steps,
+                guidance: model.guidance,
+                memory_estimate_bytes: 0,
+            });
+            let segment = segments.last_mut().expect("just pushed");
+            segment.memory_estimate_bytes = model.memory_estimate_bytes(width, height, segment.render_frames);
+            start += timeline_frames;
+        }
+    }
+    Plan { width, height, fps: sequence.fps, total_frames: sequence.total_frames(), segments }
+}
+
+/// Fewest windows of at most `window` seconds; a float tolerance keeps 40.0 s at 2 windows.
+fn window_count(duration_seconds: f64, window_seconds: f64) -> u32 {
+    ((duration_seconds / window_seconds) - 1e-9).ceil().max(1.0) as u32
+}
+
+/// splitmix64 finaliser over the three inputs: cheap, stable across platforms and versions.
+pub fn derive_seed(base: u64, shot_index: u64, segment_index: u64) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    mix(mix(mix(base) ^ shot_index) ^ segment_index)
+}
+
+#[cfg(test)]
+#[path = "planner_tests.rs"]
+mod tests;

@@ -1,0 +1,142 @@
+//! Planner properties: exact timeline, window limits, chains, determinism.
+
+use proptest::prelude::*;
+use reelfarm_common::models::REELFARM_TINY;
+use reelfarm_common::sequence::{Aspect, Resolution, Shot};
+
+use super::*;
+
+fn shot(duration_seconds: f64, transition: Transition) -> Shot {
+    Shot {
+        prompt: "a pine valley at dawn".into(),
+        duration_seconds,
+        transition,
+        crossfade_seconds: (transition == Transition::Crossfade).then_some(0.5),
+        seed: None,
+        negative: None,
+        reference: None,
+    }
+}
+
+fn sequence(shots: Vec<Shot>, fps: u32) -> Sequence {
+    Sequence {
+        title: None,
+        model: "reelfarm-tiny".into(),
+        resolution: Resolution::P480,
+        aspect: Aspect::Wide16x9,
+        fps,
+        seed: 42,
+        pass: Pass::Draft,
+        style: Some("35mm film".into()),
+        negative: None,
+        steps: None,
+        shots,
+    }
+}
+
+#[test]
+fn a_120_second_shot_splits_into_six_20_second_windows_chained() {
+    let plan = plan(&sequence(vec![shot(120.0, Transition::Cut)], 24), &REELFARM_TINY);
+    assert_eq!(plan.segments.len(), 6);
+    assert!(plan.segments.iter().all(|segment| segment.timeline_frames == 480));
+    assert_eq!(plan.segments[0].join, Join::Cut);
+    for (index, segment) in plan.segments.iter().enumerate().skip(1) {
+        assert_eq!(segment.join, Join::Continue);
+        assert_eq!(segment.continues_from, Some(index - 1));
+        assert_eq!(segment.lead_frames, 1);
+        assert_eq!(segment.render_frames, 481);
+    }
+}
+
+#[test]
+fn a_25_second_shot_splits_into_two_windows_of_12_and_a_half_seconds() {
+    let plan = plan(&sequence(vec![shot(25.0, Transition::Cut)], 24), &REELFARM_TINY);
+    let frames: Vec<u64> = plan.segments.iter().map(|segment| segment.timeline_frames).collect();
+    assert_eq!(frames, [300, 300]);
+}
+
+#[test]
+fn style_is_appended_and_crossfades_get_handles() {
+    let plan = plan(&sequence(vec![shot(10.0, Transition::Cut), shot(10.0, Transition::Crossfade)], 24), &REELFARM_TINY);
+    assert_eq!(plan.segments[0].prompt, "a pine valley at dawn, 35mm film");
+    assert_eq!(plan.segments[1].join, Join::Crossfade);
+    assert_eq!(plan.segments[1].lead_frames, 12);
+    assert_eq!(plan.segments[1].continues_from, None, "a dissolve renders in parallel");
+    assert_eq!(plan.segments[1].render_frames, 253);
+}
+
+fn arbitrary_sequence() -> impl Strategy<Value = Sequence> {
+    let shot_strategy = (1.0f64..150.0, 0u8..3).prop_map(|(duration, transition)| {
+        let transition = [Transition::Cut, Transition::Continue, Transition::Crossfade][transition as usize];
+        let mut shot = shot((duration * 4.0).round() / 4.0, transition);
+        shot.crossfade_seconds = (transition == Transition::Crossfade).then_some(0.5);
+        shot
+    });
+    (prop::collection::vec(shot_strategy, 1..8), 8u32..=60).prop_map(|(mut shots, fps)| {
+        shots[0].transition = Transition::Cut;
+        shots[0].crossfade_seconds = None;
+        sequence(shots, fps)
+    })
+}
+
+proptest! {
+    #[test]
+    fn timeline_frames_add_up_to_fps_times_duration(sequence in arbitrary_sequence()) {
+        let plan = plan(&sequence, &REELFARM_TINY);
+        let total: u64 = plan.segments.iter().map(|segment| segment.timeline_frames).sum();
+        prop_assert_eq!(total, (sequence.total_duration_seconds() * f64::from(sequence.fps)).round() as u64);
+        let mut next_start = 0;
+        for segment in &plan.segments {
+            prop_assert_eq!(segment.timeline_start_frame, next_start);
+            next_start += segment.timeline_frames;
+        }
+    }
+
+    #[test]
+    fn every_segment_lies_within_the_window_limits(sequence in arbitrary_sequence()) {
+        let plan = plan(&sequence, &REELFARM_TINY);
+        let fps = f64::from(sequence.fps);
+        for segment in &plan.segments {
+            let seconds = segment.timeline_frames as f64 / fps;
+            prop_assert!(seconds <= REELFARM_TINY.window_seconds + 1.0 / fps, "{} s", seconds);
+            let shot = &sequence.shots[segment.shot_index as usize];
+            if shot.duration_seconds > REELFARM_TINY.window_seconds {
+                prop_assert!(seconds >= REELFARM_TINY.min_window_seconds - 1.0 / fps, "{} s", seconds);
+            }
+            prop_assert_eq!(segment.render_frames % 4, 1);
+            prop_assert!(segment.render_frames >= segment.lead_frames + segment.timeline_frames);
+            prop_assert!(segment.render_frames - (segment.lead_frames + segment.timeline_frames) < 4);
+        }
+    }
+
+    #[test]
+    fn continuity_edges_form_one_chain_per_run(sequence in arbitrary_sequence()) {
+        let plan = plan(&sequence, &REELFARM_TINY);
+        let mut successors = vec![0; plan.segments.len()];
+        for (index, segment) in plan.segments.iter().enumerate() {
+            match segment.join {
+                Join::Continue => {
+                    prop_assert_eq!(segment.continues_from, Some(index - 1));
+                    successors[index - 1] += 1;
+                }
+                Join::Cut | Join::Crossfade => prop_assert_eq!(segment.continues_from, None),
+            }
+            let shot = &sequence.shots[segment.shot_index as usize];
+            let expected = if segment.segment_index > 0 { Join::Continue } else {
+                match shot.transition { Transition::Cut => Join::Cut, Transition::Continue => Join::Continue, Transition::Crossfade => Join::Crossfade }
+            };
+            prop_assert_eq!(segment.join, expected);
+        }
+        prop_assert!(successors.iter().all(|&count| count <= 1));
+    }
+
+    #[test]
+    fn the_plan_is_deterministic_and_seeds_differ(sequence in arbitrary_sequence()) {
+        let first = plan(&sequence, &REELFARM_TINY);
+        prop_assert_eq!(&first, &plan(&sequence, &REELFARM_TINY));
+        let mut seeds: Vec<u64> = first.segments.iter().map(|segment| segment.seed).collect();
+        seeds.sort_unstable();
+        seeds.dedup();
+        prop_assert_eq!(seeds.len(), first.segments.len());
+    }
+}

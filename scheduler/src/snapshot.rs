@@ -1,0 +1,152 @@
+//! Farm records → protocol messages: the status snapshots clients watch and the assignment
+//! messages workers receive. Pure conversions, kept apart from the transitions in `farm`.
+
+use reelfarm_common::{keys, pb};
+
+use crate::farm::{SequenceRecord, SequenceState, TaskRecord, TaskRef, TaskState};
+use crate::planner::Join;
+
+fn task_state(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Blocked => pb::TaskState::Blocked,
+        TaskState::Ready => pb::TaskState::Ready,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Done => pb::TaskState::Done,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+fn sequence_state(state: SequenceState) -> pb::SequenceState {
+    match state {
+        SequenceState::Queued => pb::SequenceState::Queued,
+        SequenceState::Rendering => pb::SequenceState::Rendering,
+        SequenceState::Stitching => pb::SequenceState::Stitching,
+        SequenceState::Succeeded => pb::SequenceState::Succeeded,
+        SequenceState::Failed => pb::SequenceState::Failed,
+        SequenceState::Cancelled => pb::SequenceState::Cancelled,
+    }
+}
+
+fn join_kind(join: Join) -> pb::JoinKind {
+    match join {
+        Join::Cut => pb::JoinKind::Cut,
+        Join::Continue => pb::JoinKind::Continue,
+        Join::Crossfade => pb::JoinKind::Crossfade,
+    }
+}
+
+fn task_status(task: &TaskRecord) -> pb::TaskStatus {
+    pb::TaskStatus {
+        state: task_state(task.state) as i32,
+        worker: task.worker.clone().unwrap_or_default(),
+        attempt: task.attempt,
+        error: task.error.clone().unwrap_or_default(),
+        done: task.progress_done,
+        total: task.progress_total,
+    }
+}
+
+pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
+    let segments = record
+        .plan
+        .segments
+        .iter()
+        .zip(&record.segments)
+        .map(|(planned, task)| pb::SegmentStatus {
+            segment_id: planned.id.clone(),
+            shot_index: planned.shot_index,
+            segment_index: planned.segment_index,
+            timeline_frames: planned.timeline_frames,
+            state: task_state(task.state) as i32,
+            step: task.progress_done as u32,
+            steps: planned.steps,
+            worker: task.worker.clone().unwrap_or_default(),
+            attempt: task.attempt,
+            error: task.error.clone().unwrap_or_default(),
+            continues_from: planned.continues_from.map(|index| record.plan.segments[index].id.clone()).unwrap_or_default(),
+            memory_estimate_bytes: planned.memory_estimate_bytes,
+        })
+        .collect();
+    let succeeded = record.state == SequenceState::Succeeded;
+    pb::SequenceStatus {
+        sequence_id: record.id.clone(),
+        title: record.sequence.display_title(),
+        state: sequence_state(record.state) as i32,
+        width: record.plan.width,
+        height: record.plan.height,
+        fps: record.plan.fps,
+        total_frames: record.plan.total_frames,
+        duration_seconds: record.sequence.total_duration_seconds(),
+        shot_count: record.sequence.shots.len() as u32,
+        segments,
+        stitch: Some(task_status(&record.stitch)),
+        video_key: if succeeded { keys::final_video(&record.id) } else { String::new() },
+        report_key: if succeeded { keys::final_report(&record.id) } else { String::new() },
+        error: record.error.clone().unwrap_or_default(),
+        submitted_unix_s: record.submitted_unix_s,
+        finished_unix_s: record.finished_unix_s.unwrap_or(0.0),
+        phases: record.phases.clone(),
+    }
+}
+
+/// What a worker needs to run one task, keys included.
+pub fn assignment_message(record: &SequenceRecord, task: TaskRef, reference: pb::AssignmentRef, device_index: u32) -> pb::Assignment {
+    let task = match task {
+        TaskRef::Segment(index) => {
+            let planned = &record.plan.segments[index];
+            let condition_key = match planned.continues_from {
+                Some(previous) => {
+                    let before = &record.plan.segments[previous];
+                    keys::segment_last_frame(&keys::segment_prefix(&record.id, before.shot_index, before.segment_index))
+                }
+                None if planned.uses_reference => keys::reference_image(&record.id, planned.shot_index),
+                None => String::new(),
+            };
+            pb::assignment::Task::Segment(pb::SegmentTask {
+                segment_id: planned.id.clone(),
+                shot_index: planned.shot_index,
+                segment_index: planned.segment_index,
+                model: record.sequence.model.clone(),
+                prompt: planned.prompt.clone(),
+                negative: planned.negative.clone(),
+                width: record.plan.width,
+                height: record.plan.height,
+                fps: record.plan.fps,
+                timeline_frames: planned.timeline_frames,
+                lead_frames: planned.lead_frames,
+                render_frames: planned.render_frames,
+                steps: planned.steps,
+                guidance: planned.guidance,
+                seed: planned.seed,
+                join: join_kind(planned.join) as i32,
+                condition_key,
+                output_prefix: keys::segment_prefix(&record.id, planned.shot_index, planned.segment_index),
+                memory_estimate_bytes: planned.memory_estimate_bytes,
+            })
+        }
+        TaskRef::Stitch => pb::assignment::Task::Stitch(pb::StitchTask {
+            title: record.sequence.display_title(),
+            width: record.plan.width,
+            height: record.plan.height,
+            fps: record.plan.fps,
+            parts: record
+                .plan
+                .segments
+                .iter()
+                .zip(&record.segments)
+                .map(|(planned, done)| pb::StitchPart {
+                    segment_id: planned.id.clone(),
+                    shot_index: planned.shot_index,
+                    video_key: done.output_key.clone().unwrap_or_default(),
+                    join: join_kind(planned.join) as i32,
+                    lead_frames: planned.lead_frames,
+                    timeline_frames: planned.timeline_frames,
+                })
+                .collect(),
+            video_key: keys::final_video(&record.id),
+            report_key: keys::final_report(&record.id),
+        }),
+    };
+    pb::Assignment { assignment: Some(reference), sequence_id: record.id.clone(), device_index, task: Some(task) }
+}
