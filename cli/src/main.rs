@@ -1,1 +1,141 @@
-fn main() {}
+//! `reelfarm`: render long multi-shot AI video sequences on a render farm, or on this
+//! machine with the embedded farm.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reelfarm_cli::render::{InputError, RenderOptions, load_spec, print_summary, render};
+
+#[derive(Parser)]
+#[command(name = "reelfarm", version, about = "Render long multi-shot AI video sequences", long_about = "\
+Render long multi-shot AI video sequences. A sequence spec (YAML or JSON) lists shots with
+prompts and durations; reelfarm splits long shots into 10-20 s windows, renders them on a
+farm of workers (continuing shots conditioned on the previous window's last frame), and
+stitches one H.264 MP4.
+
+Start here:
+  reelfarm render examples/sequences/coastline-60s.yaml -o coastline.mp4")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render a sequence on this machine (embedded scheduler and CPU workers) into one MP4.
+    #[command(long_about = "\
+Render a sequence on this machine: an in-process scheduler and N CPU workers talk gRPC over
+loopback, segments go to a local object store in a work directory, and the stitched video is
+written to OUT (its report beside it as OUT.report.json). Nothing is written to OUT unless the
+render succeeds.")]
+    Render(RenderArgs),
+    /// Check a sequence spec and print its plan, without rendering.
+    Validate {
+        /// The sequence spec (YAML or JSON).
+        spec: PathBuf,
+    },
+    /// Benchmarks that print ratios and where time went (not for tests).
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// The sequence spec (YAML or JSON); see README "Sequence spec".
+    spec: PathBuf,
+    /// Where to write the video, e.g. out.mp4.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    farm: FarmArgs,
+    /// No progress bars, only the summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct FarmArgs {
+    /// CPU workers in the embedded farm; independent shots render in parallel.
+    #[arg(long, default_value_t = 2, env = "REELFARM_WORKERS")]
+    workers: usize,
+    /// Denoising steps per segment (default: the model's draft or final count).
+    #[arg(long)]
+    steps: Option<u32>,
+    /// reelfarm-tiny weights (safetensors); default: deterministic built-in weights.
+    #[arg(long, env = "REELFARM_TINY_WEIGHTS")]
+    weights: Option<PathBuf>,
+    /// Keep segments and intermediate files here instead of a temporary directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Render a sequence at draft settings and print where the wall time went.
+    Render {
+        spec: PathBuf,
+        #[command(flatten)]
+        farm: FarmArgs,
+        /// One JSON object: wall_s, model_s, codec_s, overhead_s, overhead_fraction.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    reelfarm_common::telemetry::init("warn", false);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => match error.downcast_ref::<InputError>() {
+            Some(input) => {
+                for line in &input.0 {
+                    eprintln!("error: {line}");
+                }
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Render(args) => {
+            let options = RenderOptions {
+                spec: args.spec,
+                output: Some(args.output),
+                workers: args.farm.workers,
+                steps: args.farm.steps,
+                weights: args.farm.weights,
+                work_dir: args.farm.work_dir,
+                quiet: args.quiet,
+            };
+            print_summary(&render(options).await?);
+        }
+        Command::Validate { spec } => reelfarm_cli::validate::print_plan(&load_spec(&spec, None)?),
+        Command::Bench { bench: BenchCommand::Render { spec, farm, json } } => {
+            let options = RenderOptions { spec, output: None, workers: farm.workers, steps: farm.steps, weights: farm.weights, work_dir: farm.work_dir, quiet: true };
+            let outcome = render(options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&outcome.breakdown)?);
+            } else {
+                print_summary(&outcome);
+            }
+        }
+    }
+    Ok(())
+}

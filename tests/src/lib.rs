@@ -1,1 +1,75 @@
-//! Integration-test harness: starts farms on loopback and checks videos with ffprobe.
+//! Integration-test harness: embedded farms on loopback and an independent video reader.
+
+pub mod probe;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reelfarm_cli::embedded::EmbeddedFarm;
+use reelfarm_common::pb;
+use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
+use reelfarm_worker::model::ModelRuntime;
+use reelfarm_worker::model::tiny::TinyModel;
+use tonic::transport::Channel;
+
+/// A farm in a temp dir (kept when `REELFARM_KEEP_TEST_DIRS=1`), with a connected client.
+pub struct TestFarm {
+    pub farm: EmbeddedFarm,
+    pub client: SequenceServiceClient<Channel>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn tiny_model() -> Arc<dyn ModelRuntime> {
+    Arc::new(TinyModel::from_seed(0).expect("built-in weights"))
+}
+
+impl TestFarm {
+    pub async fn start(workers: usize) -> anyhow::Result<Self> {
+        let mut dir = tempfile::Builder::new().prefix("reelfarm-test-").tempdir()?;
+        if std::env::var_os("REELFARM_KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping test dir {}", dir.path().display());
+        }
+        let farm = EmbeddedFarm::start(dir.path(), workers, tiny_model()).await?;
+        let client = SequenceServiceClient::connect(farm.url.clone()).await?;
+        Ok(TestFarm { farm, client, dir })
+    }
+
+    /// Follows the watch stream to the end; returns every snapshot seen.
+    pub async fn watch_to_end(&mut self, sequence_id: &str, timeout: Duration) -> anyhow::Result<Vec<pb::SequenceStatus>> {
+        let mut stream = self.client.watch_sequence(pb::WatchSequenceRequest { sequence_id: sequence_id.into() }).await?.into_inner();
+        let mut seen = Vec::new();
+        tokio::time::timeout(timeout, async {
+            while let Some(status) = stream.message().await? {
+                seen.push(status);
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("sequence {sequence_id} did not finish within {timeout:?}"))??;
+        Ok(seen)
+    }
+}
+
+/// A short spec at 8 fps with every join kind: cut, continue, crossfade.
+pub fn three_shot_spec(steps: u32) -> pb::SequenceSpec {
+    let shot = |prompt: &str, seconds: f64, transition: &str| pb::ShotSpec {
+        prompt: prompt.into(),
+        duration_seconds: seconds,
+        transition: Some(transition.into()),
+        crossfade_seconds: (transition == "crossfade").then_some(0.5),
+        ..Default::default()
+    };
+    pb::SequenceSpec {
+        title: Some("three shots".into()),
+        fps: Some(8),
+        seed: Some(3),
+        steps: Some(steps),
+        shots: vec![
+            shot("mountains at noon", 2.0, "cut"),
+            shot("the camera pushes in", 1.5, "continue"),
+            shot("pine forest in fog", 2.0, "crossfade"),
+        ],
+        ..Default::default()
+    }
+}

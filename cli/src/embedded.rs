@@ -1,0 +1,75 @@
+//! The embedded farm: a scheduler and N CPU workers in this process, talking real gRPC over
+//! loopback, with a local object store in a work directory. `reelfarm render` runs on it and
+//! so do the end-to-end tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use reelfarm_common::blob::{BlobStore, LocalBlobStore};
+use reelfarm_scheduler::SchedulerConfig;
+use reelfarm_worker::WorkerConfig;
+use reelfarm_worker::model::ModelRuntime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct EmbeddedFarm {
+    pub url: String,
+    pub store: Arc<LocalBlobStore>,
+    shutdown_workers: watch::Sender<bool>,
+    shutdown_scheduler: watch::Sender<bool>,
+    scheduler: JoinHandle<Result<(), reelfarm_scheduler::Error>>,
+    workers: Vec<JoinHandle<Result<(), reelfarm_worker::Error>>>,
+}
+
+async fn signalled(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|stop| *stop).await;
+}
+
+impl EmbeddedFarm {
+    /// Starts the scheduler on a free loopback port and `workers` workers against it.
+    pub async fn start(work_dir: &Path, workers: usize, model: Arc<dyn ModelRuntime>) -> Result<Self> {
+        let store = Arc::new(LocalBlobStore::new(work_dir.join("objects"))?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port for the scheduler")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (shutdown_scheduler, scheduler_signal) = watch::channel(false);
+        let blob_store: Arc<dyn BlobStore> = store.clone();
+        let scheduler = tokio::spawn(reelfarm_scheduler::run(SchedulerConfig::new(blob_store.clone()), listener, signalled(scheduler_signal)));
+
+        let (shutdown_workers, worker_signal) = watch::channel(false);
+        let share = 1.0 / workers.max(1) as f64;
+        let workers = (0..workers.max(1))
+            .map(|index| {
+                let config = WorkerConfig {
+                    scheduler_url: url.clone(),
+                    name: format!("cpu{index}"),
+                    store: blob_store.clone(),
+                    models: vec![model.clone()],
+                    devices: vec![reelfarm_worker::inventory::cpu_device(share)],
+                    connect_timeout: Duration::from_secs(10),
+                };
+                tokio::spawn(reelfarm_worker::run(config, signalled(worker_signal.clone())))
+            })
+            .collect();
+        Ok(EmbeddedFarm { url, store, shutdown_workers, shutdown_scheduler, scheduler, workers })
+    }
+
+    /// Stops the farm and hands back its object store, for copying results out.
+    pub async fn stop_and_keep_store(self) -> Result<Arc<LocalBlobStore>> {
+        let store = self.store.clone();
+        self.stop().await?;
+        Ok(store)
+    }
+
+    /// Stops workers, then the scheduler, and reports the first error any of them hit.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.shutdown_workers.send(true);
+        for worker in self.workers {
+            worker.await.context("worker task panicked")??;
+        }
+        let _ = self.shutdown_scheduler.send(true);
+        self.scheduler.await.context("scheduler task panicked")??;
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! The `reelfarm` command's building blocks, as a library so tests drive the same code.
+
+pub mod embedded;
+pub mod progress;
+pub mod render;
+pub mod report;
+pub mod validate;

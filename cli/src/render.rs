@@ -1,0 +1,183 @@
+//! `reelfarm render` and `reelfarm bench render`: validate the spec, start the embedded
+//! farm, submit over gRPC, follow the status stream, and copy the video out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
+use reelfarm_common::{pb, spec};
+use reelfarm_worker::model::ModelRuntime;
+use reelfarm_worker::model::tiny::TinyModel;
+
+use crate::embedded::EmbeddedFarm;
+use crate::progress::ProgressView;
+use crate::report::{Breakdown, breakdown};
+
+/// A problem with what the user typed or wrote: printed as is, exit code 2.
+#[derive(Debug)]
+pub struct InputError(pub Vec<String>);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for InputError {}
+
+pub struct RenderOptions {
+    pub spec: PathBuf,
+    /// `None` for benchmarks: the video stays in the work directory.
+    pub output: Option<PathBuf>,
+    pub workers: usize,
+    pub steps: Option<u32>,
+    pub weights: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+pub struct RenderOutcome {
+    pub status: pb::SequenceStatus,
+    pub startup_s: f64,
+    pub breakdown: Breakdown,
+    pub output: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+}
+
+/// `out.mp4` → `out.report.json`.
+pub fn report_path(output: &Path) -> PathBuf {
+    output.with_extension("report.json")
+}
+
+/// Loads and validates the spec, or explains every problem in it.
+pub fn load_spec(path: &Path, steps: Option<u32>) -> Result<reelfarm_common::sequence::Sequence> {
+    let mut sequence = spec::load_spec_file(path).map_err(|error| InputError(error.errors.iter().map(|e| format!("{}: {e}", path.display())).collect()))?;
+    if let Some(steps) = steps {
+        if !(spec::STEPS_RANGE.0..=spec::STEPS_RANGE.1).contains(&steps) {
+            return Err(InputError(vec![format!("--steps: must be between {} and {}, got {steps}", spec::STEPS_RANGE.0, spec::STEPS_RANGE.1)]).into());
+        }
+        sequence.steps = Some(steps);
+    }
+    Ok(sequence)
+}
+
+pub fn load_model(weights: Option<&Path>) -> Result<Arc<dyn ModelRuntime>> {
+    let model = match weights {
+        Some(path) => TinyModel::load(path).with_context(|| format!("loading reelfarm-tiny weights from {}", path.display()))?,
+        None => TinyModel::from_seed(0).context("initialising reelfarm-tiny")?,
+    };
+    Ok(Arc::new(model))
+}
+
+fn check_output(output: &Path) -> Result<()> {
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(InputError(vec![format!("-o/--output: directory {} does not exist; create it first", parent.display())]).into());
+    }
+    if output.is_dir() {
+        return Err(InputError(vec![format!("-o/--output: {} is a directory; give a file name like out.mp4", output.display())]).into());
+    }
+    Ok(())
+}
+
+pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
+    let sequence = load_spec(&options.spec, options.steps)?;
+    if let Some(output) = &options.output {
+        check_output(output)?;
+    }
+    if options.workers == 0 || options.workers > 64 {
+        return Err(InputError(vec![format!("--workers: must be between 1 and 64, got {}", options.workers)]).into());
+    }
+    let started = Instant::now();
+    let model = load_model(options.weights.as_deref())?;
+    let temporary = tempfile::Builder::new().prefix("reelfarm-").tempdir().context("creating a work directory")?;
+    let work_dir = options.work_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
+    let farm = EmbeddedFarm::start(&work_dir, options.workers, model).await?;
+    let startup_s = started.elapsed().as_secs_f64();
+
+    let result = submit_and_follow(&farm, &sequence, options.quiet).await;
+    let stop = farm.stop_and_keep_store().await;
+    let (status, store) = (result?, stop?);
+
+    let window = (status.submitted_unix_s, status.finished_unix_s);
+    let breakdown = breakdown(&status.phases, window);
+    let (mut output, mut report) = (None, None);
+    if let Some(path) = &options.output {
+        copy_out(&store.path_of(&status.video_key)?, path)?;
+        let report_file = report_path(path);
+        copy_out(&store.path_of(&status.report_key)?, &report_file)?;
+        output = Some(path.clone());
+        report = Some(report_file);
+    }
+    Ok(RenderOutcome { status, startup_s, breakdown, output, report })
+}
+
+async fn submit_and_follow(farm: &EmbeddedFarm, sequence: &reelfarm_common::sequence::Sequence, quiet: bool) -> Result<pb::SequenceStatus> {
+    let mut client = SequenceServiceClient::connect(farm.url.clone()).await.context("connecting to the embedded scheduler")?;
+    let request = pb::SubmitSequenceRequest { spec: Some(spec::sequence_to_pb(sequence)), idempotency_key: uuid::Uuid::new_v4().to_string() };
+    let submitted = client.submit_sequence(request).await.map_err(|status| anyhow!("submit: {}", status.message()))?.into_inner();
+    let id = submitted.sequence_id;
+    let mut view = ProgressView::new(&submitted.status.unwrap_or_default(), quiet);
+    let mut stream = client.watch_sequence(pb::WatchSequenceRequest { sequence_id: id.clone() }).await?.into_inner();
+    let mut last = None;
+    loop {
+        tokio::select! {
+            message = stream.message() => match message.map_err(|status| anyhow!("watching {id}: {}", status.message()))? {
+                Some(status) => {
+                    view.update(&status);
+                    last = Some(status);
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => {
+                view.finish();
+                let _ = client.cancel_sequence(pb::CancelSequenceRequest { sequence_id: id.clone() }).await;
+                bail!("interrupted: sequence {id} cancelled");
+            }
+        }
+    }
+    view.finish();
+    let status = last.ok_or_else(|| anyhow!("the scheduler ended the status stream of {id} without a status"))?;
+    match pb::SequenceState::try_from(status.state) {
+        Ok(pb::SequenceState::Succeeded) => Ok(status),
+        Ok(pb::SequenceState::Failed) => bail!("sequence {id} failed: {}", status.error),
+        Ok(pb::SequenceState::Cancelled) => bail!("sequence {id} was cancelled"),
+        _ => bail!("the status stream of {id} ended before the sequence finished"),
+    }
+}
+
+/// Copies beside the target, then renames: the output path never holds a partial video.
+fn copy_out(from: &Path, to: &Path) -> Result<()> {
+    let partial = to.with_extension("partial");
+    std::fs::copy(from, &partial).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, to).with_context(|| format!("moving {} into place", to.display()))?;
+    Ok(())
+}
+
+pub fn print_summary(outcome: &RenderOutcome) {
+    let status = &outcome.status;
+    let video_seconds = status.duration_seconds.max(1e-9);
+    let breakdown = &outcome.breakdown;
+    let rows = [
+        ("sequence", format!("{} ({})", status.title, status.sequence_id)),
+        ("shots", status.shot_count.to_string()),
+        ("segments", status.segments.len().to_string()),
+        ("frames", format!("{} ({:.2} s at {} fps, {}x{})", status.total_frames, status.duration_seconds, status.fps, status.width, status.height)),
+        ("wall time", format!("{:.1} s (+{:.1} s start-up)", breakdown.wall_s, outcome.startup_s)),
+        ("model time", format!("{:.1} s ({:.2} model s per video s)", breakdown.model_s, breakdown.model_s / video_seconds)),
+        ("codec time", format!("{:.1} s", breakdown.codec_s)),
+        ("farm overhead", format!("{:.1} s ({:.1}% of wall)", breakdown.overhead_s, breakdown.overhead_fraction * 100.0)),
+    ];
+    println!();
+    for (name, value) in rows {
+        println!("  {name:<14} {value}");
+    }
+    if let Some(output) = &outcome.output {
+        println!("  {:<14} {}", "output", output.display());
+    }
+    if let Some(report) = &outcome.report {
+        println!("  {:<14} {}", "report", report.display());
+    }
+}

@@ -1,0 +1,297 @@
+//! `reelfarm-tiny`: the built-in text-to-video model, small enough to render a 10 s 480p draft in about two seconds on two CPU cores, so the whole farm can be run and tested without a GPU or downloaded weights.
+//!
+//! Shape of the model (default `TinyConfig`, ~1.45 M parameters, ~5.8 MB of f32):
+//! - Tokenizer: lowercase, split on non-alphanumerics, FNV-1a hash of each word into buckets
+//!   1..8192 (0 = pad, the only token of an empty prompt), at most 64 tokens.
+//! - Text encoder: 128-d token + position embeddings, 2 pre-norm transformer layers (4 heads,
+//!   MLP ×2, GELU), final LayerNorm, mean-pool (each prompt is encoded alone, so that is the
+//!   masked mean) → one 128-d vector.
+//! - Latent space (`vae.rs`): 4 channels, spatial stride ~16 (sides rounded up to whole
+//!   denoiser patches: 848×480 → 54×30, 1920×1080 → 120×68), temporal stride 4
+//!   (L = ceil((frames−1)/4)+1 latent frames). Encoder = area pooling + a fixed orthonormal
+//!   RGB→latent map; decoder = its exact pseudo-inverse + a zero-initialised conv refinement
+//!   at latent resolution, then linear interpolation in time and bilinear upsampling.
+//! - Denoiser (`denoiser.rs`): 2×2×2 (time × height × width) latent patches → tokens of 32
+//!   channels, 4 residual blocks of [3×3 spatial conv → FiLM scale/shift → ReLU → k=3
+//!   temporal conv → FiLM gate], FiLM from SiLU(linear([sinusoidal t; text])). The head
+//!   predicts the clean latent x0; the sampler turns it into the velocity (x_t − x0)/t.
+//! - Sampler (`sampler.rs`): rectified flow x_t = (1−t)·x0 + t·noise, Euler from t = 1 to 0
+//!   on a shifted schedule (shift 3), CFG over the conditional and unconditional (negative
+//!   or empty prompt) predictions, first-frame conditioning by replacing latent frame 0 with
+//!   the noised encoding of the picture at every step (and exactly it at the end).
+//!
+//! Speed on the 2-core dev machine is the design constraint (the `#[ignore]`d benchmarks in
+//! `tests.rs`): every convolution is phrased as matmuls, the latent stays at stride 16 while
+//! the denoiser's tokens cover 32×32 pixels and 8 frames, and all heavy work runs in small
+//! chunks shared by our own threads (`map_chunks`).
+
+mod clip;
+mod denoiser;
+mod layout;
+mod sampler;
+pub mod text;
+mod vae;
+mod weights;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use self::denoiser::Denoiser;
+use self::layout::TokenGrid;
+use self::sampler::SamplingPlan;
+use self::text::{TextEncoder, Tokenizer};
+use self::vae::{LatentGeometry, Vae};
+pub use self::weights::TinyWeights;
+use super::{GenerateRequest, GeneratedClip, ModelError, ModelRuntime};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TinyConfig {
+    pub vocab_size: u32,
+    pub max_tokens: usize,
+    pub text_dim: usize,
+    pub text_layers: usize,
+    pub text_heads: usize,
+    pub text_mlp_ratio: usize,
+    /// A power of two ≥ 4: the fixed colour map uses Hadamard columns.
+    pub latent_channels: usize,
+    pub spatial_stride: usize,
+    pub temporal_stride: usize,
+    /// Latent cells per denoiser token along each side.
+    pub patch_size: usize,
+    /// Latent frames per denoiser token.
+    pub temporal_patch: usize,
+    pub hidden_channels: usize,
+    pub blocks: usize,
+    pub time_embedding_dim: usize,
+    pub condition_dim: usize,
+    pub flow_shift: f32,
+}
+
+impl Default for TinyConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 8192,
+            max_tokens: 64,
+            text_dim: 128,
+            text_layers: 2,
+            text_heads: 4,
+            text_mlp_ratio: 2,
+            latent_channels: 4,
+            spatial_stride: 16,
+            temporal_stride: 4,
+            patch_size: 2,
+            temporal_patch: 2,
+            hidden_channels: 32,
+            blocks: 4,
+            time_embedding_dim: 64,
+            condition_dim: 128,
+            flow_shift: 3.0,
+        }
+    }
+}
+
+impl TinyConfig {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let problem = if self.latent_channels < 4 || !self.latent_channels.is_power_of_two() {
+            Some("latent_channels must be a power of two >= 4")
+        } else if self.text_heads == 0 || !self.text_dim.is_multiple_of(self.text_heads) {
+            Some("text_dim must be a multiple of text_heads")
+        } else if self.time_embedding_dim < 2 || !self.time_embedding_dim.is_multiple_of(2) {
+            Some("time_embedding_dim must be even")
+        } else if self.vocab_size < 2 || self.max_tokens == 0 {
+            Some("the vocabulary needs a pad token and at least one word bucket")
+        } else if [
+            self.text_dim,
+            self.text_mlp_ratio,
+            self.spatial_stride,
+            self.temporal_stride,
+            self.patch_size,
+            self.temporal_patch,
+        ]
+        .iter()
+        .chain(&[self.hidden_channels, self.blocks, self.condition_dim])
+        .any(|&size| size == 0)
+        {
+            Some("sizes must be positive")
+        } else if !self.flow_shift.is_finite() || self.flow_shift <= 0.0 {
+            Some("flow_shift must be positive")
+        } else {
+            None
+        };
+        problem.map_or(Ok(()), |message| {
+            Err(ModelError::InvalidWeights(format!("bad config: {message}")))
+        })
+    }
+}
+
+pub struct TinyModel {
+    config: TinyConfig,
+    weights: TinyWeights,
+    tokenizer: Tokenizer,
+    text: TextEncoder,
+    denoiser: Denoiser,
+    vae: Vae,
+    memory_limit_bytes: Option<u64>,
+}
+
+impl TinyModel {
+    pub const ID: &'static str = "reelfarm-tiny";
+
+    /// Untrained, deterministic weights: the same seed always gives the same model.
+    pub fn from_seed(seed: u64) -> Result<Self, ModelError> {
+        Self::from_weights(
+            TinyConfig::default(),
+            TinyWeights::from_seed(&TinyConfig::default(), seed)?,
+        )
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::load_with_config(TinyConfig::default(), path)
+    }
+
+    pub fn load_with_config(config: TinyConfig, path: &Path) -> Result<Self, ModelError> {
+        let weights = TinyWeights::load_safetensors(&config, path)?;
+        Self::from_weights(config, weights)
+    }
+
+    pub fn from_weights(config: TinyConfig, weights: TinyWeights) -> Result<Self, ModelError> {
+        config.validate()?;
+        Ok(Self {
+            tokenizer: Tokenizer::new(config.vocab_size, config.max_tokens),
+            text: TextEncoder::new(&weights, &config)?,
+            denoiser: Denoiser::new(&weights, &config)?,
+            vae: Vae::new(&weights)?,
+            config,
+            weights,
+            memory_limit_bytes: None,
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        self.weights.save_safetensors(path)
+    }
+
+    /// Requests whose `memory_estimate_bytes` exceeds `limit` fail with `OutOfMemory` up front
+    /// instead of being killed half-way.
+    pub fn with_memory_limit(mut self, limit: Option<u64>) -> Self {
+        self.memory_limit_bytes = limit;
+        self
+    }
+
+    pub fn config(&self) -> &TinyConfig {
+        &self.config
+    }
+
+    pub fn weights(&self) -> &TinyWeights {
+        &self.weights
+    }
+}
+
+// Memory model behind `memory_estimate_bytes`, in units of the request's own tensors.
+// Measured peak RSS growth (tests.rs benchmarks; glibc malloc, 2 cores): 18 MiB for
+// 848×480×241 and 91–94 MiB for 1920×1080×241; the formula gives 41 and 145 MiB.
+/// Token buffers (rows × hidden f32) alive at the worst moment of a block: the input stream,
+/// the activated buffer, the next stream and its chunk pieces, and freed buffers that glibc
+/// keeps in its per-thread arenas.
+const STREAM_COPIES: u64 = 6;
+/// Latent-sized tensors alive at once: noise, the current latent, its patchified copy, the
+/// two clean predictions, the flattened step inputs and their result, the clip's colours.
+const LATENT_COPIES: u64 = 8;
+/// Per output pixel while frames are decoded: the frame's bytes, the u8 bands before they
+/// are joined, and one frame the caller still holds (3 bytes each).
+const DECODE_BYTES_PER_PIXEL: u64 = 9;
+/// Thread stacks, the text encoder, small per-step tensors.
+const FIXED_OVERHEAD: u64 = 8 << 20;
+
+impl ModelRuntime for TinyModel {
+    fn id(&self) -> &str {
+        Self::ID
+    }
+
+    /// weights + STREAM_COPIES × token buffer + LATENT_COPIES × latent +
+    /// DECODE_BYTES_PER_PIXEL × frame pixels + FIXED_OVERHEAD. The two CFG predictions
+    /// run one after the other, so only one set of token buffers is alive. Calibrated against
+    /// measured peak RSS growth: at or above it, and within ~3× of it.
+    fn memory_estimate_bytes(&self, width: u32, height: u32, frames: u32) -> u64 {
+        let geometry = LatentGeometry::new(&self.config, width, height, frames);
+        let patch = self.config.patch_size;
+        let token_rows = (geometry.latent_frames.div_ceil(self.config.temporal_patch) + 2)
+            * (geometry.latent_height / patch + 2)
+            * (geometry.latent_width / patch + 2);
+        let stream_bytes = (token_rows * self.config.hidden_channels * 4) as u64;
+        let latent_bytes = (geometry.latent_elements(self.config.latent_channels) * 4) as u64;
+        let frame_pixels = u64::from(width) * u64::from(height);
+        self.weights.byte_size()
+            + STREAM_COPIES * stream_bytes
+            + LATENT_COPIES * latent_bytes
+            + DECODE_BYTES_PER_PIXEL * frame_pixels
+            + FIXED_OVERHEAD
+    }
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_step: &mut dyn FnMut(u32, u32),
+        cancel: &AtomicBool,
+    ) -> Result<GeneratedClip, ModelError> {
+        request.validate()?;
+        if let Some(limit) = self.memory_limit_bytes {
+            let needed = self.memory_estimate_bytes(request.width, request.height, request.frames);
+            if needed > limit {
+                return Err(ModelError::OutOfMemory(format!(
+                    "{}x{}x{} needs about {} MiB, the limit is {} MiB",
+                    request.width,
+                    request.height,
+                    request.frames,
+                    needed >> 20,
+                    limit >> 20
+                )));
+            }
+        }
+        let geometry =
+            LatentGeometry::new(&self.config, request.width, request.height, request.frames);
+        let grid = TokenGrid::new(
+            geometry.latent_frames,
+            geometry.latent_height,
+            geometry.latent_width,
+            self.config.temporal_patch,
+            self.config.patch_size,
+        )?;
+        let first_latent = match &request.first_frame {
+            Some(picture) => Some(self.vae.encode_picture(picture, &geometry)?),
+            None => None,
+        };
+        let noise_dims = [
+            geometry.latent_frames,
+            self.config.latent_channels,
+            geometry.latent_height,
+            geometry.latent_width,
+        ];
+        let plan = SamplingPlan {
+            denoiser: &self.denoiser,
+            grid: &grid,
+            prompt: self
+                .text
+                .encode(&self.tokenizer.tokenize(&request.prompt))?,
+            negative: self
+                .text
+                .encode(&self.tokenizer.tokenize(&request.negative))?,
+            guidance: request.guidance,
+            steps: request.steps,
+            flow_shift: self.config.flow_shift,
+            noise: sampler::gaussian_noise(request.seed, &noise_dims)?,
+            first_latent,
+        };
+        let latent = sampler::sample(&plan, on_step, cancel)?;
+        let clip = self.vae.decode(&latent, &geometry)?;
+        Ok(GeneratedClip::new(
+            request.width,
+            request.height,
+            request.frames,
+            Box::new(clip),
+        ))
+    }
+}

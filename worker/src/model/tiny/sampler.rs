@@ -1,0 +1,176 @@
+//! Rectified-flow sampling: Euler steps from noise (t = 1) to data (t = 0) with classifier-free guidance, first-frame conditioning by replacement, progress reports and cancellation between steps.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Tensor};
+
+use super::denoiser::Denoiser;
+use super::layout::{map_elementwise, TokenGrid};
+use super::weights::GaussianRng;
+use crate::model::ModelError;
+
+/// `steps + 1` flow times from 1 to 0. `shift` > 1 spends more steps at high noise, where the
+/// layout of the picture is decided (the SD3 / Wan "shifted" schedule).
+pub(crate) fn flow_times(steps: u32, shift: f32) -> Vec<f32> {
+    (0..=steps)
+        .map(|index| {
+            let linear = 1.0 - index as f32 / steps.max(1) as f32;
+            shift * linear / (1.0 + (shift - 1.0) * linear)
+        })
+        .collect()
+}
+
+/// Standard-normal noise of `dims`, a pure function of `seed` (never of thread count).
+pub(crate) fn gaussian_noise(seed: u64, dims: &[usize]) -> candle_core::Result<Tensor> {
+    let count = dims.iter().product();
+    Tensor::from_vec(
+        GaussianRng::new(seed).gaussians(count, 1.0),
+        dims,
+        &Device::Cpu,
+    )
+}
+
+/// Everything one sampling run needs, prepared by the model.
+pub(crate) struct SamplingPlan<'a> {
+    pub denoiser: &'a Denoiser,
+    pub grid: &'a TokenGrid,
+    /// Pooled text vectors (1, text_dim).
+    pub prompt: Tensor,
+    pub negative: Tensor,
+    pub guidance: f32,
+    pub steps: u32,
+    pub flow_shift: f32,
+    /// (latent_frames, channels, height, width); also fixes the output shape.
+    pub noise: Tensor,
+    /// (channels, height, width): latent frame 0 is pinned to this picture.
+    pub first_latent: Option<Tensor>,
+}
+
+impl SamplingPlan<'_> {
+    /// Guidance 1 is the conditional prediction alone: skip the unconditional half of the work.
+    fn guidance_enabled(&self) -> bool {
+        (self.guidance - 1.0).abs() > 1e-6
+    }
+
+    fn clean(&self, latent: &Tensor, time: f32, text: &Tensor) -> candle_core::Result<Tensor> {
+        self.denoiser
+            .predict_clean(latent, &self.denoiser.condition(time, text)?, self.grid)
+    }
+
+    /// One Euler step from `time` to `next_time` with classifier-free guidance.
+    ///
+    /// With v = (x_t − x0)/t, the guided velocity v_u + g·(v_c − v_u) is the velocity of the
+    /// guided clean latent x0_u + g·(x0_c − x0_u), and x + (t' − t)·v = (t'/t)·x + (1 − t'/t)·x0.
+    /// The two predictions run one after the other: each already keeps both cores busy.
+    fn step(&self, latent: &Tensor, time: f32, next_time: f32) -> Result<Tensor, ModelError> {
+        let keep = f64::from(next_time / time.max(1e-6));
+        let conditional = self.clean(latent, time, &self.prompt)?;
+        if !self.guidance_enabled() {
+            return Ok(map_elementwise(&[latent, &conditional], |parts| {
+                parts[0].affine(keep, 0.0)? + parts[1].affine(1.0 - keep, 0.0)?
+            })?);
+        }
+        let unconditional = self.clean(latent, time, &self.negative)?;
+        let guidance = f64::from(self.guidance);
+        Ok(map_elementwise(
+            &[latent, &conditional, &unconditional],
+            |parts| {
+                let guided = (&parts[2] + ((&parts[1] - &parts[2])? * guidance)?)?;
+                parts[0].affine(keep, 0.0)? + guided.affine(1.0 - keep, 0.0)?
+            },
+        )?)
+    }
+}
+
+/// Latent frame 0 := `frame` (channels, height, width), the rest unchanged.
+fn replace_first_frame(latent: &Tensor, frame: &Tensor) -> candle_core::Result<Tensor> {
+    let frames = latent.dim(0)?;
+    let first = frame.unsqueeze(0)?;
+    if frames == 1 {
+        Ok(first)
+    } else {
+        Tensor::cat(&[&first, &latent.narrow(0, 1, frames - 1)?], 0)
+    }
+}
+
+/// Runs the Euler sampler on x_t = (1 − t)·x0 + t·noise, whose velocity is dx/dt = noise − x0.
+/// `cancel` is read before every step; `on_step(done, total)` follows every step.
+pub(crate) fn sample(
+    plan: &SamplingPlan,
+    on_step: &mut dyn FnMut(u32, u32),
+    cancel: &AtomicBool,
+) -> Result<Tensor, ModelError> {
+    let times = flow_times(plan.steps, plan.flow_shift);
+    let first_noise = plan.noise.get(0)?;
+    let mut latent = plan.noise.clone();
+    for step in 0..plan.steps {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ModelError::Cancelled);
+        }
+        let (time, next_time) = (times[step as usize], times[step as usize + 1]);
+        if let Some(first) = &plan.first_latent {
+            // Conditioning by replacement: frame 0 sits exactly on the noisy path of the
+            // given picture, so the model only has to continue it.
+            let noisy_first = (first.affine(f64::from(1.0 - time), 0.0)?
+                + first_noise.affine(f64::from(time), 0.0)?)?;
+            latent = replace_first_frame(&latent, &noisy_first)?;
+        }
+        latent = plan.step(&latent, time, next_time)?;
+        on_step(step + 1, plan.steps);
+    }
+    if let Some(first) = &plan.first_latent {
+        latent = replace_first_frame(&latent, first)?;
+    }
+    Ok(latent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_times_run_from_noise_to_data() {
+        let times = flow_times(8, 3.0);
+        assert_eq!(times.len(), 9);
+        assert_eq!((times[0], times[8]), (1.0, 0.0));
+        assert!(times.windows(2).all(|pair| pair[0] > pair[1]));
+        // The shift spends more of the schedule at high noise than a uniform one.
+        assert!(times[4] > 0.5);
+        assert_eq!(flow_times(4, 1.0), vec![1.0, 0.75, 0.5, 0.25, 0.0]);
+    }
+
+    #[test]
+    fn noise_depends_only_on_the_seed() -> candle_core::Result<()> {
+        let dims = [3, 4, 2, 2];
+        let first = gaussian_noise(9, &dims)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(
+            first,
+            gaussian_noise(9, &dims)?.flatten_all()?.to_vec1::<f32>()?
+        );
+        assert_ne!(
+            first,
+            gaussian_noise(10, &dims)?.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn first_frame_replacement_keeps_the_rest() -> candle_core::Result<()> {
+        let latent = Tensor::arange(0f32, 24.0, &Device::Cpu)?.reshape((3, 2, 2, 2))?;
+        let frame = Tensor::full(-1f32, (2, 2, 2), &Device::Cpu)?;
+        let replaced = replace_first_frame(&latent, &frame)?;
+        assert_eq!(
+            replaced.get(0)?.flatten_all()?.to_vec1::<f32>()?,
+            vec![-1.0; 8]
+        );
+        assert_eq!(
+            replaced.narrow(0, 1, 2)?.flatten_all()?.to_vec1::<f32>()?,
+            (8..24).map(|v| v as f32).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            replace_first_frame(&latent.narrow(0, 0, 1)?, &frame)?.dims(),
+            &[1, 2, 2, 2]
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! One render task: generate a segment with the model, encode it as H.264 MP4, and write
+//! the video, its sidecar and its last frame (for the segment that continues it).
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use reelfarm_common::blob::BlobStore;
+use reelfarm_common::{keys, pb, unix_now_s};
+use serde::{Deserialize, Serialize};
+
+use crate::color::{LabStats, lab_stats};
+use crate::frame::RgbFrame;
+use crate::model::{GenerateRequest, ModelRuntime};
+use crate::task::{Phases, Progress, TaskFailure};
+use crate::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
+
+/// Sampled pixels for the sidecar's colour statistics.
+const STATS_SAMPLES: usize = 16_384;
+
+/// Written beside every segment video as `<prefix>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sidecar {
+    pub segment_id: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// Frames in the file: the timeline frames, preceded by the dissolve handle for a crossfade.
+    pub frames: u64,
+    pub lead_frames_in_file: u64,
+    pub timeline_frames: u64,
+    pub seed: u64,
+    pub steps: u32,
+    pub model_seconds: f64,
+    pub encode_seconds: f64,
+    pub first_frame_lab: LabStats,
+    pub last_frame_lab: LabStats,
+}
+
+pub struct SegmentResult {
+    pub video_key: String,
+    pub phases: Phases,
+}
+
+struct Encoded {
+    video: Vec<u8>,
+    sidecar: Sidecar,
+    last_frame_png: Vec<u8>,
+    phases: Phases,
+}
+
+pub async fn run_segment(task: pb::SegmentTask, model: Arc<dyn ModelRuntime>, store: Arc<dyn BlobStore>, progress: Progress) -> Result<SegmentResult, TaskFailure> {
+    let mut phases = Phases::default();
+    let first_frame = if task.condition_key.is_empty() {
+        None
+    } else {
+        let start = unix_now_s();
+        let bytes = store.get(&task.condition_key).await.map_err(TaskFailure::storage)?;
+        phases.record("storage", &task.segment_id, start);
+        Some(decode_png(&bytes).map_err(|error| TaskFailure::invalid(format!("conditioning frame {}: {error}", task.condition_key)))?)
+    };
+    let blocking_task = task.clone();
+    let encoded = tokio::task::spawn_blocking(move || render_and_encode(&blocking_task, model.as_ref(), first_frame, &progress))
+        .await
+        .map_err(|error| TaskFailure::new(pb::FailureReason::ModelError, format!("render thread failed: {error}")))??;
+    phases.extend(encoded.phases);
+
+    let start = unix_now_s();
+    let video_key = keys::segment_video(&task.output_prefix);
+    let sidecar = serde_json::to_vec_pretty(&encoded.sidecar).map_err(|error| TaskFailure::invalid(error.to_string()))?;
+    store.put(&keys::segment_sidecar(&task.output_prefix), sidecar.into()).await.map_err(TaskFailure::storage)?;
+    store.put(&keys::segment_last_frame(&task.output_prefix), encoded.last_frame_png.into()).await.map_err(TaskFailure::storage)?;
+    // The video goes last: its presence means the whole segment is in the store.
+    store.put(&video_key, encoded.video.into()).await.map_err(TaskFailure::storage)?;
+    phases.record("storage", &task.segment_id, start);
+    Ok(SegmentResult { video_key, phases })
+}
+
+fn render_and_encode(task: &pb::SegmentTask, model: &dyn ModelRuntime, first_frame: Option<RgbFrame>, progress: &Progress) -> Result<Encoded, TaskFailure> {
+    if task.width == 0 || task.height == 0 || task.fps == 0 || task.timeline_frames == 0 {
+        return Err(TaskFailure::invalid(format!("segment {} has an empty size, rate or length", task.segment_id)));
+    }
+    if task.render_frames < task.lead_frames + task.timeline_frames {
+        return Err(TaskFailure::invalid(format!("segment {} renders fewer frames than it keeps", task.segment_id)));
+    }
+    let mut phases = Phases::default();
+    let request = GenerateRequest {
+        prompt: task.prompt.clone(),
+        negative: task.negative.clone(),
+        width: task.width,
+        height: task.height,
+        fps: task.fps,
+        frames: u32::try_from(task.render_frames).map_err(|_| TaskFailure::invalid("render_frames out of range"))?,
+        steps: task.steps.max(1),
+        guidance: task.guidance,
+        seed: task.seed,
+        first_frame,
+    };
+    let steps = u64::from(request.steps);
+    let model_start = unix_now_s();
+    let clip = model.generate(&request, &mut |done, _| progress.report(u64::from(done), steps), progress.cancel_flag())?;
+    phases.record("model", &task.segment_id, model_start);
+    let model_seconds = unix_now_s() - model_start;
+    progress.check_cancelled()?;
+
+    // A continuation's lead frame is the conditioning picture itself: drop it. A crossfade
+    // keeps its lead frames as the dissolve handle.
+    let keep_lead = task.join == pb::JoinKind::Crossfade as i32;
+    let first = if keep_lead { 0 } else { task.lead_frames };
+    let end = task.lead_frames + task.timeline_frames;
+    let encode_start = unix_now_s();
+    let settings = EncodeSettings { width: task.width, height: task.height, fps: task.fps, quality: Quality::Intermediate };
+    let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings)?;
+    let mut first_frame_lab = None;
+    let mut last_frame = None;
+    for index in first..end {
+        let frame = clip.frame(index as u32);
+        if first_frame_lab.is_none() {
+            first_frame_lab = Some(lab_stats(&frame, STATS_SAMPLES));
+        }
+        writer.push(&frame)?;
+        last_frame = Some(frame);
+    }
+    let video = writer.finish()?.into_inner();
+    let last_frame = last_frame.ok_or_else(|| TaskFailure::invalid("segment kept no frames"))?;
+    let last_frame_png = encode_png(&last_frame)?;
+    phases.record("encode", &task.segment_id, encode_start);
+    let sidecar = Sidecar {
+        segment_id: task.segment_id.clone(),
+        width: task.width,
+        height: task.height,
+        fps: task.fps,
+        frames: end - first,
+        lead_frames_in_file: if keep_lead { task.lead_frames } else { 0 },
+        timeline_frames: task.timeline_frames,
+        seed: task.seed,
+        steps: task.steps,
+        model_seconds,
+        encode_seconds: unix_now_s() - encode_start,
+        first_frame_lab: first_frame_lab.unwrap_or_else(|| lab_stats(&last_frame, STATS_SAMPLES)),
+        last_frame_lab: lab_stats(&last_frame, STATS_SAMPLES),
+    };
+    Ok(Encoded { video, sidecar, last_frame_png, phases })
+}

@@ -1,0 +1,98 @@
+//! What every task run shares: the failure type that maps to the protocol's reason classes,
+//! timing of phases, and the progress channel from blocking model code to the reporter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use reelfarm_common::{pb, unix_now_s};
+use tokio::sync::mpsc;
+
+/// Why a task ended without a result, in the protocol's reason classes.
+#[derive(Debug, Clone)]
+pub struct TaskFailure {
+    pub reason: pb::FailureReason,
+    pub message: String,
+}
+
+impl TaskFailure {
+    pub fn new(reason: pb::FailureReason, message: impl Into<String>) -> Self {
+        TaskFailure { reason, message: message.into() }
+    }
+
+    pub fn storage(error: reelfarm_common::Error) -> Self {
+        TaskFailure::new(pb::FailureReason::StorageError, error.to_string())
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        TaskFailure::new(pb::FailureReason::InvalidTask, message)
+    }
+}
+
+impl From<crate::video::VideoError> for TaskFailure {
+    fn from(error: crate::video::VideoError) -> Self {
+        TaskFailure::new(pb::FailureReason::ModelError, format!("video: {error}"))
+    }
+}
+
+impl From<crate::model::ModelError> for TaskFailure {
+    fn from(error: crate::model::ModelError) -> Self {
+        use crate::model::ModelError;
+        let reason = match &error {
+            ModelError::Cancelled => pb::FailureReason::Cancelled,
+            ModelError::OutOfMemory(_) => pb::FailureReason::OutOfMemory,
+            ModelError::InvalidRequest(_) => pb::FailureReason::InvalidTask,
+            _ => pb::FailureReason::ModelError,
+        };
+        TaskFailure::new(reason, error.to_string())
+    }
+}
+
+/// Wall-clock stretches of work, reported with the result for throughput accounting.
+#[derive(Debug, Default, Clone)]
+pub struct Phases(pub Vec<pb::TimedPhase>);
+
+impl Phases {
+    /// Runs `work` and records it as a phase of `kind`.
+    pub fn time<T>(&mut self, kind: &str, task_id: &str, work: impl FnOnce() -> T) -> T {
+        let start = unix_now_s();
+        let value = work();
+        self.record(kind, task_id, start);
+        value
+    }
+
+    pub fn record(&mut self, kind: &str, task_id: &str, start_unix_s: f64) {
+        self.0.push(pb::TimedPhase { kind: kind.into(), start_unix_s, end_unix_s: unix_now_s(), task_id: task_id.into() });
+    }
+
+    pub fn extend(&mut self, other: Phases) {
+        self.0.extend(other.0);
+    }
+}
+
+/// Progress from blocking code: non-blocking sends of (done, total), checked cancellation.
+#[derive(Clone)]
+pub struct Progress {
+    sender: mpsc::UnboundedSender<(u64, u64)>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Progress {
+    pub fn new(sender: mpsc::UnboundedSender<(u64, u64)>, cancel: Arc<AtomicBool>) -> Self {
+        Progress { sender, cancel }
+    }
+
+    pub fn report(&self, done: u64, total: u64) {
+        let _reporter_gone = self.sender.send((done, total));
+    }
+
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancel
+    }
+
+    pub fn check_cancelled(&self) -> Result<(), TaskFailure> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(TaskFailure::new(pb::FailureReason::Cancelled, "cancelled"));
+        }
+        Ok(())
+    }
+}
