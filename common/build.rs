@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // PROTOC tells prost-build which binary to run, so no system protoc is needed.
     unsafe { std::env::set_var("PROTOC", protoc) };
     let proto_root = "../proto";
-    let files = ["../proto/reelfarm/v1/sequence.proto", "../proto/reelfarm/v1/worker.proto"];
+    let files = [
+        "../proto/reelfarm/v1/sequence.proto",
+        "../proto/reelfarm/v1/worker.proto",
+    ];
     tonic_prost_build::configure().compile_protos(&files, &[proto_root])?;
     for file in files {
         println!("cargo:rerun-if-changed={file}");

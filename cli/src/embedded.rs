@@ -29,13 +29,23 @@ async fn signalled(mut receiver: watch::Receiver<bool>) {
 
 impl EmbeddedFarm {
     /// Starts the scheduler on a free loopback port and `workers` workers against it.
-    pub async fn start(work_dir: &Path, workers: usize, model: Arc<dyn ModelRuntime>) -> Result<Self> {
+    pub async fn start(
+        work_dir: &Path,
+        workers: usize,
+        model: Arc<dyn ModelRuntime>,
+    ) -> Result<Self> {
         let store = Arc::new(LocalBlobStore::new(work_dir.join("objects"))?);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port for the scheduler")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port for the scheduler")?;
         let url = format!("http://{}", listener.local_addr()?);
         let (shutdown_scheduler, scheduler_signal) = watch::channel(false);
         let blob_store: Arc<dyn BlobStore> = store.clone();
-        let scheduler = tokio::spawn(reelfarm_scheduler::run(SchedulerConfig::new(blob_store.clone()), listener, signalled(scheduler_signal)));
+        let scheduler = tokio::spawn(reelfarm_scheduler::run(
+            SchedulerConfig::new(blob_store.clone()),
+            listener,
+            signalled(scheduler_signal),
+        ));
 
         let (shutdown_workers, worker_signal) = watch::channel(false);
         let share = 1.0 / workers.max(1) as f64;
@@ -49,10 +59,20 @@ impl EmbeddedFarm {
                     devices: vec![reelfarm_worker::inventory::cpu_device(share)],
                     connect_timeout: Duration::from_secs(10),
                 };
-                tokio::spawn(reelfarm_worker::run(config, signalled(worker_signal.clone())))
+                tokio::spawn(reelfarm_worker::run(
+                    config,
+                    signalled(worker_signal.clone()),
+                ))
             })
             .collect();
-        Ok(EmbeddedFarm { url, store, shutdown_workers, shutdown_scheduler, scheduler, workers })
+        Ok(EmbeddedFarm {
+            url,
+            store,
+            shutdown_workers,
+            shutdown_scheduler,
+            scheduler,
+            workers,
+        })
     }
 
     /// Stops the farm and hands back its object store, for copying results out.

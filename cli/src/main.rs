@@ -8,14 +8,19 @@ use clap::{Parser, Subcommand};
 use reelfarm_cli::render::{InputError, RenderOptions, load_spec, print_summary, render};
 
 #[derive(Parser)]
-#[command(name = "reelfarm", version, about = "Render long multi-shot AI video sequences", long_about = "\
+#[command(
+    name = "reelfarm",
+    version,
+    about = "Render long multi-shot AI video sequences",
+    long_about = "\
 Render long multi-shot AI video sequences. A sequence spec (YAML or JSON) lists shots with
 prompts and durations; reelfarm splits long shots into 10-20 s windows, renders them on a
 farm of workers (continuing shots conditioned on the previous window's last frame), and
 stitches one H.264 MP4.
 
 Start here:
-  reelfarm render examples/sequences/coastline-60s.yaml -o coastline.mp4")]
+  reelfarm render examples/sequences/coastline-60s.yaml -o coastline.mp4"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,7 +93,10 @@ enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     reelfarm_common::telemetry::init("warn", false);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -127,8 +135,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_summary(&render(options).await?);
         }
         Command::Validate { spec } => reelfarm_cli::validate::print_plan(&load_spec(&spec, None)?),
-        Command::Bench { bench: BenchCommand::Render { spec, farm, json } } => {
-            let options = RenderOptions { spec, output: None, workers: farm.workers, steps: farm.steps, weights: farm.weights, work_dir: farm.work_dir, quiet: true };
+        Command::Bench {
+            bench: BenchCommand::Render { spec, farm, json },
+        } => {
+            let options = RenderOptions {
+                spec,
+                output: None,
+                workers: farm.workers,
+                steps: farm.steps,
+                weights: farm.weights,
+                work_dir: farm.work_dir,
+                quiet: true,
+            };
             let outcome = render(options).await?;
             if json {
                 println!("{}", serde_json::to_string(&outcome.breakdown)?);

@@ -34,14 +34,24 @@ fn state_name(state: i32) -> &'static str {
 impl ProgressView {
     pub fn new(status: &pb::SequenceStatus, quiet: bool) -> Self {
         let plain = !std::io::stderr().is_terminal();
-        let target = if quiet || plain { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        let target = if quiet || plain {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
         let multi = MultiProgress::with_draw_target(target);
-        let shot_style = ProgressStyle::with_template("{prefix:>9} [{bar:30.cyan/blue}] {percent:>3}% {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let shot_style =
+            ProgressStyle::with_template("{prefix:>9} [{bar:30.cyan/blue}] {percent:>3}% {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         let shots = (0..status.shot_count)
             .map(|shot| {
-                let steps: u64 = status.segments.iter().filter(|s| s.shot_index == shot).map(|s| u64::from(s.steps.max(1))).sum();
+                let steps: u64 = status
+                    .segments
+                    .iter()
+                    .filter(|s| s.shot_index == shot)
+                    .map(|s| u64::from(s.steps.max(1)))
+                    .sum();
                 let bar = multi.add(ProgressBar::new(steps.max(1)));
                 bar.set_style(shot_style.clone());
                 bar.set_prefix(format!("shot {}", shot + 1));
@@ -50,47 +60,88 @@ impl ProgressView {
             .collect();
         let total = multi.add(ProgressBar::new(TOTAL_UNITS));
         total.set_style(
-            ProgressStyle::with_template("{prefix:>9} [{bar:30.green/white}] {percent:>3}% {elapsed_precise} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>9} [{bar:30.green/white}] {percent:>3}% {elapsed_precise} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         total.set_prefix("total");
         if plain && !quiet {
             eprintln!(
                 "rendering {} ({} shots, {} segments, {:.1} s at {} fps, {}x{})",
-                status.sequence_id, status.shot_count, status.segments.len(), status.duration_seconds, status.fps, status.width, status.height
+                status.sequence_id,
+                status.shot_count,
+                status.segments.len(),
+                status.duration_seconds,
+                status.fps,
+                status.width,
+                status.height
             );
         }
-        ProgressView { _multi: multi, shots, total, plain: plain && !quiet, last_state: HashMap::new() }
+        ProgressView {
+            _multi: multi,
+            shots,
+            total,
+            plain: plain && !quiet,
+            last_state: HashMap::new(),
+        }
     }
 
     pub fn update(&mut self, status: &pb::SequenceStatus) {
         let mut rendered_frames = 0.0;
         for (shot, bar) in self.shots.iter().enumerate() {
-            let segments: Vec<&pb::SegmentStatus> = status.segments.iter().filter(|s| s.shot_index as usize == shot).collect();
+            let segments: Vec<&pb::SegmentStatus> = status
+                .segments
+                .iter()
+                .filter(|s| s.shot_index as usize == shot)
+                .collect();
             let mut position = 0;
             for segment in &segments {
                 let steps = u64::from(segment.steps.max(1));
-                let done = if segment.state == pb::TaskState::Done as i32 { steps } else { u64::from(segment.step).min(steps) };
+                let done = if segment.state == pb::TaskState::Done as i32 {
+                    steps
+                } else {
+                    u64::from(segment.step).min(steps)
+                };
                 position += done;
                 rendered_frames += segment.timeline_frames as f64 * done as f64 / steps as f64;
             }
             bar.set_position(position);
-            let done = segments.iter().filter(|s| s.state == pb::TaskState::Done as i32).count();
-            let running: Vec<&str> = segments.iter().filter(|s| s.state == pb::TaskState::Running as i32).map(|s| s.worker.as_str()).collect();
+            let done = segments
+                .iter()
+                .filter(|s| s.state == pb::TaskState::Done as i32)
+                .count();
+            let running: Vec<&str> = segments
+                .iter()
+                .filter(|s| s.state == pb::TaskState::Running as i32)
+                .map(|s| s.worker.as_str())
+                .collect();
             bar.set_message(if running.is_empty() {
                 format!("{done}/{} segments", segments.len())
             } else {
-                format!("{done}/{} segments, rendering on {}", segments.len(), running.join(", "))
+                format!(
+                    "{done}/{} segments, rendering on {}",
+                    segments.len(),
+                    running.join(", ")
+                )
             });
         }
         let stitch = status.stitch.clone().unwrap_or_default();
-        let stitch_fraction = if stitch.state == pb::TaskState::Done as i32 { 1.0 } else if stitch.total > 0 { stitch.done as f64 / stitch.total as f64 } else { 0.0 };
+        let stitch_fraction = if stitch.state == pb::TaskState::Done as i32 {
+            1.0
+        } else if stitch.total > 0 {
+            stitch.done as f64 / stitch.total as f64
+        } else {
+            0.0
+        };
         let render_fraction = rendered_frames / (status.total_frames.max(1) as f64);
         let overall = render_fraction * (1.0 - STITCH_SHARE) + stitch_fraction * STITCH_SHARE;
-        self.total.set_position((overall * TOTAL_UNITS as f64).round() as u64);
+        self.total
+            .set_position((overall * TOTAL_UNITS as f64).round() as u64);
         if stitch.state == pb::TaskState::Running as i32 {
-            self.total.set_message(format!("stitching {}/{} frames", stitch.done, stitch.total));
+            self.total
+                .set_message(format!("stitching {}/{} frames", stitch.done, stitch.total));
         }
         if self.plain {
             self.print_changes(status, &stitch);
@@ -98,17 +149,42 @@ impl ProgressView {
     }
 
     fn print_changes(&mut self, status: &pb::SequenceStatus, stitch: &pb::TaskStatus) {
-        let done = status.segments.iter().filter(|s| s.state == pb::TaskState::Done as i32).count();
+        let done = status
+            .segments
+            .iter()
+            .filter(|s| s.state == pb::TaskState::Done as i32)
+            .count();
         for segment in &status.segments {
-            if self.last_state.insert(segment.segment_id.clone(), segment.state) != Some(segment.state)
-                && matches!(pb::TaskState::try_from(segment.state), Ok(pb::TaskState::Running | pb::TaskState::Done | pb::TaskState::Failed))
+            if self
+                .last_state
+                .insert(segment.segment_id.clone(), segment.state)
+                != Some(segment.state)
+                && matches!(
+                    pb::TaskState::try_from(segment.state),
+                    Ok(pb::TaskState::Running | pb::TaskState::Done | pb::TaskState::Failed)
+                )
             {
-                let worker = if segment.worker.is_empty() { String::new() } else { format!(" on {}", segment.worker) };
-                let error = if segment.error.is_empty() { String::new() } else { format!(": {}", segment.error) };
-                eprintln!("  segment {} {}{worker} ({done}/{} done){error}", segment.segment_id, state_name(segment.state), status.segments.len());
+                let worker = if segment.worker.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", segment.worker)
+                };
+                let error = if segment.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", segment.error)
+                };
+                eprintln!(
+                    "  segment {} {}{worker} ({done}/{} done){error}",
+                    segment.segment_id,
+                    state_name(segment.state),
+                    status.segments.len()
+                );
             }
         }
-        if self.last_state.insert("stitch".into(), stitch.state) != Some(stitch.state) && stitch.state != pb::TaskState::Blocked as i32 {
+        if self.last_state.insert("stitch".into(), stitch.state) != Some(stitch.state)
+            && stitch.state != pb::TaskState::Blocked as i32
+        {
             eprintln!("  stitch {}", state_name(stitch.state));
         }
     }

@@ -53,10 +53,23 @@ pub fn report_path(output: &Path) -> PathBuf {
 
 /// Loads and validates the spec, or explains every problem in it.
 pub fn load_spec(path: &Path, steps: Option<u32>) -> Result<reelfarm_common::sequence::Sequence> {
-    let mut sequence = spec::load_spec_file(path).map_err(|error| InputError(error.errors.iter().map(|e| format!("{}: {e}", path.display())).collect()))?;
+    let mut sequence = spec::load_spec_file(path).map_err(|error| {
+        InputError(
+            error
+                .errors
+                .iter()
+                .map(|e| format!("{}: {e}", path.display()))
+                .collect(),
+        )
+    })?;
     if let Some(steps) = steps {
         if !(spec::STEPS_RANGE.0..=spec::STEPS_RANGE.1).contains(&steps) {
-            return Err(InputError(vec![format!("--steps: must be between {} and {}, got {steps}", spec::STEPS_RANGE.0, spec::STEPS_RANGE.1)]).into());
+            return Err(InputError(vec![format!(
+                "--steps: must be between {} and {}, got {steps}",
+                spec::STEPS_RANGE.0,
+                spec::STEPS_RANGE.1
+            )])
+            .into());
         }
         sequence.steps = Some(steps);
     }
@@ -65,19 +78,31 @@ pub fn load_spec(path: &Path, steps: Option<u32>) -> Result<reelfarm_common::seq
 
 pub fn load_model(weights: Option<&Path>) -> Result<Arc<dyn ModelRuntime>> {
     let model = match weights {
-        Some(path) => TinyModel::load(path).with_context(|| format!("loading reelfarm-tiny weights from {}", path.display()))?,
+        Some(path) => TinyModel::load(path)
+            .with_context(|| format!("loading reelfarm-tiny weights from {}", path.display()))?,
         None => TinyModel::from_seed(0).context("initialising reelfarm-tiny")?,
     };
     Ok(Arc::new(model))
 }
 
 fn check_output(output: &Path) -> Result<()> {
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        return Err(InputError(vec![format!("-o/--output: directory {} does not exist; create it first", parent.display())]).into());
+        return Err(InputError(vec![format!(
+            "-o/--output: directory {} does not exist; create it first",
+            parent.display()
+        )])
+        .into());
     }
     if output.is_dir() {
-        return Err(InputError(vec![format!("-o/--output: {} is a directory; give a file name like out.mp4", output.display())]).into());
+        return Err(InputError(vec![format!(
+            "-o/--output: {} is a directory; give a file name like out.mp4",
+            output.display()
+        )])
+        .into());
     }
     Ok(())
 }
@@ -88,12 +113,22 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
         check_output(output)?;
     }
     if options.workers == 0 || options.workers > 64 {
-        return Err(InputError(vec![format!("--workers: must be between 1 and 64, got {}", options.workers)]).into());
+        return Err(InputError(vec![format!(
+            "--workers: must be between 1 and 64, got {}",
+            options.workers
+        )])
+        .into());
     }
     let started = Instant::now();
     let model = load_model(options.weights.as_deref())?;
-    let temporary = tempfile::Builder::new().prefix("reelfarm-").tempdir().context("creating a work directory")?;
-    let work_dir = options.work_dir.clone().unwrap_or_else(|| temporary.path().to_path_buf());
+    let temporary = tempfile::Builder::new()
+        .prefix("reelfarm-")
+        .tempdir()
+        .context("creating a work directory")?;
+    let work_dir = options
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| temporary.path().to_path_buf());
     let farm = EmbeddedFarm::start(&work_dir, options.workers, model).await?;
     let startup_s = started.elapsed().as_secs_f64();
 
@@ -111,16 +146,40 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
         output = Some(path.clone());
         report = Some(report_file);
     }
-    Ok(RenderOutcome { status, startup_s, breakdown, output, report })
+    Ok(RenderOutcome {
+        status,
+        startup_s,
+        breakdown,
+        output,
+        report,
+    })
 }
 
-async fn submit_and_follow(farm: &EmbeddedFarm, sequence: &reelfarm_common::sequence::Sequence, quiet: bool) -> Result<pb::SequenceStatus> {
-    let mut client = SequenceServiceClient::connect(farm.url.clone()).await.context("connecting to the embedded scheduler")?;
-    let request = pb::SubmitSequenceRequest { spec: Some(spec::sequence_to_pb(sequence)), idempotency_key: uuid::Uuid::new_v4().to_string() };
-    let submitted = client.submit_sequence(request).await.map_err(|status| anyhow!("submit: {}", status.message()))?.into_inner();
+async fn submit_and_follow(
+    farm: &EmbeddedFarm,
+    sequence: &reelfarm_common::sequence::Sequence,
+    quiet: bool,
+) -> Result<pb::SequenceStatus> {
+    let mut client = SequenceServiceClient::connect(farm.url.clone())
+        .await
+        .context("connecting to the embedded scheduler")?;
+    let request = pb::SubmitSequenceRequest {
+        spec: Some(spec::sequence_to_pb(sequence)),
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+    };
+    let submitted = client
+        .submit_sequence(request)
+        .await
+        .map_err(|status| anyhow!("submit: {}", status.message()))?
+        .into_inner();
     let id = submitted.sequence_id;
     let mut view = ProgressView::new(&submitted.status.unwrap_or_default(), quiet);
-    let mut stream = client.watch_sequence(pb::WatchSequenceRequest { sequence_id: id.clone() }).await?.into_inner();
+    let mut stream = client
+        .watch_sequence(pb::WatchSequenceRequest {
+            sequence_id: id.clone(),
+        })
+        .await?
+        .into_inner();
     let mut last = None;
     loop {
         tokio::select! {
@@ -139,7 +198,8 @@ async fn submit_and_follow(farm: &EmbeddedFarm, sequence: &reelfarm_common::sequ
         }
     }
     view.finish();
-    let status = last.ok_or_else(|| anyhow!("the scheduler ended the status stream of {id} without a status"))?;
+    let status = last
+        .ok_or_else(|| anyhow!("the scheduler ended the status stream of {id} without a status"))?;
     match pb::SequenceState::try_from(status.state) {
         Ok(pb::SequenceState::Succeeded) => Ok(status),
         Ok(pb::SequenceState::Failed) => bail!("sequence {id} failed: {}", status.error),
@@ -161,14 +221,47 @@ pub fn print_summary(outcome: &RenderOutcome) {
     let video_seconds = status.duration_seconds.max(1e-9);
     let breakdown = &outcome.breakdown;
     let rows = [
-        ("sequence", format!("{} ({})", status.title, status.sequence_id)),
+        (
+            "sequence",
+            format!("{} ({})", status.title, status.sequence_id),
+        ),
         ("shots", status.shot_count.to_string()),
         ("segments", status.segments.len().to_string()),
-        ("frames", format!("{} ({:.2} s at {} fps, {}x{})", status.total_frames, status.duration_seconds, status.fps, status.width, status.height)),
-        ("wall time", format!("{:.1} s (+{:.1} s start-up)", breakdown.wall_s, outcome.startup_s)),
-        ("model time", format!("{:.1} s ({:.2} model s per video s)", breakdown.model_s, breakdown.model_s / video_seconds)),
+        (
+            "frames",
+            format!(
+                "{} ({:.2} s at {} fps, {}x{})",
+                status.total_frames,
+                status.duration_seconds,
+                status.fps,
+                status.width,
+                status.height
+            ),
+        ),
+        (
+            "wall time",
+            format!(
+                "{:.1} s (+{:.1} s start-up)",
+                breakdown.wall_s, outcome.startup_s
+            ),
+        ),
+        (
+            "model time",
+            format!(
+                "{:.1} s ({:.2} model s per video s)",
+                breakdown.model_s,
+                breakdown.model_s / video_seconds
+            ),
+        ),
         ("codec time", format!("{:.1} s", breakdown.codec_s)),
-        ("farm overhead", format!("{:.1} s ({:.1}% of wall)", breakdown.overhead_s, breakdown.overhead_fraction * 100.0)),
+        (
+            "farm overhead",
+            format!(
+                "{:.1} s ({:.1}% of wall)",
+                breakdown.overhead_s,
+                breakdown.overhead_fraction * 100.0
+            ),
+        ),
     ];
     println!();
     for (name, value) in rows {

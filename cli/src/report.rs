@@ -23,13 +23,24 @@ fn is_compute(kind: &str) -> bool {
 /// `window` is (submit, finish) in Unix seconds.
 pub fn breakdown(phases: &[pb::TimedPhase], window: (f64, f64)) -> Breakdown {
     let wall_s = (window.1 - window.0).max(0.0);
-    let duration = |kind: &dyn Fn(&str) -> bool| phases.iter().filter(|p| kind(&p.kind)).map(|p| (p.end_unix_s - p.start_unix_s).max(0.0)).sum::<f64>();
+    let duration = |kind: &dyn Fn(&str) -> bool| {
+        phases
+            .iter()
+            .filter(|p| kind(&p.kind))
+            .map(|p| (p.end_unix_s - p.start_unix_s).max(0.0))
+            .sum::<f64>()
+    };
     let model_s = duration(&|kind| kind == "model");
     let codec_s = duration(&|kind| is_compute(kind) && kind != "model");
     let mut intervals: Vec<(f64, f64)> = phases
         .iter()
         .filter(|phase| is_compute(&phase.kind))
-        .map(|phase| (phase.start_unix_s.max(window.0), phase.end_unix_s.min(window.1)))
+        .map(|phase| {
+            (
+                phase.start_unix_s.max(window.0),
+                phase.end_unix_s.min(window.1),
+            )
+        })
         .filter(|(start, end)| end > start)
         .collect();
     intervals.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -37,7 +48,9 @@ pub fn breakdown(phases: &[pb::TimedPhase], window: (f64, f64)) -> Breakdown {
     let mut current: Option<(f64, f64)> = None;
     for (start, end) in intervals {
         current = match current {
-            Some((open_start, open_end)) if start <= open_end => Some((open_start, open_end.max(end))),
+            Some((open_start, open_end)) if start <= open_end => {
+                Some((open_start, open_end.max(end)))
+            }
             Some((open_start, open_end)) => {
                 busy += open_end - open_start;
                 Some((start, end))
@@ -49,8 +62,18 @@ pub fn breakdown(phases: &[pb::TimedPhase], window: (f64, f64)) -> Breakdown {
         busy += end - start;
     }
     let overhead_s = (wall_s - busy).max(0.0);
-    let overhead_fraction = if wall_s > 0.0 { overhead_s / wall_s } else { 0.0 };
-    Breakdown { wall_s, model_s, codec_s, overhead_s, overhead_fraction }
+    let overhead_fraction = if wall_s > 0.0 {
+        overhead_s / wall_s
+    } else {
+        0.0
+    };
+    Breakdown {
+        wall_s,
+        model_s,
+        codec_s,
+        overhead_s,
+        overhead_fraction,
+    }
 }
 
 #[cfg(test)]
@@ -58,12 +81,22 @@ mod tests {
     use super::*;
 
     fn phase(kind: &str, start: f64, end: f64) -> pb::TimedPhase {
-        pb::TimedPhase { kind: kind.into(), start_unix_s: start, end_unix_s: end, task_id: String::new() }
+        pb::TimedPhase {
+            kind: kind.into(),
+            start_unix_s: start,
+            end_unix_s: end,
+            task_id: String::new(),
+        }
     }
 
     #[test]
     fn overhead_is_the_time_nothing_computed() {
-        let phases = [phase("model", 1.0, 4.0), phase("encode", 4.0, 5.0), phase("storage", 5.0, 6.0), phase("codec", 7.0, 9.0)];
+        let phases = [
+            phase("model", 1.0, 4.0),
+            phase("encode", 4.0, 5.0),
+            phase("storage", 5.0, 6.0),
+            phase("codec", 7.0, 9.0),
+        ];
         let result = breakdown(&phases, (0.0, 10.0));
         assert_eq!(result.model_s, 3.0);
         assert_eq!(result.codec_s, 3.0);
@@ -73,7 +106,11 @@ mod tests {
 
     #[test]
     fn parallel_work_is_counted_once_in_the_busy_time() {
-        let phases = [phase("model", 0.0, 6.0), phase("model", 2.0, 8.0), phase("encode", 7.0, 9.0)];
+        let phases = [
+            phase("model", 0.0, 6.0),
+            phase("model", 2.0, 8.0),
+            phase("encode", 7.0, 9.0),
+        ];
         let result = breakdown(&phases, (0.0, 10.0));
         assert_eq!(result.model_s, 12.0);
         assert_eq!(result.overhead_s, 1.0);

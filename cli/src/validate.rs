@@ -6,7 +6,9 @@ use reelfarm_common::sequence::Sequence;
 use reelfarm_scheduler::planner::{self, Join};
 
 pub fn print_plan(sequence: &Sequence) {
-    let Some(model) = models::find_model(&sequence.model) else { return };
+    let Some(model) = models::find_model(&sequence.model) else {
+        return;
+    };
     let plan = planner::plan(sequence, model);
     println!(
         "ok: {} — {} shots, {:.2} s, {} frames at {} fps, {}x{}, {} pass, model {}",
@@ -20,7 +22,10 @@ pub fn print_plan(sequence: &Sequence) {
         sequence.pass.name(),
         model.id
     );
-    println!("  {:<10} {:>7} {:>8} {:>7} {:>6}  {:<10} {}", "segment", "start", "frames", "render", "steps", "join", "memory");
+    println!(
+        "  {:<10} {:>7} {:>8} {:>7} {:>6}  {:<10} memory",
+        "segment", "start", "frames", "render", "steps", "join"
+    );
     for segment in &plan.segments {
         let join = match (segment.join, segment.continues_from) {
             (Join::Continue, Some(previous)) => format!("continue {}", plan.segments[previous].id),

@@ -8,11 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn reelfarm(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reelfarm")).args(args).current_dir(dir).output().expect("run reelfarm")
+    Command::new(env!("CARGO_BIN_EXE_reelfarm"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run reelfarm")
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn write_spec(dir: &Path, body: &str) -> String {
@@ -27,22 +34,49 @@ fn bad_specs_exit_2_name_the_field_and_write_nothing() {
     let out = dir.path().join("out.mp4");
     let cases = [
         ("shots:\n  - duration: 5\n", "shots[0].prompt: required"),
-        ("shots:\n  - {prompt: a, duration: 5}\n  - {prompt: b, duration: 5}\n  - {prompt: c, duration: 0}\n", "shots[2].duration: must be between 1 and 600 seconds, got 0"),
-        ("shots:\n  - {prompt: a, duration: 601}\n", "shots[0].duration: must be between 1 and 600 seconds, got 601"),
-        ("fps: 7\nshots:\n  - {prompt: a, duration: 5}\n", "fps: must be a whole number between 8 and 60, got 7"),
-        ("resolution: 4k\nshots:\n  - {prompt: a, duration: 5}\n", "resolution: must be one of 480p, 720p, 1080p, got 4k"),
-        ("aspect: \"5:4\"\nshots:\n  - {prompt: a, duration: 5}\n", "aspect: must be one of"),
-        ("shots:\n  - {prompt: a, duration: 2}\n  - {prompt: b, duration: 5, transition: crossfade, crossfade: 3}\n", "shots[1].crossfade: 3 s is longer than the previous shot"),
-        ("shots:\n  - {prompt: a, duration: 5, reference: frames/start.png}\n", "shots[0].reference: file not found: frames/start.png"),
+        (
+            "shots:\n  - {prompt: a, duration: 5}\n  - {prompt: b, duration: 5}\n  - {prompt: c, duration: 0}\n",
+            "shots[2].duration: must be between 1 and 600 seconds, got 0",
+        ),
+        (
+            "shots:\n  - {prompt: a, duration: 601}\n",
+            "shots[0].duration: must be between 1 and 600 seconds, got 601",
+        ),
+        (
+            "fps: 7\nshots:\n  - {prompt: a, duration: 5}\n",
+            "fps: must be a whole number between 8 and 60, got 7",
+        ),
+        (
+            "resolution: 4k\nshots:\n  - {prompt: a, duration: 5}\n",
+            "resolution: must be one of 480p, 720p, 1080p, got 4k",
+        ),
+        (
+            "aspect: \"5:4\"\nshots:\n  - {prompt: a, duration: 5}\n",
+            "aspect: must be one of",
+        ),
+        (
+            "shots:\n  - {prompt: a, duration: 2}\n  - {prompt: b, duration: 5, transition: crossfade, crossfade: 3}\n",
+            "shots[1].crossfade: 3 s is longer than the previous shot",
+        ),
+        (
+            "shots:\n  - {prompt: a, duration: 5, reference: frames/start.png}\n",
+            "shots[0].reference: file not found: frames/start.png",
+        ),
         ("shots: [\n  - prompt: a\n", "line 2"),
-        ("shots:\n  - {prompt: a, duration: 5, colour: red}\n", "unknown field `colour`"),
+        (
+            "shots:\n  - {prompt: a, duration: 5, colour: red}\n",
+            "unknown field `colour`",
+        ),
     ];
     for (body, expected) in cases {
         let spec = write_spec(dir.path(), body);
         let output = reelfarm(&["render", &spec, "-o", out.to_str().unwrap()], dir.path());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "spec {body:?}: {stderr}");
-        assert!(stderr.contains(expected), "spec {body:?}: expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "spec {body:?}: expected {expected:?} in {stderr}"
+        );
         assert!(!out.exists(), "nothing may be written for {body:?}");
     }
 }
@@ -56,19 +90,34 @@ fn a_missing_spec_file_or_output_directory_is_explained() {
     let spec = write_spec(dir.path(), "shots:\n  - {prompt: a, duration: 1}\n");
     let output = reelfarm(&["render", &spec, "-o", "missing/dir/out.mp4"], dir.path());
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("directory missing/dir does not exist"));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("directory missing/dir does not exist")
+    );
 }
 
 #[test]
 fn validate_prints_the_plan_of_the_examples() {
     let root = repo_root();
-    let output = reelfarm(&["validate", "examples/sequences/long-take-120s.yaml"], &root);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = reelfarm(
+        &["validate", "examples/sequences/long-take-120s.yaml"],
+        &root,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(stdout.matches("continue s000-").count(), 5, "{stdout}");
-    let output = reelfarm(&["validate", "examples/sequences/coastline-60s.yaml"], &root);
+    let output = reelfarm(
+        &["validate", "examples/sequences/coastline-60s.yaml"],
+        &root,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("1440 frames at 24 fps, 848x480"), "{stdout}");
+    assert!(
+        stdout.contains("1440 frames at 24 fps, 848x480"),
+        "{stdout}"
+    );
     assert!(stdout.contains("crossfade 24f"), "{stdout}");
 }
 
@@ -76,7 +125,10 @@ fn validate_prints_the_plan_of_the_examples() {
 fn help_teaches_where_to_start() {
     let output = reelfarm(&["--help"], &repo_root());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("reelfarm render examples/sequences/coastline-60s.yaml -o coastline.mp4"), "{stdout}");
+    assert!(
+        stdout.contains("reelfarm render examples/sequences/coastline-60s.yaml -o coastline.mp4"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -84,14 +136,41 @@ fn render_writes_the_video_and_its_report() {
     let dir = tempfile::tempdir().unwrap();
     let spec = repo_root().join("examples/sequences/quick-3-shots.yaml");
     let out = dir.path().join("quick.mp4");
-    let output = reelfarm(&["render", spec.to_str().unwrap(), "-o", out.to_str().unwrap(), "--steps", "2"], dir.path());
+    let output = reelfarm(
+        &[
+            "render",
+            spec.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+        ],
+        dir.path(),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("segments") && stdout.contains("model s per video s"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("segments") && stdout.contains("model s per video s"),
+        "{stdout}"
+    );
     let probed = probe::probe(&out);
-    assert_eq!((probed.width, probed.height, probed.frame_rate.as_str(), probed.frames), (848, 480, "8/1", 72));
+    assert_eq!(
+        (
+            probed.width,
+            probed.height,
+            probed.frame_rate.as_str(),
+            probed.frames
+        ),
+        (848, 480, "8/1", 72)
+    );
     assert!((probed.duration_seconds - 9.0).abs() <= 0.125, "{probed:?}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("quick.report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("quick.report.json")).unwrap())
+            .unwrap();
     assert_eq!(report["frames"], 72);
     assert!(!dir.path().join("quick.partial").exists());
 }

@@ -25,9 +25,13 @@ pub fn check_key(key: &str) -> Result<(), Error> {
     let bad = key.is_empty()
         || key.starts_with('/')
         || key.contains('\\')
-        || key.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+        || key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
     if bad {
-        return Err(Error::InvalidArgument(format!("object key {key:?} must be a relative path without empty, '.' or '..' parts")));
+        return Err(Error::InvalidArgument(format!(
+            "object key {key:?} must be a relative path without empty, '.' or '..' parts"
+        )));
     }
     Ok(())
 }
@@ -41,8 +45,12 @@ pub struct LocalBlobStore {
 impl LocalBlobStore {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self, Error> {
         let root = root.into();
-        std::fs::create_dir_all(&root)
-            .map_err(|error| Error::Unavailable(format!("cannot create object store directory {}: {error}", root.display())))?;
+        std::fs::create_dir_all(&root).map_err(|error| {
+            Error::Unavailable(format!(
+                "cannot create object store directory {}: {error}",
+                root.display()
+            ))
+        })?;
         Ok(Self { root })
     }
 
@@ -62,11 +70,21 @@ impl BlobStore for LocalBlobStore {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), Error> {
         let path = self.path_of(key)?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        let io_error = |error: std::io::Error| Error::Unavailable(format!("writing {}: {error}", path.display()));
+        let io_error = |error: std::io::Error| {
+            Error::Unavailable(format!("writing {}: {error}", path.display()))
+        };
         tokio::fs::create_dir_all(&parent).await.map_err(io_error)?;
         // Write beside the target, then rename: a reader sees the old object or the new one.
-        let temporary = parent.join(format!(".{}.{}.partial", path.file_name().and_then(|n| n.to_str()).unwrap_or("object"), std::process::id()));
-        tokio::fs::write(&temporary, &bytes).await.map_err(io_error)?;
+        let temporary = parent.join(format!(
+            ".{}.{}.partial",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object"),
+            std::process::id()
+        ));
+        tokio::fs::write(&temporary, &bytes)
+            .await
+            .map_err(io_error)?;
         tokio::fs::rename(&temporary, &path).await.map_err(io_error)
     }
 
@@ -74,14 +92,21 @@ impl BlobStore for LocalBlobStore {
         let path = self.path_of(key)?;
         match tokio::fs::read(&path).await {
             Ok(bytes) => Ok(Bytes::from(bytes)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!("object {key} in {}", self.describe()))),
-            Err(error) => Err(Error::Unavailable(format!("reading {}: {error}", path.display()))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(
+                format!("object {key} in {}", self.describe()),
+            )),
+            Err(error) => Err(Error::Unavailable(format!(
+                "reading {}: {error}",
+                path.display()
+            ))),
         }
     }
 
     async fn exists(&self, key: &str) -> Result<bool, Error> {
         let path = self.path_of(key)?;
-        tokio::fs::try_exists(&path).await.map_err(|error| Error::Unavailable(format!("checking {}: {error}", path.display())))
+        tokio::fs::try_exists(&path)
+            .await
+            .map_err(|error| Error::Unavailable(format!("checking {}: {error}", path.display())))
     }
 
     fn describe(&self) -> String {
@@ -95,25 +120,50 @@ pub mod conformance {
 
     pub async fn run(store: &dyn BlobStore) {
         let key = "conformance/a/object.bin";
-        assert!(!store.exists(key).await.unwrap(), "fresh key must not exist");
-        assert!(matches!(store.get(key).await, Err(Error::NotFound(_))), "missing key must be NotFound");
+        assert!(
+            !store.exists(key).await.unwrap(),
+            "fresh key must not exist"
+        );
+        assert!(
+            matches!(store.get(key).await, Err(Error::NotFound(_))),
+            "missing key must be NotFound"
+        );
 
         store.put(key, Bytes::from_static(b"first")).await.unwrap();
         assert!(store.exists(key).await.unwrap());
         assert_eq!(store.get(key).await.unwrap(), Bytes::from_static(b"first"));
 
-        store.put(key, Bytes::from_static(b"second, longer")).await.unwrap();
-        assert_eq!(store.get(key).await.unwrap(), Bytes::from_static(b"second, longer"), "put must replace");
+        store
+            .put(key, Bytes::from_static(b"second, longer"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(key).await.unwrap(),
+            Bytes::from_static(b"second, longer"),
+            "put must replace"
+        );
 
         let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        store.put("conformance/large.bin", Bytes::from(large.clone())).await.unwrap();
-        assert_eq!(store.get("conformance/large.bin").await.unwrap().as_ref(), large.as_slice());
+        store
+            .put("conformance/large.bin", Bytes::from(large.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get("conformance/large.bin").await.unwrap().as_ref(),
+            large.as_slice()
+        );
 
         store.put("conformance/empty", Bytes::new()).await.unwrap();
         assert_eq!(store.get("conformance/empty").await.unwrap().len(), 0);
 
         for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
-            assert!(matches!(store.put(bad, Bytes::new()).await, Err(Error::InvalidArgument(_))), "key {bad:?} must be refused");
+            assert!(
+                matches!(
+                    store.put(bad, Bytes::new()).await,
+                    Err(Error::InvalidArgument(_))
+                ),
+                "key {bad:?} must be refused"
+            );
         }
     }
 }

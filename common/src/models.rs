@@ -48,8 +48,9 @@ impl ModelSpec {
         (frames - 1).div_ceil(stride) * stride + 1
     }
 
-    /// Peak memory of one segment: the formula lives beside the model (`reelfarm-worker`'s
-    /// `model::tiny::estimate`) and is mirrored here so the scheduler can place without it.
+    /// Peak memory of one segment, for placement without loading the model. Conservative: a
+    /// worker test checks it covers the model's own estimate (`ModelRuntime::memory_estimate_bytes`);
+    /// learning from measured peaks comes with VRAM-aware placement.
     pub fn memory_estimate_bytes(&self, width: u32, height: u32, render_frames: u64) -> u64 {
         tiny_memory_estimate_bytes(width, height, render_frames)
     }
@@ -63,9 +64,11 @@ pub fn tiny_memory_estimate_bytes(width: u32, height: u32, render_frames: u64) -
     const HIDDEN_CHANNELS: u64 = 48;
     const ACTIVATION_COPIES: u64 = 6;
     let latent_frames = (render_frames.saturating_sub(1)).div_ceil(4) + 1;
-    let latent_positions = latent_frames * u64::from(width.div_ceil(16)) * u64::from(height.div_ceil(16));
+    let latent_positions =
+        latent_frames * u64::from(width.div_ceil(16)) * u64::from(height.div_ceil(16));
     let activations = latent_positions * HIDDEN_CHANNELS * 4 * 2 * ACTIVATION_COPIES;
-    let decoded_low_res = render_frames * u64::from(width.div_ceil(4)) * u64::from(height.div_ceil(4)) * 3 * 4;
+    let decoded_low_res =
+        render_frames * u64::from(width.div_ceil(4)) * u64::from(height.div_ceil(4)) * 3 * 4;
     let full_frames = u64::from(width) * u64::from(height) * 3 * 4;
     WEIGHTS + activations + decoded_low_res + full_frames + RUNTIME_MARGIN
 }
@@ -79,7 +82,10 @@ mod tests {
         for frames in 1..200u64 {
             let aligned = REELFARM_TINY.aligned_render_frames(frames);
             assert_eq!(aligned % 4, 1, "{frames} -> {aligned}");
-            assert!(aligned >= frames && aligned - frames < 4, "{frames} -> {aligned}");
+            assert!(
+                aligned >= frames && aligned - frames < 4,
+                "{frames} -> {aligned}"
+            );
         }
     }
 

@@ -41,8 +41,14 @@ pub enum Aspect {
 }
 
 impl Aspect {
-    pub const ALL: [Aspect; 6] =
-        [Aspect::Wide16x9, Aspect::Tall9x16, Aspect::Scope239, Aspect::Flat185, Aspect::Classic4x3, Aspect::Square];
+    pub const ALL: [Aspect; 6] = [
+        Aspect::Wide16x9,
+        Aspect::Tall9x16,
+        Aspect::Scope239,
+        Aspect::Flat185,
+        Aspect::Classic4x3,
+        Aspect::Square,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -74,7 +80,11 @@ pub fn frame_size(resolution: Resolution, aspect: Aspect) -> (u32, u32) {
     let short = resolution.short_side();
     let (ratio, portrait) = aspect.long_over_short();
     let long = ((f64::from(short) * ratio / 16.0).round() as u32) * 16;
-    if portrait { (short, long) } else { (long, short) }
+    if portrait {
+        (short, long)
+    } else {
+        (long, short)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,7 +175,9 @@ impl Sequence {
     }
 
     pub fn display_title(&self) -> String {
-        self.title.clone().unwrap_or_else(|| format!("{} shots", self.shots.len()))
+        self.title
+            .clone()
+            .unwrap_or_else(|| format!("{} shots", self.shots.len()))
     }
 }
 
@@ -177,7 +189,10 @@ mod tests {
     fn frame_sizes_follow_the_documented_rule() {
         assert_eq!(frame_size(Resolution::P480, Aspect::Wide16x9), (848, 480));
         assert_eq!(frame_size(Resolution::P480, Aspect::Tall9x16), (480, 848));
-        assert_eq!(frame_size(Resolution::P1080, Aspect::Wide16x9), (1920, 1080));
+        assert_eq!(
+            frame_size(Resolution::P1080, Aspect::Wide16x9),
+            (1920, 1080)
+        );
         assert_eq!(frame_size(Resolution::P720, Aspect::Wide16x9), (1280, 720));
         assert_eq!(frame_size(Resolution::P480, Aspect::Square), (480, 480));
         assert_eq!(frame_size(Resolution::P480, Aspect::Classic4x3), (640, 480));

@@ -41,7 +41,12 @@ pub struct SpecError {
 
 impl SpecError {
     fn single(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        SpecError { errors: vec![FieldError { path: path.into(), reason: reason.into() }] }
+        SpecError {
+            errors: vec![FieldError {
+                path: path.into(),
+                reason: reason.into(),
+            }],
+        }
     }
 }
 
@@ -117,63 +122,106 @@ pub fn parse_spec_text(text: &str) -> Result<SpecDoc, SpecError> {
     let deserializer = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
-        let path = if path == "." || path.is_empty() { "spec".to_string() } else { path };
+        let path = if path == "." || path.is_empty() {
+            "spec".to_string()
+        } else {
+            path
+        };
         SpecError::single(path, error.inner().to_string())
     })
 }
 
 /// Reads, parses and validates a spec file; reference images resolve relative to it.
 pub fn load_spec_file(path: &Path) -> Result<Sequence, SpecError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| SpecError::single("spec", format!("cannot read {}: {error}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        SpecError::single("spec", format!("cannot read {}: {error}", path.display()))
+    })?;
     let doc = parse_spec_text(&text)?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
     validate(doc, &|name| {
         let resolved = base.join(name);
         std::fs::read(&resolved).map_err(|error| match error.kind() {
-            std::io::ErrorKind::NotFound => format!("file not found: {name} (looked for {})", resolved.display()),
+            std::io::ErrorKind::NotFound => {
+                format!("file not found: {name} (looked for {})", resolved.display())
+            }
             _ => format!("cannot read {}: {error}", resolved.display()),
         })
     })
 }
 
 /// Validates the raw spec. `read_reference` turns a reference path into its bytes.
-pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, String>) -> Result<Sequence, SpecError> {
+pub fn validate(
+    doc: SpecDoc,
+    read_reference: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+) -> Result<Sequence, SpecError> {
     let mut errors = Vec::new();
     let mut fail = |path: String, reason: String| errors.push(FieldError { path, reason });
 
-    let model = doc.model.clone().unwrap_or_else(|| models::DEFAULT_MODEL.to_string());
+    let model = doc
+        .model
+        .clone()
+        .unwrap_or_else(|| models::DEFAULT_MODEL.to_string());
     if models::find_model(&model).is_none() {
-        fail("model".into(), format!("unknown model {model:?}; available: {}", models::known_model_ids().join(", ")));
+        fail(
+            "model".into(),
+            format!(
+                "unknown model {model:?}; available: {}",
+                models::known_model_ids().join(", ")
+            ),
+        );
     }
     let resolution = match &doc.resolution {
         None => Resolution::P480,
         Some(value) => {
             let word = value.to_string().to_lowercase();
-            let word = if word.ends_with('p') { word } else { format!("{word}p") };
-            Resolution::ALL.into_iter().find(|r| r.name() == word).unwrap_or_else(|| {
-                fail("resolution".into(), format!("must be one of 480p, 720p, 1080p, got {value}"));
-                Resolution::P480
-            })
+            let word = if word.ends_with('p') {
+                word
+            } else {
+                format!("{word}p")
+            };
+            Resolution::ALL
+                .into_iter()
+                .find(|r| r.name() == word)
+                .unwrap_or_else(|| {
+                    fail(
+                        "resolution".into(),
+                        format!("must be one of 480p, 720p, 1080p, got {value}"),
+                    );
+                    Resolution::P480
+                })
         }
     };
     let aspect = match &doc.aspect {
         None => Aspect::Wide16x9,
         Some(value) => {
             let word = value.to_string().replace(' ', "");
-            Aspect::ALL.into_iter().find(|a| a.name() == word).unwrap_or_else(|| {
-                let names: Vec<&str> = Aspect::ALL.iter().map(|a| a.name()).collect();
-                fail("aspect".into(), format!("must be one of {}, got {value}", names.join(", ")));
-                Aspect::Wide16x9
-            })
+            Aspect::ALL
+                .into_iter()
+                .find(|a| a.name() == word)
+                .unwrap_or_else(|| {
+                    let names: Vec<&str> = Aspect::ALL.iter().map(|a| a.name()).collect();
+                    fail(
+                        "aspect".into(),
+                        format!("must be one of {}, got {value}", names.join(", ")),
+                    );
+                    Aspect::Wide16x9
+                })
         }
     };
     let fps = match &doc.fps {
         None => 24,
         Some(value) => match whole_number(value) {
-            Some(fps) if (i64::from(FPS_RANGE.0)..=i64::from(FPS_RANGE.1)).contains(&fps) => fps as u32,
+            Some(fps) if (i64::from(FPS_RANGE.0)..=i64::from(FPS_RANGE.1)).contains(&fps) => {
+                fps as u32
+            }
             _ => {
-                fail("fps".into(), format!("must be a whole number between {} and {}, got {value}", FPS_RANGE.0, FPS_RANGE.1));
+                fail(
+                    "fps".into(),
+                    format!(
+                        "must be a whole number between {} and {}, got {value}",
+                        FPS_RANGE.0, FPS_RANGE.1
+                    ),
+                );
                 24
             }
         },
@@ -182,29 +230,53 @@ pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, S
         None | Some("draft") => Pass::Draft,
         Some("final") => Pass::Final,
         Some(other) => {
-            fail("pass".into(), format!("must be draft or final, got {other}"));
+            fail(
+                "pass".into(),
+                format!("must be draft or final, got {other}"),
+            );
             Pass::Draft
         }
     };
     let steps = match &doc.steps {
         None => None,
         Some(value) => match whole_number(value) {
-            Some(steps) if (i64::from(STEPS_RANGE.0)..=i64::from(STEPS_RANGE.1)).contains(&steps) => Some(steps as u32),
+            Some(steps)
+                if (i64::from(STEPS_RANGE.0)..=i64::from(STEPS_RANGE.1)).contains(&steps) =>
+            {
+                Some(steps as u32)
+            }
             _ => {
-                fail("steps".into(), format!("must be a whole number between {} and {}, got {value}", STEPS_RANGE.0, STEPS_RANGE.1));
+                fail(
+                    "steps".into(),
+                    format!(
+                        "must be a whole number between {} and {}, got {value}",
+                        STEPS_RANGE.0, STEPS_RANGE.1
+                    ),
+                );
                 None
             }
         },
     };
     check_text(&mut fail, "title", doc.title.as_deref(), 200);
     check_text(&mut fail, "style", doc.style.as_deref(), MAX_PROMPT_CHARS);
-    check_text(&mut fail, "negative", doc.negative.as_deref(), MAX_PROMPT_CHARS);
+    check_text(
+        &mut fail,
+        "negative",
+        doc.negative.as_deref(),
+        MAX_PROMPT_CHARS,
+    );
 
     let shot_docs = doc.shots.unwrap_or_default();
     if shot_docs.is_empty() {
         fail("shots".into(), "must list at least one shot".into());
     } else if shot_docs.len() > MAX_SHOTS {
-        fail("shots".into(), format!("must list at most {MAX_SHOTS} shots, got {}", shot_docs.len()));
+        fail(
+            "shots".into(),
+            format!(
+                "must list at most {MAX_SHOTS} shots, got {}",
+                shot_docs.len()
+            ),
+        );
     }
 
     let mut shots = Vec::with_capacity(shot_docs.len());
@@ -212,7 +284,10 @@ pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, S
         let at = |field: &str| format!("shots[{index}].{field}");
         let prompt = match shot.prompt {
             None => {
-                fail(at("prompt"), "required: describe what the shot shows".into());
+                fail(
+                    at("prompt"),
+                    "required: describe what the shot shows".into(),
+                );
                 String::new()
             }
             Some(prompt) => {
@@ -220,24 +295,36 @@ pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, S
                 if prompt.trim().is_empty() {
                     fail(at("prompt"), "must not be empty".into());
                 } else if chars > MAX_PROMPT_CHARS {
-                    fail(at("prompt"), format!("must be at most {MAX_PROMPT_CHARS} characters, got {chars}"));
+                    fail(
+                        at("prompt"),
+                        format!("must be at most {MAX_PROMPT_CHARS} characters, got {chars}"),
+                    );
                 }
                 prompt.trim().to_string()
             }
         };
         let duration_seconds = match &shot.duration {
             None => {
-                fail(at("duration"), "required: seconds, e.g. 12 or \"12s\"".into());
+                fail(
+                    at("duration"),
+                    "required: seconds, e.g. 12 or \"12s\"".into(),
+                );
                 SHOT_SECONDS.0
             }
             Some(value) => match seconds(value) {
                 Some(seconds) if (SHOT_SECONDS.0..=SHOT_SECONDS.1).contains(&seconds) => seconds,
                 Some(_) => {
-                    fail(at("duration"), format!("must be between 1 and 600 seconds, got {value}"));
+                    fail(
+                        at("duration"),
+                        format!("must be between 1 and 600 seconds, got {value}"),
+                    );
                     SHOT_SECONDS.0
                 }
                 None => {
-                    fail(at("duration"), format!("must be a number of seconds like 12 or \"12s\", got {value:?}"));
+                    fail(
+                        at("duration"),
+                        format!("must be a number of seconds like 12 or \"12s\", got {value:?}"),
+                    );
                     SHOT_SECONDS.0
                 }
             },
@@ -247,29 +334,52 @@ pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, S
             Some("continue") => Transition::Continue,
             Some("crossfade") => Transition::Crossfade,
             Some(other) => {
-                fail(at("transition"), format!("must be cut, continue or crossfade, got {other}"));
+                fail(
+                    at("transition"),
+                    format!("must be cut, continue or crossfade, got {other}"),
+                );
                 Transition::Cut
             }
         };
         if index == 0 && transition != Transition::Cut {
-            fail(at("transition"), format!("the first shot has nothing before it to {}; use cut", transition.name()));
+            fail(
+                at("transition"),
+                format!(
+                    "the first shot has nothing before it to {}; use cut",
+                    transition.name()
+                ),
+            );
         }
         let crossfade_seconds = match (&shot.crossfade, transition) {
             (Some(_), kind) if kind != Transition::Crossfade => {
-                fail(at("crossfade"), format!("only allowed with transition: crossfade (this shot's transition is {})", kind.name()));
+                fail(
+                    at("crossfade"),
+                    format!(
+                        "only allowed with transition: crossfade (this shot's transition is {})",
+                        kind.name()
+                    ),
+                );
                 None
             }
             (None, Transition::Crossfade) => Some(DEFAULT_CROSSFADE_SECONDS),
             (Some(value), _) => match seconds(value) {
                 Some(seconds) if seconds > 0.0 => Some(seconds),
                 _ => {
-                    fail(at("crossfade"), format!("must be a positive number of seconds, got {value}"));
+                    fail(
+                        at("crossfade"),
+                        format!("must be a positive number of seconds, got {value}"),
+                    );
                     None
                 }
             },
             (None, _) => None,
         };
-        check_text(&mut fail, &at("negative"), shot.negative.as_deref(), MAX_PROMPT_CHARS);
+        check_text(
+            &mut fail,
+            &at("negative"),
+            shot.negative.as_deref(),
+            MAX_PROMPT_CHARS,
+        );
         let reference = match (shot.inline_reference, shot.reference) {
             (Some(inline), _) => Some(inline),
             (None, Some(name)) => match read_reference(&name) {
@@ -287,7 +397,10 @@ pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, S
         if let Some(reference) = &reference
             && let Err(reason) = check_png(&reference.png)
         {
-            fail(at("reference"), format!("{} is not a usable PNG image: {reason}", reference.name));
+            fail(
+                at("reference"),
+                format!("{} is not a usable PNG image: {reason}", reference.name),
+            );
         }
         shots.push(Shot {
             prompt,
@@ -301,21 +414,39 @@ pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, S
     }
 
     for index in 1..shots.len() {
-        let Some(crossfade) = shots[index].crossfade_seconds else { continue };
-        let (previous, this) = (shots[index - 1].duration_seconds, shots[index].duration_seconds);
+        let Some(crossfade) = shots[index].crossfade_seconds else {
+            continue;
+        };
+        let (previous, this) = (
+            shots[index - 1].duration_seconds,
+            shots[index].duration_seconds,
+        );
         if crossfade > previous.min(this) {
-            let which = if previous <= this { "the previous shot" } else { "this shot" };
+            let which = if previous <= this {
+                "the previous shot"
+            } else {
+                "this shot"
+            };
             fail(
                 format!("shots[{index}].crossfade"),
-                format!("{crossfade} s is longer than {which} ({} s); a dissolve must fit in both shots", previous.min(this)),
+                format!(
+                    "{crossfade} s is longer than {which} ({} s); a dissolve must fit in both shots",
+                    previous.min(this)
+                ),
             );
         } else if (crossfade * f64::from(fps)).round() < 1.0 {
-            fail(format!("shots[{index}].crossfade"), format!("{crossfade} s is shorter than one frame at {fps} fps"));
+            fail(
+                format!("shots[{index}].crossfade"),
+                format!("{crossfade} s is shorter than one frame at {fps} fps"),
+            );
         }
     }
     let total: f64 = shots.iter().map(|shot| shot.duration_seconds).sum();
     if total > MAX_TOTAL_SECONDS {
-        fail("shots".into(), format!("total duration {total} s exceeds the limit of {MAX_TOTAL_SECONDS} s (1 hour)"));
+        fail(
+            "shots".into(),
+            format!("total duration {total} s exceeds the limit of {MAX_TOTAL_SECONDS} s (1 hour)"),
+        );
     }
 
     if !errors.is_empty() {
@@ -336,11 +467,19 @@ pub fn validate(doc: SpecDoc, read_reference: &dyn Fn(&str) -> Result<Vec<u8>, S
     })
 }
 
-fn check_text(fail: &mut impl FnMut(String, String), path: &str, text: Option<&str>, max_chars: usize) {
+fn check_text(
+    fail: &mut impl FnMut(String, String),
+    path: &str,
+    text: Option<&str>,
+    max_chars: usize,
+) {
     if let Some(text) = text {
         let chars = text.chars().count();
         if chars > max_chars {
-            fail(path.to_string(), format!("must be at most {max_chars} characters, got {chars}"));
+            fail(
+                path.to_string(),
+                format!("must be at most {max_chars} characters, got {chars}"),
+            );
         }
     }
 }
@@ -368,8 +507,15 @@ fn check_png(bytes: &[u8]) -> Result<(), String> {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let reader = decoder.read_info().map_err(|error| error.to_string())?;
     let info = reader.info();
-    if info.width == 0 || info.height == 0 || info.width > MAX_REFERENCE_SIDE || info.height > MAX_REFERENCE_SIDE {
-        return Err(format!("size {}x{} is outside 1..{MAX_REFERENCE_SIDE}", info.width, info.height));
+    if info.width == 0
+        || info.height == 0
+        || info.width > MAX_REFERENCE_SIDE
+        || info.height > MAX_REFERENCE_SIDE
+    {
+        return Err(format!(
+            "size {}x{} is outside 1..{MAX_REFERENCE_SIDE}",
+            info.width, info.height
+        ));
     }
     Ok(())
 }
@@ -388,7 +534,9 @@ pub fn sequence_from_pb(spec: pb::SequenceSpec) -> Result<Sequence, SpecError> {
             negative: shot.negative,
             reference: None,
             inline_reference: shot.reference_png.map(|png| Reference {
-                name: shot.reference_name.unwrap_or_else(|| "reference.png".to_string()),
+                name: shot
+                    .reference_name
+                    .unwrap_or_else(|| "reference.png".to_string()),
                 png,
             }),
         })
@@ -406,7 +554,9 @@ pub fn sequence_from_pb(spec: pb::SequenceSpec) -> Result<Sequence, SpecError> {
         steps: spec.steps.map(|steps| Scalar::Integer(i64::from(steps))),
         shots: Some(shots),
     };
-    validate(doc, &|_| Err("references travel as image bytes over the API".to_string()))
+    validate(doc, &|_| {
+        Err("references travel as image bytes over the API".to_string())
+    })
 }
 
 pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
@@ -431,8 +581,14 @@ pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
                 crossfade_seconds: shot.crossfade_seconds,
                 seed: shot.seed,
                 negative: shot.negative.clone(),
-                reference_png: shot.reference.as_ref().map(|reference| reference.png.clone()),
-                reference_name: shot.reference.as_ref().map(|reference| reference.name.clone()),
+                reference_png: shot
+                    .reference
+                    .as_ref()
+                    .map(|reference| reference.png.clone()),
+                reference_name: shot
+                    .reference
+                    .as_ref()
+                    .map(|reference| reference.name.clone()),
             })
             .collect(),
     }

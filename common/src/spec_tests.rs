@@ -11,7 +11,9 @@ fn check(yaml: &str) -> Result<Sequence, SpecError> {
 }
 
 fn error_of(yaml: &str) -> String {
-    check(yaml).expect_err("spec should be rejected").to_string()
+    check(yaml)
+        .expect_err("spec should be rejected")
+        .to_string()
 }
 
 const GOOD: &str = r#"
@@ -59,22 +61,40 @@ fn crossfade_defaults_to_half_a_second() {
 
 #[test]
 fn missing_prompt_is_named() {
-    assert_eq!(error_of("shots:\n  - duration: 5\n"), "shots[0].prompt: required: describe what the shot shows");
+    assert_eq!(
+        error_of("shots:\n  - duration: 5\n"),
+        "shots[0].prompt: required: describe what the shot shows"
+    );
 }
 
 #[test]
 fn duration_out_of_range_is_named_with_the_value() {
     let yaml = "shots:\n  - {prompt: a, duration: 5}\n  - {prompt: b, duration: 5}\n  - {prompt: c, duration: 0}\n";
-    assert_eq!(error_of(yaml), "shots[2].duration: must be between 1 and 600 seconds, got 0");
-    assert_eq!(error_of("shots:\n  - {prompt: a, duration: 601}\n"), "shots[0].duration: must be between 1 and 600 seconds, got 601");
-    assert!(error_of("shots:\n  - {prompt: a, duration: soon}\n").starts_with("shots[0].duration: must be a number of seconds"));
+    assert_eq!(
+        error_of(yaml),
+        "shots[2].duration: must be between 1 and 600 seconds, got 0"
+    );
+    assert_eq!(
+        error_of("shots:\n  - {prompt: a, duration: 601}\n"),
+        "shots[0].duration: must be between 1 and 600 seconds, got 601"
+    );
+    assert!(
+        error_of("shots:\n  - {prompt: a, duration: soon}\n")
+            .starts_with("shots[0].duration: must be a number of seconds")
+    );
 }
 
 #[test]
 fn fps_resolution_and_aspect_outside_the_vocabulary_are_rejected() {
     let shots = "shots:\n  - {prompt: a, duration: 5}\n";
-    assert_eq!(error_of(&format!("fps: 7\n{shots}")), "fps: must be a whole number between 8 and 60, got 7");
-    assert_eq!(error_of(&format!("resolution: 4k\n{shots}")), "resolution: must be one of 480p, 720p, 1080p, got 4k");
+    assert_eq!(
+        error_of(&format!("fps: 7\n{shots}")),
+        "fps: must be a whole number between 8 and 60, got 7"
+    );
+    assert_eq!(
+        error_of(&format!("resolution: 4k\n{shots}")),
+        "resolution: must be one of 480p, 720p, 1080p, got 4k"
+    );
     assert_eq!(
         error_of(&format!("aspect: \"5:4\"\n{shots}")),
         "aspect: must be one of 16:9, 9:16, 2.39:1, 1.85:1, 4:3, 1:1, got 5:4"
@@ -95,26 +115,38 @@ fn crossfade_longer_than_a_neighbour_is_rejected() {
 #[test]
 fn crossfade_without_crossfade_transition_is_rejected() {
     let yaml = "shots:\n  - {prompt: a, duration: 5}\n  - {prompt: b, duration: 5, crossfade: 1}\n";
-    assert!(error_of(yaml).starts_with("shots[1].crossfade: only allowed with transition: crossfade"));
+    assert!(
+        error_of(yaml).starts_with("shots[1].crossfade: only allowed with transition: crossfade")
+    );
 }
 
 #[test]
 fn first_shot_cannot_continue() {
     let yaml = "shots:\n  - {prompt: a, duration: 5, transition: continue}\n";
-    assert!(error_of(yaml).starts_with("shots[0].transition: the first shot has nothing before it"));
+    assert!(
+        error_of(yaml).starts_with("shots[0].transition: the first shot has nothing before it")
+    );
 }
 
 #[test]
 fn missing_reference_file_is_named() {
     let yaml = "shots:\n  - {prompt: a, duration: 5, reference: frames/start.png}\n";
-    assert_eq!(error_of(yaml), "shots[0].reference: file not found: frames/start.png");
+    assert_eq!(
+        error_of(yaml),
+        "shots[0].reference: file not found: frames/start.png"
+    );
 }
 
 #[test]
 fn a_reference_that_is_not_a_png_is_rejected() {
     let doc = parse_spec_text("shots:\n  - {prompt: a, duration: 5, reference: x.png}\n").unwrap();
-    let error = validate(doc, &|_| Ok(b"GIF89a not a png".to_vec())).unwrap_err().to_string();
-    assert!(error.starts_with("shots[0].reference: x.png is not a usable PNG image"), "{error}");
+    let error = validate(doc, &|_| Ok(b"GIF89a not a png".to_vec()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("shots[0].reference: x.png is not a usable PNG image"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -137,7 +169,10 @@ fn unknown_fields_are_rejected_with_their_path() {
 #[test]
 fn limits_on_shot_count_total_length_and_prompt_length() {
     let many: String = (0..501).map(|_| "  - {prompt: a, duration: 1}\n").collect();
-    assert!(error_of(&format!("shots:\n{many}")).contains("shots: must list at most 500 shots, got 501"));
+    assert!(
+        error_of(&format!("shots:\n{many}"))
+            .contains("shots: must list at most 500 shots, got 501")
+    );
     let long: String = (0..7).map(|_| "  - {prompt: a, duration: 600}\n").collect();
     assert!(error_of(&format!("shots:\n{long}")).contains("exceeds the limit of 3600 s"));
     let prompt = "x".repeat(2001);
@@ -145,13 +180,20 @@ fn limits_on_shot_count_total_length_and_prompt_length() {
         error_of(&format!("shots:\n  - {{prompt: {prompt}, duration: 5}}\n")),
         "shots[0].prompt: must be at most 2000 characters, got 2001"
     );
-    assert_eq!(error_of("shots: []\n"), "shots: must list at least one shot");
+    assert_eq!(
+        error_of("shots: []\n"),
+        "shots: must list at least one shot"
+    );
 }
 
 #[test]
 fn several_errors_are_reported_together() {
     let spec_error = check("fps: 7\nshots:\n  - {duration: 0}\n").unwrap_err();
-    let paths: Vec<&str> = spec_error.errors.iter().map(|error| error.path.as_str()).collect();
+    let paths: Vec<&str> = spec_error
+        .errors
+        .iter()
+        .map(|error| error.path.as_str())
+        .collect();
     assert_eq!(paths, ["fps", "shots[0].prompt", "shots[0].duration"]);
 }
 
@@ -165,7 +207,10 @@ fn the_api_message_round_trips_and_is_validated_the_same_way() {
     bad.shots[2].duration_seconds = 0.0;
     bad.fps = Some(7);
     let error = sequence_from_pb(bad).unwrap_err().to_string();
-    assert_eq!(error, "fps: must be a whole number between 8 and 60, got 7; shots[2].duration: must be between 1 and 600 seconds, got 0");
+    assert_eq!(
+        error,
+        "fps: must be a whole number between 8 and 60, got 7; shots[2].duration: must be between 1 and 600 seconds, got 0"
+    );
 }
 
 #[test]
@@ -182,10 +227,16 @@ fn spec_files_resolve_references_next_to_them() {
     std::fs::create_dir(dir.path().join("frames")).unwrap();
     std::fs::write(dir.path().join("frames/start.png"), &png_bytes).unwrap();
     let spec_path = dir.path().join("seq.yaml");
-    std::fs::write(&spec_path, "shots:\n  - {prompt: a, duration: 5, reference: frames/start.png}\n").unwrap();
+    std::fs::write(
+        &spec_path,
+        "shots:\n  - {prompt: a, duration: 5, reference: frames/start.png}\n",
+    )
+    .unwrap();
     let sequence = load_spec_file(&spec_path).unwrap();
     assert_eq!(sequence.shots[0].reference.as_ref().unwrap().png, png_bytes);
 
-    let missing = load_spec_file(&dir.path().join("nope.yaml")).unwrap_err().to_string();
+    let missing = load_spec_file(&dir.path().join("nope.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(missing.starts_with("spec: cannot read"), "{missing}");
 }

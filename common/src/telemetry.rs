@@ -6,7 +6,14 @@ use tracing_subscriber::EnvFilter;
 /// `default_directive` applies when `RUST_LOG` is unset, e.g. `info` for servers, `warn` for
 /// the interactive CLI whose progress bars would be broken up by log lines.
 pub fn init(default_directive: &str, json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directive));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _already_installed = if json { builder.json().try_init() } else { builder.try_init() };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directive));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _already_installed = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -41,7 +41,10 @@ pub enum SequenceState {
 
 impl SequenceState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, SequenceState::Succeeded | SequenceState::Failed | SequenceState::Cancelled)
+        matches!(
+            self,
+            SequenceState::Succeeded | SequenceState::Failed | SequenceState::Cancelled
+        )
     }
 }
 
@@ -149,8 +152,14 @@ pub struct AssignmentRecord {
 /// Effects for the executor: messages to put on worker command streams.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Assign { worker: WorkerId, assignment: pb::Assignment },
-    Cancel { worker: WorkerId, assignment: pb::AssignmentRef },
+    Assign {
+        worker: WorkerId,
+        assignment: Box<pb::Assignment>,
+    },
+    Cancel {
+        worker: WorkerId,
+        assignment: pb::AssignmentRef,
+    },
 }
 
 /// Why a task attempt ended without a result.
@@ -172,7 +181,9 @@ impl FailureClass {
             pb::FailureReason::Cancelled => FailureClass::Cancelled,
             pb::FailureReason::WorkerLost => FailureClass::WorkerLost,
             pb::FailureReason::InvalidTask => FailureClass::InvalidTask,
-            pb::FailureReason::ModelError | pb::FailureReason::Unspecified => FailureClass::ModelError,
+            pb::FailureReason::ModelError | pb::FailureReason::Unspecified => {
+                FailureClass::ModelError
+            }
         }
     }
 
@@ -224,7 +235,9 @@ impl Farm {
     }
 
     pub fn sequence(&self, id: &str) -> Result<&SequenceRecord, Error> {
-        self.sequences.get(id).ok_or_else(|| Error::NotFound(format!("sequence {id} not found")))
+        self.sequences
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("sequence {id} not found")))
     }
 
     pub fn sequences(&self) -> impl Iterator<Item = &SequenceRecord> {
@@ -241,15 +254,29 @@ impl Farm {
 
     /// Adds a planned sequence. With a known idempotency key, returns the earlier sequence
     /// and `false` instead.
-    pub fn submit(&mut self, id: SequenceId, idempotency_key: Option<String>, sequence: Sequence, plan: Plan, now: f64) -> (SequenceId, bool) {
-        if let Some(existing) = idempotency_key.as_ref().and_then(|key| self.idempotency_keys.get(key)) {
+    pub fn submit(
+        &mut self,
+        id: SequenceId,
+        idempotency_key: Option<String>,
+        sequence: Sequence,
+        plan: Plan,
+        now: f64,
+    ) -> (SequenceId, bool) {
+        if let Some(existing) = idempotency_key
+            .as_ref()
+            .and_then(|key| self.idempotency_keys.get(key))
+        {
             return (existing.clone(), false);
         }
         let segments = plan
             .segments
             .iter()
             .map(|segment| {
-                let state = if segment.continues_from.is_some() { TaskState::Blocked } else { TaskState::Ready };
+                let state = if segment.continues_from.is_some() {
+                    TaskState::Blocked
+                } else {
+                    TaskState::Ready
+                };
                 TaskRecord::new(state, segment.memory_estimate_bytes)
             })
             .collect();
@@ -275,9 +302,30 @@ impl Farm {
         (id, true)
     }
 
-    pub fn register_worker(&mut self, id: WorkerId, name: String, devices: Vec<pb::Device>, models: Vec<String>) {
-        let devices = devices.into_iter().map(|device| DeviceRecord { device, reserved_bytes: 0, running: None }).collect();
-        self.workers.insert(id.clone(), WorkerRecord { id, name, models, devices });
+    pub fn register_worker(
+        &mut self,
+        id: WorkerId,
+        name: String,
+        devices: Vec<pb::Device>,
+        models: Vec<String>,
+    ) {
+        let devices = devices
+            .into_iter()
+            .map(|device| DeviceRecord {
+                device,
+                reserved_bytes: 0,
+                running: None,
+            })
+            .collect();
+        self.workers.insert(
+            id.clone(),
+            WorkerRecord {
+                id,
+                name,
+                models,
+                devices,
+            },
+        );
     }
 
     /// The worker's stream closed: its running tasks go back to ready (attempt + 1 on the
@@ -286,14 +334,31 @@ impl Farm {
         if self.workers.remove(worker).is_none() {
             return Vec::new();
         }
-        let lost: Vec<String> = self.assignments.iter().filter(|(_, a)| a.worker == worker).map(|(id, _)| id.clone()).collect();
+        let lost: Vec<String> = self
+            .assignments
+            .iter()
+            .filter(|(_, a)| a.worker == worker)
+            .map(|(id, _)| id.clone())
+            .collect();
         let mut actions = Vec::new();
         for assignment_id in lost {
             if let Some(assignment) = self.assignments.remove(&assignment_id) {
-                actions.extend(self.end_attempt(&assignment, FailureClass::WorkerLost, &format!("worker {worker} disconnected"), now));
+                actions.extend(self.end_attempt(
+                    &assignment,
+                    FailureClass::WorkerLost,
+                    &format!("worker {worker} disconnected"),
+                    now,
+                ));
             }
         }
         actions
+    }
+
+    pub fn running_assignments(&self, worker: &str) -> usize {
+        self.assignments
+            .values()
+            .filter(|assignment| assignment.worker == worker)
+            .count()
     }
 
     /// Checks a report against the current assignment (the fencing token).
@@ -308,9 +373,17 @@ impl Farm {
     }
 
     /// Records progress; `Ok(true)` tells the worker to stop (the sequence was cancelled).
-    pub fn report_progress(&mut self, reference: &pb::AssignmentRef, done: u64, total: u64) -> Result<bool, Error> {
+    pub fn report_progress(
+        &mut self,
+        reference: &pb::AssignmentRef,
+        done: u64,
+        total: u64,
+    ) -> Result<bool, Error> {
         let assignment = self.current(reference)?.clone();
-        let record = self.sequences.get_mut(&assignment.sequence_id).ok_or_else(|| Error::Internal("assignment of a missing sequence".into()))?;
+        let record = self
+            .sequences
+            .get_mut(&assignment.sequence_id)
+            .ok_or_else(|| Error::Internal("assignment of a missing sequence".into()))?;
         let task = record.task_mut(assignment.task);
         if task.state != TaskState::Running {
             return Ok(true);
@@ -321,11 +394,21 @@ impl Farm {
         Ok(false)
     }
 
-    pub fn complete(&mut self, reference: &pb::AssignmentRef, output_key: String, phases: Vec<pb::TimedPhase>, peak_memory_bytes: u64, now: f64) -> Result<Vec<Action>, Error> {
+    pub fn complete(
+        &mut self,
+        reference: &pb::AssignmentRef,
+        output_key: String,
+        phases: Vec<pb::TimedPhase>,
+        peak_memory_bytes: u64,
+        now: f64,
+    ) -> Result<Vec<Action>, Error> {
         let assignment = self.current(reference)?.clone();
         self.assignments.remove(&reference.assignment_id);
         self.free_device(&assignment);
-        let record = self.sequences.get_mut(&assignment.sequence_id).ok_or_else(|| Error::Internal("assignment of a missing sequence".into()))?;
+        let record = self
+            .sequences
+            .get_mut(&assignment.sequence_id)
+            .ok_or_else(|| Error::Internal("assignment of a missing sequence".into()))?;
         self.changed.insert(record.id.clone());
         if record.task(assignment.task).state != TaskState::Running {
             // Cancelled while it ran: the result is not wanted.
@@ -341,11 +424,17 @@ impl Farm {
         match assignment.task {
             TaskRef::Segment(index) => {
                 for (successor, planned) in record.plan.segments.iter().enumerate() {
-                    if planned.continues_from == Some(index) && record.segments[successor].state == TaskState::Blocked {
+                    if planned.continues_from == Some(index)
+                        && record.segments[successor].state == TaskState::Blocked
+                    {
                         record.segments[successor].state = TaskState::Ready;
                     }
                 }
-                if record.segments.iter().all(|segment| segment.state == TaskState::Done) {
+                if record
+                    .segments
+                    .iter()
+                    .all(|segment| segment.state == TaskState::Done)
+                {
                     record.stitch.state = TaskState::Ready;
                     record.state = SequenceState::Stitching;
                 }
@@ -358,17 +447,31 @@ impl Farm {
         Ok(Vec::new())
     }
 
-    pub fn fail(&mut self, reference: &pb::AssignmentRef, class: FailureClass, message: &str, now: f64) -> Result<Vec<Action>, Error> {
+    pub fn fail(
+        &mut self,
+        reference: &pb::AssignmentRef,
+        class: FailureClass,
+        message: &str,
+        now: f64,
+    ) -> Result<Vec<Action>, Error> {
         let assignment = self.current(reference)?.clone();
         self.assignments.remove(&reference.assignment_id);
         Ok(self.end_attempt(&assignment, class, message, now))
     }
 
     /// An attempt ended without a result: retry within the budget, else fail the sequence.
-    fn end_attempt(&mut self, assignment: &AssignmentRecord, class: FailureClass, message: &str, now: f64) -> Vec<Action> {
+    fn end_attempt(
+        &mut self,
+        assignment: &AssignmentRecord,
+        class: FailureClass,
+        message: &str,
+        now: f64,
+    ) -> Vec<Action> {
         self.free_device(assignment);
         let max_attempts = self.max_attempts;
-        let Some(record) = self.sequences.get_mut(&assignment.sequence_id) else { return Vec::new() };
+        let Some(record) = self.sequences.get_mut(&assignment.sequence_id) else {
+            return Vec::new();
+        };
         self.changed.insert(record.id.clone());
         let name = record.task_name(assignment.task);
         let task = record.task_mut(assignment.task);
@@ -387,7 +490,9 @@ impl Farm {
         let attempts = task.attempt;
         record.state = SequenceState::Failed;
         record.finished_unix_s = Some(now);
-        record.error = Some(format!("{name} failed after {attempts} attempt(s); last reason: {reason}"));
+        record.error = Some(format!(
+            "{name} failed after {attempts} attempt(s); last reason: {reason}"
+        ));
         let id = record.id.clone();
         self.stop_running_tasks(&id)
     }
@@ -395,7 +500,10 @@ impl Farm {
     /// Cancels a sequence; running tasks are told to stop and keep their device until they
     /// report back, so memory is never handed out twice.
     pub fn cancel(&mut self, id: &str, now: f64) -> Result<Vec<Action>, Error> {
-        let record = self.sequences.get_mut(id).ok_or_else(|| Error::NotFound(format!("sequence {id} not found")))?;
+        let record = self
+            .sequences
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("sequence {id} not found")))?;
         if record.state.is_terminal() {
             return Ok(Vec::new());
         }
@@ -406,8 +514,14 @@ impl Farm {
     }
 
     fn stop_running_tasks(&mut self, id: &str) -> Vec<Action> {
-        let Some(record) = self.sequences.get_mut(id) else { return Vec::new() };
-        for task in record.segments.iter_mut().chain(std::iter::once(&mut record.stitch)) {
+        let Some(record) = self.sequences.get_mut(id) else {
+            return Vec::new();
+        };
+        for task in record
+            .segments
+            .iter_mut()
+            .chain(std::iter::once(&mut record.stitch))
+        {
             if !matches!(task.state, TaskState::Done | TaskState::Failed) {
                 task.state = TaskState::Cancelled;
             }
@@ -418,7 +532,10 @@ impl Farm {
             .filter(|(_, assignment)| assignment.sequence_id == id)
             .map(|(assignment_id, assignment)| Action::Cancel {
                 worker: assignment.worker.clone(),
-                assignment: pb::AssignmentRef { assignment_id: assignment_id.clone(), attempt: assignment.attempt },
+                assignment: pb::AssignmentRef {
+                    assignment_id: assignment_id.clone(),
+                    attempt: assignment.attempt,
+                },
             })
             .collect();
         actions.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
@@ -426,9 +543,18 @@ impl Farm {
     }
 
     fn free_device(&mut self, assignment: &AssignmentRecord) {
-        let Some(worker) = self.workers.get_mut(&assignment.worker) else { return };
-        let Some(device) = worker.devices.get_mut(assignment.device_slot) else { return };
-        let estimate = self.sequences.get(&assignment.sequence_id).map_or(0, |record| record.task(assignment.task).memory_estimate_bytes);
+        let Some(worker) = self.workers.get_mut(&assignment.worker) else {
+            return;
+        };
+        let Some(device) = worker.devices.get_mut(assignment.device_slot) else {
+            return;
+        };
+        let estimate = self
+            .sequences
+            .get(&assignment.sequence_id)
+            .map_or(0, |record| {
+                record.task(assignment.task).memory_estimate_bytes
+            });
         device.reserved_bytes = device.reserved_bytes.saturating_sub(estimate);
         device.running = None;
     }
@@ -446,12 +572,19 @@ impl Farm {
         for (_, id) in order {
             let ready: Vec<TaskRef> = {
                 let record = &self.sequences[&id];
-                let segments = record.segments.iter().enumerate().filter(|(_, t)| t.state == TaskState::Ready).map(|(i, _)| TaskRef::Segment(i));
+                let segments = record
+                    .segments
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.state == TaskState::Ready)
+                    .map(|(i, _)| TaskRef::Segment(i));
                 let stitch = (record.stitch.state == TaskState::Ready).then_some(TaskRef::Stitch);
                 segments.chain(stitch).collect()
             };
             for task in ready {
-                let Some((worker, slot)) = self.find_device(&id, task) else { continue };
+                let Some((worker, slot)) = self.find_device(&id, task) else {
+                    continue;
+                };
                 actions.push(self.assign(&id, task, worker, slot));
             }
         }
@@ -461,7 +594,8 @@ impl Farm {
     fn find_device(&self, id: &str, task: TaskRef) -> Option<(WorkerId, usize)> {
         let record = &self.sequences[id];
         let estimate = record.task(task).memory_estimate_bytes;
-        let needs_model = matches!(task, TaskRef::Segment(_)).then_some(record.sequence.model.as_str());
+        let needs_model =
+            matches!(task, TaskRef::Segment(_)).then_some(record.sequence.model.as_str());
         self.workers.values().find_map(|worker| {
             if needs_model.is_some_and(|model| !worker.models.iter().any(|m| m == model)) {
                 return None;
@@ -469,13 +603,23 @@ impl Farm {
             worker
                 .devices
                 .iter()
-                .position(|device| device.running.is_none() && device.device.memory_total_bytes.saturating_sub(device.reserved_bytes) >= estimate)
+                .position(|device| {
+                    device.running.is_none()
+                        && device
+                            .device
+                            .memory_total_bytes
+                            .saturating_sub(device.reserved_bytes)
+                            >= estimate
+                })
                 .map(|slot| (worker.id.clone(), slot))
         })
     }
 
     fn assign(&mut self, id: &str, task: TaskRef, worker_id: WorkerId, slot: usize) -> Action {
-        let record = self.sequences.get_mut(id).expect("dispatch iterates live sequences");
+        let record = self
+            .sequences
+            .get_mut(id)
+            .expect("dispatch iterates live sequences");
         let task_name = match task {
             TaskRef::Segment(index) => record.plan.segments[index].id.clone(),
             TaskRef::Stitch => "stitch".to_string(),
@@ -492,20 +636,35 @@ impl Farm {
         if record.state == SequenceState::Queued {
             record.state = SequenceState::Rendering;
         }
-        let worker = self.workers.get_mut(&worker_id).expect("found by find_device");
+        let worker = self
+            .workers
+            .get_mut(&worker_id)
+            .expect("found by find_device");
         let device = &mut worker.devices[slot];
         device.reserved_bytes += estimate;
         device.running = Some(assignment_id.clone());
         let device_index = device.device.index;
         self.assignments.insert(
             assignment_id.clone(),
-            AssignmentRecord { sequence_id: id.to_string(), task, worker: worker_id.clone(), device_slot: slot, attempt },
+            AssignmentRecord {
+                sequence_id: id.to_string(),
+                task,
+                worker: worker_id.clone(),
+                device_slot: slot,
+                attempt,
+            },
         );
         self.changed.insert(id.to_string());
         let record = &self.sequences[id];
-        let reference = pb::AssignmentRef { assignment_id, attempt };
+        let reference = pb::AssignmentRef {
+            assignment_id,
+            attempt,
+        };
         let assignment = crate::snapshot::assignment_message(record, task, reference, device_index);
-        Action::Assign { worker: worker_id, assignment }
+        Action::Assign {
+            worker: worker_id,
+            assignment: Box::new(assignment),
+        }
     }
 }
 

@@ -34,13 +34,24 @@ fn sequence(transitions: &[Transition]) -> Sequence {
 }
 
 fn device(index: u32, gib: u64) -> pb::Device {
-    pb::Device { index, kind: "cpu".into(), name: "cpu".into(), memory_total_bytes: gib << 30, memory_free_bytes: gib << 30 }
+    pb::Device {
+        index,
+        kind: "cpu".into(),
+        name: "cpu".into(),
+        memory_total_bytes: gib << 30,
+        memory_free_bytes: gib << 30,
+    }
 }
 
 fn farm_with(transitions: &[Transition], workers: usize) -> Farm {
     let mut farm = Farm::new(3);
     for worker in 0..workers {
-        farm.register_worker(format!("w{worker}"), format!("w{worker}"), vec![device(0, 16)], vec!["reelfarm-tiny".into()]);
+        farm.register_worker(
+            format!("w{worker}"),
+            format!("w{worker}"),
+            vec![device(0, 16)],
+            vec!["reelfarm-tiny".into()],
+        );
     }
     let sequence = sequence(transitions);
     let plan = planner::plan(&sequence, &REELFARM_TINY);
@@ -52,14 +63,23 @@ fn assigned(actions: &[Action]) -> Vec<(String, pb::AssignmentRef)> {
     actions
         .iter()
         .filter_map(|action| match action {
-            Action::Assign { worker, assignment } => Some((worker.clone(), assignment.assignment.clone().unwrap())),
+            Action::Assign { worker, assignment } => {
+                Some((worker.clone(), assignment.assignment.clone().unwrap()))
+            }
             Action::Cancel { .. } => None,
         })
         .collect()
 }
 
 fn complete(farm: &mut Farm, reference: &pb::AssignmentRef) {
-    farm.complete(reference, format!("{}.mp4", reference.assignment_id), Vec::new(), 0, 1.0).unwrap();
+    farm.complete(
+        reference,
+        format!("{}.mp4", reference.assignment_id),
+        Vec::new(),
+        0,
+        1.0,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -76,26 +96,55 @@ fn a_continuation_waits_for_its_predecessor_and_the_stitch_for_everything() {
     assert!(second[0].1.assignment_id.contains("s001-00"));
     complete(&mut farm, &first[1].1);
     complete(&mut farm, &second[0].1);
-    assert_eq!(farm.sequence("seq").unwrap().state, SequenceState::Stitching);
+    assert_eq!(
+        farm.sequence("seq").unwrap().state,
+        SequenceState::Stitching
+    );
     let stitch = assigned(&farm.dispatch());
     assert!(stitch[0].1.assignment_id.ends_with("/stitch/1"));
     complete(&mut farm, &stitch[0].1);
     let record = farm.sequence("seq").unwrap();
     assert_eq!(record.state, SequenceState::Succeeded);
-    assert!(farm.workers().all(|worker| worker.devices.iter().all(|d| d.reserved_bytes == 0 && d.running.is_none())));
+    assert!(farm.workers().all(|worker| {
+        worker
+            .devices
+            .iter()
+            .all(|d| d.reserved_bytes == 0 && d.running.is_none())
+    }));
 }
 
 #[test]
 fn reports_with_a_stale_fencing_token_are_refused_and_change_nothing() {
     let mut farm = farm_with(&[Transition::Cut], 1);
     let (_, reference) = assigned(&farm.dispatch()).remove(0);
-    let stale = pb::AssignmentRef { attempt: reference.attempt + 1, ..reference.clone() };
-    assert!(matches!(farm.complete(&stale, "x".into(), Vec::new(), 0, 1.0), Err(Error::FailedPrecondition(_))));
-    let unknown = pb::AssignmentRef { assignment_id: "nope".into(), attempt: 1 };
-    assert!(matches!(farm.report_progress(&unknown, 1, 2), Err(Error::FailedPrecondition(_))));
-    assert_eq!(farm.sequence("seq").unwrap().segments[0].state, TaskState::Running);
+    let stale = pb::AssignmentRef {
+        attempt: reference.attempt + 1,
+        ..reference.clone()
+    };
+    assert!(matches!(
+        farm.complete(&stale, "x".into(), Vec::new(), 0, 1.0),
+        Err(Error::FailedPrecondition(_))
+    ));
+    let unknown = pb::AssignmentRef {
+        assignment_id: "nope".into(),
+        attempt: 1,
+    };
+    assert!(matches!(
+        farm.report_progress(&unknown, 1, 2),
+        Err(Error::FailedPrecondition(_))
+    ));
+    assert_eq!(
+        farm.sequence("seq").unwrap().segments[0].state,
+        TaskState::Running
+    );
     complete(&mut farm, &reference);
-    assert!(matches!(farm.complete(&reference, "again".into(), Vec::new(), 0, 1.0), Err(Error::FailedPrecondition(_))), "no double acceptance");
+    assert!(
+        matches!(
+            farm.complete(&reference, "again".into(), Vec::new(), 0, 1.0),
+            Err(Error::FailedPrecondition(_))
+        ),
+        "no double acceptance"
+    );
 }
 
 #[test]
@@ -103,12 +152,24 @@ fn a_lost_worker_hands_its_segment_back_with_the_next_attempt() {
     let mut farm = farm_with(&[Transition::Cut], 1);
     let (worker, reference) = assigned(&farm.dispatch()).remove(0);
     farm.worker_lost(&worker, 1.0);
-    assert_eq!(farm.sequence("seq").unwrap().segments[0].state, TaskState::Ready);
+    assert_eq!(
+        farm.sequence("seq").unwrap().segments[0].state,
+        TaskState::Ready
+    );
     assert!(farm.dispatch().is_empty(), "no worker left");
-    farm.register_worker("w9".into(), "w9".into(), vec![device(0, 16)], vec!["reelfarm-tiny".into()]);
+    farm.register_worker(
+        "w9".into(),
+        "w9".into(),
+        vec![device(0, 16)],
+        vec!["reelfarm-tiny".into()],
+    );
     let (_, retried) = assigned(&farm.dispatch()).remove(0);
     assert_eq!(retried.attempt, 2);
-    assert!(farm.complete(&reference, "late".into(), Vec::new(), 0, 1.0).is_err(), "the lost worker's late result is fenced off");
+    assert!(
+        farm.complete(&reference, "late".into(), Vec::new(), 0, 1.0)
+            .is_err(),
+        "the lost worker's late result is fenced off"
+    );
     complete(&mut farm, &retried);
 }
 
@@ -118,12 +179,16 @@ fn failures_past_the_budget_fail_the_sequence_naming_segment_and_reason() {
     for attempt in 1..=3 {
         let (_, reference) = assigned(&farm.dispatch()).remove(0);
         assert_eq!(reference.attempt, attempt);
-        farm.fail(&reference, FailureClass::OutOfMemory, "needs 9 GiB", 2.0).unwrap();
+        farm.fail(&reference, FailureClass::OutOfMemory, "needs 9 GiB", 2.0)
+            .unwrap();
     }
     assert!(farm.dispatch().is_empty(), "no fourth attempt");
     let record = farm.sequence("seq").unwrap();
     assert_eq!(record.state, SequenceState::Failed);
-    assert_eq!(record.error.as_deref(), Some("segment s000-00 failed after 3 attempt(s); last reason: out of memory: needs 9 GiB"));
+    assert_eq!(
+        record.error.as_deref(),
+        Some("segment s000-00 failed after 3 attempt(s); last reason: out of memory: needs 9 GiB")
+    );
 }
 
 #[test]
@@ -131,15 +196,38 @@ fn cancel_stops_running_tasks_and_keeps_memory_until_they_report() {
     let mut farm = farm_with(&[Transition::Cut, Transition::Cut], 2);
     let running = assigned(&farm.dispatch());
     let actions = farm.cancel("seq", 1.0).unwrap();
-    assert_eq!(actions.iter().filter(|a| matches!(a, Action::Cancel { .. })).count(), 2);
-    assert!(farm.workers().all(|worker| worker.devices[0].running.is_some()));
-    assert_eq!(farm.report_progress(&running[0].1, 1, 2).unwrap(), true, "progress after cancel says stop");
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Cancel { .. }))
+            .count(),
+        2
+    );
+    assert!(
+        farm.workers()
+            .all(|worker| worker.devices[0].running.is_some())
+    );
+    assert!(
+        farm.report_progress(&running[0].1, 1, 2).unwrap(),
+        "progress after cancel says stop"
+    );
     for (_, reference) in &running {
-        farm.fail(reference, FailureClass::Cancelled, "cancelled", 2.0).unwrap();
+        farm.fail(reference, FailureClass::Cancelled, "cancelled", 2.0)
+            .unwrap();
     }
-    assert!(farm.workers().all(|worker| worker.devices[0].running.is_none() && worker.devices[0].reserved_bytes == 0));
-    assert_eq!(farm.sequence("seq").unwrap().state, SequenceState::Cancelled);
-    assert!(farm.cancel("seq", 3.0).unwrap().is_empty(), "cancel is idempotent");
+    assert!(
+        farm.workers()
+            .all(|worker| worker.devices[0].running.is_none()
+                && worker.devices[0].reserved_bytes == 0)
+    );
+    assert_eq!(
+        farm.sequence("seq").unwrap().state,
+        SequenceState::Cancelled
+    );
+    assert!(
+        farm.cancel("seq", 3.0).unwrap().is_empty(),
+        "cancel is idempotent"
+    );
 }
 
 #[test]
@@ -155,12 +243,22 @@ fn the_same_idempotency_key_returns_the_first_sequence() {
 #[test]
 fn tasks_wait_for_a_device_with_enough_memory() {
     let mut farm = Farm::new(3);
-    farm.register_worker("small".into(), "small".into(), vec![device(0, 0)], vec!["reelfarm-tiny".into()]);
+    farm.register_worker(
+        "small".into(),
+        "small".into(),
+        vec![device(0, 0)],
+        vec!["reelfarm-tiny".into()],
+    );
     let sequence = sequence(&[Transition::Cut]);
     let plan = planner::plan(&sequence, &REELFARM_TINY);
     farm.submit("seq".into(), None, sequence, plan, 0.0);
     assert!(farm.dispatch().is_empty());
-    farm.register_worker("big".into(), "big".into(), vec![device(0, 16)], vec!["reelfarm-tiny".into()]);
+    farm.register_worker(
+        "big".into(),
+        "big".into(),
+        vec![device(0, 16)],
+        vec!["reelfarm-tiny".into()],
+    );
     let placed = assigned(&farm.dispatch());
     assert_eq!(placed[0].0, "big");
 }

@@ -77,14 +77,19 @@ pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
         let shot_end = (seconds_so_far * fps).round() as u64;
         let shot_frames = shot_end - shot_start;
 
-        let windows = u64::from(window_count(shot.duration_seconds, model.window_seconds)).min(shot_frames.max(1));
+        let windows = u64::from(window_count(shot.duration_seconds, model.window_seconds))
+            .min(shot_frames.max(1));
         let base = shot_frames / windows;
         let remainder = shot_frames % windows;
         let prompt = match &sequence.style {
             Some(style) => format!("{}, {style}", shot.prompt),
             None => shot.prompt.clone(),
         };
-        let negative = shot.negative.clone().or_else(|| sequence.negative.clone()).unwrap_or_default();
+        let negative = shot
+            .negative
+            .clone()
+            .or_else(|| sequence.negative.clone())
+            .unwrap_or_default();
         let base_seed = shot.seed.unwrap_or(sequence.seed);
 
         let mut start = shot_start;
@@ -98,7 +103,9 @@ pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
             let lead_frames = match join {
                 Join::Cut => 0,
                 Join::Continue => 1,
-                Join::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps).round().max(1.0) as u64,
+                Join::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps)
+                    .round()
+                    .max(1.0) as u64,
             };
             let continues_from = (join == Join::Continue).then(|| segments.len() - 1);
             segments.push(PlannedSegment {
@@ -120,11 +127,18 @@ pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
                 memory_estimate_bytes: 0,
             });
             let segment = segments.last_mut().expect("just pushed");
-            segment.memory_estimate_bytes = model.memory_estimate_bytes(width, height, segment.render_frames);
+            segment.memory_estimate_bytes =
+                model.memory_estimate_bytes(width, height, segment.render_frames);
             start += timeline_frames;
         }
     }
-    Plan { width, height, fps: sequence.fps, total_frames: sequence.total_frames(), segments }
+    Plan {
+        width,
+        height,
+        fps: sequence.fps,
+        total_frames: sequence.total_frames(),
+        segments,
+    }
 }
 
 /// Fewest windows of at most `window` seconds; a float tolerance keeps 40.0 s at 2 windows.

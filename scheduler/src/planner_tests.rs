@@ -36,9 +36,16 @@ fn sequence(shots: Vec<Shot>, fps: u32) -> Sequence {
 
 #[test]
 fn a_120_second_shot_splits_into_six_20_second_windows_chained() {
-    let plan = plan(&sequence(vec![shot(120.0, Transition::Cut)], 24), &REELFARM_TINY);
+    let plan = plan(
+        &sequence(vec![shot(120.0, Transition::Cut)], 24),
+        &REELFARM_TINY,
+    );
     assert_eq!(plan.segments.len(), 6);
-    assert!(plan.segments.iter().all(|segment| segment.timeline_frames == 480));
+    assert!(
+        plan.segments
+            .iter()
+            .all(|segment| segment.timeline_frames == 480)
+    );
     assert_eq!(plan.segments[0].join, Join::Cut);
     for (index, segment) in plan.segments.iter().enumerate().skip(1) {
         assert_eq!(segment.join, Join::Continue);
@@ -50,24 +57,44 @@ fn a_120_second_shot_splits_into_six_20_second_windows_chained() {
 
 #[test]
 fn a_25_second_shot_splits_into_two_windows_of_12_and_a_half_seconds() {
-    let plan = plan(&sequence(vec![shot(25.0, Transition::Cut)], 24), &REELFARM_TINY);
-    let frames: Vec<u64> = plan.segments.iter().map(|segment| segment.timeline_frames).collect();
+    let plan = plan(
+        &sequence(vec![shot(25.0, Transition::Cut)], 24),
+        &REELFARM_TINY,
+    );
+    let frames: Vec<u64> = plan
+        .segments
+        .iter()
+        .map(|segment| segment.timeline_frames)
+        .collect();
     assert_eq!(frames, [300, 300]);
 }
 
 #[test]
 fn style_is_appended_and_crossfades_get_handles() {
-    let plan = plan(&sequence(vec![shot(10.0, Transition::Cut), shot(10.0, Transition::Crossfade)], 24), &REELFARM_TINY);
+    let plan = plan(
+        &sequence(
+            vec![
+                shot(10.0, Transition::Cut),
+                shot(10.0, Transition::Crossfade),
+            ],
+            24,
+        ),
+        &REELFARM_TINY,
+    );
     assert_eq!(plan.segments[0].prompt, "a pine valley at dawn, 35mm film");
     assert_eq!(plan.segments[1].join, Join::Crossfade);
     assert_eq!(plan.segments[1].lead_frames, 12);
-    assert_eq!(plan.segments[1].continues_from, None, "a dissolve renders in parallel");
+    assert_eq!(
+        plan.segments[1].continues_from, None,
+        "a dissolve renders in parallel"
+    );
     assert_eq!(plan.segments[1].render_frames, 253);
 }
 
 fn arbitrary_sequence() -> impl Strategy<Value = Sequence> {
     let shot_strategy = (1.0f64..150.0, 0u8..3).prop_map(|(duration, transition)| {
-        let transition = [Transition::Cut, Transition::Continue, Transition::Crossfade][transition as usize];
+        let transition =
+            [Transition::Cut, Transition::Continue, Transition::Crossfade][transition as usize];
         let mut shot = shot((duration * 4.0).round() / 4.0, transition);
         shot.crossfade_seconds = (transition == Transition::Crossfade).then_some(0.5);
         shot

@@ -64,7 +64,10 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
             worker: task.worker.clone().unwrap_or_default(),
             attempt: task.attempt,
             error: task.error.clone().unwrap_or_default(),
-            continues_from: planned.continues_from.map(|index| record.plan.segments[index].id.clone()).unwrap_or_default(),
+            continues_from: planned
+                .continues_from
+                .map(|index| record.plan.segments[index].id.clone())
+                .unwrap_or_default(),
             memory_estimate_bytes: planned.memory_estimate_bytes,
         })
         .collect();
@@ -81,8 +84,16 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
         shot_count: record.sequence.shots.len() as u32,
         segments,
         stitch: Some(task_status(&record.stitch)),
-        video_key: if succeeded { keys::final_video(&record.id) } else { String::new() },
-        report_key: if succeeded { keys::final_report(&record.id) } else { String::new() },
+        video_key: if succeeded {
+            keys::final_video(&record.id)
+        } else {
+            String::new()
+        },
+        report_key: if succeeded {
+            keys::final_report(&record.id)
+        } else {
+            String::new()
+        },
         error: record.error.clone().unwrap_or_default(),
         submitted_unix_s: record.submitted_unix_s,
         finished_unix_s: record.finished_unix_s.unwrap_or(0.0),
@@ -91,16 +102,27 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
 }
 
 /// What a worker needs to run one task, keys included.
-pub fn assignment_message(record: &SequenceRecord, task: TaskRef, reference: pb::AssignmentRef, device_index: u32) -> pb::Assignment {
+pub fn assignment_message(
+    record: &SequenceRecord,
+    task: TaskRef,
+    reference: pb::AssignmentRef,
+    device_index: u32,
+) -> pb::Assignment {
     let task = match task {
         TaskRef::Segment(index) => {
             let planned = &record.plan.segments[index];
             let condition_key = match planned.continues_from {
                 Some(previous) => {
                     let before = &record.plan.segments[previous];
-                    keys::segment_last_frame(&keys::segment_prefix(&record.id, before.shot_index, before.segment_index))
+                    keys::segment_last_frame(&keys::segment_prefix(
+                        &record.id,
+                        before.shot_index,
+                        before.segment_index,
+                    ))
                 }
-                None if planned.uses_reference => keys::reference_image(&record.id, planned.shot_index),
+                None if planned.uses_reference => {
+                    keys::reference_image(&record.id, planned.shot_index)
+                }
                 None => String::new(),
             };
             pb::assignment::Task::Segment(pb::SegmentTask {
@@ -121,7 +143,11 @@ pub fn assignment_message(record: &SequenceRecord, task: TaskRef, reference: pb:
                 seed: planned.seed,
                 join: join_kind(planned.join) as i32,
                 condition_key,
-                output_prefix: keys::segment_prefix(&record.id, planned.shot_index, planned.segment_index),
+                output_prefix: keys::segment_prefix(
+                    &record.id,
+                    planned.shot_index,
+                    planned.segment_index,
+                ),
                 memory_estimate_bytes: planned.memory_estimate_bytes,
             })
         }
@@ -148,5 +174,10 @@ pub fn assignment_message(record: &SequenceRecord, task: TaskRef, reference: pb:
             report_key: keys::final_report(&record.id),
         }),
     };
-    pb::Assignment { assignment: Some(reference), sequence_id: record.id.clone(), device_index, task: Some(task) }
+    pb::Assignment {
+        assignment: Some(reference),
+        sequence_id: record.id.clone(),
+        device_index,
+        task: Some(task),
+    }
 }

@@ -25,7 +25,9 @@ pub fn tiny_model() -> Arc<dyn ModelRuntime> {
 
 impl TestFarm {
     pub async fn start(workers: usize) -> anyhow::Result<Self> {
-        let mut dir = tempfile::Builder::new().prefix("reelfarm-test-").tempdir()?;
+        let mut dir = tempfile::Builder::new()
+            .prefix("reelfarm-test-")
+            .tempdir()?;
         if std::env::var_os("REELFARM_KEEP_TEST_DIRS").is_some() {
             dir.disable_cleanup(true);
             eprintln!("keeping test dir {}", dir.path().display());
@@ -36,8 +38,18 @@ impl TestFarm {
     }
 
     /// Follows the watch stream to the end; returns every snapshot seen.
-    pub async fn watch_to_end(&mut self, sequence_id: &str, timeout: Duration) -> anyhow::Result<Vec<pb::SequenceStatus>> {
-        let mut stream = self.client.watch_sequence(pb::WatchSequenceRequest { sequence_id: sequence_id.into() }).await?.into_inner();
+    pub async fn watch_to_end(
+        &mut self,
+        sequence_id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<pb::SequenceStatus>> {
+        let mut stream = self
+            .client
+            .watch_sequence(pb::WatchSequenceRequest {
+                sequence_id: sequence_id.into(),
+            })
+            .await?
+            .into_inner();
         let mut seen = Vec::new();
         tokio::time::timeout(timeout, async {
             while let Some(status) = stream.message().await? {
@@ -46,7 +58,9 @@ impl TestFarm {
             anyhow::Ok(())
         })
         .await
-        .map_err(|_| anyhow::anyhow!("sequence {sequence_id} did not finish within {timeout:?}"))??;
+        .map_err(|_| {
+            anyhow::anyhow!("sequence {sequence_id} did not finish within {timeout:?}")
+        })??;
         Ok(seen)
     }
 }

@@ -20,13 +20,27 @@ pub struct VideoProbe {
 /// must fail, not pass.
 pub fn probe(path: &Path) -> VideoProbe {
     let output = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+        ])
         .arg("stream=codec_name,width,height,r_frame_rate,nb_read_frames:format=duration")
         .args(["-of", "default=noprint_wrappers=1"])
         .arg(path)
         .output()
-        .unwrap_or_else(|error| panic!("ffprobe is needed to check videos (apt-get install -y ffmpeg): {error}"));
-    assert!(output.status.success(), "ffprobe rejected {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+        .unwrap_or_else(|error| {
+            panic!("ffprobe is needed to check videos (apt-get install -y ffmpeg): {error}")
+        });
+    assert!(
+        output.status.success(),
+        "ffprobe rejected {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     let field = |name: &str| {
         text.lines()

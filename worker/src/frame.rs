@@ -11,13 +11,30 @@ pub struct RgbFrame {
 impl RgbFrame {
     /// Wraps `data`; panics if its length is not `width * height * 3` (a programming error).
     pub fn new(width: u32, height: u32, data: Vec<u8>) -> Self {
-        assert_eq!(data.len(), width as usize * height as usize * 3, "rgb buffer size");
-        Self { width, height, data }
+        assert_eq!(
+            data.len(),
+            width as usize * height as usize * 3,
+            "rgb buffer size"
+        );
+        Self {
+            width,
+            height,
+            data,
+        }
     }
 
     pub fn filled(width: u32, height: u32, rgb: [u8; 3]) -> Self {
-        let data = rgb.iter().copied().cycle().take(width as usize * height as usize * 3).collect();
-        Self { width, height, data }
+        let data = rgb
+            .iter()
+            .copied()
+            .cycle()
+            .take(width as usize * height as usize * 3)
+            .collect();
+        Self {
+            width,
+            height,
+            data,
+        }
     }
 
     pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {

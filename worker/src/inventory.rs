@@ -6,7 +6,9 @@ use reelfarm_common::pb;
 /// Bytes the kernel says it can hand out now (`MemAvailable`), or `None` off Linux.
 pub fn host_available_memory_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -16,7 +18,13 @@ pub fn host_available_memory_bytes() -> Option<u64> {
 pub fn cpu_device(share: f64) -> pb::Device {
     let available = host_available_memory_bytes().unwrap_or(8 << 30);
     let budget = (available as f64 * share.clamp(0.0, 1.0)) as u64;
-    pb::Device { index: 0, kind: "cpu".into(), name: "cpu".into(), memory_total_bytes: budget, memory_free_bytes: budget }
+    pb::Device {
+        index: 0,
+        kind: "cpu".into(),
+        name: "cpu".into(),
+        memory_total_bytes: budget,
+        memory_free_bytes: budget,
+    }
 }
 
 #[cfg(test)]

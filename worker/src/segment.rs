@@ -48,39 +48,83 @@ struct Encoded {
     phases: Phases,
 }
 
-pub async fn run_segment(task: pb::SegmentTask, model: Arc<dyn ModelRuntime>, store: Arc<dyn BlobStore>, progress: Progress) -> Result<SegmentResult, TaskFailure> {
+pub async fn run_segment(
+    task: pb::SegmentTask,
+    model: Arc<dyn ModelRuntime>,
+    store: Arc<dyn BlobStore>,
+    progress: Progress,
+) -> Result<SegmentResult, TaskFailure> {
     let mut phases = Phases::default();
     let first_frame = if task.condition_key.is_empty() {
         None
     } else {
         let start = unix_now_s();
-        let bytes = store.get(&task.condition_key).await.map_err(TaskFailure::storage)?;
+        let bytes = store
+            .get(&task.condition_key)
+            .await
+            .map_err(TaskFailure::storage)?;
         phases.record("storage", &task.segment_id, start);
-        Some(decode_png(&bytes).map_err(|error| TaskFailure::invalid(format!("conditioning frame {}: {error}", task.condition_key)))?)
+        Some(decode_png(&bytes).map_err(|error| {
+            TaskFailure::invalid(format!(
+                "conditioning frame {}: {error}",
+                task.condition_key
+            ))
+        })?)
     };
     let blocking_task = task.clone();
-    let encoded = tokio::task::spawn_blocking(move || render_and_encode(&blocking_task, model.as_ref(), first_frame, &progress))
-        .await
-        .map_err(|error| TaskFailure::new(pb::FailureReason::ModelError, format!("render thread failed: {error}")))??;
+    let encoded = tokio::task::spawn_blocking(move || {
+        render_and_encode(&blocking_task, model.as_ref(), first_frame, &progress)
+    })
+    .await
+    .map_err(|error| {
+        TaskFailure::new(
+            pb::FailureReason::ModelError,
+            format!("render thread failed: {error}"),
+        )
+    })??;
     phases.extend(encoded.phases);
 
     let start = unix_now_s();
     let video_key = keys::segment_video(&task.output_prefix);
-    let sidecar = serde_json::to_vec_pretty(&encoded.sidecar).map_err(|error| TaskFailure::invalid(error.to_string()))?;
-    store.put(&keys::segment_sidecar(&task.output_prefix), sidecar.into()).await.map_err(TaskFailure::storage)?;
-    store.put(&keys::segment_last_frame(&task.output_prefix), encoded.last_frame_png.into()).await.map_err(TaskFailure::storage)?;
+    let sidecar = serde_json::to_vec_pretty(&encoded.sidecar)
+        .map_err(|error| TaskFailure::invalid(error.to_string()))?;
+    store
+        .put(&keys::segment_sidecar(&task.output_prefix), sidecar.into())
+        .await
+        .map_err(TaskFailure::storage)?;
+    store
+        .put(
+            &keys::segment_last_frame(&task.output_prefix),
+            encoded.last_frame_png.into(),
+        )
+        .await
+        .map_err(TaskFailure::storage)?;
     // The video goes last: its presence means the whole segment is in the store.
-    store.put(&video_key, encoded.video.into()).await.map_err(TaskFailure::storage)?;
+    store
+        .put(&video_key, encoded.video.into())
+        .await
+        .map_err(TaskFailure::storage)?;
     phases.record("storage", &task.segment_id, start);
     Ok(SegmentResult { video_key, phases })
 }
 
-fn render_and_encode(task: &pb::SegmentTask, model: &dyn ModelRuntime, first_frame: Option<RgbFrame>, progress: &Progress) -> Result<Encoded, TaskFailure> {
+fn render_and_encode(
+    task: &pb::SegmentTask,
+    model: &dyn ModelRuntime,
+    first_frame: Option<RgbFrame>,
+    progress: &Progress,
+) -> Result<Encoded, TaskFailure> {
     if task.width == 0 || task.height == 0 || task.fps == 0 || task.timeline_frames == 0 {
-        return Err(TaskFailure::invalid(format!("segment {} has an empty size, rate or length", task.segment_id)));
+        return Err(TaskFailure::invalid(format!(
+            "segment {} has an empty size, rate or length",
+            task.segment_id
+        )));
     }
     if task.render_frames < task.lead_frames + task.timeline_frames {
-        return Err(TaskFailure::invalid(format!("segment {} renders fewer frames than it keeps", task.segment_id)));
+        return Err(TaskFailure::invalid(format!(
+            "segment {} renders fewer frames than it keeps",
+            task.segment_id
+        )));
     }
     let mut phases = Phases::default();
     let request = GenerateRequest {
@@ -89,7 +133,8 @@ fn render_and_encode(task: &pb::SegmentTask, model: &dyn ModelRuntime, first_fra
         width: task.width,
         height: task.height,
         fps: task.fps,
-        frames: u32::try_from(task.render_frames).map_err(|_| TaskFailure::invalid("render_frames out of range"))?,
+        frames: u32::try_from(task.render_frames)
+            .map_err(|_| TaskFailure::invalid("render_frames out of range"))?,
         steps: task.steps.max(1),
         guidance: task.guidance,
         seed: task.seed,
@@ -97,7 +142,11 @@ fn render_and_encode(task: &pb::SegmentTask, model: &dyn ModelRuntime, first_fra
     };
     let steps = u64::from(request.steps);
     let model_start = unix_now_s();
-    let clip = model.generate(&request, &mut |done, _| progress.report(u64::from(done), steps), progress.cancel_flag())?;
+    let clip = model.generate(
+        &request,
+        &mut |done, _| progress.report(u64::from(done), steps),
+        progress.cancel_flag(),
+    )?;
     phases.record("model", &task.segment_id, model_start);
     let model_seconds = unix_now_s() - model_start;
     progress.check_cancelled()?;
@@ -108,7 +157,12 @@ fn render_and_encode(task: &pb::SegmentTask, model: &dyn ModelRuntime, first_fra
     let first = if keep_lead { 0 } else { task.lead_frames };
     let end = task.lead_frames + task.timeline_frames;
     let encode_start = unix_now_s();
-    let settings = EncodeSettings { width: task.width, height: task.height, fps: task.fps, quality: Quality::Intermediate };
+    let settings = EncodeSettings {
+        width: task.width,
+        height: task.height,
+        fps: task.fps,
+        quality: Quality::Intermediate,
+    };
     let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings)?;
     let mut first_frame_lab = None;
     let mut last_frame = None;
@@ -139,5 +193,10 @@ fn render_and_encode(task: &pb::SegmentTask, model: &dyn ModelRuntime, first_fra
         first_frame_lab: first_frame_lab.unwrap_or_else(|| lab_stats(&last_frame, STATS_SAMPLES)),
         last_frame_lab: lab_stats(&last_frame, STATS_SAMPLES),
     };
-    Ok(Encoded { video, sidecar, last_frame_png, phases })
+    Ok(Encoded {
+        video,
+        sidecar,
+        last_frame_png,
+        phases,
+    })
 }

@@ -11,18 +11,39 @@ const H: u32 = 48;
 const FPS: u32 = 8;
 
 fn segment(levels: &[u8]) -> Bytes {
-    let settings = EncodeSettings { width: W, height: H, fps: FPS, quality: Quality::Intermediate };
+    let settings = EncodeSettings {
+        width: W,
+        height: H,
+        fps: FPS,
+        quality: Quality::Intermediate,
+    };
     let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings).unwrap();
     for &level in levels {
-        writer.push(&RgbFrame::filled(W, H, [level, level, level])).unwrap();
+        writer
+            .push(&RgbFrame::filled(W, H, [level, level, level]))
+            .unwrap();
     }
     Bytes::from(writer.finish().unwrap().into_inner())
 }
 
-fn input(id: &str, join: pb::JoinKind, lead: u64, timeline: u64, level: u8, lead_level: u8) -> StitchInput {
+fn input(
+    id: &str,
+    join: pb::JoinKind,
+    lead: u64,
+    timeline: u64,
+    level: u8,
+    lead_level: u8,
+) -> StitchInput {
     let mut levels = vec![lead_level; lead as usize];
     levels.extend(std::iter::repeat_n(level, timeline as usize));
-    StitchInput { segment_id: id.into(), shot_index: 0, join, lead_frames: lead, timeline_frames: timeline, video: segment(&levels) }
+    StitchInput {
+        segment_id: id.into(),
+        shot_index: 0,
+        join,
+        lead_frames: lead,
+        timeline_frames: timeline,
+        video: segment(&levels),
+    }
 }
 
 fn progress() -> Progress {
@@ -35,7 +56,12 @@ fn mean_level(frame: &RgbFrame) -> f64 {
 }
 
 fn run(inputs: &[StitchInput]) -> Vec<f64> {
-    let settings = EncodeSettings { width: W, height: H, fps: FPS, quality: Quality::Intermediate };
+    let settings = EncodeSettings {
+        width: W,
+        height: H,
+        fps: FPS,
+        quality: Quality::Intermediate,
+    };
     let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings).unwrap();
     let (written, _, _) = stitch(inputs, &mut writer, &progress()).unwrap();
     let bytes = writer.finish().unwrap().into_inner();
@@ -56,28 +82,55 @@ fn cuts_and_continuations_append_every_timeline_frame_once() {
         input("c", pb::JoinKind::Cut, 0, 5, 200, 0),
     ]);
     assert_eq!(levels.len(), 22);
-    assert!(levels[..10].iter().all(|l| (l - 40.0).abs() < 4.0), "{levels:?}");
-    assert!(levels[10..17].iter().all(|l| (l - 120.0).abs() < 4.0), "{levels:?}");
-    assert!(levels[17..].iter().all(|l| (l - 200.0).abs() < 4.0), "{levels:?}");
+    assert!(
+        levels[..10].iter().all(|l| (l - 40.0).abs() < 4.0),
+        "{levels:?}"
+    );
+    assert!(
+        levels[10..17].iter().all(|l| (l - 120.0).abs() < 4.0),
+        "{levels:?}"
+    );
+    assert!(
+        levels[17..].iter().all(|l| (l - 200.0).abs() < 4.0),
+        "{levels:?}"
+    );
 }
 
 #[test]
 fn a_crossfade_dissolves_its_handle_over_the_tail_and_keeps_the_length() {
     // The handle frames (lead) of b are drawn at b's level: the dissolve goes 40 → 200.
-    let levels = run(&[input("a", pb::JoinKind::Cut, 0, 12, 40, 0), input("b", pb::JoinKind::Crossfade, 3, 8, 200, 200)]);
+    let levels = run(&[
+        input("a", pb::JoinKind::Cut, 0, 12, 40, 0),
+        input("b", pb::JoinKind::Crossfade, 3, 8, 200, 200),
+    ]);
     assert_eq!(levels.len(), 20, "timeline = 12 + 8");
-    assert!(levels[..9].iter().all(|l| (l - 40.0).abs() < 4.0), "{levels:?}");
+    assert!(
+        levels[..9].iter().all(|l| (l - 40.0).abs() < 4.0),
+        "{levels:?}"
+    );
     for (offset, expected) in [80.0, 120.0, 160.0].into_iter().enumerate() {
-        assert!((levels[9 + offset] - expected).abs() < 5.0, "frame {}: {levels:?}", 9 + offset);
+        assert!(
+            (levels[9 + offset] - expected).abs() < 5.0,
+            "frame {}: {levels:?}",
+            9 + offset
+        );
     }
-    assert!(levels[12..].iter().all(|l| (l - 200.0).abs() < 4.0), "{levels:?}");
+    assert!(
+        levels[12..].iter().all(|l| (l - 200.0).abs() < 4.0),
+        "{levels:?}"
+    );
 }
 
 #[test]
 fn a_segment_shorter_than_the_plan_is_an_error_not_a_short_video() {
     let mut short = input("a", pb::JoinKind::Cut, 0, 5, 40, 0);
     short.timeline_frames = 9;
-    let settings = EncodeSettings { width: W, height: H, fps: FPS, quality: Quality::Intermediate };
+    let settings = EncodeSettings {
+        width: W,
+        height: H,
+        fps: FPS,
+        quality: Quality::Intermediate,
+    };
     let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings).unwrap();
     let failure = stitch(&[short], &mut writer, &progress()).unwrap_err();
     assert_eq!(failure.reason, pb::FailureReason::InvalidTask);

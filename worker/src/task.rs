@@ -16,7 +16,10 @@ pub struct TaskFailure {
 
 impl TaskFailure {
     pub fn new(reason: pb::FailureReason, message: impl Into<String>) -> Self {
-        TaskFailure { reason, message: message.into() }
+        TaskFailure {
+            reason,
+            message: message.into(),
+        }
     }
 
     pub fn storage(error: reelfarm_common::Error) -> Self {
@@ -61,7 +64,12 @@ impl Phases {
     }
 
     pub fn record(&mut self, kind: &str, task_id: &str, start_unix_s: f64) {
-        self.0.push(pb::TimedPhase { kind: kind.into(), start_unix_s, end_unix_s: unix_now_s(), task_id: task_id.into() });
+        self.0.push(pb::TimedPhase {
+            kind: kind.into(),
+            start_unix_s,
+            end_unix_s: unix_now_s(),
+            task_id: task_id.into(),
+        });
     }
 
     pub fn extend(&mut self, other: Phases) {

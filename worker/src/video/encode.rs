@@ -12,7 +12,7 @@ use openh264::encoder::{
 use openh264::formats::{RgbSliceU8, YUVBuffer};
 use openh264::{OpenH264API, Timestamp};
 
-use super::{EncodeSettings, VideoError};
+use super::{EncodeSettings, Quality, VideoError};
 use crate::frame::RgbFrame;
 
 const NAL_TYPE_NON_IDR_SLICE: u8 = 1;
@@ -152,15 +152,22 @@ fn strip_start_code(nal: &[u8]) -> &[u8] {
 /// background detection cost a few percent (hard cuts still get an IDR within two seconds);
 /// extra threads do nothing with one slice per frame; OpenH264 emits the same CAVLC stream
 /// whichever profile is asked for, so we ask for Baseline, which every player decodes.
-/// OpenH264 logs one warning per encoder that bitrate "can't be controlled" without frame
-/// skipping: intended, since a skipped frame would break exact timing.
+/// Rate control: intermediates (segments the stitcher decodes again) use OpenH264's fixed-QP
+/// mode (QP 26, its built-in value; the crate exposes no other), which is silent; the delivery
+/// encode uses bitrate mode within the QP range so file sizes follow the target. Bitrate mode
+/// prints one warning per encoder to stderr ("bitrate can't be controlled ... without enabling
+/// skip frame") that cannot be turned off without unsafe code; frame skipping would break exact
+/// timing, so the warning stays, once per stitched video.
 fn encoder_config(settings: &EncodeSettings) -> EncoderConfig {
     let (min_qp, max_qp) = settings.quality.qp_range();
     EncoderConfig::new()
         .usage_type(UsageType::CameraVideoRealTime)
         .profile(Profile::Baseline)
         .complexity(Complexity::Low)
-        .rate_control_mode(RateControlMode::Bitrate)
+        .rate_control_mode(match settings.quality {
+            Quality::Intermediate => RateControlMode::Off,
+            Quality::Delivery => RateControlMode::Bitrate,
+        })
         .bitrate(BitRate::from_bps(settings.target_bitrate()))
         .max_frame_rate(FrameRate::from_hz(settings.fps as f32))
         .qp(QpRange::new(min_qp, max_qp))

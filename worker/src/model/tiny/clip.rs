@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::layout::{map_chunks, CHUNK_ELEMENTS};
+use super::layout::{CHUNK_ELEMENTS, map_chunks};
 use super::vae::LatentGeometry;
 use crate::frame::RgbFrame;
 use crate::model::{ClipDecoder, ModelError};
@@ -169,10 +169,12 @@ mod tests {
         for (cells, target) in [(30, 480), (27, 848), (4, 1000), (5, 3), (1, 7)] {
             let (below, above, fraction) = bilinear_taps(target, cells);
             assert_eq!(below.len(), target);
-            assert!(below
-                .iter()
-                .zip(&above)
-                .all(|(&low, &high)| low <= high && (high as usize) < cells));
+            assert!(
+                below
+                    .iter()
+                    .zip(&above)
+                    .all(|(&low, &high)| low <= high && (high as usize) < cells)
+            );
             assert!(fraction.iter().all(|&f| (0.0..1.0).contains(&f)));
         }
     }

@@ -10,9 +10,9 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::layout::{map_chunks, TokenGrid};
-use super::weights::{Init, TensorSpec, TinyWeights};
 use super::TinyConfig;
+use super::layout::{TokenGrid, map_chunks};
+use super::weights::{Init, TensorSpec, TinyWeights};
 use crate::model::ModelError;
 
 struct Block {

@@ -261,9 +261,11 @@ mod tests {
         assert_eq!(chunks[0].0, grid.frame_rows);
         let covered: usize = chunks.iter().map(|&(_, rows)| rows).sum();
         assert_eq!(covered, 61 * grid.frame_rows);
-        assert!(chunks
-            .windows(2)
-            .all(|pair| pair[0].0 + pair[0].1 == pair[1].0));
+        assert!(
+            chunks
+                .windows(2)
+                .all(|pair| pair[0].0 + pair[0].1 == pair[1].0)
+        );
         assert!(chunks.iter().all(|&(_, rows)| rows * 32 < 64 * 1024));
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{Device, Tensor};
 
 use super::denoiser::Denoiser;
-use super::layout::{map_elementwise, TokenGrid};
+use super::layout::{TokenGrid, map_elementwise};
 use super::weights::GaussianRng;
 use crate::model::ModelError;
 

@@ -397,3 +397,28 @@ fn benchmark_long_1080p_memory() {
     };
     benchmark("long 1920x1080x481, 2 steps, cfg", request);
 }
+
+/// The scheduler places with the catalog's estimate (no model loaded there): it must never
+/// promise less memory than the model itself says it needs.
+#[test]
+fn the_placement_estimate_covers_the_model_estimate() {
+    let model = crate::model::tiny::TinyModel::from_seed(0).unwrap();
+    for (width, height, frames) in [
+        (848, 480, 241),
+        (480, 848, 481),
+        (1280, 720, 481),
+        (1920, 1080, 241),
+        (2576, 1080, 481),
+    ] {
+        let placement = reelfarm_common::models::REELFARM_TINY.memory_estimate_bytes(
+            width,
+            height,
+            u64::from(frames),
+        );
+        let own = crate::model::ModelRuntime::memory_estimate_bytes(&model, width, height, frames);
+        assert!(
+            placement >= own,
+            "{width}x{height}x{frames}: placement {placement} < model {own}"
+        );
+    }
+}

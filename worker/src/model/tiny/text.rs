@@ -2,8 +2,8 @@
 
 use candle_core::{Device, Tensor};
 
-use super::weights::{Init, TensorSpec, TinyWeights};
 use super::TinyConfig;
+use super::weights::{Init, TensorSpec, TinyWeights};
 use crate::model::ModelError;
 
 /// Token 0 never comes from a word, so an empty prompt still has something to attend to.

@@ -2,10 +2,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::clip::{bands, TinyClip};
-use super::layout::{map_chunks, CHUNK_ELEMENTS};
-use super::weights::{Init, TensorSpec, TinyWeights};
 use super::TinyConfig;
+use super::clip::{TinyClip, bands};
+use super::layout::{CHUNK_ELEMENTS, map_chunks};
+use super::weights::{Init, TensorSpec, TinyWeights};
 use crate::frame::RgbFrame;
 use crate::model::ModelError;
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::text::fnv1a;
-use super::{denoiser, text, vae, TinyConfig};
+use super::{TinyConfig, denoiser, text, vae};
 use crate::model::ModelError;
 
 /// splitmix64 + Box–Muller. Our own generator rather than candle's (unseedable) or a crate's
@@ -162,7 +162,7 @@ impl TinyWeights {
                     return Err(ModelError::InvalidWeights(format!(
                         "{shown}: tensor `{}` has dtype {other:?}, expected a float type",
                         spec.name
-                    )))
+                    )));
                 }
             };
             let finite = tensor
