@@ -255,3 +255,57 @@ async fn the_same_idempotency_key_returns_the_same_sequence_and_cancel_stops_it(
     );
     farm.farm.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_image_sets_the_first_frame_of_its_shot() {
+    let mut farm = TestFarm::start(1).await.unwrap();
+    let reference = reelfarm_worker::frame::RgbFrame::filled(320, 180, [200, 40, 40]);
+    let mut spec = three_shot_spec(2);
+    spec.shots.truncate(1);
+    spec.shots[0].reference_png = Some(reelfarm_worker::video::encode_png(&reference).unwrap());
+    spec.shots[0].reference_name = Some("red.png".into());
+    let submitted = farm
+        .client
+        .submit_sequence(pb::SubmitSequenceRequest {
+            spec: Some(spec),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = farm
+        .watch_to_end(&submitted.sequence_id, DEADLINE)
+        .await
+        .unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        last.state,
+        pb::SequenceState::Succeeded as i32,
+        "{}",
+        last.error
+    );
+
+    let bytes = std::fs::read(farm.farm.store.path_of(&last.video_key).unwrap()).unwrap();
+    let mut reader = reelfarm_worker::video::Mp4Reader::open(bytes).unwrap();
+    let first = reader.next_frame().unwrap().unwrap();
+    let pixels = (first.width * first.height) as f64;
+    let mean: Vec<f64> = (0..3)
+        .map(|c| {
+            first
+                .data
+                .iter()
+                .skip(c)
+                .step_by(3)
+                .map(|&v| f64::from(v))
+                .sum::<f64>()
+                / pixels
+        })
+        .collect();
+    for (channel, expected) in [200.0, 40.0, 40.0].into_iter().enumerate() {
+        assert!(
+            (mean[channel] - expected).abs() < 12.0,
+            "first frame mean {mean:?}, reference [200, 40, 40]"
+        );
+    }
+    farm.farm.stop().await.unwrap();
+}
