@@ -12,7 +12,7 @@ use openh264::encoder::{
 use openh264::formats::{RgbSliceU8, YUVBuffer};
 use openh264::{OpenH264API, Timestamp};
 
-use super::{EncodeSettings, Quality, VideoError};
+use super::{EncodeSettings, VideoError};
 use crate::frame::RgbFrame;
 
 const NAL_TYPE_NON_IDR_SLICE: u8 = 1;
@@ -152,22 +152,19 @@ fn strip_start_code(nal: &[u8]) -> &[u8] {
 /// background detection cost a few percent (hard cuts still get an IDR within two seconds);
 /// extra threads do nothing with one slice per frame; OpenH264 emits the same CAVLC stream
 /// whichever profile is asked for, so we ask for Baseline, which every player decodes.
-/// Rate control: intermediates (segments the stitcher decodes again) use OpenH264's fixed-QP
-/// mode (QP 26, its built-in value; the crate exposes no other), which is silent; the delivery
-/// encode uses bitrate mode within the QP range so file sizes follow the target. Bitrate mode
-/// prints one warning per encoder to stderr ("bitrate can't be controlled ... without enabling
-/// skip frame") that cannot be turned off without unsafe code; frame skipping would break exact
-/// timing, so the warning stays, once per stitched video.
+/// Rate control: OpenH264's fixed-QP mode (QP 26, its built-in value) for both qualities, like
+/// a CRF encode: size follows the content. The bitrate and quality modes print a warning per
+/// encoder to stderr ("bitrate can't be controlled ... without enabling skip frame") that only
+/// unsafe code could silence, and it tears through the CLI's progress bars; frame skipping would
+/// break exact timing. So `Quality` today only sets the bitrate hint OpenH264 derives the H.264
+/// level from; a per-quality QP needs the raw encoder API and is left for later.
 fn encoder_config(settings: &EncodeSettings) -> EncoderConfig {
     let (min_qp, max_qp) = settings.quality.qp_range();
     EncoderConfig::new()
         .usage_type(UsageType::CameraVideoRealTime)
         .profile(Profile::Baseline)
         .complexity(Complexity::Low)
-        .rate_control_mode(match settings.quality {
-            Quality::Intermediate => RateControlMode::Off,
-            Quality::Delivery => RateControlMode::Bitrate,
-        })
+        .rate_control_mode(RateControlMode::Off)
         .bitrate(BitRate::from_bps(settings.target_bitrate()))
         .max_frame_rate(FrameRate::from_hz(settings.fps as f32))
         .qp(QpRange::new(min_qp, max_qp))
