@@ -37,6 +37,23 @@ impl TestFarm {
         Ok(TestFarm { farm, client, dir })
     }
 
+    /// Submits without an idempotency key and follows the sequence to its final status.
+    pub async fn render(
+        &mut self,
+        spec: pb::SequenceSpec,
+        timeout: Duration,
+    ) -> anyhow::Result<pb::SequenceStatus> {
+        let request = pb::SubmitSequenceRequest {
+            spec: Some(spec),
+            idempotency_key: String::new(),
+        };
+        let submitted = self.client.submit_sequence(request).await?.into_inner();
+        let seen = self.watch_to_end(&submitted.sequence_id, timeout).await?;
+        seen.into_iter()
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("no status for {}", submitted.sequence_id))
+    }
+
     /// Follows the watch stream to the end; returns every snapshot seen.
     pub async fn watch_to_end(
         &mut self,

@@ -218,22 +218,12 @@ async fn the_same_idempotency_key_returns_the_same_sequence_and_cancel_stops_it(
     let mut quick = three_shot_spec(1);
     quick.shots.truncate(1);
     quick.shots[0].duration_seconds = 1.0;
-    let next = farm
-        .client
-        .submit_sequence(pb::SubmitSequenceRequest {
-            spec: Some(quick),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let seen = farm
-        .watch_to_end(&next.sequence_id, DEADLINE)
-        .await
-        .unwrap();
+    let last = farm.render(quick, DEADLINE).await.unwrap();
     assert_eq!(
-        seen.last().unwrap().state,
-        pb::SequenceState::Succeeded as i32
+        last.state,
+        pb::SequenceState::Succeeded as i32,
+        "{}",
+        last.error
     );
     let after_cancel = cancelled_at.elapsed();
     assert!(
@@ -264,20 +254,7 @@ async fn a_reference_image_sets_the_first_frame_of_its_shot() {
     spec.shots.truncate(1);
     spec.shots[0].reference_png = Some(reelfarm_worker::video::encode_png(&reference).unwrap());
     spec.shots[0].reference_name = Some("red.png".into());
-    let submitted = farm
-        .client
-        .submit_sequence(pb::SubmitSequenceRequest {
-            spec: Some(spec),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let seen = farm
-        .watch_to_end(&submitted.sequence_id, DEADLINE)
-        .await
-        .unwrap();
-    let last = seen.last().unwrap();
+    let last = farm.render(spec, DEADLINE).await.unwrap();
     assert_eq!(
         last.state,
         pb::SequenceState::Succeeded as i32,
