@@ -79,34 +79,31 @@ async fn a_multi_shot_sequence_renders_to_an_exact_mp4() {
     farm.farm.stop().await.unwrap();
 }
 
+async fn submit_error(farm: &mut TestFarm, spec: Option<pb::SequenceSpec>) -> tonic::Status {
+    let request = pb::SubmitSequenceRequest {
+        spec,
+        idempotency_key: String::new(),
+    };
+    farm.client
+        .submit_sequence(request)
+        .await
+        .expect_err("the spec must be refused")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_are_invalid_argument_naming_the_field() {
     let mut farm = TestFarm::start(1).await.unwrap();
     let mut spec = three_shot_spec(2);
     spec.fps = Some(7);
     spec.shots[2].duration_seconds = 601.0;
-    let error = farm
-        .client
-        .submit_sequence(pb::SubmitSequenceRequest {
-            spec: Some(spec),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let error = submit_error(&mut farm, Some(spec)).await;
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
     assert_eq!(
         error.message(),
         "fps: must be a whole number between 8 and 60, got 7; shots[2].duration: must be between 1 and 600 seconds, got 601"
     );
 
-    let error = farm
-        .client
-        .submit_sequence(pb::SubmitSequenceRequest {
-            spec: None,
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let error = submit_error(&mut farm, None).await;
     assert_eq!(
         (error.code(), error.message()),
         (tonic::Code::InvalidArgument, "spec: required")
@@ -115,14 +112,7 @@ async fn bad_specs_are_invalid_argument_naming_the_field() {
     let mut spec = three_shot_spec(2);
     spec.resolution = Some("4k".into());
     spec.aspect = Some("5:4".into());
-    let error = farm
-        .client
-        .submit_sequence(pb::SubmitSequenceRequest {
-            spec: Some(spec),
-            idempotency_key: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let error = submit_error(&mut farm, Some(spec)).await;
     assert!(
         error
             .message()

@@ -152,6 +152,15 @@ pub(crate) mod test_support {
     use super::{EncodeSettings, Mp4Writer, Quality};
     use crate::frame::RgbFrame;
 
+    pub fn delivery_settings(width: u32, height: u32, fps: u32) -> EncodeSettings {
+        EncodeSettings {
+            width,
+            height,
+            fps,
+            quality: Quality::Delivery,
+        }
+    }
+
     /// A diagonal gradient with a soft moving blob: smooth enough to compress, moving enough that
     /// P frames have real work to do.
     pub(crate) fn moving_gradient(width: u32, height: u32, index: u32) -> RgbFrame {
@@ -215,16 +224,8 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::delivery_settings as settings;
     use super::*;
-
-    fn settings(width: u32, height: u32, fps: u32) -> EncodeSettings {
-        EncodeSettings {
-            width,
-            height,
-            fps,
-            quality: Quality::Delivery,
-        }
-    }
 
     #[test]
     fn bitrate_follows_pixels_and_fps() {

@@ -122,16 +122,9 @@ mod tests {
 
     use super::*;
     use crate::video::Quality;
-    use crate::video::test_support::{encode_gradient, moving_gradient, psnr};
-
-    fn settings(width: u32, height: u32, fps: u32) -> EncodeSettings {
-        EncodeSettings {
-            width,
-            height,
-            fps,
-            quality: Quality::Delivery,
-        }
-    }
+    use crate::video::test_support::{
+        delivery_settings as settings, encode_gradient, moving_gradient, psnr,
+    };
 
     #[test]
     fn frames_of_the_wrong_size_are_rejected_and_the_writer_carries_on() {
