@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::{pb, spec};
+use reelfarm_scheduler::farm::UNPLACEABLE_PREFIX;
 use reelfarm_worker::model::ModelRuntime;
 use reelfarm_worker::model::tiny::TinyModel;
 
@@ -186,6 +187,12 @@ async fn submit_and_follow(
             message = stream.message() => match message.map_err(|status| anyhow!("watching {id}: {}", status.message()))? {
                 Some(status) => {
                     view.update(&status);
+                    // The embedded pool never grows: a segment that fits no worker would wait forever.
+                    if let Some(stuck) = status.segments.iter().find(|s| s.state == pb::TaskState::Ready as i32 && s.error.starts_with(UNPLACEABLE_PREFIX)) {
+                        view.finish();
+                        let _ = client.cancel_sequence(pb::CancelSequenceRequest { sequence_id: id.clone() }).await;
+                        bail!("segment {} {}: lower the resolution or use fewer --workers (each gets an equal share of memory)", stuck.segment_id, stuck.error);
+                    }
                     last = Some(status);
                 }
                 None => break,

@@ -15,6 +15,8 @@ pub type WorkerId = String;
 
 /// Attempts per task before the sequence fails.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Starts the error of a task that fits no registered device.
+pub const UNPLACEABLE_PREFIX: &str = "needs";
 /// A stitch holds a few frames and the encoder; it fits any worker.
 pub const STITCH_MEMORY_ESTIMATE_BYTES: u64 = 512 << 20;
 
@@ -583,12 +585,41 @@ impl Farm {
             };
             for task in ready {
                 let Some((worker, slot)) = self.find_device(&id, task) else {
+                    self.explain_unplaceable(&id, task);
                     continue;
                 };
                 actions.push(self.assign(&id, task, worker, slot));
             }
         }
         actions
+    }
+
+    /// A task no registered device could ever hold says so in its status, so a person sees
+    /// why it waits (`needs 3.1 GiB; the largest device has 2.0 GiB`).
+    fn explain_unplaceable(&mut self, id: &str, task: TaskRef) {
+        let largest = self
+            .workers
+            .values()
+            .flat_map(|worker| &worker.devices)
+            .map(|device| device.device.memory_total_bytes)
+            .max();
+        let Some(record) = self.sequences.get_mut(id) else {
+            return;
+        };
+        let record_task = record.task_mut(task);
+        let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+        let reason = match largest {
+            Some(largest) if largest < record_task.memory_estimate_bytes => format!(
+                "{UNPLACEABLE_PREFIX} {:.1} GiB; the largest device has {:.1} GiB",
+                gib(record_task.memory_estimate_bytes),
+                gib(largest)
+            ),
+            _ => return,
+        };
+        if record_task.error.as_deref() != Some(reason.as_str()) {
+            record_task.error = Some(reason);
+            self.changed.insert(id.to_string());
+        }
     }
 
     fn find_device(&self, id: &str, task: TaskRef) -> Option<(WorkerId, usize)> {

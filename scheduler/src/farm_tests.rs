@@ -253,6 +253,17 @@ fn tasks_wait_for_a_device_with_enough_memory() {
     let plan = planner::plan(&sequence, &REELFARM_TINY);
     farm.submit("seq".into(), None, sequence, plan, 0.0);
     assert!(farm.dispatch().is_empty());
+    let waiting = &farm.sequence("seq").unwrap().segments[0];
+    assert_eq!(waiting.state, TaskState::Ready);
+    assert!(
+        waiting
+            .error
+            .as_deref()
+            .unwrap()
+            .ends_with("GiB; the largest device has 0.0 GiB"),
+        "{:?}",
+        waiting.error
+    );
     farm.register_worker(
         "big".into(),
         "big".into(),
