@@ -200,3 +200,116 @@ fn render_and_encode(
         phases,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use reelfarm_common::blob::LocalBlobStore;
+
+    use super::*;
+    use crate::model::tiny::TinyModel;
+    use crate::video::Mp4Reader;
+
+    fn task(join: pb::JoinKind, lead_frames: u64, condition_key: &str) -> pb::SegmentTask {
+        pb::SegmentTask {
+            segment_id: "s001-00".into(),
+            model: "reelfarm-tiny".into(),
+            prompt: "fog over pines".into(),
+            width: 64,
+            height: 48,
+            fps: 8,
+            timeline_frames: 9,
+            lead_frames,
+            render_frames: reelfarm_common::models::REELFARM_TINY
+                .aligned_render_frames(lead_frames + 9),
+            steps: 2,
+            guidance: 4.0,
+            seed: 5,
+            join: join as i32,
+            condition_key: condition_key.into(),
+            output_prefix: "sequences/test/segments/s001-00".into(),
+            ..Default::default()
+        }
+    }
+
+    async fn render(
+        task: pb::SegmentTask,
+        store: Arc<LocalBlobStore>,
+    ) -> (Sidecar, Vec<RgbFrame>, RgbFrame) {
+        let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
+        let progress = Progress::new(sender, Arc::new(AtomicBool::new(false)));
+        let model: Arc<dyn ModelRuntime> = Arc::new(TinyModel::from_seed(0).unwrap());
+        let prefix = task.output_prefix.clone();
+        let done = run_segment(task, model, store.clone(), progress)
+            .await
+            .unwrap();
+        assert_eq!(done.video_key, keys::segment_video(&prefix));
+        assert!(done.phases.0.iter().any(|phase| phase.kind == "model"));
+        let sidecar: Sidecar =
+            serde_json::from_slice(&store.get(&keys::segment_sidecar(&prefix)).await.unwrap())
+                .unwrap();
+        let mut reader =
+            Mp4Reader::open(store.get(&done.video_key).await.unwrap().to_vec()).unwrap();
+        let mut frames = Vec::new();
+        while let Some(frame) = reader.next_frame().unwrap() {
+            frames.push(frame);
+        }
+        let last =
+            decode_png(&store.get(&keys::segment_last_frame(&prefix)).await.unwrap()).unwrap();
+        (sidecar, frames, last)
+    }
+
+    #[tokio::test]
+    async fn a_continuation_drops_its_conditioned_frame_and_records_its_colours() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalBlobStore::new(dir.path()).unwrap());
+        let previous = encode_png(&RgbFrame::filled(64, 48, [30, 160, 90])).unwrap();
+        store
+            .put("previous.last.png", previous.into())
+            .await
+            .unwrap();
+        let (sidecar, frames, last) =
+            render(task(pb::JoinKind::Continue, 1, "previous.last.png"), store).await;
+        assert_eq!(frames.len(), 9, "timeline frames only");
+        assert_eq!(
+            (
+                sidecar.frames,
+                sidecar.lead_frames_in_file,
+                sidecar.timeline_frames
+            ),
+            (9, 0, 9)
+        );
+        assert_eq!((last.width, last.height), (64, 48));
+        // The sidecar's statistics are of the exact last frame, which the PNG keeps losslessly.
+        assert_eq!(sidecar.last_frame_lab, lab_stats(&last, STATS_SAMPLES));
+    }
+
+    #[tokio::test]
+    async fn a_crossfade_keeps_its_handle_frames_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalBlobStore::new(dir.path()).unwrap());
+        let (sidecar, frames, _) = render(task(pb::JoinKind::Crossfade, 3, ""), store).await;
+        assert_eq!(frames.len(), 12);
+        assert_eq!((sidecar.frames, sidecar.lead_frames_in_file), (12, 3));
+    }
+
+    #[tokio::test]
+    async fn a_missing_conditioning_frame_is_a_storage_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalBlobStore::new(dir.path()).unwrap());
+        let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
+        let progress = Progress::new(sender, Arc::new(AtomicBool::new(false)));
+        let model: Arc<dyn ModelRuntime> = Arc::new(TinyModel::from_seed(0).unwrap());
+        let failure = run_segment(
+            task(pb::JoinKind::Continue, 1, "nope.png"),
+            model,
+            store,
+            progress,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(failure.reason, pb::FailureReason::StorageError);
+    }
+}
