@@ -54,6 +54,13 @@ impl TestFarm {
             .ok_or_else(|| anyhow::anyhow!("no status for {}", submitted.sequence_id))
     }
 
+    pub async fn status(&mut self, sequence_id: &str) -> anyhow::Result<pb::SequenceStatus> {
+        let request = pb::GetSequenceRequest {
+            sequence_id: sequence_id.into(),
+        };
+        Ok(self.client.get_sequence(request).await?.into_inner())
+    }
+
     /// Follows the watch stream to the end; returns every snapshot seen.
     pub async fn watch_to_end(
         &mut self,

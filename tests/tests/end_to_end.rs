@@ -220,14 +220,7 @@ async fn the_same_idempotency_key_returns_the_same_sequence_and_cancel_stops_it(
         after_cancel < first_step * 10 + Duration::from_secs(10),
         "cancel took {after_cancel:?}; one step took about {first_step:?}"
     );
-    let status = farm
-        .client
-        .get_sequence(pb::GetSequenceRequest {
-            sequence_id: first.sequence_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = farm.status(&first.sequence_id).await.unwrap();
     assert_eq!(
         status.state,
         pb::SequenceState::Cancelled as i32,

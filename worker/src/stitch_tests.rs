@@ -10,14 +10,18 @@ const W: u32 = 64;
 const H: u32 = 48;
 const FPS: u32 = 8;
 
-fn segment(levels: &[u8]) -> Bytes {
+fn new_writer() -> Mp4Writer<Cursor<Vec<u8>>> {
     let settings = EncodeSettings {
         width: W,
         height: H,
         fps: FPS,
         quality: Quality::Intermediate,
     };
-    let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings).unwrap();
+    Mp4Writer::new(Cursor::new(Vec::new()), settings).unwrap()
+}
+
+fn segment(levels: &[u8]) -> Bytes {
+    let mut writer = new_writer();
     for &level in levels {
         writer
             .push(&RgbFrame::filled(W, H, [level, level, level]))
@@ -56,13 +60,7 @@ fn mean_level(frame: &RgbFrame) -> f64 {
 }
 
 fn run(inputs: &[StitchInput]) -> Vec<f64> {
-    let settings = EncodeSettings {
-        width: W,
-        height: H,
-        fps: FPS,
-        quality: Quality::Intermediate,
-    };
-    let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings).unwrap();
+    let mut writer = new_writer();
     let (written, _, _) = stitch(inputs, &mut writer, &progress()).unwrap();
     let bytes = writer.finish().unwrap().into_inner();
     let mut reader = Mp4Reader::open(bytes).unwrap();
@@ -125,13 +123,7 @@ fn a_crossfade_dissolves_its_handle_over_the_tail_and_keeps_the_length() {
 fn a_segment_shorter_than_the_plan_is_an_error_not_a_short_video() {
     let mut short = input("a", pb::JoinKind::Cut, 0, 5, 40, 0);
     short.timeline_frames = 9;
-    let settings = EncodeSettings {
-        width: W,
-        height: H,
-        fps: FPS,
-        quality: Quality::Intermediate,
-    };
-    let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings).unwrap();
+    let mut writer = new_writer();
     let failure = stitch(&[short], &mut writer, &progress()).unwrap_err();
     assert_eq!(failure.reason, pb::FailureReason::InvalidTask);
 }
