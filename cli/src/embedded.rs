@@ -47,12 +47,21 @@ impl EmbeddedFarm {
             signalled(scheduler_signal),
         ));
 
+        // The scheduler serves at once but leads a moment later: wait, so the first
+        // request is not refused as "no leader".
+        reelfarm_common::leader::connect_leader(
+            std::slice::from_ref(&url),
+            Duration::from_secs(10),
+        )
+        .await
+        .context("the embedded scheduler did not start leading")?;
+
         let (shutdown_workers, worker_signal) = watch::channel(false);
         let share = 1.0 / workers.max(1) as f64;
         let workers = (0..workers.max(1))
             .map(|index| {
                 let config = WorkerConfig {
-                    scheduler_url: url.clone(),
+                    scheduler_urls: vec![url.clone()],
                     name: format!("cpu{index}"),
                     store: blob_store.clone(),
                     models: vec![model.clone()],

@@ -1,7 +1,10 @@
 //! The `reelfarm` command's building blocks, as a library so tests drive the same code.
 
+pub mod client;
+pub mod config;
 pub mod embedded;
 pub mod progress;
 pub mod render;
 pub mod report;
+pub mod serve;
 pub mod validate;

@@ -40,6 +40,47 @@ render succeeds.")]
         /// The sequence spec (YAML or JSON).
         spec: PathBuf,
     },
+    /// submit, watch, status, cancel, workers, download: talk to a running scheduler.
+    #[command(flatten)]
+    Client(reelfarm_cli::client::ClientCommand),
+    /// Run a scheduler of the distributed farm (state in etcd, objects in S3).
+    #[command(long_about = "\
+Run a scheduler of the distributed farm. Several schedulers may run against one etcd: one
+leads (etcd election), the others answer clients with the leader's address and take over
+within --leader-ttl seconds when it dies. Settings: defaults, then --config FILE (TOML with
+[scheduler] and [store] sections), then REELFARM_* environment variables, then flags.
+
+Example:
+  reelfarm scheduler --listen 0.0.0.0:7070 --etcd http://etcd:2379 \\
+      --s3-endpoint http://minio:9000 --bucket renders")]
+    Scheduler {
+        #[command(flatten)]
+        args: reelfarm_cli::config::SchedulerArgs,
+        #[command(flatten)]
+        store: reelfarm_cli::config::StoreArgs,
+        /// TOML settings file, under environment variables and flags.
+        #[arg(long, env = "REELFARM_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run a worker: take segments from the leading scheduler and render them.
+    #[command(long_about = "\
+Run a worker of the distributed farm: it finds the leading scheduler among --scheduler URLs,
+registers its devices, renders the segments it is given and writes them to the object store.
+It reconnects when a scheduler fails over, keeping the work it runs. Settings: defaults, then
+--config FILE ([worker] and [store] sections), then REELFARM_* variables, then flags.
+
+Example:
+  reelfarm worker --scheduler http://scheduler:7070 --simulate-gpus 2x80GiB \\
+      --s3-endpoint http://minio:9000 --bucket renders")]
+    Worker {
+        #[command(flatten)]
+        args: reelfarm_cli::config::WorkerArgs,
+        #[command(flatten)]
+        store: reelfarm_cli::config::StoreArgs,
+        /// TOML settings file, under environment variables and flags.
+        #[arg(long, env = "REELFARM_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Benchmarks that print ratios and where time went (not for tests).
     Bench {
         #[command(subcommand)]
@@ -92,7 +133,12 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    reelfarm_common::telemetry::init("warn", false);
+    // The long-running processes log what they do; the one-shot verbs stay quiet.
+    let serving = matches!(
+        cli.command,
+        Command::Scheduler { .. } | Command::Worker { .. }
+    );
+    reelfarm_common::telemetry::init(if serving { "info" } else { "warn" }, false);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -134,7 +180,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print_summary(&render(options).await?);
         }
+        Command::Scheduler {
+            args,
+            store,
+            config,
+        } => reelfarm_cli::serve::run_scheduler(args, store, config).await?,
+        Command::Worker {
+            args,
+            store,
+            config,
+        } => reelfarm_cli::serve::run_worker(args, store, config).await?,
         Command::Validate { spec } => reelfarm_cli::validate::print_plan(&load_spec(&spec, None)?),
+        Command::Client(command) => reelfarm_cli::client::run(command).await?,
         Command::Bench {
             bench: BenchCommand::Render { spec, farm, json },
         } => {

@@ -13,10 +13,12 @@ const TOTAL_UNITS: u64 = 1000;
 const STITCH_SHARE: f64 = 0.35;
 
 pub struct ProgressView {
-    _multi: MultiProgress,
+    multi: MultiProgress,
     shots: Vec<ProgressBar>,
     total: ProgressBar,
     plain: bool,
+    /// Whether bars are drawn (a terminal and not quiet): notes then go above them.
+    bars: bool,
     last_state: HashMap<String, i32>,
 }
 
@@ -87,10 +89,11 @@ impl ProgressView {
             );
         }
         ProgressView {
-            _multi: multi,
+            multi,
             shots,
             total,
             plain: plain && !quiet,
+            bars: !quiet && !plain,
             last_state: HashMap::new(),
         }
     }
@@ -193,6 +196,15 @@ impl ProgressView {
             && stitch.state != pb::TaskState::Blocked as i32
         {
             eprintln!("  stitch {}", state_name(stitch.state));
+        }
+    }
+
+    /// A line on stderr that does not tear the bars (printed above them while they draw).
+    pub fn note(&self, line: &str) {
+        if self.bars {
+            let _ = self.multi.println(line);
+        } else {
+            eprintln!("{line}");
         }
     }
 

@@ -86,7 +86,7 @@ pub fn load_model(weights: Option<&Path>) -> Result<Arc<dyn ModelRuntime>> {
     Ok(Arc::new(model))
 }
 
-fn check_output(output: &Path) -> Result<()> {
+pub fn check_output(output: &Path) -> Result<()> {
     let parent = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -174,3 +174,117 @@ fn render_writes_the_video_and_its_report() {
     assert_eq!(report["frames"], 72);
     assert!(!dir.path().join("quick.partial").exists());
 }
+
+/// Client verbs against a port nothing listens on: they give up within the connect timeout
+/// and say which URL they tried and what to do.
+#[test]
+fn client_verbs_fail_fast_naming_the_scheduler_when_none_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let verbs: [&[&str]; 5] = [
+        &["status"],
+        &["status", "seq-000000000000"],
+        &["workers"],
+        &["cancel", "seq-000000000000"],
+        &["download", "seq-000000000000", "-o", "out.mp4"],
+    ];
+    for verb in verbs {
+        let started = std::time::Instant::now();
+        let mut args = verb.to_vec();
+        args.extend([
+            "--scheduler",
+            "http://127.0.0.1:9",
+            "--connect-timeout",
+            "1",
+        ]);
+        let output = reelfarm(&args, dir.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{verb:?}: {stderr}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{verb:?} took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("http://127.0.0.1:9"),
+            "{verb:?}: {stderr}"
+        );
+        assert!(stderr.contains("REELFARM_SCHEDULER"), "{verb:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{verb:?}");
+    }
+    assert!(!dir.path().join("out.mp4").exists());
+    assert!(!dir.path().join("out.mp4.partial").exists());
+}
+
+#[test]
+fn the_scheduler_also_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_reelfarm"))
+        .args(["workers", "--connect-timeout", "1"])
+        .env("REELFARM_SCHEDULER", "127.0.0.1:9")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("http://127.0.0.1:9"), "{stderr}");
+}
+
+#[test]
+fn submit_checks_the_spec_and_the_url_before_contacting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "shots:\n  - {prompt: a, duration: 5}\n  - {prompt: b, duration: 0}\n",
+    );
+    // A black-hole address: had submit connected first, it would wait out the timeout.
+    let started = std::time::Instant::now();
+    let output = reelfarm(
+        &[
+            "submit",
+            &spec,
+            "--scheduler",
+            "http://10.255.255.1:7070",
+            "--connect-timeout",
+            "30",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("shots[1].duration: must be between 1 and 600 seconds, got 0"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(output.stdout.is_empty());
+
+    let output = reelfarm(&["submit", &spec, "--steps", "0"], dir.path());
+    assert_eq!(output.status.code(), Some(2));
+
+    let good = write_spec(dir.path(), "shots:\n  - {prompt: a, duration: 5}\n");
+    let output = reelfarm(
+        &["submit", &good, "--scheduler", "http://bad url"],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--scheduler: \"http://bad url\" is not a URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn client_help_teaches_the_scheduler_setting_and_an_example() {
+    for verb in ["submit", "watch", "status", "cancel", "workers", "download"] {
+        let output = reelfarm(&[verb, "--help"], &repo_root());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{verb}: {stdout}");
+        assert!(stdout.contains("REELFARM_SCHEDULER"), "{verb}: {stdout}");
+        assert!(stdout.contains("--connect-timeout"), "{verb}: {stdout}");
+        assert!(
+            stdout.contains(&format!("  reelfarm {verb}")),
+            "{verb} --help needs an example: {stdout}"
+        );
+    }
+}

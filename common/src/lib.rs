@@ -4,7 +4,9 @@
 pub mod blob;
 pub mod error;
 pub mod keys;
+pub mod leader;
 pub mod models;
+pub mod s3;
 pub mod sequence;
 pub mod spec;
 pub mod telemetry;

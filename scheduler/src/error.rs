@@ -1,5 +1,8 @@
 //! The scheduler's error cases, mapped once to gRPC status codes.
 
+/// Response metadata naming the leader's URL on an `Unavailable` from a follower.
+pub const LEADER_METADATA: &str = "reelfarm-leader";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -11,6 +14,12 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// This scheduler does not lead; the leader's URL when one is known.
+    #[error("{}", match .0 {
+        Some(url) => format!("this scheduler does not lead; the leader is at {url}"),
+        None => "no scheduler leads right now (an election is under way); retry in a few seconds".to_string(),
+    })]
+    NotLeader(Option<String>),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -42,6 +51,15 @@ impl From<Error> for tonic::Status {
             Error::NotFound(_) => tonic::Status::not_found(message),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             Error::Unavailable(_) => tonic::Status::unavailable(message),
+            Error::NotLeader(leader) => {
+                let mut status = tonic::Status::unavailable(message);
+                if let Some(url) = leader
+                    && let Ok(value) = url.parse()
+                {
+                    status.metadata_mut().insert(LEADER_METADATA, value);
+                }
+                status
+            }
             Error::Internal(_) => tonic::Status::internal(message),
         }
     }

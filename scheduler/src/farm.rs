@@ -61,8 +61,12 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// Attempts started so far; the current assignment carries this number.
     pub attempt: u32,
+    /// Set exactly while an assignment for this task is outstanding (running, or told to
+    /// stop and not yet reported back).
     pub assignment_id: Option<String>,
     pub worker: Option<WorkerId>,
+    /// The device slot of the outstanding assignment on `worker`.
+    pub device_slot: Option<usize>,
     pub progress_done: u64,
     pub progress_total: u64,
     pub error: Option<String>,
@@ -78,6 +82,7 @@ impl TaskRecord {
             attempt: 0,
             assignment_id: None,
             worker: None,
+            device_slot: None,
             progress_done: 0,
             progress_total: 0,
             error: None,
@@ -140,6 +145,9 @@ pub struct WorkerRecord {
     pub name: String,
     pub models: Vec<String>,
     pub devices: Vec<DeviceRecord>,
+    /// Its command stream is open. A disconnected worker keeps its devices and running
+    /// tasks until it reconnects or its lease runs out (`worker_lost`), but gets no new work.
+    pub connected: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -204,11 +212,11 @@ impl FailureClass {
 #[derive(Debug)]
 pub struct Farm {
     pub(crate) sequences: BTreeMap<SequenceId, SequenceRecord>,
-    idempotency_keys: HashMap<String, SequenceId>,
+    pub(crate) idempotency_keys: HashMap<String, SequenceId>,
     pub(crate) workers: BTreeMap<WorkerId, WorkerRecord>,
     pub(crate) assignments: HashMap<String, AssignmentRecord>,
-    next_submit_order: u64,
-    max_attempts: u32,
+    pub(crate) next_submit_order: u64,
+    pub(crate) max_attempts: u32,
     changed: BTreeSet<SequenceId>,
 }
 
@@ -304,38 +312,97 @@ impl Farm {
         (id, true)
     }
 
+    /// A worker (re)connects. A worker already known (a reconnect, or one restored after a
+    /// scheduler takeover) keeps the assignments it still runs; those it no longer reports
+    /// are lost, and any it runs that is no longer current is told to stop.
     pub fn register_worker(
         &mut self,
         id: WorkerId,
         name: String,
         devices: Vec<pb::Device>,
         models: Vec<String>,
-    ) {
+        still_running: &[pb::AssignmentRef],
+        now: f64,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let known_devices = self.workers.get(&id).map(|worker| {
+            worker
+                .devices
+                .iter()
+                .map(|device| (device.reserved_bytes, device.running.clone()))
+                .collect::<Vec<_>>()
+        });
         let devices = devices
             .into_iter()
-            .map(|device| DeviceRecord {
-                device,
-                reserved_bytes: 0,
-                running: None,
+            .enumerate()
+            .map(|(slot, device)| {
+                let (reserved_bytes, running) = known_devices
+                    .as_ref()
+                    .and_then(|known| known.get(slot).cloned())
+                    .unwrap_or((0, None));
+                DeviceRecord {
+                    device,
+                    reserved_bytes,
+                    running,
+                }
             })
             .collect();
         self.workers.insert(
             id.clone(),
             WorkerRecord {
-                id,
+                id: id.clone(),
                 name,
                 models,
                 devices,
+                connected: true,
             },
         );
+        let lost: Vec<String> = self
+            .assignments
+            .iter()
+            .filter(|(assignment_id, assignment)| {
+                assignment.worker == id
+                    && !still_running.iter().any(|reference| {
+                        &reference.assignment_id == *assignment_id
+                            && reference.attempt == assignment.attempt
+                    })
+            })
+            .map(|(assignment_id, _)| assignment_id.clone())
+            .collect();
+        for assignment_id in lost {
+            if let Some(assignment) = self.release(&assignment_id) {
+                actions.extend(self.end_attempt(
+                    &assignment,
+                    FailureClass::WorkerLost,
+                    &format!("worker {id} reconnected without it"),
+                    now,
+                ));
+            }
+        }
+        for reference in still_running {
+            if self.current(reference).is_err() {
+                actions.push(Action::Cancel {
+                    worker: id.clone(),
+                    assignment: reference.clone(),
+                });
+            }
+        }
+        actions
     }
 
-    /// The worker's stream closed: its running tasks go back to ready (attempt + 1 on the
-    /// next assignment) within their retry budget.
-    pub fn worker_lost(&mut self, worker: &str, now: f64) -> Vec<Action> {
-        if self.workers.remove(worker).is_none() {
-            return Vec::new();
+    /// The worker's command stream closed: no new work until it reconnects; what it runs
+    /// stays its own until `worker_lost`.
+    pub fn worker_disconnected(&mut self, worker: &str) {
+        if let Some(record) = self.workers.get_mut(worker) {
+            record.connected = false;
         }
+    }
+
+    /// The worker is gone (its lease ran out, or in the embedded farm its stream closed): its
+    /// running tasks go back to ready (attempt + 1 on the next assignment) within their
+    /// retry budget.
+    pub fn worker_lost(&mut self, worker: &str, now: f64) -> Vec<Action> {
+        self.workers.remove(worker);
         let lost: Vec<String> = self
             .assignments
             .iter()
@@ -345,15 +412,26 @@ impl Farm {
         let mut actions = Vec::new();
         for assignment_id in lost {
             if let Some(assignment) = self.assignments.remove(&assignment_id) {
+                self.clear_task_assignment(&assignment_id, &assignment);
                 actions.extend(self.end_attempt(
                     &assignment,
                     FailureClass::WorkerLost,
-                    &format!("worker {worker} disconnected"),
+                    &format!("worker {worker} is gone"),
                     now,
                 ));
             }
         }
         actions
+    }
+
+    /// Workers that hold assignments but are registered nowhere (their lease ran out while
+    /// no scheduler led): a new leader calls `worker_lost` for each.
+    pub fn orphaned_workers(&self) -> BTreeSet<WorkerId> {
+        self.assignments
+            .values()
+            .filter(|assignment| !self.workers.contains_key(&assignment.worker))
+            .map(|assignment| assignment.worker.clone())
+            .collect()
     }
 
     pub fn running_assignments(&self, worker: &str) -> usize {
@@ -404,9 +482,10 @@ impl Farm {
         peak_memory_bytes: u64,
         now: f64,
     ) -> Result<Vec<Action>, Error> {
-        let assignment = self.current(reference)?.clone();
-        self.assignments.remove(&reference.assignment_id);
-        self.free_device(&assignment);
+        self.current(reference)?;
+        let assignment = self
+            .release(&reference.assignment_id)
+            .ok_or_else(|| Error::Internal("current assignment vanished".into()))?;
         let record = self
             .sequences
             .get_mut(&assignment.sequence_id)
@@ -456,8 +535,10 @@ impl Farm {
         message: &str,
         now: f64,
     ) -> Result<Vec<Action>, Error> {
-        let assignment = self.current(reference)?.clone();
-        self.assignments.remove(&reference.assignment_id);
+        self.current(reference)?;
+        let assignment = self
+            .release(&reference.assignment_id)
+            .ok_or_else(|| Error::Internal("current assignment vanished".into()))?;
         Ok(self.end_attempt(&assignment, class, message, now))
     }
 
@@ -469,7 +550,6 @@ impl Farm {
         message: &str,
         now: f64,
     ) -> Vec<Action> {
-        self.free_device(assignment);
         let max_attempts = self.max_attempts;
         let Some(record) = self.sequences.get_mut(&assignment.sequence_id) else {
             return Vec::new();
@@ -482,7 +562,6 @@ impl Farm {
         }
         let reason = format!("{}: {message}", class.describe());
         task.error = Some(reason.clone());
-        task.assignment_id = None;
         let retryable = !matches!(class, FailureClass::InvalidTask | FailureClass::Cancelled);
         if retryable && task.attempt < max_attempts {
             task.state = TaskState::Ready;
@@ -542,6 +621,25 @@ impl Farm {
             .collect();
         actions.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
         actions
+    }
+
+    /// Ends an outstanding assignment: its device is free and its task no longer points at it.
+    fn release(&mut self, assignment_id: &str) -> Option<AssignmentRecord> {
+        let assignment = self.assignments.remove(assignment_id)?;
+        self.free_device(&assignment);
+        self.clear_task_assignment(assignment_id, &assignment);
+        Some(assignment)
+    }
+
+    fn clear_task_assignment(&mut self, assignment_id: &str, assignment: &AssignmentRecord) {
+        if let Some(record) = self.sequences.get_mut(&assignment.sequence_id) {
+            let task = record.task_mut(assignment.task);
+            if task.assignment_id.as_deref() == Some(assignment_id) {
+                task.assignment_id = None;
+                task.device_slot = None;
+            }
+            self.changed.insert(assignment.sequence_id.clone());
+        }
     }
 
     fn free_device(&mut self, assignment: &AssignmentRecord) {
@@ -628,6 +726,9 @@ impl Farm {
         let needs_model =
             matches!(task, TaskRef::Segment(_)).then_some(record.sequence.model.as_str());
         self.workers.values().find_map(|worker| {
+            if !worker.connected {
+                return None;
+            }
             if needs_model.is_some_and(|model| !worker.models.iter().any(|m| m == model)) {
                 return None;
             }
@@ -662,6 +763,7 @@ impl Farm {
         record_task.state = TaskState::Running;
         record_task.assignment_id = Some(assignment_id.clone());
         record_task.worker = Some(worker_id.clone());
+        record_task.device_slot = Some(slot);
         record_task.progress_done = 0;
         let estimate = record_task.memory_estimate_bytes;
         if record.state == SequenceState::Queued {

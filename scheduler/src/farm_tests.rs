@@ -51,6 +51,8 @@ fn farm_with(transitions: &[Transition], workers: usize) -> Farm {
             format!("w{worker}"),
             vec![device(0, 16)],
             vec!["reelfarm-tiny".into()],
+            &[],
+            0.0,
         );
     }
     let sequence = sequence(transitions);
@@ -162,6 +164,8 @@ fn a_lost_worker_hands_its_segment_back_with_the_next_attempt() {
         "w9".into(),
         vec![device(0, 16)],
         vec!["reelfarm-tiny".into()],
+        &[],
+        0.0,
     );
     let (_, retried) = assigned(&farm.dispatch()).remove(0);
     assert_eq!(retried.attempt, 2);
@@ -248,6 +252,8 @@ fn tasks_wait_for_a_device_with_enough_memory() {
         "small".into(),
         vec![device(0, 0)],
         vec!["reelfarm-tiny".into()],
+        &[],
+        0.0,
     );
     let sequence = sequence(&[Transition::Cut]);
     let plan = planner::plan(&sequence, &REELFARM_TINY);
@@ -269,7 +275,81 @@ fn tasks_wait_for_a_device_with_enough_memory() {
         "big".into(),
         vec![device(0, 16)],
         vec!["reelfarm-tiny".into()],
+        &[],
+        0.0,
     );
     let placed = assigned(&farm.dispatch());
     assert_eq!(placed[0].0, "big");
+}
+
+#[test]
+fn a_reconnecting_worker_keeps_what_it_runs_and_loses_what_it_does_not() {
+    let mut farm = farm_with(&[Transition::Cut, Transition::Cut], 1);
+    farm.workers
+        .get_mut("w0")
+        .unwrap()
+        .devices
+        .push(DeviceRecord {
+            device: device(1, 16),
+            reserved_bytes: 0,
+            running: None,
+        });
+    let placed = assigned(&farm.dispatch());
+    assert_eq!(placed.len(), 2, "one segment per device");
+    farm.worker_disconnected("w0");
+    assert!(
+        farm.dispatch().is_empty(),
+        "a disconnected worker gets no new work"
+    );
+    // It comes back still running the first segment only.
+    let stale = pb::AssignmentRef {
+        assignment_id: "seq/s999-00/1".into(),
+        attempt: 1,
+    };
+    let actions = farm.register_worker(
+        "w0".into(),
+        "w0".into(),
+        vec![device(0, 16), device(1, 16)],
+        vec!["reelfarm-tiny".into()],
+        &[placed[0].1.clone(), stale.clone()],
+        1.0,
+    );
+    assert!(
+        actions.contains(&Action::Cancel {
+            worker: "w0".into(),
+            assignment: stale
+        }),
+        "an assignment that is not current is cancelled: {actions:?}"
+    );
+    let record = farm.sequence("seq").unwrap();
+    assert_eq!(record.segments[0].state, TaskState::Running);
+    assert_eq!(
+        record.segments[1].state,
+        TaskState::Ready,
+        "the forgotten one is lost"
+    );
+    assert!(
+        farm.report_progress(&placed[0].1, 1, 2).is_ok(),
+        "still current"
+    );
+    let again = assigned(&farm.dispatch());
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1.attempt, 2);
+}
+
+#[test]
+fn a_worker_whose_lease_ran_out_while_nobody_led_is_found_as_an_orphan() {
+    let mut farm = farm_with(&[Transition::Cut], 1);
+    let (worker, _) = assigned(&farm.dispatch()).remove(0);
+    farm.workers.remove(&worker);
+    assert_eq!(
+        farm.orphaned_workers().into_iter().collect::<Vec<_>>(),
+        vec![worker.clone()]
+    );
+    farm.worker_lost(&worker, 1.0);
+    assert!(farm.orphaned_workers().is_empty());
+    assert_eq!(
+        farm.sequence("seq").unwrap().segments[0].state,
+        TaskState::Ready
+    );
 }

@@ -3,9 +3,13 @@
 
 pub mod error;
 pub mod farm;
+mod leading;
 pub mod planner;
+pub mod records;
 pub mod service;
 pub mod snapshot;
+pub mod state;
 
 pub use error::Error;
-pub use service::{SchedulerConfig, run};
+pub use leading::SchedulerConfig;
+pub use service::run;

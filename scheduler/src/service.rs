@@ -1,13 +1,12 @@
-//! The gRPC services and the executor of farm actions. Handlers stay thin: convert the
-//! request, run one farm transition under the lock, then carry out the resulting actions
-//! (worker commands) and wake watchers, outside the lock.
+//! The gRPC services. Handlers stay thin: convert the request, run one farm transition
+//! through `Shared::apply` (durable before it acts), and answer. Followers answer
+//! `Unavailable` with the leader's URL.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::time::Duration;
 
-use reelfarm_common::blob::BlobStore;
 use reelfarm_common::pb::sequence_service_server::{SequenceService, SequenceServiceServer};
 use reelfarm_common::pb::worker_service_server::{WorkerService, WorkerServiceServer};
 use reelfarm_common::{keys, models, pb, spec, unix_now_s};
@@ -18,117 +17,46 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::Error;
-use crate::farm::{Action, FailureClass, Farm, SequenceId, WorkerId};
+use crate::farm::FailureClass;
+use crate::leading::{SchedulerConfig, Shared, lead_until_shutdown, lock};
+use crate::records::{DeviceDoc, WorkerDoc};
 use crate::{planner, snapshot};
 
-pub struct SchedulerConfig {
-    /// Where reference images go and where workers find segments.
-    pub store: Arc<dyn BlobStore>,
-    pub max_attempts: u32,
-}
-
-impl SchedulerConfig {
-    pub fn new(store: Arc<dyn BlobStore>) -> Self {
-        SchedulerConfig {
-            store,
-            max_attempts: crate::farm::DEFAULT_MAX_ATTEMPTS,
-        }
-    }
-}
-
-type CommandSender = mpsc::UnboundedSender<Result<pb::WorkerCommand, Status>>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-struct Shared {
-    farm: Mutex<Farm>,
-    /// Registered but not yet streaming: a worker gets work only once it can receive it.
-    pending_workers: Mutex<HashMap<WorkerId, pb::RegisterWorkerRequest>>,
-    worker_streams: Mutex<HashMap<WorkerId, CommandSender>>,
-    changes: broadcast::Sender<SequenceId>,
-    closing: watch::Sender<bool>,
-    store: Arc<dyn BlobStore>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic under the lock already failed that request; the state itself stays usable.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    /// Runs one transition, then dispatch, then executes the actions and wakes watchers.
-    fn apply<T>(
-        &self,
-        transition: impl FnOnce(&mut Farm) -> Result<(T, Vec<Action>), Error>,
-    ) -> Result<T, Error> {
-        let (value, actions, changed) = {
-            let mut farm = lock(&self.farm);
-            let (value, mut actions) = transition(&mut farm)?;
-            actions.extend(farm.dispatch());
-            (value, actions, farm.take_changed())
-        };
-        for id in changed {
-            let _no_watchers = self.changes.send(id);
-        }
-        let mut unreachable = Vec::new();
-        {
-            let streams = lock(&self.worker_streams);
-            for action in actions {
-                let (worker, command) = match action {
-                    Action::Assign { worker, assignment } => {
-                        info!(worker = %worker, assignment = %assignment.assignment.as_ref().map(|a| a.assignment_id.as_str()).unwrap_or(""), "assigned");
-                        (worker, pb::worker_command::Command::Assign(*assignment))
-                    }
-                    Action::Cancel { worker, assignment } => {
-                        info!(worker = %worker, assignment = %assignment.assignment_id, "cancel sent");
-                        (
-                            worker,
-                            pb::worker_command::Command::Cancel(pb::CancelAssignment {
-                                assignment: Some(assignment),
-                            }),
-                        )
-                    }
-                };
-                let sent = streams.get(&worker).is_some_and(|stream| {
-                    stream
-                        .send(Ok(pb::WorkerCommand {
-                            command: Some(command),
-                        }))
-                        .is_ok()
-                });
-                if !sent {
-                    unreachable.push(worker);
-                }
-            }
-        }
-        for worker in unreachable {
-            self.lose_worker(&worker);
-        }
-        Ok(value)
-    }
-
-    fn lose_worker(&self, worker: &str) {
-        lock(&self.worker_streams).remove(worker);
-        let running = lock(&self.farm).running_assignments(worker);
-        if running > 0 {
-            warn!(worker = %worker, running, "worker lost; its running tasks go back to the queue");
-        } else {
-            info!(worker = %worker, "worker disconnected");
-        }
-        let _ = self.apply(|farm| Ok(((), farm.worker_lost(worker, unix_now_s()))));
-    }
-
-    fn status(&self, id: &str) -> Result<pb::SequenceStatus, Error> {
-        let farm = lock(&self.farm);
-        Ok(snapshot::sequence_status(farm.sequence(id)?))
-    }
-}
+/// Chunk size of `ReadOutput`.
+const OUTPUT_CHUNK_BYTES: usize = 1 << 20;
 
 fn require_ref(reference: Option<pb::AssignmentRef>) -> Result<pb::AssignmentRef, Error> {
     reference.ok_or_else(|| Error::InvalidArgument("assignment: required".into()))
 }
 
+/// Worker ids travel in etcd keys and logs: keep them plain.
+fn check_worker_id(id: &str) -> Result<(), Error> {
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "worker_id: {id:?} must be 1-128 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
 #[derive(Clone)]
 struct Api(Arc<Shared>);
+
+impl Api {
+    async fn status(&self, id: &str) -> Result<pb::SequenceStatus, Error> {
+        self.0
+            .read(|farm| Ok(snapshot::sequence_status(farm.sequence(id)?)))
+            .await
+    }
+}
 
 #[tonic::async_trait]
 impl SequenceService for Api {
@@ -138,16 +66,19 @@ impl SequenceService for Api {
     ) -> Result<Response<pb::SubmitSequenceResponse>, Status> {
         let request = request.into_inner();
         let key = Some(request.idempotency_key).filter(|key| !key.is_empty());
-        if let Some(existing) = key
-            .as_ref()
-            .and_then(|key| lock(&self.0.farm).sequence_for_key(key).cloned())
-        {
-            let status = self.0.status(&existing)?;
-            return Ok(Response::new(pb::SubmitSequenceResponse {
-                sequence_id: existing,
-                created: false,
-                status: Some(status),
-            }));
+        if let Some(key) = &key {
+            let existing = self
+                .0
+                .read(|farm| Ok(farm.sequence_for_key(key).cloned()))
+                .await?;
+            if let Some(existing) = existing {
+                let status = self.status(&existing).await?;
+                return Ok(Response::new(pb::SubmitSequenceResponse {
+                    sequence_id: existing,
+                    created: false,
+                    status: Some(status),
+                }));
+            }
         }
         let spec = request
             .spec
@@ -156,6 +87,8 @@ impl SequenceService for Api {
         let model = models::find_model(&sequence.model).ok_or_else(|| {
             Error::InvalidArgument(format!("model: unknown model {:?}", sequence.model))
         })?;
+        // Refuse early on a follower, before uploading reference images.
+        self.0.leadership().await?;
         let id = format!("seq-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         for (index, shot) in sequence.shots.iter().enumerate() {
             if let Some(reference) = &shot.reference {
@@ -171,16 +104,19 @@ impl SequenceService for Api {
         }
         let plan = planner::plan(&sequence, model);
         let segments = plan.segments.len();
-        let (sequence_id, created) = self.0.apply(|farm| {
-            Ok((
-                farm.submit(id, key, sequence, plan, unix_now_s()),
-                Vec::new(),
-            ))
-        })?;
+        let (sequence_id, created) = self
+            .0
+            .apply(|farm| {
+                Ok((
+                    farm.submit(id, key, sequence, plan, unix_now_s()),
+                    Vec::new(),
+                ))
+            })
+            .await?;
         if created {
             info!(sequence = %sequence_id, segments, "sequence accepted");
         }
-        let status = self.0.status(&sequence_id)?;
+        let status = self.status(&sequence_id).await?;
         Ok(Response::new(pb::SubmitSequenceResponse {
             sequence_id,
             created,
@@ -193,7 +129,7 @@ impl SequenceService for Api {
         request: Request<pb::GetSequenceRequest>,
     ) -> Result<Response<pb::SequenceStatus>, Status> {
         Ok(Response::new(
-            self.0.status(&request.into_inner().sequence_id)?,
+            self.status(&request.into_inner().sequence_id).await?,
         ))
     }
 
@@ -205,10 +141,10 @@ impl SequenceService for Api {
     ) -> Result<Response<Self::WatchSequenceStream>, Status> {
         let id = request.into_inner().sequence_id;
         let mut changes = self.0.changes.subscribe();
-        let mut closing = self.0.closing.subscribe();
-        let first = self.0.status(&id)?;
+        let mut epoch = self.0.epoch.subscribe();
+        let first = self.status(&id).await?;
         let (sender, receiver) = mpsc::channel(16);
-        let shared = self.0.clone();
+        let api = self.clone();
         tokio::spawn(async move {
             let mut status = first;
             loop {
@@ -223,10 +159,17 @@ impl SequenceService for Api {
                             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
                             Err(broadcast::error::RecvError::Closed) => return,
                         },
-                        _ = closing.changed() => return,
+                        _ = epoch.changed() => {
+                            let _ = sender
+                                .send(Err(Status::unavailable(
+                                    "this scheduler stepped down or is stopping; watch again at the leader",
+                                )))
+                                .await;
+                            return;
+                        }
                     }
                 }
-                match shared.status(&id) {
+                match api.status(&id).await {
                     Ok(next) => status = next,
                     Err(error) => {
                         let _ = sender.send(Err(error.into())).await;
@@ -246,18 +189,98 @@ impl SequenceService for Api {
     ) -> Result<Response<pb::SequenceStatus>, Status> {
         let id = request.into_inner().sequence_id;
         self.0
-            .apply(|farm| Ok(((), farm.cancel(&id, unix_now_s())?)))?;
+            .apply(|farm| Ok(((), farm.cancel(&id, unix_now_s())?)))
+            .await?;
         info!(sequence = %id, "sequence cancelled");
-        Ok(Response::new(self.0.status(&id)?))
+        Ok(Response::new(self.status(&id).await?))
     }
 
     async fn list_sequences(
         &self,
         _request: Request<pb::ListSequencesRequest>,
     ) -> Result<Response<pb::ListSequencesResponse>, Status> {
-        let farm = lock(&self.0.farm);
-        let sequences = farm.sequences().map(snapshot::sequence_status).collect();
+        let sequences = self
+            .0
+            .read(|farm| Ok(farm.sequences().map(snapshot::sequence_status).collect()))
+            .await?;
         Ok(Response::new(pb::ListSequencesResponse { sequences }))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self
+            .0
+            .read(|farm| Ok(farm.workers().map(snapshot::worker_status).collect()))
+            .await?;
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    type ReadOutputStream = BoxStream<pb::OutputChunk>;
+
+    async fn read_output(
+        &self,
+        request: Request<pb::ReadOutputRequest>,
+    ) -> Result<Response<Self::ReadOutputStream>, Status> {
+        let request = request.into_inner();
+        let status = self.status(&request.sequence_id).await?;
+        if !matches!(
+            pb::SequenceState::try_from(status.state),
+            Ok(pb::SequenceState::Succeeded)
+        ) {
+            return Err(Error::FailedPrecondition(format!(
+                "sequence {} has no output yet: it is {}",
+                request.sequence_id,
+                pb::SequenceState::try_from(status.state)
+                    .map(|state| state
+                        .as_str_name()
+                        .trim_start_matches("SEQUENCE_STATE_")
+                        .to_lowercase())
+                    .unwrap_or_default()
+            ))
+            .into());
+        }
+        let key = match pb::OutputKind::try_from(request.kind) {
+            Ok(pb::OutputKind::Report) => status.report_key,
+            Ok(pb::OutputKind::Video | pb::OutputKind::Unspecified) => status.video_key,
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "kind: unknown output kind {}",
+                    request.kind
+                ))
+                .into());
+            }
+        };
+        let bytes = self.0.store.get(&key).await.map_err(Error::from)?;
+        let total_bytes = bytes.len() as u64;
+        let chunks: Vec<Result<pb::OutputChunk, Status>> = bytes
+            .chunks(OUTPUT_CHUNK_BYTES)
+            .map(|chunk| {
+                Ok(pb::OutputChunk {
+                    data: chunk.to_vec(),
+                    total_bytes,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn get_leader(
+        &self,
+        _request: Request<pb::GetLeaderRequest>,
+    ) -> Result<Response<pb::GetLeaderResponse>, Status> {
+        let leader = self.0.lead.lock().await.is_some();
+        let leader_url = if leader {
+            self.0.url.clone()
+        } else {
+            self.0.state.leader_url().await?.unwrap_or_default()
+        };
+        Ok(Response::new(pb::GetLeaderResponse {
+            leader,
+            leader_url,
+            self_url: self.0.url.clone(),
+        }))
     }
 }
 
@@ -284,12 +307,18 @@ impl WorkerService for Api {
             )
             .into());
         }
-        let worker_id = format!(
-            "{}-{}",
-            request.name,
-            &uuid::Uuid::new_v4().simple().to_string()[..6]
-        );
-        info!(worker = %worker_id, devices = request.devices.len(), "worker registered");
+        let worker_id = if request.worker_id.is_empty() {
+            format!(
+                "{}-{}",
+                request.name,
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
+            )
+        } else {
+            request.worker_id.clone()
+        };
+        check_worker_id(&worker_id)?;
+        self.0.leadership().await?;
+        info!(worker = %worker_id, devices = request.devices.len(), running = request.running.len(), "worker registered");
         lock(&self.0.pending_workers).insert(worker_id.clone(), request);
         Ok(Response::new(pb::RegisterWorkerResponse { worker_id }))
     }
@@ -308,31 +337,72 @@ impl WorkerService for Api {
                     "worker {worker_id} is not registered (or already streaming); register first"
                 ))
             })?;
+        let leadership = self.0.leadership().await?;
+        let record = WorkerDoc {
+            name: registration.name.clone(),
+            models: registration.models.clone(),
+            devices: registration
+                .devices
+                .iter()
+                .map(|device| DeviceDoc {
+                    index: device.index,
+                    kind: device.kind.clone(),
+                    name: device.name.clone(),
+                    memory_total_bytes: device.memory_total_bytes,
+                })
+                .collect(),
+        };
+        self.0
+            .state
+            .worker_online(
+                &leadership,
+                &worker_id,
+                serde_json::to_vec(&record).map_err(|error| Error::Internal(error.to_string()))?,
+                true,
+            )
+            .await?;
         let (sender, receiver) = mpsc::unbounded_channel();
         lock(&self.0.worker_streams).insert(worker_id.clone(), sender.clone());
         let id = worker_id.clone();
-        self.0.apply(move |farm| {
-            farm.register_worker(
-                id,
-                registration.name,
-                registration.devices,
-                registration.models,
-            );
-            Ok(((), Vec::new()))
-        })?;
+        self.0
+            .apply(move |farm| {
+                Ok((
+                    (),
+                    farm.register_worker(
+                        id,
+                        registration.name,
+                        registration.devices,
+                        registration.models,
+                        &registration.running,
+                        unix_now_s(),
+                    ),
+                ))
+            })
+            .await?;
         let shared = self.0.clone();
         tokio::spawn(async move {
             sender.closed().await;
-            let still_ours = lock(&shared.worker_streams)
-                .get(&worker_id)
-                .is_some_and(|current| current.same_channel(&sender));
-            if still_ours
-                || lock(&shared.farm)
-                    .workers()
-                    .any(|worker| worker.id == worker_id)
-            {
-                shared.lose_worker(&worker_id);
+            let still_ours = {
+                let mut streams = lock(&shared.worker_streams);
+                let ours = streams
+                    .get(&worker_id)
+                    .is_some_and(|current| current.same_channel(&sender));
+                if ours {
+                    streams.remove(&worker_id);
+                }
+                ours
+            };
+            if !still_ours {
+                return;
             }
+            info!(worker = %worker_id, "worker stream closed; its work waits for it to reconnect");
+            let _ = shared
+                .apply(|farm| {
+                    farm.worker_disconnected(&worker_id);
+                    Ok(((), Vec::new()))
+                })
+                .await;
+            shared.state.worker_offline(&worker_id).await;
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
             receiver,
@@ -345,13 +415,19 @@ impl WorkerService for Api {
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
         let request = request.into_inner();
         let reference = require_ref(request.assignment)?;
-        let stop = self.0.apply(|farm| {
-            Ok((
-                farm.report_progress(&reference, request.done, request.total)?,
-                Vec::new(),
-            ))
-        })?;
-        Ok(Response::new(pb::ReportProgressResponse { stop }))
+        let stop = self
+            .0
+            .apply(|farm| {
+                Ok((
+                    farm.report_progress(&reference, request.done, request.total)?,
+                    Vec::new(),
+                ))
+            })
+            .await;
+        if let Err(Error::FailedPrecondition(message)) = &stop {
+            warn!(assignment = %reference.assignment_id, attempt = reference.attempt, %message, "progress from a fenced-off assignment");
+        }
+        Ok(Response::new(pb::ReportProgressResponse { stop: stop? }))
     }
 
     async fn complete_task(
@@ -360,22 +436,29 @@ impl WorkerService for Api {
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         let request = request.into_inner();
         let reference = require_ref(request.assignment)?;
-        let result = self.0.apply(|farm| {
-            Ok((
-                (),
-                farm.complete(
-                    &reference,
-                    request.output_key,
-                    request.phases,
-                    request.peak_memory_bytes,
-                    unix_now_s(),
-                )?,
-            ))
-        });
-        if let Err(error) = &result {
-            warn!(assignment = %reference.assignment_id, attempt = reference.attempt, %error, "completion refused");
-        } else {
-            info!(assignment = %reference.assignment_id, "task done");
+        let result = self
+            .0
+            .apply(|farm| {
+                Ok((
+                    (),
+                    farm.complete(
+                        &reference,
+                        request.output_key,
+                        request.phases,
+                        request.peak_memory_bytes,
+                        unix_now_s(),
+                    )?,
+                ))
+            })
+            .await;
+        match &result {
+            Err(Error::FailedPrecondition(message)) => {
+                warn!(assignment = %reference.assignment_id, attempt = reference.attempt, %message, "completion refused: not the current assignment")
+            }
+            Err(error) => {
+                warn!(assignment = %reference.assignment_id, %error, "completion not recorded")
+            }
+            Ok(()) => info!(assignment = %reference.assignment_id, "task done"),
         }
         result?;
         Ok(Response::new(pb::CompleteTaskResponse {}))
@@ -389,36 +472,41 @@ impl WorkerService for Api {
         let reference = require_ref(request.assignment)?;
         let class = FailureClass::from_pb(request.reason);
         warn!(assignment = %reference.assignment_id, reason = class.describe(), message = %request.message, "task failed");
-        self.0.apply(|farm| {
-            Ok((
-                (),
-                farm.fail(&reference, class, &request.message, unix_now_s())?,
-            ))
-        })?;
+        let result = self
+            .0
+            .apply(|farm| {
+                Ok((
+                    (),
+                    farm.fail(&reference, class, &request.message, unix_now_s())?,
+                ))
+            })
+            .await;
+        if let Err(Error::FailedPrecondition(message)) = &result {
+            warn!(assignment = %reference.assignment_id, attempt = reference.attempt, %message, "failure report refused: not the current assignment");
+        }
+        result?;
         Ok(Response::new(pb::FailTaskResponse {}))
     }
 }
 
-/// Serves both APIs on `listener` until `shutdown` resolves.
+/// Serves both APIs on `listener` until `shutdown` resolves, leading whenever the state
+/// store's election says so.
 pub async fn run(
     config: SchedulerConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let (changes, _) = broadcast::channel(1024);
-    let (closing, _) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        farm: Mutex::new(Farm::new(config.max_attempts)),
-        pending_workers: Mutex::new(HashMap::new()),
-        worker_streams: Mutex::new(HashMap::new()),
-        changes,
-        closing,
-        store: config.store,
-    });
     let address = listener
         .local_addr()
         .map_err(|error| Error::Unavailable(error.to_string()))?;
-    info!(%address, store = %shared.store.describe(), "scheduler listening");
+    let url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"));
+    let shared = Shared::new(config, url.clone());
+    info!(%address, %url, store = %shared.store.describe(), state = %shared.state.describe(), "scheduler listening");
+    let (stop, stopping) = watch::channel(false);
+    let leader_loop = tokio::spawn(lead_until_shutdown(shared.clone(), stopping));
     let api = Api(shared.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let close_streams = {
@@ -426,14 +514,22 @@ pub async fn run(
         async move {
             shutdown.await;
             // Open streams would hold graceful shutdown forever: end them first.
-            let _ = shared.closing.send(true);
-            lock(&shared.worker_streams).clear();
+            let _ = stop.send(true);
+            shared.end_streams();
         }
     };
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
+        // Finds workers whose connection died silently (a pulled cable, a frozen node).
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(SequenceServiceServer::new(api.clone()))
         .add_service(WorkerServiceServer::new(api))
         .serve_with_incoming_shutdown(incoming, close_streams)
         .await
-        .map_err(|error| Error::Unavailable(format!("scheduler server on {address}: {error}")))
+        .map_err(|error| Error::Unavailable(format!("scheduler server on {address}: {error}")));
+    let _ = leader_loop.await;
+    if let Err(error) = &served {
+        warn!(%error, "scheduler server stopped");
+    }
+    served
 }

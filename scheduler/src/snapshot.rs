@@ -3,7 +3,7 @@
 
 use reelfarm_common::{keys, pb};
 
-use crate::farm::{SequenceRecord, SequenceState, TaskRecord, TaskRef, TaskState};
+use crate::farm::{SequenceRecord, SequenceState, TaskRecord, TaskRef, TaskState, WorkerRecord};
 use crate::planner::Join;
 
 fn task_state(state: TaskState) -> pb::TaskState {
@@ -36,14 +36,19 @@ fn join_kind(join: Join) -> pb::JoinKind {
     }
 }
 
-fn task_status(task: &TaskRecord) -> pb::TaskStatus {
+fn task_status(task: &TaskRecord, done_total: u64) -> pb::TaskStatus {
+    let (done, total) = if task.state == TaskState::Done {
+        (done_total, done_total)
+    } else {
+        (task.progress_done, task.progress_total)
+    };
     pb::TaskStatus {
         state: task_state(task.state) as i32,
         worker: task.worker.clone().unwrap_or_default(),
         attempt: task.attempt,
         error: task.error.clone().unwrap_or_default(),
-        done: task.progress_done,
-        total: task.progress_total,
+        done,
+        total,
     }
 }
 
@@ -59,7 +64,12 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
             segment_index: planned.segment_index,
             timeline_frames: planned.timeline_frames,
             state: task_state(task.state) as i32,
-            step: task.progress_done as u32,
+            // Progress is not durable: a done segment restored by a new leader shows all steps.
+            step: if task.state == TaskState::Done {
+                planned.steps
+            } else {
+                task.progress_done as u32
+            },
             steps: planned.steps,
             worker: task.worker.clone().unwrap_or_default(),
             attempt: task.attempt,
@@ -83,7 +93,7 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
         duration_seconds: record.sequence.total_duration_seconds(),
         shot_count: record.sequence.shots.len() as u32,
         segments,
-        stitch: Some(task_status(&record.stitch)),
+        stitch: Some(task_status(&record.stitch, record.plan.total_frames)),
         video_key: if succeeded {
             keys::final_video(&record.id)
         } else {
@@ -179,5 +189,31 @@ pub fn assignment_message(
         sequence_id: record.id.clone(),
         device_index,
         task: Some(task),
+    }
+}
+
+pub fn worker_status(worker: &WorkerRecord) -> pb::WorkerStatus {
+    pb::WorkerStatus {
+        worker_id: worker.id.clone(),
+        name: worker.name.clone(),
+        state: if worker.connected {
+            "connected"
+        } else {
+            "reconnecting"
+        }
+        .to_string(),
+        devices: worker
+            .devices
+            .iter()
+            .map(|device| pb::DeviceStatus {
+                index: device.device.index,
+                kind: device.device.kind.clone(),
+                name: device.device.name.clone(),
+                memory_total_bytes: device.device.memory_total_bytes,
+                reserved_bytes: device.reserved_bytes,
+                running: device.running.iter().cloned().collect(),
+            })
+            .collect(),
+        models: worker.models.clone(),
     }
 }

@@ -1,6 +1,8 @@
 //! Integration-test harness: embedded farms on loopback and an independent video reader.
 
+pub mod cluster;
 pub mod probe;
+pub mod s3_server;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,18 +1,18 @@
-//! The worker's connection to the scheduler: register the devices, take commands from the
-//! stream, run each assignment, and report progress, results and failures with the
-//! assignment's fencing token.
+//! The worker's connection to the scheduler: find the leader, register the devices, take
+//! commands from the stream, run each assignment, and report progress, results and failures
+//! with the assignment's fencing token, following the leader through failovers.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reelfarm_common::blob::BlobStore;
-use reelfarm_common::pb;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
+use reelfarm_common::{leader, pb};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::Error;
@@ -22,130 +22,192 @@ use crate::stitch::run_stitch;
 use crate::task::{Progress, TaskFailure};
 
 pub struct WorkerConfig {
-    pub scheduler_url: String,
+    /// One scheduler URL (a Kubernetes Service) or every scheduler's; the worker follows
+    /// the leader among them.
+    pub scheduler_urls: Vec<String>,
     pub name: String,
     pub store: Arc<dyn BlobStore>,
     pub models: Vec<Arc<dyn ModelRuntime>>,
     pub devices: Vec<pb::Device>,
-    /// How long to keep trying to reach the scheduler at start.
+    /// How long to keep trying to reach a leading scheduler at start.
     pub connect_timeout: Duration,
 }
 
-type Running = Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>;
+/// How long one reconnect attempt looks for a leader before logging and trying again.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a finished task keeps trying to hand in its result across scheduler failovers.
+const DELIVERY_PATIENCE: Duration = Duration::from_secs(300);
 
-/// Connects, with retries until `timeout`, so workers may start before the scheduler.
-pub async fn connect(url: &str, timeout: Duration) -> Result<Channel, Error> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|error| Error::InvalidArgument(format!("scheduler url {url:?}: {error}")))?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(error) if tokio::time::Instant::now() + delay > deadline => {
-                return Err(Error::Unavailable(format!(
-                    "cannot reach the scheduler at {url} within {timeout:?}: {error}"
-                )));
-            }
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
+type Running = Arc<Mutex<HashMap<String, (pb::AssignmentRef, Arc<AtomicBool>)>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The connection to the current leader, shared by the command loop and the reporters of
+/// running tasks; whoever sees it break asks for a new one.
+struct Link {
+    endpoints: Vec<String>,
+    current: tokio::sync::Mutex<Option<(u64, WorkerServiceClient<Channel>)>>,
+    generation: AtomicU64,
+}
+
+impl Link {
+    /// The leader's client, finding the leader again if the last one broke.
+    async fn client(
+        &self,
+        timeout: Duration,
+    ) -> Result<(u64, WorkerServiceClient<Channel>), Error> {
+        let mut current = self.current.lock().await;
+        if let Some((generation, client)) = current.as_ref() {
+            return Ok((*generation, client.clone()));
+        }
+        let (channel, url) = leader::connect_leader(&self.endpoints, timeout)
+            .await
+            .map_err(|error| Error::Unavailable(error.to_string()))?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        info!(scheduler = %url, "connected to the leading scheduler");
+        let client = WorkerServiceClient::new(channel);
+        *current = Some((generation, client.clone()));
+        Ok((generation, client))
+    }
+
+    async fn broken(&self, generation: u64) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
         }
     }
 }
 
-/// Serves assignments until `shutdown` resolves or the scheduler closes the stream.
+/// Registers and opens the command stream on the current leader.
+async fn open_session(
+    link: &Link,
+    registration: pb::RegisterWorkerRequest,
+) -> Result<(u64, tonic::Streaming<pb::WorkerCommand>), Error> {
+    let (generation, mut client) = link.client(RECONNECT_PATIENCE).await?;
+    let worker_id = registration.worker_id.clone();
+    let opened = async {
+        client.register(registration).await?;
+        client
+            .receive_commands(pb::ReceiveCommandsRequest { worker_id })
+            .await
+    }
+    .await;
+    match opened {
+        Ok(stream) => Ok((generation, stream.into_inner())),
+        Err(status) => {
+            link.broken(generation).await;
+            Err(Error::Unavailable(format!(
+                "registering: {}",
+                status.message()
+            )))
+        }
+    }
+}
+
+/// Serves assignments until `shutdown` resolves. A lost scheduler is not the end: the worker
+/// finds the leader again and registers with what it still runs.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let channel = connect(&config.scheduler_url, config.connect_timeout).await?;
-    let mut client = WorkerServiceClient::new(channel);
-    let registration = pb::RegisterWorkerRequest {
-        name: config.name.clone(),
-        devices: config.devices.clone(),
-        models: config
-            .models
-            .iter()
-            .map(|model| model.id().to_string())
-            .collect(),
-    };
-    let worker_id = client
-        .register(registration)
-        .await
-        .map_err(|status| Error::Unavailable(format!("register: {}", status.message())))?
-        .into_inner()
-        .worker_id;
-    let mut commands = client
-        .receive_commands(pb::ReceiveCommandsRequest {
-            worker_id: worker_id.clone(),
-        })
-        .await
-        .map_err(|status| Error::Unavailable(format!("command stream: {}", status.message())))?
-        .into_inner();
-    info!(worker = %worker_id, scheduler = %config.scheduler_url, "worker ready");
+    let worker_id = format!(
+        "{}-{}",
+        config.name,
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let link = Arc::new(Link {
+        endpoints: config.scheduler_urls.clone(),
+        current: tokio::sync::Mutex::new(None),
+        generation: AtomicU64::new(0),
+    });
+    // At start a missing scheduler is an error; later it is a reconnect.
+    link.client(config.connect_timeout).await?;
     let running: Running = Arc::default();
     let models: Arc<Vec<Arc<dyn ModelRuntime>>> = Arc::new(config.models);
+    let model_ids: Vec<String> = models.iter().map(|model| model.id().to_string()).collect();
     tokio::pin!(shutdown);
-    loop {
-        let message = tokio::select! {
-            _ = &mut shutdown => break,
-            message = commands.message() => message,
+    let mut registered_before = false;
+    'sessions: loop {
+        let registration = pb::RegisterWorkerRequest {
+            name: config.name.clone(),
+            devices: config.devices.clone(),
+            models: model_ids.clone(),
+            worker_id: worker_id.clone(),
+            running: lock(&running)
+                .values()
+                .map(|(reference, _)| reference.clone())
+                .collect(),
         };
-        match message {
-            Ok(Some(pb::WorkerCommand {
-                command: Some(pb::worker_command::Command::Assign(assignment)),
-            })) => {
-                let context = Context {
-                    client: client.clone(),
-                    store: config.store.clone(),
-                    models: models.clone(),
-                    running: running.clone(),
-                };
-                tokio::spawn(execute(assignment, context));
-            }
-            Ok(Some(pb::WorkerCommand {
-                command: Some(pb::worker_command::Command::Cancel(cancel)),
-            })) => {
-                let id = cancel
-                    .assignment
-                    .map(|reference| reference.assignment_id)
-                    .unwrap_or_default();
-                if let Some(flag) = running
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(&id)
-                {
-                    info!(assignment = %id, "cancelling");
-                    flag.store(true, Ordering::Relaxed);
+        let session = tokio::select! {
+            _ = &mut shutdown => break 'sessions,
+            session = open_session(&link, registration) => session,
+        };
+        let (generation, mut commands) = match session {
+            Ok(session) => session,
+            Err(error) => {
+                warn!(%error, "no scheduler to work for yet; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => break 'sessions,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'sessions,
                 }
             }
-            Ok(Some(_)) => warn!("ignoring an empty command"),
-            Ok(None) => {
-                info!(worker = %worker_id, "scheduler closed the command stream");
-                break;
-            }
-            Err(status) => {
-                return Err(Error::Unavailable(format!(
-                    "command stream broke: {}",
-                    status.message()
-                )));
+        };
+        if registered_before {
+            info!(worker = %worker_id, running = lock(&running).len(), "registered again");
+        } else {
+            info!(worker = %worker_id, "worker ready");
+            registered_before = true;
+        }
+        loop {
+            let message = tokio::select! {
+                _ = &mut shutdown => break 'sessions,
+                message = commands.message() => message,
+            };
+            match message {
+                Ok(Some(pb::WorkerCommand {
+                    command: Some(pb::worker_command::Command::Assign(assignment)),
+                })) => {
+                    let context = Context {
+                        link: link.clone(),
+                        store: config.store.clone(),
+                        models: models.clone(),
+                        running: running.clone(),
+                    };
+                    tokio::spawn(execute(assignment, context));
+                }
+                Ok(Some(pb::WorkerCommand {
+                    command: Some(pb::worker_command::Command::Cancel(cancel)),
+                })) => {
+                    let id = cancel
+                        .assignment
+                        .map(|reference| reference.assignment_id)
+                        .unwrap_or_default();
+                    if let Some((_, flag)) = lock(&running).get(&id) {
+                        info!(assignment = %id, "cancelling");
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+                Ok(Some(_)) => warn!("ignoring an empty command"),
+                Ok(None) | Err(_) => {
+                    warn!(worker = %worker_id, "lost the scheduler's command stream; finding the leader again");
+                    link.broken(generation).await;
+                    continue 'sessions;
+                }
             }
         }
     }
-    for flag in running
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .values()
-    {
+    for (_, flag) in lock(&running).values() {
         flag.store(true, Ordering::Relaxed);
     }
     Ok(())
 }
 
 struct Context {
-    client: WorkerServiceClient<Channel>,
+    link: Arc<Link>,
     store: Arc<dyn BlobStore>,
     models: Arc<Vec<Arc<dyn ModelRuntime>>>,
     running: Running,
@@ -157,15 +219,14 @@ async fn execute(assignment: pb::Assignment, context: Context) {
         return;
     };
     let cancel = Arc::new(AtomicBool::new(false));
-    context
-        .running
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(reference.assignment_id.clone(), cancel.clone());
+    lock(&context.running).insert(
+        reference.assignment_id.clone(),
+        (reference.clone(), cancel.clone()),
+    );
     let (sender, receiver) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(forward_progress(
         receiver,
-        context.client.clone(),
+        context.link.clone(),
         reference.clone(),
         cancel.clone(),
     ));
@@ -191,44 +252,73 @@ async fn execute(assignment: pb::Assignment, context: Context) {
         None => Err(TaskFailure::invalid("assignment without a task")),
     };
     let _ = reporter.await;
-    let mut client = context.client;
-    let outcome = match result {
-        Ok((output_key, phases)) => client
-            .complete_task(pb::CompleteTaskRequest {
+    match result {
+        Ok((output_key, phases)) => {
+            let request = pb::CompleteTaskRequest {
                 assignment: Some(reference.clone()),
                 output_key,
                 phases: phases.0,
                 peak_memory_bytes: 0,
+            };
+            deliver(&context.link, &reference, "result", |mut client| {
+                let request = request.clone();
+                async move { client.complete_task(request).await.map(|_| ()) }
             })
-            .await
-            .map(|_| ()),
+            .await;
+        }
         Err(failure) => {
             warn!(assignment = %reference.assignment_id, reason = ?failure.reason, message = %failure.message, "task failed");
-            client
-                .fail_task(pb::FailTaskRequest {
-                    assignment: Some(reference.clone()),
-                    reason: failure.reason as i32,
-                    message: failure.message,
-                })
-                .await
-                .map(|_| ())
+            let request = pb::FailTaskRequest {
+                assignment: Some(reference.clone()),
+                reason: failure.reason as i32,
+                message: failure.message,
+            };
+            deliver(&context.link, &reference, "failure", |mut client| {
+                let request = request.clone();
+                async move { client.fail_task(request).await.map(|_| ()) }
+            })
+            .await;
         }
-    };
-    if let Err(status) = outcome {
-        // A fenced-off result is dropped by design; anything else the scheduler will see as a lost task.
-        warn!(assignment = %reference.assignment_id, code = ?status.code(), message = %status.message(), "result not accepted");
     }
-    context
-        .running
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&reference.assignment_id);
+    lock(&context.running).remove(&reference.assignment_id);
+}
+
+/// Hands a result to the leader, following it through failovers: the segment is already in
+/// the object store, so giving up early would throw finished work away. A refusal (the
+/// assignment is no longer current) is final: another attempt owns the segment now.
+async fn deliver<F, Fut>(link: &Link, reference: &pb::AssignmentRef, what: &str, call: F)
+where
+    F: Fn(WorkerServiceClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<(), tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + DELIVERY_PATIENCE;
+    loop {
+        let last_error = match link.client(RECONNECT_PATIENCE).await {
+            Ok((generation, client)) => match call(client).await {
+                Ok(()) => return,
+                Err(status) if leader::is_transient(&status) => {
+                    link.broken(generation).await;
+                    status.message().to_string()
+                }
+                Err(status) => {
+                    warn!(assignment = %reference.assignment_id, code = ?status.code(), message = %status.message(), "{what} not accepted");
+                    return;
+                }
+            },
+            Err(error) => error.to_string(),
+        };
+        if tokio::time::Instant::now() > deadline {
+            warn!(assignment = %reference.assignment_id, %last_error, "gave up handing in the {what}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Sends the newest progress, dropping stale updates; a `stop` answer cancels the task.
 async fn forward_progress(
     mut receiver: mpsc::UnboundedReceiver<(u64, u64)>,
-    mut client: WorkerServiceClient<Channel>,
+    link: Arc<Link>,
     reference: pb::AssignmentRef,
     cancel: Arc<AtomicBool>,
 ) {
@@ -236,6 +326,10 @@ async fn forward_progress(
         while let Ok(newer) = receiver.try_recv() {
             latest = newer;
         }
+        // Progress is best effort: during a failover it is skipped, not queued.
+        let Ok((generation, mut client)) = link.client(Duration::from_secs(1)).await else {
+            continue;
+        };
         let request = pb::ReportProgressRequest {
             assignment: Some(reference.clone()),
             done: latest.0,
@@ -246,6 +340,7 @@ async fn forward_progress(
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 cancel.store(true, Ordering::Relaxed)
             }
+            Err(status) if leader::is_transient(&status) => link.broken(generation).await,
             _ => {}
         }
     }

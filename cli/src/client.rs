@@ -1,0 +1,496 @@
+//! The client verbs of `reelfarm` (submit, watch, status, cancel, workers, download): gRPC
+//! calls to a running scheduler that find the leader, and find it again when it changes.
+
+mod download;
+mod listing;
+mod table;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use reelfarm_common::leader::{connect_leader, is_transient, parse_endpoints};
+use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
+use reelfarm_common::{pb, spec};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::progress::ProgressView;
+use crate::render::{InputError, load_spec};
+use listing::{format_seconds, sequence_state_name};
+
+/// Said with every error that means no scheduler answered.
+const REACH_HINT: &str = "is `reelfarm scheduler` running? set --scheduler or REELFARM_SCHEDULER";
+/// How long `watch` keeps looking for a leader after losing one: an election takes seconds,
+/// a scheduler restarted by Kubernetes tens of seconds.
+const LEADER_WAIT: Duration = Duration::from_secs(60);
+
+/// Where the scheduler is: shared by every client verb.
+#[derive(Args, Clone, Debug)]
+pub struct SchedulerArgs {
+    /// The scheduler's gRPC URL, or every scheduler's as a comma-separated list (the leader
+    /// is found among them; a bare host:port gets http://).
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        env = "REELFARM_SCHEDULER",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub scheduler: String,
+    /// Seconds to keep looking for a leading scheduler before giving up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub connect_timeout: u64,
+}
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Submit a sequence spec to a running scheduler and print its id.
+    #[command(long_about = "\
+Submit a sequence spec to a running scheduler (`reelfarm scheduler`) and print the new
+sequence's id alone on stdout, so scripts can capture it. The spec is validated here first:
+bad input exits 2 naming the field, without contacting the scheduler. With --watch, follow the
+render like `reelfarm watch` and exit 0 only if it succeeds.
+
+The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
+
+Example:
+  id=$(reelfarm submit examples/sequences/coastline-60s.yaml)
+  reelfarm submit examples/sequences/quick-3-shots.yaml --watch --scheduler http://farm:7070")]
+    Submit(SubmitArgs),
+    /// Follow a sequence's progress until it finishes; exit 0 only if it succeeded.
+    #[command(long_about = "\
+Follow a sequence's progress (one bar per shot plus the total) until it finishes. When the
+scheduler steps down or dies, find the new leader and keep following, for up to 60 s without
+one. Exits 0 when the sequence succeeded, 1 with the reason when it failed or was cancelled.
+Ctrl-C stops watching; the sequence keeps rendering.
+
+The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
+
+Example:
+  reelfarm watch seq-0123456789ab")]
+    Watch(WatchArgs),
+    /// List the sequences, or show one sequence's segments.
+    #[command(long_about = "\
+Without ID, one line per sequence: id, title, state, segments done/total, video length, age
+and render time. With ID, the sequence, its stitch and one line per segment: shot, state,
+denoising step, worker, attempt and the last error.
+
+The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
+
+Examples:
+  reelfarm status
+  reelfarm status seq-0123456789ab")]
+    Status(StatusArgs),
+    /// Cancel a sequence and print its resulting state.
+    #[command(long_about = "\
+Cancel a sequence: running segments stop and nothing more is placed. Cancelling a sequence
+that already finished changes nothing; the state it ended in is printed.
+
+The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
+
+Example:
+  reelfarm cancel seq-0123456789ab")]
+    Cancel(CancelArgs),
+    /// List the workers: state, devices and their memory, what runs on them, models.
+    #[command(long_about = "\
+List the workers registered with the scheduler: whether each is connected (or reconnecting
+while its lease runs out), its devices with memory reserved/total, the assignments running on
+them and the models it serves.
+
+The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
+
+Example:
+  reelfarm workers")]
+    Workers(WorkersArgs),
+    /// Download a finished sequence's video, or its report with --report.
+    #[command(long_about = "\
+Download a finished sequence's video (or its JSON report with --report) through the scheduler,
+so no object-store credentials are needed. The file is written beside the output as
+OUTPUT.partial and renamed when complete, so OUTPUT never holds a partial video.
+
+The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
+
+Examples:
+  reelfarm download seq-0123456789ab -o coastline.mp4
+  reelfarm download seq-0123456789ab --report -o coastline.report.json")]
+    Download(DownloadArgs),
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// The sequence spec (YAML or JSON); see README "Sequence spec".
+    spec: PathBuf,
+    /// Follow the render until it finishes, like `reelfarm watch`.
+    #[arg(long)]
+    watch: bool,
+    /// Resubmitting with the same key returns the original sequence instead of a new one
+    /// (default: a fresh key, so every submit is new).
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// Denoising steps per segment (default: the spec's, else the model's draft or final count).
+    #[arg(long)]
+    steps: Option<u32>,
+    /// No progress bars with --watch.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// The sequence id, as `reelfarm submit` printed it.
+    id: String,
+    /// No progress bars, only the outcome.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// A sequence id: show its segments instead of the list of sequences.
+    id: Option<String>,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    /// The sequence id.
+    id: String,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+#[derive(Args)]
+pub struct WorkersArgs {
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+#[derive(Args)]
+pub struct DownloadArgs {
+    /// The sequence id.
+    id: String,
+    /// Where to write it (default: ID.mp4, or ID.report.json with --report).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// The JSON report (frames, joins, timings) instead of the video.
+    #[arg(long)]
+    report: bool,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+pub async fn run(command: ClientCommand) -> Result<()> {
+    match command {
+        ClientCommand::Submit(args) => submit(args).await,
+        ClientCommand::Watch(args) => {
+            let mut client = Client::connect(&args.scheduler).await?;
+            watch(&mut client, &args.id, args.quiet, None).await?;
+            Ok(())
+        }
+        ClientCommand::Status(args) => {
+            let mut client = Client::connect(&args.scheduler).await?;
+            match args.id {
+                Some(id) => listing::print_sequence(&mut client, &id).await,
+                None => listing::print_sequences(&mut client).await,
+            }
+        }
+        ClientCommand::Cancel(args) => {
+            let mut client = Client::connect(&args.scheduler).await?;
+            let id = args.id;
+            let status = client
+                .call(&format!("cancelling {id}"), |mut grpc| {
+                    let request = pb::CancelSequenceRequest {
+                        sequence_id: id.clone(),
+                    };
+                    async move { grpc.cancel_sequence(request).await }
+                })
+                .await?;
+            println!("{id} {}", sequence_state_name(status.state));
+            Ok(())
+        }
+        ClientCommand::Workers(args) => {
+            let mut client = Client::connect(&args.scheduler).await?;
+            listing::print_workers(&mut client).await
+        }
+        ClientCommand::Download(args) => download::download(args).await,
+    }
+}
+
+/// A connection to the leading scheduler that knows how to find it again.
+pub struct Client {
+    endpoints: Vec<String>,
+    connect_timeout: Duration,
+    /// The leader's URL, named in errors.
+    url: String,
+    grpc: SequenceServiceClient<Channel>,
+}
+
+async fn find_leader(endpoints: &[String], wait: Duration) -> Result<(Channel, String)> {
+    connect_leader(endpoints, wait)
+        .await
+        .map_err(|error| match error {
+            reelfarm_common::Error::Unavailable(reason) => anyhow!("{reason}; {REACH_HINT}"),
+            other => anyhow!("finding the leading scheduler: {other}; {REACH_HINT}"),
+        })
+}
+
+impl Client {
+    pub async fn connect(args: &SchedulerArgs) -> Result<Self> {
+        let endpoints = parse_endpoints(&args.scheduler).map_err(|error| {
+            // The common message starts "scheduler: "; name the flag the user typed.
+            let text = error.to_string();
+            let text = text.strip_prefix("scheduler: ").unwrap_or(&text);
+            InputError(vec![format!("--scheduler: {text}")])
+        })?;
+        let connect_timeout = Duration::from_secs(args.connect_timeout);
+        let (channel, url) = find_leader(&endpoints, connect_timeout).await?;
+        Ok(Client {
+            endpoints,
+            connect_timeout,
+            url,
+            grpc: SequenceServiceClient::new(channel),
+        })
+    }
+
+    async fn reconnect(&mut self, wait: Duration) -> Result<()> {
+        let (channel, url) = find_leader(&self.endpoints, wait).await?;
+        self.grpc = SequenceServiceClient::new(channel);
+        self.url = url;
+        Ok(())
+    }
+
+    /// One call; when the scheduler is unreachable or no longer leads, finds the leader
+    /// again and retries once.
+    async fn call<T, F, Fut>(&mut self, what: &str, attempt: F) -> Result<T>
+    where
+        F: FnMut(SequenceServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_status(attempt)
+            .await?
+            .map_err(|status| self.explain(what, &status))
+    }
+
+    /// Like `call`, but hands back the final status for the caller to judge; the outer
+    /// error means no leader could be found for the retry.
+    async fn call_status<T, F, Fut>(&mut self, mut attempt: F) -> Result<Result<T, Status>>
+    where
+        F: FnMut(SequenceServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match attempt(self.grpc.clone()).await {
+            Ok(response) => return Ok(Ok(response.into_inner())),
+            Err(status) if is_transient(&status) => {
+                tracing::debug!(scheduler = %self.url, error = %status.message(), "retrying at the leader");
+            }
+            Err(status) => return Ok(Err(status)),
+        }
+        self.reconnect(self.connect_timeout).await?;
+        Ok(attempt(self.grpc.clone())
+            .await
+            .map(tonic::Response::into_inner))
+    }
+
+    /// Turns a failed call into a sentence naming the scheduler and what to do.
+    fn explain(&self, what: &str, status: &Status) -> anyhow::Error {
+        let url = &self.url;
+        let message = status.message();
+        match status.code() {
+            Code::NotFound => {
+                anyhow!("{what}: {message} at {url}; `reelfarm status` lists the sequences")
+            }
+            code if is_transient(status) => {
+                anyhow!(
+                    "{what}: the scheduler at {url} is unavailable ({code:?}): {message}; {REACH_HINT}"
+                )
+            }
+            Code::InvalidArgument | Code::FailedPrecondition => anyhow!("{what}: {message}"),
+            code => anyhow!("{what}: the scheduler at {url} answered {code:?}: {message}"),
+        }
+    }
+}
+
+async fn submit(args: SubmitArgs) -> Result<()> {
+    let sequence = load_spec(&args.spec, args.steps)?;
+    let spec_pb = spec::sequence_to_pb(&sequence);
+    let mut client = Client::connect(&args.scheduler).await?;
+    // Always keyed, so the retry after a failover cannot submit twice.
+    let key = args
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let attempt = |mut grpc: SequenceServiceClient<Channel>| {
+        let request = pb::SubmitSequenceRequest {
+            spec: Some(spec_pb.clone()),
+            idempotency_key: key.clone(),
+        };
+        async move { grpc.submit_sequence(request).await }
+    };
+    let submitted = match client.call_status(attempt).await? {
+        Ok(submitted) => submitted,
+        // The scheduler's own validation (e.g. a model it lacks) reads like ours: exit 2.
+        Err(status) if status.code() == Code::InvalidArgument => {
+            return Err(InputError(
+                status
+                    .message()
+                    .lines()
+                    .map(|line| format!("{}: {line}", args.spec.display()))
+                    .collect(),
+            )
+            .into());
+        }
+        Err(status) => return Err(client.explain("submitting", &status)),
+    };
+    let id = submitted.sequence_id;
+    println!("{id}");
+    let status = submitted.status.unwrap_or_default();
+    if !submitted.created && !args.quiet {
+        eprintln!(
+            "idempotency key {key:?} was used before: this is sequence {id}, {}",
+            sequence_state_name(status.state)
+        );
+    }
+    if args.watch {
+        watch(&mut client, &id, args.quiet, Some(status)).await?;
+    }
+    Ok(())
+}
+
+fn is_terminal_state(state: i32) -> bool {
+    matches!(
+        pb::SequenceState::try_from(state),
+        Ok(pb::SequenceState::Succeeded | pb::SequenceState::Failed | pb::SequenceState::Cancelled)
+    )
+}
+
+/// Follows a sequence to its end across scheduler failovers; `Err` unless it succeeded.
+pub async fn watch(
+    client: &mut Client,
+    id: &str,
+    quiet: bool,
+    first: Option<pb::SequenceStatus>,
+) -> Result<pb::SequenceStatus> {
+    let started = Instant::now();
+    let mut view = first
+        .as_ref()
+        .map(|status| ProgressView::new(status, quiet));
+    if let (Some(view), Some(status)) = (&mut view, &first) {
+        view.update(status);
+    }
+    // Around the whole loop, so Ctrl-C also works while looking for a new leader.
+    let followed = tokio::select! {
+        followed = follow(client, id, quiet, &mut view, first) => followed,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!(
+            "interrupted: stopped watching {id}; it keeps rendering (`reelfarm cancel {id}` stops it)"
+        )),
+    };
+    if let Some(view) = &view {
+        view.finish();
+    }
+    let status = followed?;
+    let elapsed = format_seconds(started.elapsed().as_secs_f64());
+    match pb::SequenceState::try_from(status.state) {
+        Ok(pb::SequenceState::Succeeded) => {
+            eprintln!(
+                "sequence {id} succeeded: {} frames ({:.1} s at {} fps, {}x{}), watched {elapsed}; \
+                 `reelfarm download {id} -o out.mp4` fetches it",
+                status.total_frames,
+                status.duration_seconds,
+                status.fps,
+                status.width,
+                status.height
+            );
+            Ok(status)
+        }
+        Ok(pb::SequenceState::Failed) => bail!("sequence {id} failed: {}", status.error),
+        _ => bail!("sequence {id} was cancelled"),
+    }
+}
+
+/// The watch loop: a stream per leader, until a terminal status arrives.
+async fn follow(
+    client: &mut Client,
+    id: &str,
+    quiet: bool,
+    view: &mut Option<ProgressView>,
+    mut last: Option<pb::SequenceStatus>,
+) -> Result<pb::SequenceStatus> {
+    let note = |view: &Option<ProgressView>, line: String| match view {
+        Some(view) => view.note(&line),
+        None => eprintln!("{line}"),
+    };
+    // Set while no scheduler streams to us; cleared by every status that arrives.
+    let mut lost_since: Option<Instant> = None;
+    loop {
+        if let Some(status) = &last
+            && is_terminal_state(status.state)
+        {
+            return Ok(status.clone());
+        }
+        let request = pb::WatchSequenceRequest {
+            sequence_id: id.to_string(),
+        };
+        let opened = client.grpc.clone().watch_sequence(request).await;
+        let why_lost = match opened {
+            Err(status) if is_transient(&status) => status.message().to_string(),
+            Err(status) => return Err(client.explain(&format!("watching {id}"), &status)),
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(status)) => {
+                            lost_since = None;
+                            view.get_or_insert_with(|| ProgressView::new(&status, quiet))
+                                .update(&status);
+                            let terminal = is_terminal_state(status.state);
+                            last = Some(status);
+                            if terminal {
+                                break String::new();
+                            }
+                        }
+                        Ok(None) => break "the stream ended early".to_string(),
+                        Err(status) if is_transient(&status) => {
+                            break status.message().to_string();
+                        }
+                        Err(status) => {
+                            return Err(client.explain(&format!("watching {id}"), &status));
+                        }
+                    }
+                }
+            }
+        };
+        if last.as_ref().is_some_and(|s| is_terminal_state(s.state)) {
+            continue;
+        }
+        let since = *lost_since.get_or_insert_with(Instant::now);
+        // Whole seconds, so the error reads "within 59s".
+        let left = Duration::from_secs(LEADER_WAIT.saturating_sub(since.elapsed()).as_secs());
+        if left.is_zero() {
+            bail!(
+                "lost the scheduler while watching {id} and found no leader for {}s: {why_lost}; \
+                 {REACH_HINT}; the sequence may still be rendering: `reelfarm watch {id}`",
+                LEADER_WAIT.as_secs()
+            );
+        }
+        note(
+            view,
+            format!(
+                "lost the scheduler at {} ({why_lost}); looking for the leader",
+                client.url
+            ),
+        );
+        // A stream that ended cleanly on a scheduler that still answers would spin: pace it.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        client.reconnect(left).await.with_context(|| {
+            format!("lost the scheduler while watching {id}; the sequence may still be rendering: `reelfarm watch {id}`")
+        })?;
+        note(view, format!("watching {id} at {}", client.url));
+    }
+}

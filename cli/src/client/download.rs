@@ -1,0 +1,145 @@
+//! `reelfarm download`: a finished sequence's video or report through the scheduler's
+//! `ReadOutput` stream, into OUTPUT.partial and then renamed, restarted once at the leader.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reelfarm_common::leader::is_transient;
+use reelfarm_common::pb;
+use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::{Client, DownloadArgs};
+use crate::render::check_output;
+
+pub(super) async fn download(args: DownloadArgs) -> Result<()> {
+    let (kind, default_name) = if args.report {
+        (pb::OutputKind::Report, format!("{}.report.json", args.id))
+    } else {
+        (pb::OutputKind::Video, format!("{}.mp4", args.id))
+    };
+    let output = args.output.unwrap_or_else(|| PathBuf::from(default_name));
+    check_output(&output)?;
+    let mut client = Client::connect(&args.scheduler).await?;
+    let mut partial = output.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let result = fetch_with_retry(&mut client, &args.id, kind, &partial).await;
+    let bytes = match result {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error);
+        }
+    };
+    std::fs::rename(&partial, &output)
+        .with_context(|| format!("moving {} into place", output.display()))?;
+    println!(
+        "wrote {} ({:.1} MiB, the {} of {})",
+        output.display(),
+        bytes as f64 / f64::from(1 << 20),
+        if args.report { "report" } else { "video" },
+        args.id
+    );
+    Ok(())
+}
+
+async fn fetch_with_retry(
+    client: &mut Client,
+    id: &str,
+    kind: pb::OutputKind,
+    partial: &Path,
+) -> Result<u64> {
+    let what = format!("downloading {id}");
+    let status = match fetch(client.grpc.clone(), id, kind, partial).await? {
+        Ok(bytes) => return Ok(bytes),
+        Err(status) if is_transient(&status) => status,
+        Err(status) => return Err(explain_download(client, id, &what, &status)),
+    };
+    tracing::debug!(scheduler = %client.url, error = %status.message(), "download restarts at the leader");
+    client.reconnect(client.connect_timeout).await?;
+    match fetch(client.grpc.clone(), id, kind, partial).await? {
+        Ok(bytes) => Ok(bytes),
+        Err(status) => Err(explain_download(client, id, &what, &status)),
+    }
+}
+
+fn explain_download(client: &Client, id: &str, what: &str, status: &Status) -> anyhow::Error {
+    if status.code() == Code::FailedPrecondition {
+        anyhow!(
+            "{what}: {}; `reelfarm watch {id}` waits for it, `reelfarm status {id}` shows where it is",
+            status.message()
+        )
+    } else {
+        client.explain(what, status)
+    }
+}
+
+/// Streams one output into `partial`: the outer error is local (disk), the inner the RPC's.
+async fn fetch(
+    mut grpc: SequenceServiceClient<Channel>,
+    id: &str,
+    kind: pb::OutputKind,
+    partial: &Path,
+) -> Result<Result<u64, Status>> {
+    let request = pb::ReadOutputRequest {
+        sequence_id: id.to_string(),
+        kind: kind as i32,
+    };
+    let mut stream = match grpc.read_output(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Ok(Err(status)),
+    };
+    let mut file = tokio::fs::File::create(partial)
+        .await
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(None, target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bytes:>10}/{total_bytes} [{bar:30.green/white}] {binary_bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let (mut written, mut total) = (0u64, None);
+    loop {
+        let chunk = match stream.message().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(status) => {
+                bar.abandon();
+                return Ok(Err(status));
+            }
+        };
+        if total.is_none() {
+            bar.set_length(chunk.total_bytes);
+            total = Some(chunk.total_bytes);
+        }
+        file.write_all(&chunk.data)
+            .await
+            .with_context(|| format!("writing {}", partial.display()))?;
+        written += chunk.data.len() as u64;
+        bar.set_position(written);
+    }
+    bar.finish_and_clear();
+    file.flush()
+        .await
+        .with_context(|| format!("writing {}", partial.display()))?;
+    file.sync_all()
+        .await
+        .with_context(|| format!("writing {}", partial.display()))?;
+    let total = total.unwrap_or(0);
+    if written != total {
+        bail!("the scheduler sent {written} of {total} bytes of {id}; try again");
+    }
+    Ok(Ok(written))
+}

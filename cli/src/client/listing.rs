@@ -1,0 +1,278 @@
+//! The client's listings: `reelfarm status` (all sequences, or one sequence's segments) and
+//! `reelfarm workers`, as plain aligned columns.
+
+use anyhow::Result;
+use reelfarm_common::{pb, unix_now_s};
+
+use super::{Client, table};
+
+pub(super) async fn print_sequences(client: &mut Client) -> Result<()> {
+    let listed = client
+        .call("listing sequences", |mut grpc| async move {
+            grpc.list_sequences(pb::ListSequencesRequest {}).await
+        })
+        .await?;
+    let mut sequences = listed.sequences;
+    if sequences.is_empty() {
+        println!(
+            "no sequences at {}; `reelfarm submit SPEC` starts one",
+            client.url
+        );
+        return Ok(());
+    }
+    sequences.sort_by(|a, b| a.submitted_unix_s.total_cmp(&b.submitted_unix_s));
+    let now = unix_now_s();
+    let rows = sequences
+        .iter()
+        .map(|status| {
+            vec![
+                status.sequence_id.clone(),
+                status.title.clone(),
+                sequence_state_name(status.state).to_string(),
+                format!("{}/{}", segments_done(status), status.segments.len()),
+                format!("{:.1} s", status.duration_seconds),
+                age(status.submitted_unix_s, now),
+                elapsed(status, now),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "ID", "TITLE", "STATE", "SEGMENTS", "DURATION", "AGE", "ELAPSED"
+            ],
+            rows
+        )
+    );
+    Ok(())
+}
+
+pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> {
+    let status = client
+        .call(&format!("reading {id}"), |mut grpc| {
+            let request = pb::GetSequenceRequest {
+                sequence_id: id.to_string(),
+            };
+            async move { grpc.get_sequence(request).await }
+        })
+        .await?;
+    let now = unix_now_s();
+    println!(
+        "{} {:?}: {}, {}/{} segments done, {} frames ({:.1} s at {} fps, {}x{}), submitted {} ago, elapsed {}",
+        status.sequence_id,
+        status.title,
+        sequence_state_name(status.state),
+        segments_done(&status),
+        status.segments.len(),
+        status.total_frames,
+        status.duration_seconds,
+        status.fps,
+        status.width,
+        status.height,
+        age(status.submitted_unix_s, now),
+        elapsed(&status, now),
+    );
+    if let Some(stitch) = &status.stitch {
+        let mut line = format!(
+            "stitch: {}, {}/{} frames",
+            task_state_name(stitch.state),
+            stitch.done,
+            stitch.total
+        );
+        if !stitch.worker.is_empty() {
+            line.push_str(&format!(
+                " on {} (attempt {})",
+                stitch.worker, stitch.attempt
+            ));
+        }
+        if !stitch.error.is_empty() {
+            line.push_str(&format!(": {}", stitch.error));
+        }
+        println!("{line}");
+    }
+    if !status.error.is_empty() {
+        println!("error: {}", status.error);
+    }
+    println!();
+    let rows = status
+        .segments
+        .iter()
+        .map(|segment| {
+            vec![
+                segment.segment_id.clone(),
+                (segment.shot_index + 1).to_string(),
+                task_state_name(segment.state).to_string(),
+                format!("{}/{}", segment.step, segment.steps),
+                or_dash(&segment.worker),
+                segment.attempt.to_string(),
+                or_dash(&segment.error),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "SEGMENT", "SHOT", "STATE", "STEP", "WORKER", "ATTEMPT", "ERROR"
+            ],
+            rows
+        )
+    );
+    Ok(())
+}
+
+pub(super) async fn print_workers(client: &mut Client) -> Result<()> {
+    let listed = client
+        .call("listing workers", |mut grpc| async move {
+            grpc.list_workers(pb::ListWorkersRequest {}).await
+        })
+        .await?;
+    if listed.workers.is_empty() {
+        println!(
+            "no workers registered at {}; start one with `reelfarm worker`",
+            client.url
+        );
+        return Ok(());
+    }
+    let rows = listed
+        .workers
+        .iter()
+        .map(|worker| {
+            let devices: Vec<String> = worker
+                .devices
+                .iter()
+                .map(|device| {
+                    format!(
+                        "{}{} {:.1}/{:.1} GiB",
+                        device.kind,
+                        device.index,
+                        gib(device.reserved_bytes),
+                        gib(device.memory_total_bytes)
+                    )
+                })
+                .collect();
+            let running: Vec<&str> = worker
+                .devices
+                .iter()
+                .flat_map(|device| device.running.iter().map(String::as_str))
+                .collect();
+            vec![
+                worker.worker_id.clone(),
+                or_dash(&worker.name),
+                worker.state.clone(),
+                or_dash(&devices.join(", ")),
+                or_dash(&running.join(", ")),
+                or_dash(&worker.models.join(", ")),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["WORKER", "NAME", "STATE", "DEVICES", "RUNNING", "MODELS"],
+            rows
+        )
+    );
+    Ok(())
+}
+
+fn segments_done(status: &pb::SequenceStatus) -> usize {
+    status
+        .segments
+        .iter()
+        .filter(|segment| segment.state == pb::TaskState::Done as i32)
+        .count()
+}
+
+pub(super) fn sequence_state_name(state: i32) -> &'static str {
+    match pb::SequenceState::try_from(state).unwrap_or(pb::SequenceState::Unspecified) {
+        pb::SequenceState::Queued => "queued",
+        pb::SequenceState::Rendering => "rendering",
+        pb::SequenceState::Stitching => "stitching",
+        pb::SequenceState::Succeeded => "succeeded",
+        pb::SequenceState::Failed => "failed",
+        pb::SequenceState::Cancelled => "cancelled",
+        pb::SequenceState::Unspecified => "?",
+    }
+}
+
+fn task_state_name(state: i32) -> &'static str {
+    match pb::TaskState::try_from(state).unwrap_or(pb::TaskState::Unspecified) {
+        pb::TaskState::Blocked => "blocked",
+        pb::TaskState::Ready => "ready",
+        pb::TaskState::Running => "running",
+        pb::TaskState::Done => "done",
+        pb::TaskState::Failed => "failed",
+        pb::TaskState::Cancelled => "cancelled",
+        pb::TaskState::Unspecified => "?",
+    }
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
+
+/// `42s`, `3m05s`, `2h07m`: short enough for a table column.
+pub(super) fn format_seconds(seconds: f64) -> String {
+    let whole = seconds.max(0.0).round() as u64;
+    match whole {
+        0..60 => format!("{whole}s"),
+        60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+        _ => format!("{}h{:02}m", whole / 3600, whole % 3600 / 60),
+    }
+}
+
+fn age(submitted_unix_s: f64, now: f64) -> String {
+    if submitted_unix_s <= 0.0 {
+        return "-".to_string();
+    }
+    format_seconds(now - submitted_unix_s)
+}
+
+/// Render time so far, or in all once finished.
+fn elapsed(status: &pb::SequenceStatus, now: f64) -> String {
+    if status.submitted_unix_s <= 0.0 {
+        return "-".to_string();
+    }
+    let end = if status.finished_unix_s > 0.0 {
+        status.finished_unix_s
+    } else {
+        now
+    };
+    format_seconds(end - status.submitted_unix_s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(format_seconds(0.4), "0s");
+        assert_eq!(format_seconds(59.4), "59s");
+        assert_eq!(format_seconds(185.0), "3m05s");
+        assert_eq!(format_seconds(7620.0), "2h07m");
+        assert_eq!(format_seconds(-3.0), "0s");
+    }
+
+    #[test]
+    fn a_finished_sequence_shows_its_render_time_not_the_time_since() {
+        let status = pb::SequenceStatus {
+            submitted_unix_s: 1000.0,
+            finished_unix_s: 1042.0,
+            ..Default::default()
+        };
+        assert_eq!(elapsed(&status, 5000.0), "42s");
+        assert_eq!(age(1000.0, 5000.0), "1h06m");
+        assert_eq!(elapsed(&pb::SequenceStatus::default(), 5000.0), "-");
+    }
+}

@@ -1,0 +1,320 @@
+//! Layered settings for the long-running processes (`reelfarm scheduler`, `reelfarm worker`):
+//! built-in defaults, then a TOML file (`--config`), then `REELFARM_*` environment variables,
+//! then flags; clap merges the last two, this module puts the file under them and checks the
+//! result once at start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Keeps the first layer's value of every field that has one.
+macro_rules! layer {
+    ($upper:expr, $lower:expr; $($field:ident),* $(,)?) => {{
+        let (upper, lower) = ($upper, $lower);
+        Self { $($field: upper.$field.or(lower.$field),)* }
+    }};
+}
+
+/// Object store settings shared by the scheduler and workers.
+#[derive(clap::Args, Deserialize, Default, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreArgs {
+    /// S3 bucket for segments and videos (required unless --store-dir).
+    #[arg(long, env = "REELFARM_BUCKET")]
+    pub bucket: Option<String>,
+    /// S3 endpoint for S3-compatible servers (MinIO, Ceph, ...); unset: AWS.
+    #[arg(long, env = "REELFARM_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region; default: the AWS chain's, else us-east-1.
+    #[arg(long, env = "REELFARM_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style addressing (http://host/bucket/key), needed by most non-AWS servers;
+    /// default: on when --s3-endpoint is set.
+    #[arg(long, env = "REELFARM_S3_PATH_STYLE", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: Option<bool>,
+    /// Key prefix inside the bucket, so several farms can share one.
+    #[arg(long, env = "REELFARM_S3_PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// Access key id; default: the standard AWS chain (AWS_ACCESS_KEY_ID, profiles, web identity).
+    #[arg(long, env = "REELFARM_S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    /// File holding the access key id (a mounted secret).
+    #[arg(long, env = "REELFARM_S3_ACCESS_KEY_ID_FILE")]
+    pub s3_access_key_id_file: Option<PathBuf>,
+    /// Secret access key; prefer --s3-secret-access-key-file or the AWS chain.
+    #[arg(long, env = "REELFARM_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// File holding the secret access key (a mounted secret).
+    #[arg(long, env = "REELFARM_S3_SECRET_ACCESS_KEY_FILE")]
+    pub s3_secret_access_key_file: Option<PathBuf>,
+    /// A local directory instead of S3: only for a farm on one machine.
+    #[arg(long, env = "REELFARM_STORE_DIR")]
+    pub store_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// This layer over `lower`.
+    pub fn or(self, lower: Self) -> Self {
+        layer!(self, lower; bucket, s3_endpoint, s3_region, s3_path_style, s3_prefix,
+            s3_access_key_id, s3_access_key_id_file, s3_secret_access_key,
+            s3_secret_access_key_file, store_dir)
+    }
+}
+
+#[derive(clap::Args, Deserialize, Default, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerArgs {
+    /// Address to serve gRPC on [default: 0.0.0.0:7070].
+    #[arg(long, env = "REELFARM_LISTEN")]
+    pub listen: Option<String>,
+    /// URL other processes reach this scheduler at, handed out by followers
+    /// [default: http://<listen address>, with 127.0.0.1 for 0.0.0.0].
+    #[arg(long, env = "REELFARM_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// etcd endpoints, comma-separated; unset: state in memory (one scheduler, lost on exit).
+    #[arg(long, env = "REELFARM_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// Key prefix in etcd [default: /reelfarm/v1/].
+    #[arg(long, env = "REELFARM_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// Seconds a dead leader keeps leadership before another scheduler takes over [default: 5].
+    #[arg(long, env = "REELFARM_LEADER_TTL")]
+    pub leader_ttl: Option<f64>,
+    /// Seconds a silent worker keeps its segments before they are placed again [default: 10].
+    #[arg(long, env = "REELFARM_WORKER_TTL")]
+    pub worker_ttl: Option<f64>,
+    /// Attempts per segment before its sequence fails [default: 3].
+    #[arg(long, env = "REELFARM_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+}
+
+impl SchedulerArgs {
+    /// This layer over `lower`.
+    pub fn or(self, lower: Self) -> Self {
+        layer!(self, lower; listen, advertise_url, etcd, etcd_prefix, leader_ttl, worker_ttl,
+            max_attempts)
+    }
+}
+
+#[derive(clap::Args, Deserialize, Default, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerArgs {
+    /// Scheduler URL, or every scheduler's, comma-separated; the worker follows the leader
+    /// [default: http://127.0.0.1:7070].
+    #[arg(long, env = "REELFARM_SCHEDULER")]
+    pub scheduler: Option<String>,
+    /// Worker name shown in `reelfarm workers` [default: the host name].
+    #[arg(long, env = "REELFARM_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Pretend to have these GPUs, e.g. `2x80GiB,1x24GiB` (the model still runs on CPU):
+    /// for testing placement without GPUs. Default: this machine's CPU as one device.
+    #[arg(long, env = "REELFARM_SIMULATE_GPUS")]
+    pub simulate_gpus: Option<String>,
+    /// reelfarm-tiny weights (safetensors); default: deterministic built-in weights.
+    #[arg(long, env = "REELFARM_TINY_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+    /// Seconds to wait for a leading scheduler at start [default: 30].
+    #[arg(long, env = "REELFARM_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<f64>,
+}
+
+impl WorkerArgs {
+    /// This layer over `lower`.
+    pub fn or(self, lower: Self) -> Self {
+        layer!(self, lower; scheduler, name, simulate_gpus, weights, connect_timeout)
+    }
+}
+
+/// The `--config` file: sections `[store]`, `[scheduler]`, `[worker]`, keys as the flags
+/// with `_` for `-` (`bucket = "renders"`, `etcd = ["http://etcd:2379"]`).
+#[derive(Deserialize, Default, Debug)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    pub store: StoreArgs,
+    pub scheduler: SchedulerArgs,
+    pub worker: WorkerArgs,
+}
+
+pub fn read_config_file(path: Option<&Path>) -> Result<ConfigFile> {
+    let Some(path) = path else {
+        return Ok(ConfigFile::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// A secret from its value or from a file (trailing newline dropped).
+fn secret(value: Option<String>, file: Option<PathBuf>, name: &str) -> Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => bail!("--{name} and --{name}-file: give one of them"),
+        (Some(value), None) => Ok(Some(value)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--{name}-file: reading {}", path.display()))?;
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// What the processes store objects in, checked.
+pub enum StoreChoice {
+    S3(reelfarm_common::s3::S3Settings),
+    Local(PathBuf),
+}
+
+pub fn store_choice(args: StoreArgs) -> Result<StoreChoice> {
+    let access_key = secret(
+        args.s3_access_key_id,
+        args.s3_access_key_id_file,
+        "s3-access-key-id",
+    )?;
+    let secret_key = secret(
+        args.s3_secret_access_key,
+        args.s3_secret_access_key_file,
+        "s3-secret-access-key",
+    )?;
+    if access_key.is_some() != secret_key.is_some() {
+        bail!(
+            "S3 credentials: give both the access key id and the secret access key, or neither (to use the AWS chain)"
+        );
+    }
+    match (args.bucket, args.store_dir) {
+        (Some(_), Some(_)) => {
+            bail!("--bucket and --store-dir: choose S3 or a local directory, not both")
+        }
+        (None, Some(dir)) => Ok(StoreChoice::Local(dir)),
+        (None, None) => {
+            bail!("no object store: give --bucket (S3) or --store-dir (one machine only)")
+        }
+        (Some(bucket), None) => {
+            if bucket.trim().is_empty() {
+                bail!("--bucket: must not be empty");
+            }
+            let mut settings = reelfarm_common::s3::S3Settings::new(bucket);
+            settings.path_style = args.s3_path_style.unwrap_or(args.s3_endpoint.is_some());
+            settings.endpoint = args.s3_endpoint;
+            settings.region = args.s3_region;
+            settings.prefix = args.s3_prefix.unwrap_or_default();
+            settings.access_key_id = access_key;
+            settings.secret_access_key = secret_key;
+            Ok(StoreChoice::S3(settings))
+        }
+    }
+}
+
+pub fn seconds(value: Option<f64>, default: f64, flag: &str) -> Result<Duration> {
+    let value = value.unwrap_or(default);
+    if !(value.is_finite() && value > 0.0 && value < 86_400.0) {
+        bail!("--{flag}: {value} is not a number of seconds between 0 and 86400");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// `2x80GiB,1x24GiB` → device memory sizes in bytes.
+pub fn parse_simulated_gpus(spec: &str) -> Result<Vec<u64>> {
+    let mut sizes = Vec::new();
+    for part in spec
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        let (count, size) = match part.split_once('x') {
+            Some((count, size)) => (
+                count.trim().parse::<u32>().with_context(|| {
+                    format!("--simulate-gpus: {part:?}: the count before 'x' must be a number")
+                })?,
+                size.trim(),
+            ),
+            None => (1, part),
+        };
+        let (number, unit) = size.split_at(
+            size.find(|c: char| c.is_ascii_alphabetic())
+                .unwrap_or(size.len()),
+        );
+        let number: f64 = number.trim().parse().with_context(|| {
+            format!("--simulate-gpus: {part:?}: write sizes like 80GiB or 24GB")
+        })?;
+        let scale = match unit.to_ascii_lowercase().as_str() {
+            "gib" | "g" | "gb" => f64::from(1u32 << 30),
+            "mib" | "m" | "mb" => f64::from(1u32 << 20),
+            other => bail!("--simulate-gpus: {part:?}: unknown unit {other:?} (use GiB or MiB)"),
+        };
+        if count == 0 || number <= 0.0 {
+            bail!("--simulate-gpus: {part:?}: count and size must be positive");
+        }
+        sizes.extend(std::iter::repeat_n((number * scale) as u64, count as usize));
+    }
+    if sizes.is_empty() {
+        bail!("--simulate-gpus: give at least one device, e.g. 2x80GiB,1x24GiB");
+    }
+    Ok(sizes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file: ConfigFile = toml::from_str(
+            "[scheduler]\nlisten = \"0.0.0.0:9000\"\nmax_attempts = 5\n[store]\nbucket = \"file-bucket\"\n",
+        )
+        .unwrap();
+        let flags = SchedulerArgs {
+            listen: Some("127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        let merged = flags.or(file.scheduler);
+        assert_eq!(merged.listen.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(merged.max_attempts, Some(5));
+        assert_eq!(merged.worker_ttl, None);
+        let store = StoreArgs::default().or(file.store);
+        assert_eq!(store.bucket.as_deref(), Some("file-bucket"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let error = toml::from_str::<ConfigFile>("[scheduler]\nlisen = \"x\"\n").unwrap_err();
+        assert!(error.to_string().contains("lisen"), "{error}");
+    }
+
+    #[test]
+    fn simulated_gpus_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_simulated_gpus("2x80GiB,1x24GiB").unwrap(),
+            vec![80 << 30, 80 << 30, 24 << 30]
+        );
+        assert_eq!(parse_simulated_gpus("512MiB").unwrap(), vec![512 << 20]);
+        let error = parse_simulated_gpus("2x80TB").unwrap_err().to_string();
+        assert!(error.contains("unknown unit"), "{error}");
+        assert!(parse_simulated_gpus("").is_err());
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_half_credentials_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cr3t\n").unwrap();
+        let args = StoreArgs {
+            bucket: Some("b".into()),
+            s3_access_key_id: Some("id".into()),
+            s3_secret_access_key_file: Some(path),
+            ..Default::default()
+        };
+        let StoreChoice::S3(settings) = store_choice(args).unwrap() else {
+            panic!("expected S3");
+        };
+        assert_eq!(settings.secret_access_key.as_deref(), Some("s3cr3t"));
+        let half = StoreArgs {
+            bucket: Some("b".into()),
+            s3_access_key_id: Some("id".into()),
+            ..Default::default()
+        };
+        let error = store_choice(half).err().unwrap().to_string();
+        assert!(error.contains("both"), "{error}");
+    }
+}

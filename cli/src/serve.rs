@@ -1,0 +1,162 @@
+//! The long-running processes of the distributed farm: `reelfarm scheduler` and
+//! `reelfarm worker`. Settings are layered and checked here, once, before anything starts,
+//! so a misconfiguration is one clear line and a non-zero exit, never a hang.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use reelfarm_common::blob::{BlobStore, LocalBlobStore};
+use reelfarm_common::s3::S3BlobStore;
+use reelfarm_common::{leader, pb};
+use reelfarm_scheduler::SchedulerConfig;
+use reelfarm_scheduler::state::{EtcdSettings, EtcdState, MemoryState, StateStore};
+use reelfarm_worker::WorkerConfig;
+use tracing::warn;
+
+use crate::config::{
+    SchedulerArgs, StoreArgs, StoreChoice, WorkerArgs, parse_simulated_gpus, read_config_file,
+    seconds, store_choice,
+};
+
+pub async fn open_store(args: StoreArgs) -> Result<Arc<dyn BlobStore>> {
+    Ok(match store_choice(args)? {
+        StoreChoice::S3(settings) => Arc::new(S3BlobStore::connect(settings).await?),
+        StoreChoice::Local(dir) => Arc::new(LocalBlobStore::new(dir)?),
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn run_scheduler(
+    flags: SchedulerArgs,
+    store_flags: StoreArgs,
+    config: Option<PathBuf>,
+) -> Result<()> {
+    let file = read_config_file(config.as_deref())?;
+    let args = flags.or(file.scheduler);
+    let listen = args.listen.as_deref().unwrap_or("0.0.0.0:7070");
+    let listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen:?}: expected an address like 0.0.0.0:7070"))?;
+    let leader_ttl = seconds(args.leader_ttl, 5.0, "leader-ttl")?;
+    let worker_ttl = seconds(args.worker_ttl, 10.0, "worker-ttl")?;
+    let max_attempts = args.max_attempts.unwrap_or(3);
+    if max_attempts == 0 {
+        anyhow::bail!("--max-attempts: must be at least 1");
+    }
+    let store = open_store(store_flags.or(file.store)).await?;
+    let state: Arc<dyn StateStore> = match args.etcd {
+        Some(endpoints) if !endpoints.is_empty() => {
+            let mut settings = EtcdSettings::new(endpoints);
+            if let Some(prefix) = args.etcd_prefix {
+                settings.prefix = prefix;
+            }
+            settings.leader_ttl = leader_ttl;
+            settings.worker_ttl = worker_ttl;
+            Arc::new(EtcdState::connect(settings).await?)
+        }
+        _ => {
+            warn!(
+                "no --etcd: state lives in this process only (one scheduler, lost when it exits)"
+            );
+            Arc::new(MemoryState::new())
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}: cannot bind"))?;
+    let bound = listener.local_addr()?;
+    let advertise_url = args.advertise_url.unwrap_or_else(|| {
+        let host = if bound.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            bound.ip().to_string()
+        };
+        format!("http://{host}:{}", bound.port())
+    });
+    eprintln!(
+        "reelfarm scheduler: serving on {bound} as {advertise_url} (state: {}, store: {})",
+        state.describe(),
+        store.describe()
+    );
+    let config = SchedulerConfig {
+        store,
+        state,
+        advertise_url: Some(advertise_url),
+        max_attempts,
+    };
+    reelfarm_scheduler::run(config, listener, termination()).await?;
+    Ok(())
+}
+
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+}
+
+pub async fn run_worker(
+    flags: WorkerArgs,
+    store_flags: StoreArgs,
+    config: Option<PathBuf>,
+) -> Result<()> {
+    let file = read_config_file(config.as_deref())?;
+    let args = flags.or(file.worker);
+    let endpoints =
+        leader::parse_endpoints(args.scheduler.as_deref().unwrap_or("http://127.0.0.1:7070"))?;
+    let name = args
+        .name
+        .or_else(host_name)
+        .unwrap_or_else(|| "worker".to_string());
+    let connect_timeout = seconds(args.connect_timeout, 30.0, "connect-timeout")?;
+    let devices = match &args.simulate_gpus {
+        Some(spec) => parse_simulated_gpus(spec)?
+            .into_iter()
+            .enumerate()
+            .map(|(index, bytes)| pb::Device {
+                index: index as u32,
+                kind: "simulated".into(),
+                name: format!("simulated GPU {index}"),
+                memory_total_bytes: bytes,
+                memory_free_bytes: bytes,
+            })
+            .collect(),
+        None => vec![reelfarm_worker::inventory::cpu_device(1.0)],
+    };
+    let model = crate::render::load_model(args.weights.as_deref())?;
+    let store = open_store(store_flags.or(file.store)).await?;
+    eprintln!(
+        "reelfarm worker {name}: {} device(s), store {}, schedulers {}",
+        devices.len(),
+        store.describe(),
+        endpoints.join(",")
+    );
+    let config = WorkerConfig {
+        scheduler_urls: endpoints,
+        name,
+        store,
+        models: vec![model],
+        devices,
+        connect_timeout,
+    };
+    reelfarm_worker::run(config, termination()).await?;
+    Ok(())
+}

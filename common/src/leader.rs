@@ -1,0 +1,142 @@
+//! Finding the leading scheduler: clients and workers are given one URL (a Kubernetes
+//! Service) or the list of every scheduler, ask `GetLeader`, and follow the answer.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Error;
+use crate::pb;
+use crate::pb::sequence_service_client::SequenceServiceClient;
+
+/// Splits `--scheduler a,b,c` into URLs; a bare `host:port` gets `http://`.
+pub fn parse_endpoints(list: &str) -> Result<Vec<String>, Error> {
+    let endpoints: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            if part.contains("://") {
+                part.to_string()
+            } else {
+                format!("http://{part}")
+            }
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return Err(Error::InvalidArgument(
+            "scheduler: give a URL such as http://127.0.0.1:7070, or a comma-separated list".into(),
+        ));
+    }
+    for endpoint in &endpoints {
+        Endpoint::from_shared(endpoint.clone()).map_err(|error| {
+            Error::InvalidArgument(format!("scheduler: {endpoint:?} is not a URL: {error}"))
+        })?;
+    }
+    Ok(endpoints)
+}
+
+async fn open(url: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|error| error.to_string())?;
+    endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_keepalive(Some(Duration::from_secs(10)))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|error| format!("{url}: {}", with_causes(&error)))
+}
+
+/// "transport error: connection refused", not just "transport error".
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+async fn ask(channel: Channel) -> Result<pb::GetLeaderResponse, String> {
+    let mut client = SequenceServiceClient::new(channel);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_leader(pb::GetLeaderRequest {}),
+    )
+    .await
+    .map_err(|_| "GetLeader timed out".to_string())?
+    .map(tonic::Response::into_inner)
+    .map_err(|status| status.message().to_string())
+}
+
+/// One round over the endpoints: a channel to the leader and its URL, or why not.
+async fn find_once(endpoints: &[String]) -> Result<(Channel, String), String> {
+    let mut reasons = Vec::new();
+    for url in endpoints {
+        let channel = match open(url).await {
+            Ok(channel) => channel,
+            Err(reason) => {
+                reasons.push(reason);
+                continue;
+            }
+        };
+        match ask(channel.clone()).await {
+            Ok(answer) if answer.leader => return Ok((channel, url.clone())),
+            Ok(answer) if !answer.leader_url.is_empty() => {
+                let leader = answer.leader_url;
+                match open(&leader).await {
+                    Ok(channel) => match ask(channel.clone()).await {
+                        Ok(confirmed) if confirmed.leader => return Ok((channel, leader)),
+                        Ok(_) => reasons.push(format!("{leader} no longer leads")),
+                        Err(reason) => reasons.push(format!("{leader}: {reason}")),
+                    },
+                    Err(reason) => reasons.push(reason),
+                }
+            }
+            Ok(_) => reasons.push(format!("{url}: no scheduler leads yet")),
+            Err(reason) => reasons.push(format!("{url}: {reason}")),
+        }
+    }
+    Err(reasons.join("; "))
+}
+
+/// Finds the leader, retrying (elections take a few seconds) until `timeout`.
+pub async fn connect_leader(
+    endpoints: &[String],
+    timeout: Duration,
+) -> Result<(Channel, String), Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match find_once(endpoints).await {
+            Ok(found) => return Ok(found),
+            Err(reason) if tokio::time::Instant::now() + delay > deadline => {
+                return Err(Error::Unavailable(format!(
+                    "no leading scheduler at {} within {timeout:?}: {reason}",
+                    endpoints.join(",")
+                )));
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Whether a failed call should be retried against the (possibly new) leader.
+pub fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
+}

@@ -1,0 +1,310 @@
+//! The leader's side of the scheduler: win the election, restore the farm from the state
+//! store, make every transition durable before acting on it, and step down cleanly when
+//! leadership ends, so clients and workers reconnect to whoever leads next.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use reelfarm_common::blob::BlobStore;
+use reelfarm_common::{pb, unix_now_s};
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::Status;
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::farm::{Action, Farm, SequenceId, WorkerId};
+use crate::records::{self, Durable};
+use crate::state::{Leadership, MemoryState, StateStore};
+
+pub struct SchedulerConfig {
+    /// Where reference images go and where workers find segments.
+    pub store: Arc<dyn BlobStore>,
+    /// Where the farm's state lives; memory (a single scheduler) by default.
+    pub state: Arc<dyn StateStore>,
+    /// The URL clients and workers reach this scheduler at (`http://<listen address>` when
+    /// unset); followers hand it out as the leader's address.
+    pub advertise_url: Option<String>,
+    pub max_attempts: u32,
+}
+
+impl SchedulerConfig {
+    pub fn new(store: Arc<dyn BlobStore>) -> Self {
+        SchedulerConfig {
+            store,
+            state: Arc::new(MemoryState::new()),
+            advertise_url: None,
+            max_attempts: crate::farm::DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+pub(crate) type CommandSender = mpsc::UnboundedSender<Result<pb::WorkerCommand, Status>>;
+
+pub(crate) struct Lead {
+    pub farm: Farm,
+    pub leadership: Leadership,
+    durable: Durable,
+}
+
+pub(crate) struct Shared {
+    /// `Some` while this scheduler leads. Held across the durable write of each transition,
+    /// so transitions reach the state store in the order they happened.
+    pub lead: tokio::sync::Mutex<Option<Lead>>,
+    pub state: Arc<dyn StateStore>,
+    pub store: Arc<dyn BlobStore>,
+    pub url: String,
+    pub max_attempts: u32,
+    /// Registered but not yet streaming: a worker gets work only once it can receive it.
+    pub pending_workers: Mutex<HashMap<WorkerId, pb::RegisterWorkerRequest>>,
+    pub worker_streams: Mutex<HashMap<WorkerId, CommandSender>>,
+    pub changes: broadcast::Sender<SequenceId>,
+    /// Bumped whenever this scheduler steps down or shuts down: open streams end, so their
+    /// clients and workers reconnect to the leader.
+    pub epoch: watch::Sender<u64>,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic under the lock already failed that request; the data itself stays usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub fn new(config: SchedulerConfig, url: String) -> Arc<Self> {
+        let (changes, _) = broadcast::channel(1024);
+        let (epoch, _) = watch::channel(0);
+        Arc::new(Shared {
+            lead: tokio::sync::Mutex::new(None),
+            state: config.state,
+            store: config.store,
+            url,
+            max_attempts: config.max_attempts,
+            pending_workers: Mutex::new(HashMap::new()),
+            worker_streams: Mutex::new(HashMap::new()),
+            changes,
+            epoch,
+        })
+    }
+
+    pub async fn not_leader(&self) -> Error {
+        match self.state.leader_url().await {
+            Ok(Some(url)) if url != self.url => Error::NotLeader(Some(url)),
+            _ => Error::NotLeader(None),
+        }
+    }
+
+    /// Reads the farm; `NotLeader` on a follower.
+    pub async fn read<T>(
+        &self,
+        reader: impl FnOnce(&Farm) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let guard = self.lead.lock().await;
+        match guard.as_ref() {
+            Some(lead) => reader(&lead.farm),
+            None => {
+                drop(guard);
+                Err(self.not_leader().await)
+            }
+        }
+    }
+
+    pub async fn leadership(&self) -> Result<Leadership, Error> {
+        let leadership = self
+            .lead
+            .lock()
+            .await
+            .as_ref()
+            .map(|lead| lead.leadership.clone());
+        match leadership {
+            Some(leadership) => Ok(leadership),
+            None => Err(self.not_leader().await),
+        }
+    }
+
+    /// Runs one transition and dispatch, writes what changed to the state store, and only
+    /// then sends worker commands and wakes watchers. A refused write means another
+    /// scheduler leads: this one steps down and the caller gets `Unavailable`.
+    pub async fn apply<T>(
+        &self,
+        transition: impl FnOnce(&mut Farm) -> Result<(T, Vec<Action>), Error>,
+    ) -> Result<T, Error> {
+        let mut guard = self.lead.lock().await;
+        let Some(lead) = guard.as_mut() else {
+            drop(guard);
+            return Err(self.not_leader().await);
+        };
+        let (value, mut actions) = transition(&mut lead.farm)?;
+        actions.extend(lead.farm.dispatch());
+        let changed = lead.farm.take_changed();
+        let writes = lead.durable.writes(&lead.farm, &changed);
+        if !writes.is_empty() {
+            match self.state.commit(&lead.leadership, writes.clone()).await {
+                Ok(revisions) => lead.durable.committed(writes, &revisions),
+                Err(error) => {
+                    warn!(%error, "a transition could not be made durable; stepping down");
+                    let leadership = guard.take().map(|lead| lead.leadership);
+                    drop(guard);
+                    self.end_streams();
+                    if let Some(leadership) = leadership {
+                        self.state.resign(&leadership).await;
+                    }
+                    return Err(Error::Unavailable(format!(
+                        "this scheduler stopped leading ({error}); retry against the new leader"
+                    )));
+                }
+            }
+        }
+        drop(guard);
+        for id in changed {
+            let _no_watchers = self.changes.send(id);
+        }
+        self.send(actions);
+        Ok(value)
+    }
+
+    /// Puts commands on worker streams. A closed stream needs nothing here: its watcher
+    /// marks the worker disconnected, and the task waits for it to come back or expire.
+    fn send(&self, actions: Vec<Action>) {
+        let streams = lock(&self.worker_streams);
+        for action in actions {
+            let (worker, command) = match action {
+                Action::Assign { worker, assignment } => {
+                    let id = assignment
+                        .assignment
+                        .as_ref()
+                        .map(|reference| reference.assignment_id.clone())
+                        .unwrap_or_default();
+                    info!(worker = %worker, assignment = %id, "assigned");
+                    (worker, pb::worker_command::Command::Assign(*assignment))
+                }
+                Action::Cancel { worker, assignment } => {
+                    info!(worker = %worker, assignment = %assignment.assignment_id, "cancel sent");
+                    (
+                        worker,
+                        pb::worker_command::Command::Cancel(pb::CancelAssignment {
+                            assignment: Some(assignment),
+                        }),
+                    )
+                }
+            };
+            let sent = streams.get(&worker).is_some_and(|stream| {
+                stream
+                    .send(Ok(pb::WorkerCommand {
+                        command: Some(command),
+                    }))
+                    .is_ok()
+            });
+            if !sent {
+                warn!(worker = %worker, "worker unreachable; its command waits for it to reconnect or expire");
+            }
+        }
+    }
+
+    /// Ends every open stream so workers and watchers reconnect (to the next leader).
+    pub fn end_streams(&self) {
+        lock(&self.worker_streams).clear();
+        lock(&self.pending_workers).clear();
+        self.epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// A worker's lease ran out (or, in memory, its stream closed): unless it came back
+    /// meanwhile, its running tasks go back to the queue.
+    async fn expire_worker(&self, worker: String) {
+        let result = self
+            .apply(|farm| {
+                if farm.workers.get(&worker).is_some_and(|record| record.connected) {
+                    return Ok(((), Vec::new()));
+                }
+                let running = farm.running_assignments(&worker);
+                if running > 0 {
+                    warn!(worker = %worker, running, "worker lost; its running tasks go back to the queue");
+                } else {
+                    info!(worker = %worker, "worker gone");
+                }
+                Ok(((), farm.worker_lost(&worker, unix_now_s())))
+            })
+            .await;
+        if let Err(error) = result {
+            warn!(worker = %worker, %error, "could not expire a worker");
+        }
+    }
+
+    /// Restores the farm a previous leader left and starts acting on it.
+    async fn take_lead(self: &Arc<Self>, leadership: Leadership) -> Result<(), Error> {
+        let loaded = self.state.load(&leadership).await?;
+        let farm = records::restore(self.max_attempts, &loaded.records, &loaded.workers)?;
+        // Workers of the previous leader get one lease TTL to reconnect here.
+        for (worker, record) in &loaded.workers {
+            self.state
+                .worker_online(&leadership, worker, record.clone(), false)
+                .await?;
+        }
+        let orphans = farm.orphaned_workers();
+        let (sequences, workers) = (farm.sequences.len(), farm.workers.len());
+        let durable = Durable::from_loaded(&loaded.records, &loaded.revisions);
+        *self.lead.lock().await = Some(Lead {
+            farm,
+            leadership,
+            durable,
+        });
+        info!(url = %self.url, sequences, workers, state = %self.state.describe(), "leading");
+        let mut expired = loaded.expired;
+        let shared = self.clone();
+        tokio::spawn(async move {
+            while let Some(worker) = expired.recv().await {
+                shared.expire_worker(worker).await;
+            }
+        });
+        for worker in orphans {
+            self.expire_worker(worker).await;
+        }
+        self.apply(|_| Ok(((), Vec::new()))).await
+    }
+
+    async fn step_down(&self) {
+        if self.lead.lock().await.take().is_some() {
+            warn!(url = %self.url, "no longer leading");
+        }
+        self.end_streams();
+    }
+}
+
+/// Resolves once the flag turns true (the guard `wait_for` returns must not live across
+/// an await).
+pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// Campaigns, leads until leadership ends, and campaigns again, until `shutdown` turns true.
+pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let campaign = tokio::select! {
+            result = shared.state.campaign(&shared.url) => result,
+            _ = stopped(&mut shutdown) => return,
+        };
+        let leadership = match campaign {
+            Ok(leadership) => leadership,
+            Err(error) => {
+                warn!(%error, "campaign failed; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stopped(&mut shutdown) => return,
+                }
+            }
+        };
+        if let Err(error) = shared.take_lead(leadership.clone()).await {
+            warn!(%error, "could not take the lead; resigning");
+            shared.step_down().await;
+            shared.state.resign(&leadership).await;
+            continue;
+        }
+        tokio::select! {
+            _ = leadership.wait_lost() => shared.step_down().await,
+            _ = stopped(&mut shutdown) => {
+                shared.step_down().await;
+                shared.state.resign(&leadership).await;
+                return;
+            }
+        }
+    }
+}

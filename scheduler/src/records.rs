@@ -1,0 +1,662 @@
+//! The farm as durable records and back: what the leader writes to the state store after
+//! every transition and what a new leader reads to carry on. Pure: bytes in, bytes out.
+//!
+//! Key layout (under the state store's prefix, `/reelfarm/v1` in etcd):
+//!
+//! | key | value |
+//! |---|---|
+//! | `sequences/<id>/spec` | the submitted spec (protobuf `SequenceSpec`); reference images are left out, they live in the object store |
+//! | `sequences/<id>/status` | JSON [`SequenceDoc`]: state, order, idempotency key, error, phases |
+//! | `sequences/<id>/tasks/<task>` | JSON [`TaskDoc`] per segment (`s000-00`…) and `stitch`: state, attempt, the outstanding assignment (id, worker, device) |
+//! | `workers/<worker id>` | JSON [`WorkerDoc`]: name, devices, models; attached to the worker's lease |
+//! | `leader/…` | the election (etcd's election API); the value is the leader's URL |
+//!
+//! An assignment lives inside its task's record, so assigning, completing or losing one is
+//! a write of one key. Progress (step counts) is not durable: it is refreshed by the next
+//! report after a takeover.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use reelfarm_common::sequence::{Reference, Sequence};
+use reelfarm_common::{models, pb, spec};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::farm::{
+    AssignmentRecord, DeviceRecord, Farm, SequenceId, SequenceRecord, SequenceState, TaskRecord,
+    TaskRef, TaskState, WorkerRecord,
+};
+use crate::planner;
+
+pub const SEQUENCES: &str = "sequences/";
+pub const WORKERS: &str = "workers/";
+pub const LEADER: &str = "leader";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PhaseDoc {
+    pub kind: String,
+    pub start_unix_s: f64,
+    pub end_unix_s: f64,
+    pub task_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SequenceDoc {
+    pub submit_order: u64,
+    pub state: String,
+    pub submitted_unix_s: f64,
+    pub finished_unix_s: Option<f64>,
+    pub error: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub phases: Vec<PhaseDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskDoc {
+    pub state: String,
+    pub attempt: u32,
+    pub assignment_id: Option<String>,
+    pub worker: Option<String>,
+    pub device_slot: Option<usize>,
+    pub error: Option<String>,
+    pub output_key: Option<String>,
+    pub memory_estimate_bytes: u64,
+    pub peak_memory_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceDoc {
+    pub index: u32,
+    pub kind: String,
+    pub name: String,
+    pub memory_total_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerDoc {
+    pub name: String,
+    pub models: Vec<String>,
+    pub devices: Vec<DeviceDoc>,
+}
+
+fn task_state_name(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Blocked => "blocked",
+        TaskState::Ready => "ready",
+        TaskState::Running => "running",
+        TaskState::Done => "done",
+        TaskState::Failed => "failed",
+        TaskState::Cancelled => "cancelled",
+    }
+}
+
+fn task_state_from(name: &str) -> Result<TaskState, Error> {
+    Ok(match name {
+        "blocked" => TaskState::Blocked,
+        "ready" => TaskState::Ready,
+        "running" => TaskState::Running,
+        "done" => TaskState::Done,
+        "failed" => TaskState::Failed,
+        "cancelled" => TaskState::Cancelled,
+        other => return Err(Error::Internal(format!("unknown task state {other:?}"))),
+    })
+}
+
+fn sequence_state_name(state: SequenceState) -> &'static str {
+    match state {
+        SequenceState::Queued => "queued",
+        SequenceState::Rendering => "rendering",
+        SequenceState::Stitching => "stitching",
+        SequenceState::Succeeded => "succeeded",
+        SequenceState::Failed => "failed",
+        SequenceState::Cancelled => "cancelled",
+    }
+}
+
+fn sequence_state_from(name: &str) -> Result<SequenceState, Error> {
+    Ok(match name {
+        "queued" => SequenceState::Queued,
+        "rendering" => SequenceState::Rendering,
+        "stitching" => SequenceState::Stitching,
+        "succeeded" => SequenceState::Succeeded,
+        "failed" => SequenceState::Failed,
+        "cancelled" => SequenceState::Cancelled,
+        other => return Err(Error::Internal(format!("unknown sequence state {other:?}"))),
+    })
+}
+
+fn task_key(id: &str, name: &str) -> String {
+    format!("{SEQUENCES}{id}/tasks/{name}")
+}
+
+pub fn worker_key(worker: &str) -> String {
+    format!("{WORKERS}{worker}")
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+fn task_doc(task: &TaskRecord) -> TaskDoc {
+    TaskDoc {
+        state: task_state_name(task.state).to_string(),
+        attempt: task.attempt,
+        assignment_id: task.assignment_id.clone(),
+        worker: task.worker.clone(),
+        device_slot: task.device_slot,
+        error: task.error.clone(),
+        output_key: task.output_key.clone(),
+        memory_estimate_bytes: task.memory_estimate_bytes,
+        peak_memory_bytes: task.peak_memory_bytes,
+    }
+}
+
+/// The spec as stored: reference images stay in the object store, only their names travel.
+fn stored_spec(sequence: &Sequence) -> Vec<u8> {
+    let mut spec = spec::sequence_to_pb(sequence);
+    for shot in &mut spec.shots {
+        shot.reference_png = None;
+    }
+    spec.encode_to_vec()
+}
+
+fn sequence_from_stored(bytes: &[u8]) -> Result<Sequence, Error> {
+    let spec = pb::SequenceSpec::decode(bytes)
+        .map_err(|error| Error::Internal(format!("stored spec does not decode: {error}")))?;
+    let names: Vec<Option<String>> = spec
+        .shots
+        .iter()
+        .map(|shot| shot.reference_name.clone())
+        .collect();
+    let mut sequence = spec::sequence_from_pb(spec)
+        .map_err(|error| Error::Internal(format!("stored spec no longer validates: {error}")))?;
+    for (shot, name) in sequence.shots.iter_mut().zip(names) {
+        if let Some(name) = name {
+            shot.reference = Some(Reference {
+                name,
+                png: Vec::new(),
+            });
+        }
+    }
+    Ok(sequence)
+}
+
+/// Every record of one sequence, as the farm holds it now.
+pub fn sequence_records(farm: &Farm, id: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut records = BTreeMap::new();
+    let Some(record) = farm.sequences.get(id) else {
+        return records;
+    };
+    let idempotency_key = farm
+        .idempotency_keys
+        .iter()
+        .find(|(_, sequence)| sequence.as_str() == id)
+        .map(|(key, _)| key.clone());
+    let doc = SequenceDoc {
+        submit_order: record.submit_order,
+        state: sequence_state_name(record.state).to_string(),
+        submitted_unix_s: record.submitted_unix_s,
+        finished_unix_s: record.finished_unix_s,
+        error: record.error.clone(),
+        idempotency_key,
+        phases: record
+            .phases
+            .iter()
+            .map(|phase| PhaseDoc {
+                kind: phase.kind.clone(),
+                start_unix_s: phase.start_unix_s,
+                end_unix_s: phase.end_unix_s,
+                task_id: phase.task_id.clone(),
+            })
+            .collect(),
+    };
+    records.insert(
+        format!("{SEQUENCES}{id}/spec"),
+        stored_spec(&record.sequence),
+    );
+    records.insert(format!("{SEQUENCES}{id}/status"), json(&doc));
+    for (planned, task) in record.plan.segments.iter().zip(&record.segments) {
+        records.insert(task_key(id, &planned.id), json(&task_doc(task)));
+    }
+    records.insert(task_key(id, "stitch"), json(&task_doc(&record.stitch)));
+    records
+}
+
+pub fn worker_doc(worker: &WorkerRecord) -> WorkerDoc {
+    WorkerDoc {
+        name: worker.name.clone(),
+        models: worker.models.clone(),
+        devices: worker
+            .devices
+            .iter()
+            .map(|device| DeviceDoc {
+                index: device.device.index,
+                kind: device.device.kind.clone(),
+                name: device.device.name.clone(),
+                memory_total_bytes: device.device.memory_total_bytes,
+            })
+            .collect(),
+    }
+}
+
+pub fn worker_doc_bytes(worker: &WorkerRecord) -> Vec<u8> {
+    json(&worker_doc(worker))
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(key: &str, bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes)
+        .map_err(|error| Error::Internal(format!("record {key} does not decode: {error}")))
+}
+
+/// Rebuilds the farm a leader left behind: sequences with their plans (re-planned from the
+/// stored spec, which is deterministic), outstanding assignments, and the workers whose
+/// leases still live, disconnected until they reconnect.
+pub fn restore(
+    max_attempts: u32,
+    records: &BTreeMap<String, Vec<u8>>,
+    workers: &BTreeMap<String, Vec<u8>>,
+) -> Result<Farm, Error> {
+    let mut farm = Farm::new(max_attempts);
+    for (id, bytes) in workers {
+        let doc: WorkerDoc = decode(&worker_key(id), bytes)?;
+        farm.workers.insert(
+            id.clone(),
+            WorkerRecord {
+                id: id.clone(),
+                name: doc.name,
+                models: doc.models,
+                devices: doc
+                    .devices
+                    .into_iter()
+                    .map(|device| DeviceRecord {
+                        device: pb::Device {
+                            index: device.index,
+                            kind: device.kind,
+                            name: device.name,
+                            memory_total_bytes: device.memory_total_bytes,
+                            memory_free_bytes: 0,
+                        },
+                        reserved_bytes: 0,
+                        running: None,
+                    })
+                    .collect(),
+                connected: false,
+            },
+        );
+    }
+    let ids: Vec<&str> = records
+        .keys()
+        .filter_map(|key| key.strip_prefix(SEQUENCES)?.strip_suffix("/status"))
+        .collect();
+    for id in ids {
+        let status_key = format!("{SEQUENCES}{id}/status");
+        let doc: SequenceDoc = decode(&status_key, &records[&status_key])?;
+        let spec_key = format!("{SEQUENCES}{id}/spec");
+        let sequence = sequence_from_stored(
+            records
+                .get(&spec_key)
+                .ok_or_else(|| Error::Internal(format!("{spec_key} is missing")))?,
+        )?;
+        let model = models::find_model(&sequence.model).ok_or_else(|| {
+            Error::Internal(format!(
+                "sequence {id} uses unknown model {}",
+                sequence.model
+            ))
+        })?;
+        let plan = planner::plan(&sequence, model);
+        let task = |name: &str| -> Result<TaskRecord, Error> {
+            let key = task_key(id, name);
+            let doc: TaskDoc = decode(
+                &key,
+                records
+                    .get(&key)
+                    .ok_or_else(|| Error::Internal(format!("{key} is missing")))?,
+            )?;
+            Ok(TaskRecord {
+                state: task_state_from(&doc.state)?,
+                attempt: doc.attempt,
+                assignment_id: doc.assignment_id,
+                worker: doc.worker,
+                device_slot: doc.device_slot,
+                progress_done: 0,
+                progress_total: 0,
+                error: doc.error,
+                output_key: doc.output_key,
+                memory_estimate_bytes: doc.memory_estimate_bytes,
+                peak_memory_bytes: doc.peak_memory_bytes,
+            })
+        };
+        let segments = plan
+            .segments
+            .iter()
+            .map(|planned| task(&planned.id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stitch = task("stitch")?;
+        if let Some(key) = &doc.idempotency_key {
+            farm.idempotency_keys.insert(key.clone(), id.to_string());
+        }
+        farm.next_submit_order = farm.next_submit_order.max(doc.submit_order + 1);
+        let record = SequenceRecord {
+            id: id.to_string(),
+            submit_order: doc.submit_order,
+            sequence,
+            plan,
+            segments,
+            stitch,
+            state: sequence_state_from(&doc.state)?,
+            submitted_unix_s: doc.submitted_unix_s,
+            finished_unix_s: doc.finished_unix_s,
+            error: doc.error,
+            phases: doc
+                .phases
+                .into_iter()
+                .map(|phase| pb::TimedPhase {
+                    kind: phase.kind,
+                    start_unix_s: phase.start_unix_s,
+                    end_unix_s: phase.end_unix_s,
+                    task_id: phase.task_id,
+                })
+                .collect(),
+        };
+        farm.sequences.insert(id.to_string(), record);
+        restore_assignments(&mut farm, &id.to_string());
+    }
+    Ok(farm)
+}
+
+/// Outstanding assignments come back from their tasks; one whose worker's lease is gone
+/// is lost at once (attempt + 1 on its next placement).
+fn restore_assignments(farm: &mut Farm, id: &SequenceId) {
+    let record = &farm.sequences[id];
+    let outstanding: Vec<(TaskRef, String, String, usize, u32, u64)> = record
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(index, task)| (TaskRef::Segment(index), task))
+        .chain(std::iter::once((TaskRef::Stitch, &record.stitch)))
+        .filter_map(|(reference, task)| {
+            Some((
+                reference,
+                task.assignment_id.clone()?,
+                task.worker.clone()?,
+                task.device_slot?,
+                task.attempt,
+                task.memory_estimate_bytes,
+            ))
+        })
+        .collect();
+    for (task, assignment_id, worker, slot, attempt, estimate) in outstanding {
+        farm.assignments.insert(
+            assignment_id.clone(),
+            AssignmentRecord {
+                sequence_id: id.clone(),
+                task,
+                worker: worker.clone(),
+                device_slot: slot,
+                attempt,
+            },
+        );
+        // A worker registered nowhere any more is found by `Farm::orphaned_workers`.
+        if let Some(device) = farm
+            .workers
+            .get_mut(&worker)
+            .and_then(|record| record.devices.get_mut(slot))
+        {
+            device.reserved_bytes += estimate;
+            device.running = Some(assignment_id);
+        }
+    }
+}
+
+/// What the state store holds, as last written: turns a transition's changed sequences into
+/// the conditional writes that make them durable.
+#[derive(Debug, Default)]
+pub struct Durable {
+    known: BTreeMap<String, (Vec<u8>, i64)>,
+}
+
+impl Durable {
+    pub fn from_loaded(
+        records: &BTreeMap<String, Vec<u8>>,
+        revisions: &BTreeMap<String, i64>,
+    ) -> Self {
+        let known = records
+            .iter()
+            .map(|(key, value)| {
+                (
+                    key.clone(),
+                    (value.clone(), revisions.get(key).copied().unwrap_or(0)),
+                )
+            })
+            .collect();
+        Durable { known }
+    }
+
+    /// Writes for every record of `changed` sequences that differs from what is stored.
+    pub fn writes<'a>(
+        &self,
+        farm: &Farm,
+        changed: impl IntoIterator<Item = &'a SequenceId>,
+    ) -> Vec<crate::state::Write> {
+        let mut writes = Vec::new();
+        for id in changed {
+            for (key, value) in sequence_records(farm, id) {
+                let stored = self.known.get(&key);
+                if stored.is_some_and(|(bytes, _)| *bytes == value) {
+                    continue;
+                }
+                writes.push(crate::state::Write {
+                    expected_revision: stored.map_or(0, |(_, revision)| *revision),
+                    key,
+                    value: Some(value),
+                });
+            }
+        }
+        writes
+    }
+
+    pub fn committed(&mut self, writes: Vec<crate::state::Write>, revisions: &[i64]) {
+        for (write, &revision) in writes.into_iter().zip(revisions) {
+            match write.value {
+                Some(value) => {
+                    self.known.insert(write.key, (value, revision));
+                }
+                None => {
+                    self.known.remove(&write.key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use reelfarm_common::models::REELFARM_TINY;
+    use reelfarm_common::sequence::{Aspect, Pass, Resolution, Shot, Transition};
+
+    use super::*;
+    use crate::farm::{Action, FailureClass};
+    use crate::snapshot;
+
+    fn sequence(shots: usize) -> Sequence {
+        Sequence {
+            title: Some("records".into()),
+            model: "reelfarm-tiny".into(),
+            resolution: Resolution::P480,
+            aspect: Aspect::Wide16x9,
+            fps: 8,
+            seed: 7,
+            pass: Pass::Draft,
+            style: None,
+            negative: None,
+            steps: Some(2),
+            shots: (0..shots)
+                .map(|index| Shot {
+                    prompt: format!("shot {index}"),
+                    duration_seconds: if index == 0 { 25.0 } else { 2.0 },
+                    transition: if index % 2 == 1 {
+                        Transition::Continue
+                    } else {
+                        Transition::Cut
+                    },
+                    crossfade_seconds: None,
+                    seed: None,
+                    negative: None,
+                    reference: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn all_records(farm: &Farm) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>) {
+        let mut records = BTreeMap::new();
+        for id in farm.sequences.keys() {
+            records.extend(sequence_records(farm, id));
+        }
+        let workers = farm
+            .workers
+            .values()
+            .map(|worker| (worker.id.clone(), worker_doc_bytes(worker)))
+            .collect();
+        (records, workers)
+    }
+
+    fn statuses(farm: &Farm) -> Vec<reelfarm_common::pb::SequenceStatus> {
+        farm.sequences()
+            .map(|record| {
+                let mut status = snapshot::sequence_status(record);
+                // Progress is not durable by design.
+                for segment in &mut status.segments {
+                    segment.step = 0;
+                }
+                if let Some(stitch) = &mut status.stitch {
+                    stitch.done = 0;
+                    stitch.total = 0;
+                }
+                status
+            })
+            .collect()
+    }
+
+    fn device(gib: u64) -> pb::Device {
+        pb::Device {
+            index: 0,
+            kind: "cpu".into(),
+            name: "cpu".into(),
+            memory_total_bytes: gib << 30,
+            memory_free_bytes: 0,
+        }
+    }
+
+    proptest! {
+        /// Whatever happened, a new leader restoring the records sees the same farm: the same
+        /// statuses, the same outstanding assignments, the same memory reservations.
+        #[test]
+        fn a_restored_farm_equals_the_one_that_wrote_the_records(
+            shots in 1usize..5,
+            workers in 1usize..3,
+            events in proptest::collection::vec(0u8..4, 0..12),
+        ) {
+            let mut farm = Farm::new(3);
+            for worker in 0..workers {
+                farm.register_worker(format!("w{worker}"), format!("w{worker}"), vec![device(16)], vec!["reelfarm-tiny".into()], &[], 0.0);
+            }
+            let sequence = sequence(shots);
+            let plan = planner::plan(&sequence, &REELFARM_TINY);
+            farm.submit("seq-a".into(), Some("key".into()), sequence, plan, 1.0);
+            let mut outstanding: Vec<pb::AssignmentRef> = Vec::new();
+            for event in events {
+                for action in farm.dispatch() {
+                    if let Action::Assign { assignment, .. } = action {
+                        outstanding.push(assignment.assignment.unwrap());
+                    }
+                }
+                let Some(reference) = outstanding.first().cloned() else { continue };
+                match event {
+                    0 => { let _ = farm.complete(&reference, "k".into(), Vec::new(), 5, 2.0); outstanding.remove(0); }
+                    1 => { let _ = farm.fail(&reference, FailureClass::OutOfMemory, "oom", 2.0); outstanding.remove(0); }
+                    2 => { let _ = farm.cancel("seq-a", 3.0); }
+                    _ => {}
+                }
+            }
+            let (records, worker_records) = all_records(&farm);
+            let restored = restore(3, &records, &worker_records).unwrap();
+            prop_assert_eq!(statuses(&restored), statuses(&farm));
+            let mut before: Vec<_> = farm.assignments.iter().map(|(id, a)| (id.clone(), a.worker.clone(), a.device_slot, a.attempt)).collect();
+            let mut after: Vec<_> = restored.assignments.iter().map(|(id, a)| (id.clone(), a.worker.clone(), a.device_slot, a.attempt)).collect();
+            before.sort();
+            after.sort();
+            prop_assert_eq!(before, after);
+            for (id, worker) in &farm.workers {
+                let other = &restored.workers[id];
+                prop_assert_eq!(worker.devices[0].reserved_bytes, other.devices[0].reserved_bytes);
+                prop_assert_eq!(&worker.devices[0].running, &other.devices[0].running);
+                prop_assert!(!other.connected, "restored workers wait to reconnect");
+            }
+            prop_assert_eq!(restored.sequence_for_key("key"), Some(&"seq-a".to_string()));
+            // The restored farm writes nothing new: its records are what was stored.
+            let (again, _) = all_records(&restored);
+            prop_assert_eq!(again, records);
+        }
+    }
+
+    #[test]
+    fn reference_images_stay_out_of_the_state_store() {
+        let mut sequence = sequence(1);
+        sequence.shots[0].reference = Some(Reference {
+            name: "hero.png".into(),
+            png: vec![1; 4096],
+        });
+        let plan = planner::plan(&sequence, &REELFARM_TINY);
+        let mut farm = Farm::new(3);
+        farm.submit("seq-r".into(), None, sequence, plan, 1.0);
+        let (records, workers) = all_records(&farm);
+        let spec = &records["sequences/seq-r/spec"];
+        assert!(
+            spec.len() < 1024,
+            "the PNG must not be stored: {} bytes",
+            spec.len()
+        );
+        let restored = restore(3, &records, &workers).unwrap();
+        let shot = &restored.sequences["seq-r"].sequence.shots[0];
+        assert_eq!(
+            shot.reference.as_ref().map(|r| r.name.as_str()),
+            Some("hero.png")
+        );
+        assert!(restored.sequences["seq-r"].plan.segments[0].uses_reference);
+    }
+
+    #[test]
+    fn durable_writes_only_what_changed_at_the_revision_it_read() {
+        let mut farm = Farm::new(3);
+        let sequence = sequence(2);
+        let plan = planner::plan(&sequence, &REELFARM_TINY);
+        farm.submit("seq-d".into(), None, sequence, plan, 1.0);
+        let mut durable = Durable::default();
+        let ids = vec!["seq-d".to_string()];
+        let first = durable.writes(&farm, &ids);
+        assert!(first.iter().all(|write| write.expected_revision == 0));
+        let revisions = vec![7; first.len()];
+        durable.committed(first, &revisions);
+        assert!(durable.writes(&farm, &ids).is_empty(), "nothing changed");
+        farm.register_worker(
+            "w".into(),
+            "w".into(),
+            vec![device(16)],
+            vec!["reelfarm-tiny".into()],
+            &[],
+            0.0,
+        );
+        farm.dispatch();
+        let second = durable.writes(&farm, &ids);
+        assert!(!second.is_empty());
+        assert!(second.iter().all(|write| write.expected_revision == 7));
+        assert!(
+            second
+                .iter()
+                .all(|write| write.key.contains("/status") || write.key.contains("/tasks/"))
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! The distributed farm's state in etcd: records under a prefix (`/reelfarm/v1/` by
+//! default), leadership through etcd's election API on a lease, and one lease per connected
+//! worker whose expiry (a delete event) tells the leader that worker is gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions,
+    ResignOptions, Txn, TxnOp, WatchOptions,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::{LeaderToken, Leadership, Loaded, StateStore, Write};
+use crate::Error;
+use crate::records::{LEADER, WORKERS};
+
+/// etcd refuses transactions with more operations than its `--max-txn-ops` (128 by default).
+const MAX_TXN_OPS: usize = 120;
+
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    /// Every key lives under it; `/reelfarm/v1/` unless several farms share one etcd.
+    pub prefix: String,
+    /// A leader that stops renewing loses leadership after this long.
+    pub leader_ttl: Duration,
+    /// A worker whose stream closed keeps its work this long, waiting for it to reconnect.
+    pub worker_ttl: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl EtcdSettings {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdSettings {
+            endpoints,
+            prefix: "/reelfarm/v1/".into(),
+            leader_ttl: Duration::from_secs(5),
+            worker_ttl: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct EtcdState {
+    client: Client,
+    settings: EtcdSettings,
+    /// Keep-alive tasks of connected workers' leases.
+    keepers: Mutex<HashMap<String, JoinHandle<()>>>,
+}
+
+/// The elected key (its creation revision fences every write) and its lease.
+pub struct EtcdLeader {
+    key: LeaderKey,
+    lease: i64,
+    keeper: JoinHandle<()>,
+}
+
+impl Drop for EtcdLeader {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+fn etcd_error(endpoints: &[String], what: &str, error: etcd_client::Error) -> Error {
+    Error::Unavailable(format!("etcd at {}: {what}: {error}", endpoints.join(",")))
+}
+
+fn seconds(duration: Duration) -> i64 {
+    (duration.as_secs_f64().ceil() as i64).max(1)
+}
+
+/// Renews `lease` every third of `ttl`; sets `lost` once a renewal fails for longer than the
+/// TTL (another scheduler may lead by then) or etcd says the lease is gone.
+async fn keep_lease_alive(
+    mut client: Client,
+    lease: i64,
+    ttl: Duration,
+    lost: Option<watch::Sender<bool>>,
+) {
+    let interval = ttl / 3;
+    let mut last_renewed = tokio::time::Instant::now();
+    let mut channel = None;
+    let mark_lost = |why: &str| {
+        if let Some(lost) = &lost {
+            warn!(lease, why, "leadership lost");
+            let _ = lost.send(true);
+        }
+    };
+    loop {
+        let renewal = tokio::time::timeout(interval.max(Duration::from_millis(500)), async {
+            if channel.is_none() {
+                channel = Some(client.lease_keep_alive(lease).await?);
+            }
+            let (keeper, responses) = channel.as_mut().expect("opened above");
+            keeper.keep_alive().await?;
+            responses.message().await
+        })
+        .await;
+        match renewal {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                last_renewed = tokio::time::Instant::now();
+            }
+            Ok(Ok(Some(_))) => return mark_lost("the lease expired"),
+            _ => {
+                channel = None;
+                if last_renewed.elapsed() >= ttl {
+                    return mark_lost("could not renew the lease within its TTL");
+                }
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+impl EtcdState {
+    /// Connects and checks that etcd answers, with a clear error naming the endpoints.
+    pub async fn connect(settings: EtcdSettings) -> Result<Self, Error> {
+        if settings.endpoints.is_empty() {
+            return Err(Error::InvalidArgument(
+                "etcd: at least one endpoint is needed".into(),
+            ));
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(settings.connect_timeout)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let endpoints = settings.endpoints.clone();
+        let unreachable = |detail: String| {
+            Error::Unavailable(format!(
+                "cannot reach etcd at {} within {:?}: {detail}; check --etcd and that etcd runs",
+                endpoints.join(","),
+                settings.connect_timeout
+            ))
+        };
+        let mut client = tokio::time::timeout(
+            settings.connect_timeout,
+            Client::connect(&settings.endpoints, Some(options)),
+        )
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|error| unreachable(error.to_string()))?;
+        tokio::time::timeout(settings.connect_timeout, client.status())
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|error| unreachable(error.to_string()))?;
+        Ok(EtcdState {
+            client,
+            settings,
+            keepers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(&self, relative: &str) -> String {
+        format!("{}{relative}", self.settings.prefix)
+    }
+
+    fn error(&self, what: &str, error: etcd_client::Error) -> Error {
+        etcd_error(&self.settings.endpoints, what, error)
+    }
+
+    fn leader_of(leadership: &Leadership) -> Result<&EtcdLeader, Error> {
+        match &leadership.token {
+            LeaderToken::Etcd(leader) => Ok(leader),
+            LeaderToken::Memory(_) => Err(Error::Internal(
+                "memory leadership used with etcd state".into(),
+            )),
+        }
+    }
+
+    fn fence(leader: &EtcdLeader) -> Compare {
+        Compare::create_revision(
+            leader.key.key().to_vec(),
+            CompareOp::Equal,
+            leader.key.rev(),
+        )
+    }
+
+    fn keepers(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        self.keepers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl StateStore for EtcdState {
+    fn describe(&self) -> String {
+        format!(
+            "etcd {} (prefix {})",
+            self.settings.endpoints.join(","),
+            self.settings.prefix
+        )
+    }
+
+    async fn campaign(&self, url: &str) -> Result<Leadership, Error> {
+        let mut client = self.client.clone();
+        let ttl = self.settings.leader_ttl;
+        let lease = client
+            .lease_grant(seconds(ttl), None)
+            .await
+            .map_err(|error| self.error("granting the leader lease", error))?
+            .id();
+        let (lost_sender, lost) = watch::channel(false);
+        let keeper = tokio::spawn(keep_lease_alive(
+            client.clone(),
+            lease,
+            ttl,
+            Some(lost_sender),
+        ));
+        let campaign = client.campaign(self.key(LEADER), url, lease).await;
+        let key = match campaign {
+            Ok(response) => response.leader().cloned(),
+            Err(error) => {
+                keeper.abort();
+                return Err(self.error("campaigning for leadership", error));
+            }
+        };
+        let Some(key) = key else {
+            keeper.abort();
+            return Err(Error::Unavailable(
+                "etcd campaign returned no leader key".into(),
+            ));
+        };
+        info!(url, lease, "elected leader");
+        Ok(Leadership {
+            token: LeaderToken::Etcd(Arc::new(EtcdLeader { key, lease, keeper })),
+            lost,
+        })
+    }
+
+    async fn resign(&self, leadership: &Leadership) {
+        let Ok(leader) = Self::leader_of(leadership) else {
+            return;
+        };
+        let mut client = self.client.clone();
+        let _ = client
+            .resign(Some(ResignOptions::new().with_leader(leader.key.clone())))
+            .await;
+        let _ = client.lease_revoke(leader.lease).await;
+    }
+
+    async fn leader_url(&self) -> Result<Option<String>, Error> {
+        let mut client = self.client.clone();
+        match client.leader(self.key(LEADER)).await {
+            Ok(response) => Ok(response
+                .kv()
+                .and_then(|kv| kv.value_str().ok())
+                .map(str::to_string)),
+            // etcd answers "election: no leader" as an error.
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.message().contains("no leader") =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(self.error("reading the leader", error)),
+        }
+    }
+
+    async fn load(&self, leadership: &Leadership) -> Result<Loaded, Error> {
+        Self::leader_of(leadership)?;
+        let mut client = self.client.clone();
+        let response = client
+            .get(
+                self.settings.prefix.clone(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|error| self.error("loading state", error))?;
+        let revision = response.header().map_or(0, |header| header.revision());
+        let mut records = BTreeMap::new();
+        let mut revisions = BTreeMap::new();
+        let mut workers = BTreeMap::new();
+        for kv in response.kvs() {
+            let Some(relative) = kv
+                .key_str()
+                .ok()
+                .and_then(|key| key.strip_prefix(&self.settings.prefix))
+            else {
+                continue;
+            };
+            if let Some(worker) = relative.strip_prefix(WORKERS) {
+                workers.insert(worker.to_string(), kv.value().to_vec());
+            } else if !relative.starts_with(LEADER) {
+                records.insert(relative.to_string(), kv.value().to_vec());
+                revisions.insert(relative.to_string(), kv.mod_revision());
+            }
+        }
+        let (sender, expired) = mpsc::unbounded_channel();
+        let mut stream = client
+            .watch(
+                self.key(WORKERS),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(|error| self.error("watching worker leases", error))?;
+        let prefix = self.key(WORKERS);
+        let mut lost = leadership.lost.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = stream.message() => message,
+                    _ = crate::leading::stopped(&mut lost) => return,
+                };
+                let Ok(Some(response)) = message else {
+                    warn!("the watch on worker leases ended");
+                    return;
+                };
+                for event in response.events() {
+                    if event.event_type() != EventType::Delete {
+                        continue;
+                    }
+                    if let Some(worker) = event
+                        .kv()
+                        .and_then(|kv| kv.key_str().ok())
+                        .and_then(|key| key.strip_prefix(&prefix))
+                        && sender.send(worker.to_string()).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Loaded {
+            records,
+            revisions,
+            workers,
+            expired,
+        })
+    }
+
+    async fn commit(&self, leadership: &Leadership, writes: Vec<Write>) -> Result<Vec<i64>, Error> {
+        let leader = Self::leader_of(leadership)?;
+        let mut revisions = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(MAX_TXN_OPS) {
+            let mut compares = vec![Self::fence(leader)];
+            let mut operations = Vec::new();
+            for write in chunk {
+                let key = self.key(&write.key);
+                compares.push(Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    write.expected_revision,
+                ));
+                operations.push(match &write.value {
+                    Some(value) => TxnOp::put(key, value.clone(), None),
+                    None => TxnOp::delete(key, None),
+                });
+            }
+            let mut client = self.client.clone();
+            let response = client
+                .txn(Txn::new().when(compares).and_then(operations))
+                .await
+                .map_err(|error| self.error("committing a transition", error))?;
+            if !response.succeeded() {
+                return Err(Error::FailedPrecondition(
+                    "etcd refused the transition: leadership lost or a record changed under us"
+                        .into(),
+                ));
+            }
+            let revision = response.header().map_or(0, |header| header.revision());
+            revisions.extend(std::iter::repeat_n(revision, chunk.len()));
+        }
+        Ok(revisions)
+    }
+
+    async fn worker_online(
+        &self,
+        leadership: &Leadership,
+        worker: &str,
+        record: Vec<u8>,
+        keep_alive: bool,
+    ) -> Result<(), Error> {
+        let leader = Self::leader_of(leadership)?;
+        let mut client = self.client.clone();
+        let ttl = self.settings.worker_ttl;
+        let lease = client
+            .lease_grant(seconds(ttl), None)
+            .await
+            .map_err(|error| self.error("granting a worker lease", error))?
+            .id();
+        let response = client
+            .txn(
+                Txn::new()
+                    .when(vec![Self::fence(leader)])
+                    .and_then(vec![TxnOp::put(
+                        self.key(&format!("{WORKERS}{worker}")),
+                        record,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )]),
+            )
+            .await
+            .map_err(|error| self.error("recording a worker", error))?;
+        if !response.succeeded() {
+            return Err(Error::FailedPrecondition("leadership lost".into()));
+        }
+        let keeper = keep_alive.then(|| tokio::spawn(keep_lease_alive(client, lease, ttl, None)));
+        let previous = match keeper {
+            Some(keeper) => self.keepers().insert(worker.to_string(), keeper),
+            None => self.keepers().remove(worker),
+        };
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+        Ok(())
+    }
+
+    async fn worker_offline(&self, worker: &str) {
+        if let Some(keeper) = self.keepers().remove(worker) {
+            keeper.abort();
+        }
+    }
+
+    fn worker_ttl(&self) -> Duration {
+        self.settings.worker_ttl
+    }
+}

@@ -1,0 +1,325 @@
+//! A distributed farm on loopback for integration tests: a real etcd (Debian `etcd-server`)
+//! and the `reelfarm` binary's schedulers and workers as separate OS processes, each with a
+//! log file in a temp dir that is kept (and named) when a test fails. Readiness is polled
+//! with deadlines, never slept on.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `ready` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} not ready within {timeout:?}")
+}
+
+/// The `reelfarm` binary beside this test executable (cargo builds it for the workspace's
+/// tests; `cargo build -p reelfarm` when running this crate alone).
+pub fn reelfarm_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let debug_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let binary = debug_dir.join("reelfarm");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p reelfarm` (cargo test --workspace builds it)",
+        binary.display()
+    );
+    binary
+}
+
+/// A child process that is killed when dropped.
+pub struct Process {
+    pub name: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    pub fn spawn(name: &str, mut command: Command, log_dir: &Path) -> Result<Self> {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}: {command:?}"))?;
+        Ok(Process {
+            name: name.to_string(),
+            log,
+            child: Some(child),
+        })
+    }
+
+    /// `kill -9`: no goodbye, no cleanup, exactly like a crashed pod.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait, like Kubernetes stopping a pod.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "{} did not stop within {timeout:?} after SIGTERM",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// etcd on free loopback ports with its data in `dir`.
+pub struct Etcd {
+    pub url: String,
+    pub process: Process,
+}
+
+fn http_get(address: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+impl Etcd {
+    pub fn start(dir: &Path) -> Result<Self> {
+        let binary = which("etcd").context(
+            "etcd is not installed: `apt-get install -y etcd-server` (.ci/run does this)",
+        )?;
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut command = Command::new(binary);
+        command
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", dir.join("etcd-data").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=test={peer_url}"))
+            .arg("--log-level=warn");
+        let mut process = Process::spawn("etcd", command, dir)?;
+        let address = format!("127.0.0.1:{client}");
+        wait_until("etcd", Duration::from_secs(20), || {
+            process.exited().is_none()
+                && http_get(&address, "/health").is_some_and(|body| body.contains("true"))
+        })
+        .with_context(|| format!("etcd log:\n{}", process.log_text()))?;
+        Ok(Etcd { url, process })
+    }
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// Where the farm keeps objects: an S3-compatible server's endpoint and credentials.
+#[derive(Clone, Debug)]
+pub struct ObjectStore {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+/// Timings short enough for tests, long enough for two busy cores.
+#[derive(Clone, Debug)]
+pub struct Timings {
+    pub leader_ttl_s: f64,
+    pub worker_ttl_s: f64,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            leader_ttl_s: 2.0,
+            worker_ttl_s: 3.0,
+        }
+    }
+}
+
+/// Schedulers and workers of one farm, sharing etcd and the object store.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub etcd_url: String,
+    pub store: ObjectStore,
+    pub timings: Timings,
+    pub schedulers: Vec<(String, Process)>,
+    pub workers: Vec<Process>,
+}
+
+impl Cluster {
+    pub fn new(dir: &Path, etcd_url: &str, store: ObjectStore, timings: Timings) -> Self {
+        Cluster {
+            dir: dir.to_path_buf(),
+            etcd_url: etcd_url.to_string(),
+            store,
+            timings,
+            schedulers: Vec::new(),
+            workers: Vec::new(),
+        }
+    }
+
+    /// `reelfarm <verb>` with the object store's settings and credentials.
+    fn command(&self, verb: &str) -> Command {
+        let mut command = Command::new(reelfarm_binary());
+        command
+            .arg(verb)
+            .env("RUST_LOG", "info")
+            .env("AWS_ACCESS_KEY_ID", &self.store.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.store.secret_access_key)
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("REELFARM_SCHEDULER")
+            .env_remove("REELFARM_CONFIG")
+            .arg("--s3-endpoint")
+            .arg(&self.store.endpoint)
+            .arg("--bucket")
+            .arg(&self.store.bucket);
+        command
+    }
+
+    /// Every scheduler URL, comma-separated, as workers and clients are given them.
+    pub fn scheduler_list(&self) -> String {
+        self.schedulers
+            .iter()
+            .map(|(url, _)| url.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts a scheduler process and waits until it serves gRPC.
+    pub fn start_scheduler(&mut self) -> Result<String> {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut command = self.command("scheduler");
+        command
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--etcd")
+            .arg(&self.etcd_url)
+            .arg("--leader-ttl")
+            .arg(self.timings.leader_ttl_s.to_string())
+            .arg("--worker-ttl")
+            .arg(self.timings.worker_ttl_s.to_string());
+        let name = format!("scheduler-{}", self.schedulers.len());
+        let mut process = Process::spawn(&name, command, &self.dir)?;
+        let address = format!("127.0.0.1:{port}");
+        wait_until(&name, Duration::from_secs(30), || {
+            process.exited().is_none() && TcpStream::connect(&address).is_ok()
+        })
+        .with_context(|| format!("{name} log:\n{}", process.log_text()))?;
+        self.schedulers.push((url.clone(), process));
+        Ok(url)
+    }
+
+    /// Starts a worker process against every scheduler started so far.
+    pub fn start_worker(&mut self, name: &str, simulate_gpus: &str) -> Result<()> {
+        let mut command = self.command("worker");
+        // Several workers share two cores: one compute thread each keeps leases and
+        // keepalives timely.
+        command.env("RAYON_NUM_THREADS", "1");
+        command
+            .arg("--scheduler")
+            .arg(self.scheduler_list())
+            .arg("--name")
+            .arg(name)
+            .arg("--simulate-gpus")
+            .arg(simulate_gpus);
+        let process = Process::spawn(name, command, &self.dir)?;
+        self.workers.push(process);
+        Ok(())
+    }
+
+    /// Runs a client verb of the binary against the schedulers; (exit code, stdout, stderr).
+    pub fn client(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let output = Command::new(reelfarm_binary())
+            .args(args)
+            .env("REELFARM_SCHEDULER", self.scheduler_list())
+            .stdin(Stdio::null())
+            .output()?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    /// Every process log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for process in self
+            .schedulers
+            .iter()
+            .map(|(_, process)| process)
+            .chain(&self.workers)
+        {
+            text.push_str(&format!(
+                "--- {} ({}) ---\n{}\n",
+                process.name,
+                process.log.display(),
+                tail(&process.log_text(), 40)
+            ));
+        }
+        text
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,285 @@
+//! The S3 object store against a real S3-compatible server (s3s-fs on loopback): the same
+//! conformance suite as the local backend, multipart uploads, checksums caught on read, and
+//! the start-up errors an operator sees for a wrong bucket, wrong keys or a dead endpoint.
+//! Each test has its own server (free port, temp dir), so they run in parallel.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use reelfarm_common::Error;
+use reelfarm_common::blob::{BlobStore, conformance};
+use reelfarm_common::s3::{CRC32C_METADATA, MULTIPART_PART_BYTES, S3BlobStore, S3Settings};
+use reelfarm_tests::s3_server::S3Server;
+
+async fn connected(settings: S3Settings) -> S3BlobStore {
+    S3BlobStore::connect(settings)
+        .await
+        .unwrap_or_else(|error| panic!("connects: {error}"))
+}
+
+fn patterned(len: usize, seed: u8) -> Bytes {
+    Bytes::from(
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ seed)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+#[tokio::test]
+async fn the_s3_backend_passes_the_conformance_suite() {
+    let server = S3Server::start().expect("s3s-fs starts");
+    let store = connected(server.settings()).await;
+    conformance::run(&store).await;
+    assert_eq!(
+        store.describe(),
+        format!("s3://reelfarm-test ({})", server.endpoint())
+    );
+}
+
+#[tokio::test]
+async fn a_key_prefix_keeps_objects_under_it() {
+    let server = S3Server::start().expect("s3s-fs starts");
+    let store = connected(S3Settings {
+        prefix: "/farm-a/".into(),
+        ..server.settings()
+    })
+    .await;
+    conformance::run(&store).await;
+    assert_eq!(
+        store.describe(),
+        format!("s3://reelfarm-test/farm-a ({})", server.endpoint())
+    );
+    let listed = server
+        .client()
+        .list_objects_v2()
+        .bucket(server.bucket())
+        .send()
+        .await
+        .expect("lists");
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(!keys.is_empty());
+    assert!(
+        keys.iter()
+            .all(|key| key.starts_with("farm-a/conformance/")),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn large_objects_go_up_in_parts_and_come_back_whole() {
+    let server = S3Server::start().expect("s3s-fs starts");
+    let store = connected(server.settings()).await;
+    let client = server.client();
+    for (key, len) in [
+        ("big/exactly-one-part.bin", MULTIPART_PART_BYTES),
+        // Three parts, the last one short.
+        ("big/three-parts.bin", 2 * MULTIPART_PART_BYTES + 12_345),
+    ] {
+        let body = patterned(len, 7);
+        store.put(key, body.clone()).await.expect("multipart put");
+        let back = store.get(key).await.expect("get");
+        assert_eq!(back.len(), len);
+        assert!(back == body, "{key}: bytes differ after the round trip");
+
+        let head = client
+            .head_object()
+            .bucket(server.bucket())
+            .key(key)
+            .send()
+            .await
+            .expect("head");
+        let crc = head.metadata().and_then(|m| m.get(CRC32C_METADATA));
+        assert_eq!(
+            crc.map(String::as_str),
+            Some(format!("{:08x}", crc32c::crc32c(&body)).as_str()),
+            "{key}: the multipart path must store the crc32c too"
+        );
+    }
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(server.bucket())
+        .send()
+        .await
+        .expect("lists uploads");
+    assert!(uploads.uploads().is_empty(), "no upload left open");
+}
+
+#[tokio::test]
+async fn an_object_overwritten_behind_the_stores_back_fails_its_checksum_on_read() {
+    let server = S3Server::start().expect("s3s-fs starts");
+    let store = connected(server.settings()).await;
+    let key = "segments/shot-1/window-0.mp4";
+    store.put(key, patterned(4096, 1)).await.expect("put");
+
+    // Another writer replaces the bytes but copies the old metadata.
+    let client = server.client();
+    let head = client
+        .head_object()
+        .bucket(server.bucket())
+        .key(key)
+        .send()
+        .await
+        .expect("head");
+    let old_crc = head
+        .metadata()
+        .and_then(|m| m.get(CRC32C_METADATA))
+        .cloned()
+        .expect("crc metadata");
+    client
+        .put_object()
+        .bucket(server.bucket())
+        .key(key)
+        .set_metadata(head.metadata().cloned())
+        .body(ByteStream::from(patterned(4096, 2)))
+        .send()
+        .await
+        .expect("overwrite");
+
+    match store.get(key).await {
+        Err(Error::Unavailable(message)) => {
+            assert!(message.contains("checksum mismatch"), "{message}");
+            assert!(message.contains(key), "names the key: {message}");
+            assert!(
+                message.contains(&old_crc),
+                "names the expected crc: {message}"
+            );
+            let actual = format!("{:08x}", crc32c::crc32c(&patterned(4096, 2)));
+            assert!(message.contains(&actual), "names the actual crc: {message}");
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bit_rot_in_the_servers_files_is_detected_on_read() {
+    let server = S3Server::start().expect("s3s-fs starts");
+    let store = connected(server.settings()).await;
+    store
+        .put(
+            "seg/a.mp4",
+            Bytes::from_static(b"the original segment bytes"),
+        )
+        .await
+        .expect("put");
+    // Flip the stored bytes behind the server's back (bit rot, a bad disk).
+    let file = server.bucket_dir().join("seg/a.mp4");
+    std::fs::write(&file, b"the originaL segment bytes")
+        .expect("s3s-fs keeps the object as a file under the bucket");
+    match store.get("seg/a.mp4").await {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains("checksum mismatch"), "{message}");
+            assert!(message.contains("seg/a.mp4"), "{message}");
+        }
+        Ok(bytes) => panic!("corrupted object returned: {bytes:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_bucket_is_named_at_connect() {
+    let server = S3Server::start().expect("s3s-fs starts");
+    let error = S3BlobStore::connect(S3Settings {
+        bucket: "no-such-bucket".into(),
+        ..server.settings()
+    })
+    .await
+    .expect_err("must fail");
+    let message = error.to_string();
+    assert!(matches!(error, Error::FailedPrecondition(_)), "{message}");
+    assert!(
+        message.contains(&format!(
+            "bucket \"no-such-bucket\" does not exist at {}; create it or fix --bucket",
+            server.endpoint()
+        )),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_named_at_connect_without_retrying() {
+    let server = S3Server::start().expect("s3s-fs starts");
+    for settings in [
+        S3Settings {
+            secret_access_key: Some("not-the-secret".into()),
+            ..server.settings()
+        },
+        S3Settings {
+            access_key_id: Some("not-the-key".into()),
+            ..server.settings()
+        },
+    ] {
+        let started = Instant::now();
+        let error = S3BlobStore::connect(settings).await.expect_err("must fail");
+        let message = error.to_string();
+        assert!(matches!(error, Error::FailedPrecondition(_)), "{message}");
+        assert!(message.contains("access denied"), "{message}");
+        assert!(message.contains(server.endpoint()), "{message}");
+        assert!(
+            message.contains("AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"),
+            "{message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a 403 must not be retried: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+fn dead_settings(endpoint: String) -> S3Settings {
+    S3Settings {
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        access_key_id: Some("key".into()),
+        secret_access_key: Some("secret".into()),
+        timeout: Duration::from_secs(2),
+        ..S3Settings::new("reelfarm-test")
+    }
+}
+
+#[tokio::test]
+async fn a_closed_port_is_named_at_connect_quickly() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let error = S3BlobStore::connect(dead_settings(endpoint.clone()))
+        .await
+        .expect_err("must fail");
+    let took = started.elapsed();
+    let message = error.to_string();
+    assert!(matches!(error, Error::Unavailable(_)), "{message}");
+    assert!(
+        message.contains(&format!("cannot reach S3 at {endpoint}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("reelfarm-test"),
+        "names the bucket: {message}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_named_at_connect_within_the_timeout() {
+    // Connections land in the listen backlog, but nobody ever reads or answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let started = Instant::now();
+    let error = S3BlobStore::connect(dead_settings(endpoint.clone()))
+        .await
+        .expect_err("must fail");
+    let took = started.elapsed();
+    let message = error.to_string();
+    assert!(matches!(error, Error::Unavailable(_)), "{message}");
+    assert!(
+        message.contains(&format!("cannot reach S3 at {endpoint}")),
+        "{message}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    drop(listener);
+}
