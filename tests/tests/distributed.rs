@@ -422,6 +422,13 @@ async fn when_the_leader_dies_the_other_scheduler_leads_and_the_sequence_complet
             ..sixty_second_spec()
         };
         let id = submit(&mut client, spec, "failover").await?.sequence_id;
+        // A person watching from the CLI rides through the failover.
+        let mut watcher = std::process::Command::new(reelfarm_tests::cluster::reelfarm_binary())
+            .args(["watch", "-q", &id])
+            .env("REELFARM_SCHEDULER", cluster.scheduler_list())
+            .stdout(std::fs::File::create(farm.dir.path().join("watch.out"))?)
+            .stderr(std::fs::File::create(farm.dir.path().join("watch.err"))?)
+            .spawn()?;
         poll_until(cluster, &id, Duration::from_secs(120), |status| {
             status
                 .segments
@@ -456,6 +463,25 @@ async fn when_the_leader_dies_the_other_scheduler_leads_and_the_sequence_complet
         if state_of(&status) != pb::SequenceState::Succeeded {
             bail!("sequence ended {:?}: {}", state_of(&status), status.error);
         }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let watched = loop {
+            if let Some(code) = watcher.try_wait()? {
+                break code;
+            }
+            if Instant::now() > deadline {
+                let _ = watcher.kill();
+                bail!("reelfarm watch did not end after the sequence finished");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let watch_errors = std::fs::read_to_string(farm.dir.path().join("watch.err"))?;
+        if !watched.success() {
+            bail!("reelfarm watch across the failover exited {watched}: {watch_errors}");
+        }
+        eprintln!(
+            "reelfarm watch across the failover: {}",
+            watch_errors.trim()
+        );
         // Workers kept their work through the failover: nothing was placed a second time.
         if status.segments.iter().any(|segment| segment.attempt != 1) {
             bail!("segment placed more than once: {}", segment_states(&status));
