@@ -13,7 +13,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -110,16 +110,22 @@ impl S3BlobStore {
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
-            .timeout_config(timeouts.clone())
+            .timeout_config(timeouts)
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
-        if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(
-                id,
-                secret,
-                None,
-                None,
-                "reelfarm-s3-settings",
-            ));
+        match (&settings.access_key_id, &settings.secret_access_key) {
+            (Some(id), Some(secret)) => {
+                loader = loader.credentials_provider(Credentials::new(
+                    id,
+                    secret,
+                    None,
+                    None,
+                    "reelfarm-s3-settings",
+                ));
+            }
+            (None, None) => {}
+            _ => tracing::warn!(
+                "only one of the S3 access key id and secret is set; using the AWS credential chain"
+            ),
         }
         let shared = loader.load().await;
         let mut config =
@@ -165,7 +171,7 @@ impl S3BlobStore {
                     store.bucket, store.endpoint
                 )))
             }
-            Err(error) => Err(store.sdk_error("checking bucket", None, error)),
+            Err(error) => Err(store.sdk_error("checking", None, error)),
         }
     }
 
@@ -202,7 +208,7 @@ impl S3BlobStore {
                 "cannot reach S3 at {} ({action} {place}): {}; check that the server is running \
                  and the endpoint is right",
                 self.endpoint,
-                DisplayErrorContext(&error)
+                error_chain(&error)
             ));
         }
         let code = error
@@ -211,7 +217,7 @@ impl S3BlobStore {
             .unwrap_or_default();
         match status_of(&error) {
             Some(403) => Error::FailedPrecondition(format!(
-                "access denied at {} {action} {place}{code}; check AWS_ACCESS_KEY_ID/\
+                "access denied {action} {place} at {}{code}; check AWS_ACCESS_KEY_ID/\
                  AWS_SECRET_ACCESS_KEY (or the configured keys) and the bucket policy",
                 self.endpoint
             )),
@@ -221,10 +227,10 @@ impl S3BlobStore {
                     self.bucket, self.endpoint
                 ))
             }
-            _ => Error::Unavailable(format!(
+            status => Error::Unavailable(format!(
                 "{action} {place} at {}: {}",
                 self.endpoint,
-                DisplayErrorContext(&error)
+                service_error_text(&error, status)
             )),
         }
     }
@@ -260,7 +266,7 @@ impl S3BlobStore {
                 tracing::warn!(
                     key,
                     upload_id,
-                    error = %DisplayErrorContext(&error),
+                    error = %error_chain(&error),
                     "could not abort failed multipart upload"
                 );
             }
@@ -342,8 +348,8 @@ impl BlobStore for S3BlobStore {
             Ok(output) => output,
             Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
                 return Err(Error::NotFound(format!(
-                    "object {key} in {}",
-                    self.describe()
+                    "object s3://{}/{key} at {}",
+                    self.bucket, self.endpoint
                 )));
             }
             Err(error) => return Err(self.sdk_error("reading", Some(&key), error)),
@@ -361,7 +367,7 @@ impl BlobStore for S3BlobStore {
                     "reading s3://{}/{key} at {}: {}",
                     self.bucket,
                     self.endpoint,
-                    DisplayErrorContext(&error)
+                    error_chain(&error)
                 ))
             })?
             .into_bytes();
@@ -416,6 +422,33 @@ fn status_of<E>(error: &SdkError<E, HttpResponse>) -> Option<u16> {
     error
         .raw_response()
         .map(|response| response.status().as_u16())
+}
+
+/// The server's code and message when it sent them, else the whole cause chain.
+fn service_error_text<E>(error: &SdkError<E, HttpResponse>, status: Option<u16>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
+    match (error.code(), error.message()) {
+        (Some(code), Some(message)) => format!("{status}{code}: {message}"),
+        (Some(code), None) => format!("{status}{code}"),
+        _ => format!("{status}{}", error_chain(error)),
+    }
+}
+
+/// Every message in the cause chain, `: `-joined, without the SDK's debug dump.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let text = error.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = error.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -355,10 +355,21 @@ impl StateStore for EtcdState {
                 });
             }
             let mut client = self.client.clone();
-            let response = client
-                .txn(Txn::new().when(compares).and_then(operations))
-                .await
-                .map_err(|error| self.error("committing a transition", error))?;
+            // A leader cut off from etcd must not hold every request: past the leader TTL
+            // another scheduler may lead anyway.
+            let response = tokio::time::timeout(
+                self.settings.leader_ttl,
+                client.txn(Txn::new().when(compares).and_then(operations)),
+            )
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "etcd at {} did not answer a transition within {:?}",
+                    self.settings.endpoints.join(","),
+                    self.settings.leader_ttl
+                ))
+            })?
+            .map_err(|error| self.error("committing a transition", error))?;
             if !response.succeeded() {
                 return Err(Error::FailedPrecondition(
                     "etcd refused the transition: leadership lost or a record changed under us"
