@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod color;
+pub mod color_math;
 pub mod frame;
 pub mod inventory;
 pub mod model;
