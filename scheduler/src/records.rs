@@ -73,6 +73,17 @@ pub struct DeviceDoc {
     pub memory_total_bytes: u64,
 }
 
+impl From<&pb::Device> for DeviceDoc {
+    fn from(device: &pb::Device) -> Self {
+        DeviceDoc {
+            index: device.index,
+            kind: device.kind.clone(),
+            name: device.name.clone(),
+            memory_total_bytes: device.memory_total_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerDoc {
     pub name: String,
@@ -230,12 +241,7 @@ pub fn worker_doc(worker: &WorkerRecord) -> WorkerDoc {
         devices: worker
             .devices
             .iter()
-            .map(|device| DeviceDoc {
-                index: device.device.index,
-                kind: device.device.kind.clone(),
-                name: device.device.name.clone(),
-                memory_total_bytes: device.device.memory_total_bytes,
-            })
+            .map(|device| DeviceDoc::from(&device.device))
             .collect(),
     }
 }

@@ -341,16 +341,7 @@ impl WorkerService for Api {
         let record = WorkerDoc {
             name: registration.name.clone(),
             models: registration.models.clone(),
-            devices: registration
-                .devices
-                .iter()
-                .map(|device| DeviceDoc {
-                    index: device.index,
-                    kind: device.kind.clone(),
-                    name: device.name.clone(),
-                    memory_total_bytes: device.memory_total_bytes,
-                })
-                .collect(),
+            devices: registration.devices.iter().map(DeviceDoc::from).collect(),
         };
         self.0
             .state

@@ -122,7 +122,8 @@ pub struct Etcd {
     pub process: Process,
 }
 
-fn http_get(address: &str, path: &str) -> Option<String> {
+/// A bare HTTP/1.0 GET for readiness probes: the whole response, or `None` if nothing answers.
+pub fn http_get(address: &str, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;

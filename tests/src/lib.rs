@@ -91,15 +91,19 @@ impl TestFarm {
     }
 }
 
-/// A short spec at 8 fps with every join kind: cut, continue, crossfade.
-pub fn three_shot_spec(steps: u32) -> pb::SequenceSpec {
-    let shot = |prompt: &str, seconds: f64, transition: &str| pb::ShotSpec {
+/// One shot of a test spec; a crossfade lasts 0.5 s.
+pub fn shot(prompt: &str, seconds: f64, transition: &str) -> pb::ShotSpec {
+    pb::ShotSpec {
         prompt: prompt.into(),
         duration_seconds: seconds,
         transition: Some(transition.into()),
         crossfade_seconds: (transition == "crossfade").then_some(0.5),
         ..Default::default()
-    };
+    }
+}
+
+/// A short spec at 8 fps with every join kind: cut, continue, crossfade.
+pub fn three_shot_spec(steps: u32) -> pb::SequenceSpec {
     pb::SequenceSpec {
         title: Some("three shots".into()),
         fps: Some(8),

@@ -1,8 +1,6 @@
 //! A real S3-compatible server (s3s-fs) as a child process on loopback, so the S3 backend is
 //! tested against the wire protocol, request signatures and error codes, not a mock.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +10,8 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use reelfarm_common::s3::S3Settings;
+
+use crate::cluster::{free_port, http_get, which};
 
 /// What CI and developers run once to get the server binary.
 pub const INSTALL_S3S_FS: &str = "cargo install s3s-fs@0.14.1 --features binary --locked";
@@ -43,7 +43,7 @@ impl S3Server {
         // The port is free when picked but may be taken before the server binds it; then the
         // server exits early and another port is tried.
         for _attempt in 0..3 {
-            let port = free_port()?;
+            let port = free_port();
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -90,7 +90,7 @@ impl S3Server {
             if let Some(status) = self.child.try_wait()? {
                 bail!("exited with {status} before it was ready");
             }
-            if http_status_line(&address).is_some_and(|line| line.starts_with("HTTP/1.")) {
+            if http_get(&address, "/").is_some_and(|response| response.starts_with("HTTP/1.")) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -196,19 +196,6 @@ impl Drop for S3Server {
     }
 }
 
-fn http_status_line(address: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 64];
-    let read = stream.read(&mut head).ok()?;
-    Some(String::from_utf8_lossy(&head[..read]).into_owned())
-}
-
 /// `REELFARM_S3S_FS`, then `PATH`, then cargo's bin dir (where `cargo install` puts it).
 fn find_binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("REELFARM_S3S_FS") {
@@ -218,23 +205,16 @@ fn find_binary() -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
         .map(|home| home.join("bin"));
-    let path_dirs = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .chain(cargo_bin)
-        .map(|dir| dir.join(BINARY))
-        .find(|candidate| candidate.is_file())
+    which(BINARY)
+        .or_else(|| {
+            cargo_bin
+                .map(|dir| dir.join(BINARY))
+                .filter(|path| path.is_file())
+        })
         .with_context(|| {
             format!(
                 "{BINARY} is not installed (looked on PATH, in ~/.cargo/bin and at \
                  $REELFARM_S3S_FS): install it with `{INSTALL_S3S_FS}`"
             )
         })
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }

@@ -9,8 +9,8 @@ use reelfarm_common::pb;
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
 use reelfarm_tests::cluster::{Cluster, Etcd, ObjectStore, Timings};
-use reelfarm_tests::probe;
 use reelfarm_tests::s3_server::S3Server;
+use reelfarm_tests::{probe, shot};
 use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(420);
@@ -59,23 +59,19 @@ impl Farm {
     }
 }
 
-async fn leader_client(cluster: &Cluster) -> Result<SequenceServiceClient<Channel>> {
+/// A channel to whichever scheduler leads now, and its URL.
+async fn find_leader(cluster: &Cluster) -> Result<(Channel, String)> {
     let endpoints = reelfarm_common::leader::parse_endpoints(&cluster.scheduler_list())?;
-    let (channel, _) =
-        reelfarm_common::leader::connect_leader(&endpoints, Duration::from_secs(20)).await?;
-    Ok(SequenceServiceClient::new(channel))
+    Ok(reelfarm_common::leader::connect_leader(&endpoints, Duration::from_secs(20)).await?)
+}
+
+async fn leader_client(cluster: &Cluster) -> Result<SequenceServiceClient<Channel>> {
+    Ok(SequenceServiceClient::new(find_leader(cluster).await?.0))
 }
 
 /// Five shots, 60 s in all, at 8 fps and 2 steps so a debug build on two cores renders it in
 /// minutes: cut, continue (a chained window), crossfade, cut.
 fn sixty_second_spec() -> pb::SequenceSpec {
-    let shot = |prompt: &str, seconds: f64, transition: &str| pb::ShotSpec {
-        prompt: prompt.into(),
-        duration_seconds: seconds,
-        transition: Some(transition.into()),
-        crossfade_seconds: (transition == "crossfade").then_some(0.5),
-        ..Default::default()
-    };
     pb::SequenceSpec {
         title: Some("sixty seconds".into()),
         fps: Some(8),
@@ -298,9 +294,10 @@ async fn a_fenced_off_worker_s_late_result_is_refused_and_changes_nothing() {
     let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
     farm.check(async |farm| {
         let cluster = &mut farm.cluster;
-        let url = cluster.start_scheduler()?;
+        cluster.start_scheduler()?;
         // A worker of our own, driven by hand: it takes an assignment, then goes silent.
-        let mut rogue = WorkerServiceClient::connect(url.clone()).await?;
+        // The scheduler serves before it leads: find the leader like a real worker does.
+        let mut rogue = WorkerServiceClient::new(find_leader(cluster).await?.0);
         let device = pb::Device {
             index: 0,
             kind: "simulated".into(),
@@ -403,12 +400,9 @@ async fn when_the_leader_dies_the_other_scheduler_leads_and_the_sequence_complet
         let cluster = &mut farm.cluster;
         let first = cluster.start_scheduler()?;
         let second = cluster.start_scheduler()?;
-        let mut probe_first = SequenceServiceClient::connect(first.clone()).await?;
-        let answer = probe_first
-            .get_leader(pb::GetLeaderRequest {})
-            .await?
-            .into_inner();
-        let (leader_index, follower_url) = if answer.leader {
+        // Ask after the election, not while it may still be under way.
+        let (_, leader_url) = find_leader(cluster).await?;
+        let (leader_index, follower_url) = if leader_url == first {
             (0, second.clone())
         } else {
             (1, first.clone())

@@ -242,15 +242,11 @@ fn dead_settings(endpoint: String) -> S3Settings {
     }
 }
 
-#[tokio::test]
-async fn a_closed_port_is_named_at_connect_quickly() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let endpoint = format!("http://127.0.0.1:{port}");
+/// Connects to an endpoint that will not serve: the error must be `Unavailable` naming it.
+/// Returns the message and how long connecting took.
+async fn connect_to_dead(endpoint: &str) -> (String, Duration) {
     let started = Instant::now();
-    let error = S3BlobStore::connect(dead_settings(endpoint.clone()))
+    let error = S3BlobStore::connect(dead_settings(endpoint.to_string()))
         .await
         .expect_err("must fail");
     let took = started.elapsed();
@@ -260,6 +256,13 @@ async fn a_closed_port_is_named_at_connect_quickly() {
         message.contains(&format!("cannot reach S3 at {endpoint}")),
         "{message}"
     );
+    (message, took)
+}
+
+#[tokio::test]
+async fn a_closed_port_is_named_at_connect_quickly() {
+    let endpoint = format!("http://127.0.0.1:{}", reelfarm_tests::cluster::free_port());
+    let (message, took) = connect_to_dead(&endpoint).await;
     assert!(
         message.contains("reelfarm-test"),
         "names the bucket: {message}"
@@ -272,17 +275,7 @@ async fn a_server_that_never_answers_is_named_at_connect_within_the_timeout() {
     // Connections land in the listen backlog, but nobody ever reads or answers.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let started = Instant::now();
-    let error = S3BlobStore::connect(dead_settings(endpoint.clone()))
-        .await
-        .expect_err("must fail");
-    let took = started.elapsed();
-    let message = error.to_string();
-    assert!(matches!(error, Error::Unavailable(_)), "{message}");
-    assert!(
-        message.contains(&format!("cannot reach S3 at {endpoint}")),
-        "{message}"
-    );
+    let (_, took) = connect_to_dead(&endpoint).await;
     assert!(took < Duration::from_secs(10), "took {took:?}");
     drop(listener);
 }
