@@ -176,10 +176,11 @@ pub struct WorkersArgs {
 pub struct DownloadArgs {
     /// The sequence id.
     id: String,
-    /// Where to write it (default: ID.mp4, or ID.report.json with --report).
+    /// Where to write the video (default: ID.mp4); its report, timeline and contact sheet go
+    /// beside it (ID.report.json, ID.otio, ID.contact.png). With --report: the report's path.
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// The JSON report (frames, joins, timings) instead of the video.
+    /// Only the JSON report (frames, seam metrics per join, timings).
     #[arg(long)]
     report: bool,
     #[command(flatten)]

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod config;
 pub mod embedded;
+pub mod outputs;
 pub mod progress;
 pub mod render;
 pub mod report;

@@ -13,6 +13,7 @@ use reelfarm_worker::model::ModelRuntime;
 use reelfarm_worker::model::tiny::TinyModel;
 
 use crate::embedded::EmbeddedFarm;
+use crate::outputs::{deliveries, retarget_timeline, write_atomically};
 use crate::progress::ProgressView;
 use crate::report::{Breakdown, breakdown};
 
@@ -49,7 +50,7 @@ pub struct RenderOutcome {
 
 /// `out.mp4` → `out.report.json`.
 pub fn report_path(output: &Path) -> PathBuf {
-    output.with_extension("report.json")
+    crate::outputs::sibling(output, "report.json")
 }
 
 /// Loads and validates the spec, or explains every problem in it.
@@ -141,11 +142,19 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
     let breakdown = breakdown(&status.phases, window);
     let (mut output, mut report) = (None, None);
     if let Some(path) = &options.output {
-        copy_out(&store.path_of(&status.video_key)?, path)?;
-        let report_file = report_path(path);
-        copy_out(&store.path_of(&status.report_key)?, &report_file)?;
+        for delivery in deliveries(&status.sequence_id, path) {
+            let stored = store.path_of(&delivery.key)?;
+            let bytes = std::fs::read(&stored).with_context(|| {
+                format!("reading the {} at {}", delivery.what, stored.display())
+            })?;
+            let bytes = match delivery.kind {
+                pb::OutputKind::Timeline => retarget_timeline(&bytes, path)?,
+                _ => bytes,
+            };
+            write_atomically(&delivery.path, &bytes)?;
+        }
         output = Some(path.clone());
-        report = Some(report_file);
+        report = Some(report_path(path));
     }
     Ok(RenderOutcome {
         status,
@@ -216,13 +225,6 @@ async fn submit_and_follow(
 }
 
 /// Copies beside the target, then renames: the output path never holds a partial video.
-fn copy_out(from: &Path, to: &Path) -> Result<()> {
-    let partial = to.with_extension("partial");
-    std::fs::copy(from, &partial).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, to).with_context(|| format!("moving {} into place", to.display()))?;
-    Ok(())
-}
-
 pub fn print_summary(outcome: &RenderOutcome) {
     let status = &outcome.status;
     let video_seconds = status.duration_seconds.max(1e-9);
@@ -277,7 +279,11 @@ pub fn print_summary(outcome: &RenderOutcome) {
     if let Some(output) = &outcome.output {
         println!("  {:<14} {}", "output", output.display());
     }
-    if let Some(report) = &outcome.report {
-        println!("  {:<14} {}", "report", report.display());
+    if let Some(output) = &outcome.output {
+        for delivery in deliveries(&outcome.status.sequence_id, output) {
+            if delivery.kind != pb::OutputKind::Video {
+                println!("  {:<14} {}", delivery.what, delivery.path.display());
+            }
+        }
     }
 }

@@ -120,6 +120,49 @@ impl Transition {
     }
 }
 
+/// How the stitcher grades shots to one look (see the worker's `grading` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColorMatch {
+    Off,
+    /// Per-channel histogram (CDF) matching in Lab.
+    Hm,
+    /// Mean and standard deviation per Lab channel (Reinhard et al. 2001).
+    Reinhard,
+    /// Linear Monge–Kantorovich transfer of the colour covariance (Pitié & Kokaram 2007).
+    Mkl,
+    /// Histogram matching, then MKL, then histogram matching again.
+    HmMklHm,
+}
+
+impl ColorMatch {
+    pub const ALL: [ColorMatch; 5] = [
+        ColorMatch::Off,
+        ColorMatch::Hm,
+        ColorMatch::Reinhard,
+        ColorMatch::Mkl,
+        ColorMatch::HmMklHm,
+    ];
+    /// The method that won the stitcher's comparison on synthetic shots with exposure and
+    /// white-balance offsets (worker `stitch_matching_tests`, README "Colour matching").
+    pub const DEFAULT: ColorMatch = ColorMatch::Reinhard;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ColorMatch::Off => "off",
+            ColorMatch::Hm => "hm",
+            ColorMatch::Reinhard => "reinhard",
+            ColorMatch::Mkl => "mkl",
+            ColorMatch::HmMklHm => "hm-mkl-hm",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ColorMatch> {
+        ColorMatch::ALL
+            .into_iter()
+            .find(|method| method.name() == name)
+    }
+}
+
 /// A first-frame image the user supplied, carried as PNG bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Reference {
@@ -143,6 +186,17 @@ pub struct Shot {
     pub seed: Option<u64>,
     pub negative: Option<String>,
     pub reference: Option<Reference>,
+    /// Shown in reports, the timeline and the contact sheet (default `shot <index>`).
+    pub name: Option<String>,
+    /// Shots with the same scene label are graded to one look; `None` for a shot that is
+    /// its own scene. A continuing shot always belongs to the scene of the shot it continues.
+    pub scene: Option<String>,
+}
+
+impl Shot {
+    pub fn display_name(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("shot {index}"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +212,11 @@ pub struct Sequence {
     pub negative: Option<String>,
     pub steps: Option<u32>,
     pub shots: Vec<Shot>,
+    pub color_match: ColorMatch,
+    /// Seconds of overlap blended at every continuity join (0 turns the blend off).
+    pub continuity_blend_seconds: f64,
+    /// Scene label → index of the shot whose look that scene follows (default: its first shot).
+    pub grade_references: std::collections::BTreeMap<String, usize>,
 }
 
 impl Sequence {
@@ -172,6 +231,31 @@ impl Sequence {
     /// Frames of the whole timeline: `round(fps * total duration)`.
     pub fn total_frames(&self) -> u64 {
         (self.total_duration_seconds() * f64::from(self.fps)).round() as u64
+    }
+
+    /// Each shot's scene key and the index of the shot whose look that scene follows.
+    /// Continuing shots inherit the scene of the shot they continue; an unlabelled shot
+    /// that starts a new run is a scene of its own.
+    pub fn scenes(&self) -> Vec<(String, usize)> {
+        let mut keys: Vec<String> = Vec::with_capacity(self.shots.len());
+        for (index, shot) in self.shots.iter().enumerate() {
+            let key = match (&shot.scene, shot.transition, keys.last()) {
+                (_, Transition::Continue, Some(previous)) => previous.clone(),
+                (Some(label), _, _) => format!("scene:{label}"),
+                (None, _, _) => format!("shot:{index}"),
+            };
+            keys.push(key);
+        }
+        keys.iter()
+            .map(|key| {
+                let label = key.strip_prefix("scene:");
+                let first = keys.iter().position(|other| other == key).unwrap_or(0);
+                let reference = label
+                    .and_then(|label| self.grade_references.get(label).copied())
+                    .unwrap_or(first);
+                (key.clone(), reference)
+            })
+            .collect()
     }
 
     pub fn display_title(&self) -> String {

@@ -9,7 +9,11 @@ use serde::Deserialize;
 
 use crate::models;
 use crate::pb;
-use crate::sequence::{Aspect, Pass, Reference, Resolution, Sequence, Shot, Transition};
+use std::collections::BTreeMap;
+
+use crate::sequence::{
+    Aspect, ColorMatch, Pass, Reference, Resolution, Sequence, Shot, Transition,
+};
 
 pub const MAX_SHOTS: usize = 500;
 pub const MAX_TOTAL_SECONDS: f64 = 3600.0;
@@ -18,6 +22,9 @@ pub const SHOT_SECONDS: (f64, f64) = (1.0, 600.0);
 pub const FPS_RANGE: (u32, u32) = (8, 60);
 pub const STEPS_RANGE: (u32, u32) = (1, 200);
 pub const DEFAULT_CROSSFADE_SECONDS: f64 = 0.5;
+pub const DEFAULT_CONTINUITY_BLEND_SECONDS: f64 = 0.25;
+pub const MAX_CONTINUITY_BLEND_SECONDS: f64 = 2.0;
+const MAX_LABEL_CHARS: usize = 100;
 const MAX_REFERENCE_SIDE: u32 = 8192;
 
 /// One problem with one field.
@@ -99,6 +106,12 @@ pub struct SpecDoc {
     pub negative: Option<String>,
     pub steps: Option<Scalar>,
     pub shots: Option<Vec<ShotDoc>>,
+    /// `off`, `hm`, `reinhard`, `mkl` or `hm-mkl-hm`.
+    pub color_match: Option<String>,
+    /// Seconds blended over every continuity join (`0` for none).
+    pub continuity_blend: Option<Scalar>,
+    /// Scene label → the shot (name or index) whose look the scene follows.
+    pub grade_reference: Option<BTreeMap<String, Scalar>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -110,6 +123,8 @@ pub struct ShotDoc {
     pub crossfade: Option<Scalar>,
     pub seed: Option<u64>,
     pub negative: Option<String>,
+    pub name: Option<String>,
+    pub scene: Option<String>,
     /// A path relative to the spec file.
     pub reference: Option<String>,
     /// The image itself, when it came over the API instead of from a file.
@@ -266,6 +281,33 @@ pub fn validate(
         MAX_PROMPT_CHARS,
     );
 
+    let color_match = match doc.color_match.as_deref().map(str::to_lowercase) {
+        None => ColorMatch::DEFAULT,
+        Some(word) => ColorMatch::from_name(&word).unwrap_or_else(|| {
+            let names: Vec<&str> = ColorMatch::ALL.iter().map(|m| m.name()).collect();
+            fail(
+                "color_match".into(),
+                format!("must be one of {}, got {word}", names.join(", ")),
+            );
+            ColorMatch::DEFAULT
+        }),
+    };
+    let continuity_blend_seconds = match &doc.continuity_blend {
+        None => DEFAULT_CONTINUITY_BLEND_SECONDS,
+        Some(value) => match seconds(value) {
+            Some(seconds) if (0.0..=MAX_CONTINUITY_BLEND_SECONDS).contains(&seconds) => seconds,
+            _ => {
+                fail(
+                    "continuity_blend".into(),
+                    format!(
+                        "must be between 0 and {MAX_CONTINUITY_BLEND_SECONDS} seconds (0 turns the blend off), got {value}"
+                    ),
+                );
+                DEFAULT_CONTINUITY_BLEND_SECONDS
+            }
+        },
+    };
+
     let shot_docs = doc.shots.unwrap_or_default();
     if shot_docs.is_empty() {
         fail("shots".into(), "must list at least one shot".into());
@@ -391,6 +433,36 @@ pub fn validate(
             },
             (None, None) => None,
         };
+        let name = label(&mut fail, at("name"), shot.name);
+        let scene = label(&mut fail, at("scene"), shot.scene);
+        if let Some(name) = &name
+            && let Some(first) = shots
+                .iter()
+                .position(|other: &Shot| other.name.as_ref() == Some(name))
+        {
+            fail(
+                at("name"),
+                format!("{name:?} is already the name of shots[{first}]; names must be unique"),
+            );
+        }
+        if transition == Transition::Continue
+            && let (Some(this), Some(previous)) = (&scene, shots.last())
+        {
+            let inherited = run_scene(&shots, shots.len() - 1);
+            if inherited
+                .as_ref()
+                .is_some_and(|inherited| inherited != this)
+            {
+                fail(
+                    at("scene"),
+                    format!(
+                        "a continuing shot belongs to the scene of the shot it continues ({:?}, from {}); remove scene or use transition: cut",
+                        inherited.unwrap_or_default(),
+                        previous.display_name(shots.len() - 1)
+                    ),
+                );
+            }
+        }
         if reference.is_some() && transition == Transition::Continue {
             fail(at("reference"), "a continuing shot starts from the previous shot's last frame; remove reference or use transition: cut".into());
         }
@@ -410,8 +482,11 @@ pub fn validate(
             seed: shot.seed,
             negative: shot.negative,
             reference,
+            name,
+            scene,
         });
     }
+    let grade_references = grade_references(&mut fail, doc.grade_reference, &shots);
 
     for index in 1..shots.len() {
         let Some(crossfade) = shots[index].crossfade_seconds else {
@@ -464,7 +539,92 @@ pub fn validate(
         negative: doc.negative.filter(|negative| !negative.trim().is_empty()),
         steps,
         shots,
+        color_match,
+        continuity_blend_seconds,
+        grade_references,
     })
+}
+
+/// An optional short label (shot name, scene): trimmed, non-empty, at most 100 characters.
+fn label(
+    fail: &mut impl FnMut(String, String),
+    path: String,
+    text: Option<String>,
+) -> Option<String> {
+    let text = text?.trim().to_string();
+    let chars = text.chars().count();
+    if text.is_empty() {
+        fail(path, "must not be empty; leave it out instead".into());
+        None
+    } else if chars > MAX_LABEL_CHARS {
+        fail(
+            path,
+            format!("must be at most {MAX_LABEL_CHARS} characters, got {chars}"),
+        );
+        None
+    } else {
+        Some(text)
+    }
+}
+
+/// The scene label a shot ends up in: its own, or for a continuing shot its run's.
+fn run_scene(shots: &[Shot], index: usize) -> Option<String> {
+    let start = (0..=index)
+        .rev()
+        .find(|&i| shots[i].transition != Transition::Continue || i == 0)
+        .unwrap_or(0);
+    (start..=index).find_map(|i| shots[i].scene.clone())
+}
+
+/// `grade_reference: {street: alley-wide, desert: 4}` → scene label → shot index, checking
+/// that the scene exists and the named shot belongs to it.
+fn grade_references(
+    fail: &mut impl FnMut(String, String),
+    written: Option<BTreeMap<String, Scalar>>,
+    shots: &[Shot],
+) -> BTreeMap<String, usize> {
+    let mut resolved = BTreeMap::new();
+    let scenes: Vec<Option<String>> = (0..shots.len()).map(|i| run_scene(shots, i)).collect();
+    for (scene, shot) in written.unwrap_or_default() {
+        let path = format!("grade_reference.{scene}");
+        if !scenes
+            .iter()
+            .any(|label| label.as_deref() == Some(scene.as_str()))
+        {
+            fail(path, format!("no shot has scene: {scene}"));
+            continue;
+        }
+        let index = match &shot {
+            Scalar::Integer(index) => usize::try_from(*index).ok().filter(|&i| i < shots.len()),
+            Scalar::Text(name) => shots
+                .iter()
+                .position(|s| s.name.as_deref() == Some(name.as_str())),
+            Scalar::Float(_) => None,
+        };
+        let Some(index) = index else {
+            fail(
+                path,
+                format!(
+                    "{shot} is neither a shot name nor a shot index (0..{})",
+                    shots.len()
+                ),
+            );
+            continue;
+        };
+        if scenes[index].as_deref() != Some(scene.as_str()) {
+            fail(
+                path,
+                format!(
+                    "{} is in scene {}, not {scene}",
+                    shots[index].display_name(index),
+                    scenes[index].as_deref().unwrap_or("(none)")
+                ),
+            );
+            continue;
+        }
+        resolved.insert(scene, index);
+    }
+    resolved
 }
 
 fn check_text(
@@ -532,6 +692,8 @@ pub fn sequence_from_pb(spec: pb::SequenceSpec) -> Result<Sequence, SpecError> {
             crossfade: shot.crossfade_seconds.map(Scalar::Float),
             seed: shot.seed,
             negative: shot.negative,
+            name: shot.name,
+            scene: shot.scene,
             reference: None,
             inline_reference: shot.reference_png.map(|png| Reference {
                 name: shot
@@ -553,6 +715,20 @@ pub fn sequence_from_pb(spec: pb::SequenceSpec) -> Result<Sequence, SpecError> {
         negative: spec.negative,
         steps: spec.steps.map(|steps| Scalar::Integer(i64::from(steps))),
         shots: Some(shots),
+        color_match: spec.color_match,
+        continuity_blend: spec.continuity_blend_seconds.map(Scalar::Float),
+        grade_reference: (!spec.grade_reference.is_empty()).then(|| {
+            spec.grade_reference
+                .into_iter()
+                .map(|(scene, shot)| {
+                    let shot = match shot.parse::<i64>() {
+                        Ok(index) => Scalar::Integer(index),
+                        Err(_) => Scalar::Text(shot),
+                    };
+                    (scene, shot)
+                })
+                .collect()
+        }),
     };
     validate(doc, &|_| {
         Err("references travel as image bytes over the API".to_string())
@@ -589,7 +765,16 @@ pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
                     .reference
                     .as_ref()
                     .map(|reference| reference.name.clone()),
+                name: shot.name.clone(),
+                scene: shot.scene.clone(),
             })
+            .collect(),
+        color_match: Some(sequence.color_match.name().to_string()),
+        continuity_blend_seconds: Some(sequence.continuity_blend_seconds),
+        grade_reference: sequence
+            .grade_references
+            .iter()
+            .map(|(scene, index)| (scene.clone(), index.to_string()))
             .collect(),
     }
 }

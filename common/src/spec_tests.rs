@@ -240,3 +240,89 @@ fn spec_files_resolve_references_next_to_them() {
         .to_string();
     assert!(missing.starts_with("spec: cannot read"), "{missing}");
 }
+
+const GRADED: &str = r#"
+color_match: hm-mkl-hm
+continuity_blend: 0.5s
+grade_reference: {street: alley}
+shots:
+  - {prompt: "a street at night", duration: 5, scene: street}
+  - {prompt: "the street, closer", duration: 5, transition: continue}
+  - {prompt: "a desert at noon", duration: 5, scene: desert}
+  - {prompt: "an alley off the street", duration: 5, scene: street, name: alley}
+"#;
+
+#[test]
+fn colour_fields_validate_and_resolve_scenes() {
+    let sequence = check(GRADED).unwrap();
+    assert_eq!(sequence.color_match, ColorMatch::HmMklHm);
+    assert_eq!(sequence.continuity_blend_seconds, 0.5);
+    assert_eq!(sequence.grade_references.get("street"), Some(&3));
+    let scenes = sequence.scenes();
+    assert_eq!(
+        scenes[1],
+        ("scene:street".to_string(), 3),
+        "a continuation inherits its run's scene"
+    );
+    assert_eq!(
+        scenes[2],
+        ("scene:desert".to_string(), 2),
+        "a scene defaults to its first shot"
+    );
+    assert_eq!(sequence.shots[3].display_name(3), "alley");
+    assert_eq!(sequence.shots[0].display_name(0), "shot 0");
+    let defaults = check(GOOD).unwrap();
+    assert_eq!(defaults.color_match, ColorMatch::DEFAULT);
+    assert_eq!(
+        defaults.continuity_blend_seconds,
+        DEFAULT_CONTINUITY_BLEND_SECONDS
+    );
+    // The API message carries the same fields.
+    let round_trip = sequence_from_pb(sequence_to_pb(&sequence)).unwrap();
+    assert_eq!(round_trip, sequence);
+}
+
+#[test]
+fn bad_colour_fields_are_named_with_the_reason() {
+    let cases = [
+        (
+            "color_match: lut\nshots: [{prompt: a, duration: 5}]",
+            "color_match: must be one of off, hm, reinhard, mkl, hm-mkl-hm, got lut",
+        ),
+        (
+            "continuity_blend: 3\nshots: [{prompt: a, duration: 5}]",
+            "continuity_blend: must be between 0 and 2 seconds",
+        ),
+        (
+            "grade_reference: {dock: 0}\nshots: [{prompt: a, duration: 5, scene: street}]",
+            "grade_reference.dock: no shot has scene: dock",
+        ),
+        (
+            "grade_reference: {street: 7}\nshots: [{prompt: a, duration: 5, scene: street}]",
+            "grade_reference.street: 7 is neither a shot name nor a shot index (0..1)",
+        ),
+        (
+            "grade_reference: {street: 1}\nshots: [{prompt: a, duration: 5, scene: street}, {prompt: b, duration: 5, scene: desert}]",
+            "grade_reference.street: shot 1 is in scene desert, not street",
+        ),
+        (
+            "shots: [{prompt: a, duration: 5, scene: street}, {prompt: b, duration: 5, transition: continue, scene: desert}]",
+            "shots[1].scene: a continuing shot belongs to the scene of the shot it continues (\"street\", from shot 0)",
+        ),
+        (
+            "shots: [{prompt: a, duration: 5, name: x}, {prompt: b, duration: 5, name: x}]",
+            "shots[1].name: \"x\" is already the name of shots[0]; names must be unique",
+        ),
+        (
+            "shots: [{prompt: a, duration: 5, scene: \" \"}]",
+            "shots[0].scene: must not be empty",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let error = error_of(yaml);
+        assert!(
+            error.contains(expected),
+            "{yaml}\n  gave: {error}\n  want: {expected}"
+        );
+    }
+}

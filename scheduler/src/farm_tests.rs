@@ -17,6 +17,9 @@ fn sequence(transitions: &[Transition]) -> Sequence {
         pass: Pass::Draft,
         style: None,
         negative: None,
+        color_match: reelfarm_common::sequence::ColorMatch::DEFAULT,
+        continuity_blend_seconds: 0.25,
+        grade_references: Default::default(),
         steps: Some(2),
         shots: transitions
             .iter()
@@ -28,6 +31,8 @@ fn sequence(transitions: &[Transition]) -> Sequence {
                 seed: None,
                 negative: None,
                 reference: None,
+                name: None,
+                scene: None,
             })
             .collect(),
     }

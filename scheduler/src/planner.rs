@@ -9,10 +9,13 @@
 //!    longer than one window lies between half a window and a window (10–20 s for
 //!    reelfarm-tiny). Frames are spread so windows differ by at most one frame.
 //! 3. **Joins.** The first segment of a shot joins as the shot's transition says; later
-//!    segments of a split shot continue their predecessor. A continuing segment renders one
-//!    lead frame conditioned on the predecessor's last frame and drops it; a crossfade renders
-//!    the dissolve length as lead frames that blend over the previous shot's tail. Continuity
-//!    edges therefore form one chain per continuity run; everything else is independent.
+//!    segments of a split shot continue their predecessor. A continuing segment is conditioned
+//!    on its predecessor's *handoff frame*, `B` frames before the predecessor's end (`B` =
+//!    the continuity blend, 0.25 s by default): it renders that frame (dropped), then `B`
+//!    frames that overlap the predecessor's tail in time and are blended over it, then its
+//!    own timeline frames. A crossfade renders the dissolve length as lead frames that blend
+//!    over the previous shot's tail. Continuity edges therefore form one chain per
+//!    continuity run; everything else is independent.
 //! 4. **Render size.** Lead + timeline frames rounded up to the model's `stride * n + 1`; the
 //!    worker trims the extra frames, so the timeline stays exact.
 //! 5. **Seeds.** Derived from (sequence or shot seed, shot index, segment index) by a fixed
@@ -46,6 +49,13 @@ pub struct PlannedSegment {
     pub seed: u64,
     pub prompt: String,
     pub negative: String,
+    /// Frames before this segment's end of the frame its continuation is conditioned on
+    /// (0: the last frame; the continuation's blend length otherwise).
+    pub handoff_back_frames: u64,
+    /// The scene this segment is graded in, and whether it sets that scene's look (the
+    /// first segment of the scene's reference shot).
+    pub scene: String,
+    pub grade_reference: bool,
     /// The shot's reference image conditions this segment's first frame.
     pub uses_reference: bool,
     pub steps: u32,
@@ -71,6 +81,8 @@ pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
     });
     let mut segments: Vec<PlannedSegment> = Vec::new();
     let mut seconds_so_far = 0.0;
+    let scenes = sequence.scenes();
+    let blend_frames = (sequence.continuity_blend_seconds * fps).round() as u64;
     for (shot_index, shot) in sequence.shots.iter().enumerate() {
         let shot_start = (seconds_so_far * fps).round() as u64;
         seconds_so_far += shot.duration_seconds;
@@ -100,9 +112,19 @@ pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
                 (0, Transition::Crossfade) => Join::Crossfade,
                 _ => Join::Continue,
             };
+            // The blend never reaches back past the predecessor's first frame.
+            let blend = match (join, segments.last()) {
+                (Join::Continue, Some(previous)) => {
+                    blend_frames.min(previous.timeline_frames.saturating_sub(1))
+                }
+                _ => 0,
+            };
+            if let (Join::Continue, Some(previous)) = (join, segments.last_mut()) {
+                previous.handoff_back_frames = blend;
+            }
             let lead_frames = match join {
                 Join::Cut => 0,
-                Join::Continue => 1,
+                Join::Continue => 1 + blend,
                 Join::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps)
                     .round()
                     .max(1.0) as u64,
@@ -121,6 +143,9 @@ pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
                 seed: derive_seed(base_seed, shot_index as u64, segment_index),
                 prompt: prompt.clone(),
                 negative: negative.clone(),
+                handoff_back_frames: 0,
+                scene: scenes[shot_index].0.clone(),
+                grade_reference: segment_index == 0 && scenes[shot_index].1 == shot_index,
                 uses_reference: segment_index == 0 && shot.reference.is_some(),
                 steps,
                 guidance: model.guidance,

@@ -15,6 +15,8 @@ fn shot(duration_seconds: f64, transition: Transition) -> Shot {
         seed: None,
         negative: None,
         reference: None,
+        name: None,
+        scene: None,
     }
 }
 
@@ -31,6 +33,9 @@ fn sequence(shots: Vec<Shot>, fps: u32) -> Sequence {
         negative: None,
         steps: None,
         shots,
+        color_match: reelfarm_common::sequence::ColorMatch::DEFAULT,
+        continuity_blend_seconds: 0.25,
+        grade_references: Default::default(),
     }
 }
 
@@ -50,9 +55,73 @@ fn a_120_second_shot_splits_into_six_20_second_windows_chained() {
     for (index, segment) in plan.segments.iter().enumerate().skip(1) {
         assert_eq!(segment.join, Join::Continue);
         assert_eq!(segment.continues_from, Some(index - 1));
-        assert_eq!(segment.lead_frames, 1);
-        assert_eq!(segment.render_frames, 481);
+        // The handoff frame, then 0.25 s × 24 fps = 6 overlap frames blended over the join.
+        assert_eq!(segment.lead_frames, 7);
+        assert_eq!(segment.render_frames, 489);
+        assert_eq!(plan.segments[index - 1].handoff_back_frames, 6);
     }
+    assert_eq!(
+        plan.segments[5].handoff_back_frames, 0,
+        "nothing continues the last"
+    );
+}
+
+#[test]
+fn without_a_blend_a_continuation_starts_from_the_last_frame() {
+    let mut unblended = sequence(
+        vec![shot(40.0, Transition::Cut), shot(4.0, Transition::Continue)],
+        24,
+    );
+    unblended.continuity_blend_seconds = 0.0;
+    let plan = plan(&unblended, &REELFARM_TINY);
+    assert!(plan.segments.iter().skip(1).all(|s| s.lead_frames == 1));
+    assert!(plan.segments.iter().all(|s| s.handoff_back_frames == 0));
+}
+
+#[test]
+fn scenes_follow_labels_continuity_runs_and_grade_references() {
+    let mut shots = vec![
+        shot(4.0, Transition::Cut),
+        shot(4.0, Transition::Continue),
+        shot(30.0, Transition::Cut),
+        shot(4.0, Transition::Cut),
+    ];
+    shots[0].scene = Some("street".into());
+    shots[2].scene = Some("desert".into());
+    shots[3].scene = Some("street".into());
+    let mut labelled = sequence(shots, 24);
+    labelled.grade_references.insert("street".into(), 3);
+    let plan = plan(&labelled, &REELFARM_TINY);
+    let scenes: Vec<(&str, bool)> = plan
+        .segments
+        .iter()
+        .map(|s| (s.scene.as_str(), s.grade_reference))
+        .collect();
+    assert_eq!(
+        scenes,
+        vec![
+            ("scene:street", false),
+            ("scene:street", false),
+            ("scene:desert", true),
+            ("scene:desert", false),
+            ("scene:street", true),
+        ]
+    );
+    let unlabelled = plan_of_unlabelled();
+    assert_eq!(unlabelled, vec!["shot:0", "shot:0", "shot:2"]);
+}
+
+fn plan_of_unlabelled() -> Vec<String> {
+    let shots = vec![
+        shot(4.0, Transition::Cut),
+        shot(4.0, Transition::Continue),
+        shot(4.0, Transition::Cut),
+    ];
+    plan(&sequence(shots, 24), &REELFARM_TINY)
+        .segments
+        .into_iter()
+        .map(|s| s.scene)
+        .collect()
 }
 
 #[test]

@@ -497,6 +497,9 @@ mod tests {
             pass: Pass::Draft,
             style: None,
             negative: None,
+            color_match: reelfarm_common::sequence::ColorMatch::DEFAULT,
+            continuity_blend_seconds: 0.25,
+            grade_references: Default::default(),
             steps: Some(2),
             shots: (0..shots)
                 .map(|index| Shot {
@@ -511,6 +514,8 @@ mod tests {
                     seed: None,
                     negative: None,
                     reference: None,
+                    name: None,
+                    scene: None,
                 })
                 .collect(),
         }

@@ -243,6 +243,8 @@ impl SequenceService for Api {
         }
         let key = match pb::OutputKind::try_from(request.kind) {
             Ok(pb::OutputKind::Report) => status.report_key,
+            Ok(pb::OutputKind::Timeline) => keys::final_timeline(&request.sequence_id),
+            Ok(pb::OutputKind::ContactSheet) => keys::final_contact_sheet(&request.sequence_id),
             Ok(pb::OutputKind::Video | pb::OutputKind::Unspecified) => status.video_key,
             Err(_) => {
                 return Err(Error::InvalidArgument(format!(

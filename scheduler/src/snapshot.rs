@@ -124,7 +124,7 @@ pub fn assignment_message(
             let condition_key = match planned.continues_from {
                 Some(previous) => {
                     let before = &record.plan.segments[previous];
-                    keys::segment_last_frame(&keys::segment_prefix(
+                    keys::segment_handoff_frame(&keys::segment_prefix(
                         &record.id,
                         before.shot_index,
                         before.segment_index,
@@ -159,6 +159,7 @@ pub fn assignment_message(
                     planned.segment_index,
                 ),
                 memory_estimate_bytes: planned.memory_estimate_bytes,
+                handoff_back_frames: planned.handoff_back_frames,
             })
         }
         TaskRef::Stitch => pb::assignment::Task::Stitch(pb::StitchTask {
@@ -176,12 +177,32 @@ pub fn assignment_message(
                     shot_index: planned.shot_index,
                     video_key: done.output_key.clone().unwrap_or_default(),
                     join: join_kind(planned.join) as i32,
-                    lead_frames: planned.lead_frames,
+                    // A continuation's first rendered frame (the handoff picture) is not in its file.
+                    lead_frames: match planned.join {
+                        Join::Continue => planned.lead_frames.saturating_sub(1),
+                        Join::Crossfade | Join::Cut => planned.lead_frames,
+                    },
                     timeline_frames: planned.timeline_frames,
+                    sidecar_key: keys::segment_sidecar(&keys::segment_prefix(
+                        &record.id,
+                        planned.shot_index,
+                        planned.segment_index,
+                    )),
+                    scene: planned.scene.clone(),
+                    grade_reference: planned.grade_reference,
+                    shot_name: record
+                        .sequence
+                        .shots
+                        .get(planned.shot_index as usize)
+                        .map(|shot| shot.display_name(planned.shot_index as usize))
+                        .unwrap_or_default(),
                 })
                 .collect(),
             video_key: keys::final_video(&record.id),
             report_key: keys::final_report(&record.id),
+            color_match: record.sequence.color_match.name().to_string(),
+            timeline_key: keys::final_timeline(&record.id),
+            contact_sheet_key: keys::final_contact_sheet(&record.id),
         }),
     };
     pb::Assignment {

@@ -4,12 +4,16 @@
 pub mod agent;
 pub mod color;
 pub mod color_math;
+pub mod contact_sheet;
 pub mod frame;
+pub mod grading;
 pub mod inventory;
 pub mod model;
+pub mod seams;
 pub mod segment;
 pub mod stitch;
 pub mod task;
+pub mod timeline;
 pub mod video;
 
 pub use agent::{WorkerConfig, run};

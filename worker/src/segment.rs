@@ -1,5 +1,6 @@
 //! One render task: generate a segment with the model, encode it as H.264 MP4, and write
-//! the video, its sidecar and its last frame (for the segment that continues it).
+//! the video, its sidecar (frame counts, timings, Lab colour samples for the stitcher's
+//! grading) and its handoff frame (the picture the segment that continues it starts from).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -8,14 +9,11 @@ use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{keys, pb, unix_now_s};
 use serde::{Deserialize, Serialize};
 
-use crate::color::{LabStats, lab_stats};
+use crate::color::{SegmentSampler, SegmentSamples};
 use crate::frame::RgbFrame;
 use crate::model::{GenerateRequest, ModelRuntime};
 use crate::task::{Phases, Progress, TaskFailure};
 use crate::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
-
-/// Sampled pixels for the sidecar's colour statistics.
-const STATS_SAMPLES: usize = 16_384;
 
 /// Written beside every segment video as `<prefix>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,8 +30,10 @@ pub struct Sidecar {
     pub steps: u32,
     pub model_seconds: f64,
     pub encode_seconds: f64,
-    pub first_frame_lab: LabStats,
-    pub last_frame_lab: LabStats,
+    /// Lab colours of the first frame in the file, of the last timeline frame, and sampled
+    /// across the timeline frames (the segment's look): what the stitcher grades with.
+    #[serde(flatten)]
+    pub colors: SegmentSamples,
 }
 
 pub struct SegmentResult {
@@ -44,7 +44,7 @@ pub struct SegmentResult {
 struct Encoded {
     video: Vec<u8>,
     sidecar: Sidecar,
-    last_frame_png: Vec<u8>,
+    handoff_frame_png: Vec<u8>,
     phases: Phases,
 }
 
@@ -94,8 +94,8 @@ pub async fn run_segment(
         .map_err(TaskFailure::storage)?;
     store
         .put(
-            &keys::segment_last_frame(&task.output_prefix),
-            encoded.last_frame_png.into(),
+            &keys::segment_handoff_frame(&task.output_prefix),
+            encoded.handoff_frame_png.into(),
         )
         .await
         .map_err(TaskFailure::storage)?;
@@ -151,11 +151,12 @@ fn render_and_encode(
     let model_seconds = unix_now_s() - model_start;
     progress.check_cancelled()?;
 
-    // A continuation's lead frame is the conditioning picture itself: drop it. A crossfade
-    // keeps its lead frames as the dissolve handle.
-    let keep_lead = task.join == pb::JoinKind::Crossfade as i32;
-    let first = if keep_lead { 0 } else { task.lead_frames };
+    // A continuation's first lead frame is the conditioning picture itself: drop it; its
+    // other lead frames (the continuity blend) stay, like a crossfade's dissolve handle.
+    let first = u64::from(task.join == pb::JoinKind::Continue as i32).min(task.lead_frames);
+    let lead_in_file = task.lead_frames - first;
     let end = task.lead_frames + task.timeline_frames;
+    let handoff_index = end - 1 - task.handoff_back_frames.min(task.timeline_frames - 1);
     let encode_start = unix_now_s();
     let settings = EncodeSettings {
         width: task.width,
@@ -164,19 +165,21 @@ fn render_and_encode(
         quality: Quality::Intermediate,
     };
     let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings)?;
-    let mut first_frame_lab = None;
-    let mut last_frame = None;
+    let mut sampler =
+        SegmentSampler::new(task.width, task.height, lead_in_file, task.timeline_frames);
+    let (mut last_frame, mut handoff_frame) = (None, None);
     for index in first..end {
         let frame = clip.frame(index as u32);
-        if first_frame_lab.is_none() {
-            first_frame_lab = Some(lab_stats(&frame, STATS_SAMPLES));
-        }
+        sampler.observe(index - first, &frame);
         writer.push(&frame)?;
+        if index == handoff_index {
+            handoff_frame = Some(frame.clone());
+        }
         last_frame = Some(frame);
     }
     let video = writer.finish()?.into_inner();
     let last_frame = last_frame.ok_or_else(|| TaskFailure::invalid("segment kept no frames"))?;
-    let last_frame_png = encode_png(&last_frame)?;
+    let handoff_frame_png = encode_png(handoff_frame.as_ref().unwrap_or(&last_frame))?;
     phases.record("encode", &task.segment_id, encode_start);
     let sidecar = Sidecar {
         segment_id: task.segment_id.clone(),
@@ -184,19 +187,18 @@ fn render_and_encode(
         height: task.height,
         fps: task.fps,
         frames: end - first,
-        lead_frames_in_file: if keep_lead { task.lead_frames } else { 0 },
+        lead_frames_in_file: lead_in_file,
         timeline_frames: task.timeline_frames,
         seed: task.seed,
         steps: task.steps,
         model_seconds,
         encode_seconds: unix_now_s() - encode_start,
-        first_frame_lab: first_frame_lab.unwrap_or_else(|| lab_stats(&last_frame, STATS_SAMPLES)),
-        last_frame_lab: lab_stats(&last_frame, STATS_SAMPLES),
+        colors: sampler.finish(&last_frame),
     };
     Ok(Encoded {
         video,
         sidecar,
-        last_frame_png,
+        handoff_frame_png,
         phases,
     })
 }
@@ -208,6 +210,7 @@ mod tests {
     use reelfarm_common::blob::LocalBlobStore;
 
     use super::*;
+    use crate::color::{EDGE_FRAME_SAMPLES, LabSamples, lab_at, sample_grid};
     use crate::model::tiny::TinyModel;
     use crate::video::Mp4Reader;
 
@@ -255,9 +258,14 @@ mod tests {
         while let Some(frame) = reader.next_frame().unwrap() {
             frames.push(frame);
         }
-        let last =
-            decode_png(&store.get(&keys::segment_last_frame(&prefix)).await.unwrap()).unwrap();
-        (sidecar, frames, last)
+        let handoff = decode_png(
+            &store
+                .get(&keys::segment_handoff_frame(&prefix))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        (sidecar, frames, handoff)
     }
 
     #[tokio::test]
@@ -266,11 +274,14 @@ mod tests {
         let store = Arc::new(LocalBlobStore::new(dir.path()).unwrap());
         let previous = encode_png(&RgbFrame::filled(64, 48, [30, 160, 90])).unwrap();
         store
-            .put("previous.last.png", previous.into())
+            .put("previous.handoff.png", previous.into())
             .await
             .unwrap();
-        let (sidecar, frames, last) =
-            render(task(pb::JoinKind::Continue, 1, "previous.last.png"), store).await;
+        let (sidecar, frames, handoff) = render(
+            task(pb::JoinKind::Continue, 1, "previous.handoff.png"),
+            store,
+        )
+        .await;
         assert_eq!(frames.len(), 9, "timeline frames only");
         assert_eq!(
             (
@@ -280,9 +291,39 @@ mod tests {
             ),
             (9, 0, 9)
         );
-        assert_eq!((last.width, last.height), (64, 48));
-        // The sidecar's statistics are of the exact last frame, which the PNG keeps losslessly.
-        assert_eq!(sidecar.last_frame_lab, lab_stats(&last, STATS_SAMPLES));
+        assert_eq!((handoff.width, handoff.height), (64, 48));
+        // With no blend behind it the handoff is the last frame, which the PNG keeps
+        // losslessly: the sidecar's last-frame samples are of exactly that picture.
+        let grid = sample_grid(64, 48, EDGE_FRAME_SAMPLES);
+        let colors = &sidecar.colors;
+        assert_eq!(
+            colors.last_frame_lab,
+            LabSamples::from_lab(&lab_at(&handoff, &grid))
+        );
+        assert_eq!(colors.first_frame_lab.0.len(), grid.len());
+        assert!(colors.segment_lab.0.len() >= grid.len() / 2);
+    }
+
+    #[tokio::test]
+    async fn a_blended_continuation_keeps_its_overlap_and_hands_off_an_earlier_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalBlobStore::new(dir.path()).unwrap());
+        let previous = encode_png(&RgbFrame::filled(64, 48, [30, 160, 90])).unwrap();
+        store
+            .put("previous.handoff.png", previous.into())
+            .await
+            .unwrap();
+        let mut blended = task(pb::JoinKind::Continue, 3, "previous.handoff.png");
+        blended.handoff_back_frames = 2;
+        let (sidecar, frames, handoff) = render(blended, store).await;
+        assert_eq!(frames.len(), 11, "two overlap frames, then the timeline");
+        assert_eq!((sidecar.frames, sidecar.lead_frames_in_file), (11, 2));
+        // The handoff is the third frame from the end; the last frame differs from it.
+        let grid = sample_grid(64, 48, EDGE_FRAME_SAMPLES);
+        assert_ne!(
+            sidecar.colors.last_frame_lab,
+            LabSamples::from_lab(&lab_at(&handoff, &grid))
+        );
     }
 
     #[tokio::test]

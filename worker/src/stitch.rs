@@ -1,38 +1,48 @@
-//! The stitch task: decode the segments in timeline order and write one H.264 MP4 whose
-//! frame count is exactly the sum of the segments' timeline frames. Cuts and continuations
-//! append; a crossfade dissolves its handle frames over the previous shot's tail.
+//! The stitch task: decode the segments in timeline order, grade each to its scene's look
+//! (see `grading`), blend every join the plan asks for, and write one H.264 MP4 whose frame
+//! count is exactly the sum of the segments' timeline frames. Beside the video it writes the
+//! report (timings and seam metrics), an OpenTimelineIO timeline and a contact sheet.
+//!
+//! A part's lead frames (a crossfade's dissolve handle, a continuation's overlap) dissolve
+//! over the previous part's tail, so they replace frames instead of adding any.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use reelfarm_common::blob::BlobStore;
+use reelfarm_common::sequence::ColorMatch;
 use reelfarm_common::{pb, unix_now_s};
 use serde::Serialize;
 
+use crate::color::{lab_at, sample_grid, srgb_to_lab};
+use crate::color_math::Vec3;
+use crate::contact_sheet::{ContactRow, contact_sheet, thumbnail};
 use crate::frame::RgbFrame;
+use crate::grading::{GradeTable, SegmentColor, join_weight, plan_grades};
+use crate::seams::{JoinMetrics, MeteredFrame, MeteredPart, SeamMeter};
+use crate::segment::Sidecar;
 use crate::task::{Phases, Progress, TaskFailure};
-use crate::video::{EncodeSettings, Mp4Reader, Mp4Writer, Quality};
+use crate::timeline::{TimelineJoin, TimelineShot, otio_timeline};
+use crate::video::{EncodeSettings, Mp4Reader, Mp4Writer, Quality, encode_png};
+
+/// Pixels per frame the seam metrics compare.
+const METER_SAMPLES: usize = 1024;
+/// Width of a contact-sheet thumbnail.
+const THUMB_WIDTH: u32 = 240;
 
 /// One segment as the stitcher sees it.
 pub struct StitchInput {
     pub segment_id: String,
     pub shot_index: u32,
+    pub shot_name: String,
     pub join: pb::JoinKind,
-    /// Dissolve frames at the start of the file (crossfade only; zero otherwise).
+    /// Frames at the start of the file that blend over the previous part's tail.
     pub lead_frames: u64,
     pub timeline_frames: u64,
     pub video: Bytes,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JoinReport {
-    pub index: usize,
-    pub kind: &'static str,
-    pub shot_index: u32,
-    pub segment_id: String,
-    pub at_frame: u64,
+    pub color: SegmentColor,
 }
 
 /// Written beside the video as the sequence report.
@@ -45,9 +55,21 @@ pub struct StitchReport {
     pub frames: u64,
     pub duration_seconds: f64,
     pub segments: usize,
-    pub joins: Vec<JoinReport>,
+    pub color_match: &'static str,
+    pub joins: Vec<JoinMetrics>,
     pub decode_seconds: f64,
+    pub grade_seconds: f64,
     pub encode_seconds: f64,
+}
+
+/// What one stitch produced besides the video itself.
+pub struct Stitched {
+    pub frames: u64,
+    pub decode_seconds: f64,
+    pub grade_seconds: f64,
+    pub encode_seconds: f64,
+    pub joins: Vec<JoinMetrics>,
+    pub contact_rows: Vec<ContactRow>,
 }
 
 pub fn join_name(join: pb::JoinKind) -> &'static str {
@@ -60,91 +82,272 @@ pub fn join_name(join: pb::JoinKind) -> &'static str {
 
 /// A linear dissolve: `alpha` 0 shows `from`, 1 shows `to`.
 pub fn dissolve(from: &RgbFrame, to: &RgbFrame, alpha: f32) -> RgbFrame {
-    let alpha = alpha.clamp(0.0, 1.0);
-    let data = from
-        .data
-        .iter()
-        .zip(&to.data)
-        .map(|(&a, &b)| (f32::from(a) + (f32::from(b) - f32::from(a)) * alpha).round() as u8)
-        .collect();
-    RgbFrame::new(from.width, from.height, data)
+    RgbFrame::new(from.width, from.height, mix(&from.data, &to.data, alpha))
 }
 
-/// Joins the inputs into `writer`, reporting frames written; returns (frames, decode s, encode s).
-pub fn stitch<W: std::io::Write + std::io::Seek>(
-    inputs: &[StitchInput],
-    writer: &mut Mp4Writer<W>,
-    progress: &Progress,
-) -> Result<(u64, f64, f64), TaskFailure> {
-    let total: u64 = inputs.iter().map(|input| input.timeline_frames).sum();
-    let (mut decode_seconds, mut encode_seconds) = (0.0, 0.0);
-    let mut written = 0u64;
-    let mut held: VecDeque<RgbFrame> = VecDeque::new();
-    let mut write = |frame: &RgbFrame,
-                     written: &mut u64,
-                     encode_seconds: &mut f64|
-     -> Result<(), TaskFailure> {
+fn mix(from: &[u8], to: &[u8], alpha: f32) -> Vec<u8> {
+    let alpha = alpha.clamp(0.0, 1.0);
+    from.iter()
+        .zip(to)
+        .map(|(&a, &b)| (f32::from(a) + (f32::from(b) - f32::from(a)) * alpha).round() as u8)
+        .collect()
+}
+
+/// A graded frame waiting to be written, with the uncorrected colours at the meter's grid.
+struct Pending {
+    part: usize,
+    blended: bool,
+    frame: RgbFrame,
+    uncorrected: Vec<u8>,
+}
+
+/// The timeline frames of every shot: (first output frame, frame count), by shot index.
+fn shot_ranges(inputs: &[StitchInput]) -> BTreeMap<u32, (u64, u64)> {
+    let mut ranges = BTreeMap::new();
+    let mut at = 0;
+    for input in inputs {
+        let range = ranges.entry(input.shot_index).or_insert((at, 0));
+        range.1 += input.timeline_frames;
+        at += input.timeline_frames;
+    }
+    ranges
+}
+
+/// The contact sheet's row for each shot and the output frames it shows (first, middle, last).
+fn contact_picks(inputs: &[StitchInput], fps: u32) -> (Vec<String>, BTreeMap<u64, (usize, usize)>) {
+    let mut labels = Vec::new();
+    let mut picks = BTreeMap::new();
+    for (row, (shot, (start, frames))) in shot_ranges(inputs).into_iter().enumerate() {
+        let first = inputs
+            .iter()
+            .find(|input| input.shot_index == shot)
+            .expect("a range comes from an input");
+        labels.push(format!(
+            "{} | {:.1} s | {}",
+            first.shot_name,
+            frames as f64 / f64::from(fps.max(1)),
+            join_name(first.join)
+        ));
+        for (slot, offset) in [0, frames / 2, frames.saturating_sub(1)]
+            .into_iter()
+            .enumerate()
+        {
+            picks.insert(start + offset, (row, slot));
+        }
+    }
+    (labels, picks)
+}
+
+/// Writes graded frames, feeding the meter, the progress report and the contact sheet.
+struct Output<'a, W: std::io::Write + std::io::Seek> {
+    writer: &'a mut Mp4Writer<W>,
+    progress: &'a Progress,
+    meter: SeamMeter,
+    grid: Vec<usize>,
+    picks: BTreeMap<u64, (usize, usize)>,
+    thumbnails: Vec<[Option<RgbFrame>; 3]>,
+    written: u64,
+    total: u64,
+    encode_seconds: f64,
+    meter_seconds: f64,
+}
+
+impl<W: std::io::Write + std::io::Seek> Output<'_, W> {
+    fn write(&mut self, pending: Pending) -> Result<(), TaskFailure> {
         let start = unix_now_s();
-        writer.push(frame)?;
-        *encode_seconds += unix_now_s() - start;
-        *written += 1;
-        if written.is_multiple_of(24) || *written == total {
-            progress.report(*written, total);
+        self.writer.push(&pending.frame)?;
+        self.encode_seconds += unix_now_s() - start;
+        let start = unix_now_s();
+        let uncorrected: Vec<Vec3> = pending
+            .uncorrected
+            .chunks_exact(3)
+            .map(|rgb| srgb_to_lab([rgb[0], rgb[1], rgb[2]]))
+            .collect();
+        self.meter.observe(MeteredFrame {
+            part: pending.part,
+            blended: pending.blended,
+            uncorrected,
+            corrected: lab_at(&pending.frame, &self.grid),
+        });
+        if let Some(&(row, slot)) = self.picks.get(&self.written) {
+            self.thumbnails[row][slot] = Some(thumbnail(&pending.frame, THUMB_WIDTH));
+        }
+        self.meter_seconds += unix_now_s() - start;
+        self.written += 1;
+        if self.written.is_multiple_of(24) || self.written == self.total {
+            self.progress.report(self.written, self.total);
         }
         Ok(())
+    }
+}
+
+fn samples_at(frame: &RgbFrame, grid: &[usize]) -> Vec<u8> {
+    grid.iter()
+        .flat_map(|&p| {
+            [
+                frame.data[p * 3],
+                frame.data[p * 3 + 1],
+                frame.data[p * 3 + 2],
+            ]
+        })
+        .collect()
+}
+
+/// Joins the inputs into `writer` with colour matching `method`.
+pub fn stitch<W: std::io::Write + std::io::Seek>(
+    inputs: &[StitchInput],
+    method: ColorMatch,
+    writer: &mut Mp4Writer<W>,
+    progress: &Progress,
+) -> Result<Stitched, TaskFailure> {
+    let colors: Vec<SegmentColor> = inputs.iter().map(|input| input.color.clone()).collect();
+    let grades = plan_grades(method, &colors);
+    let mut at_frame = 0;
+    let parts = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let part = MeteredPart {
+                segment_id: input.segment_id.clone(),
+                shot_index: input.shot_index,
+                kind: join_name(input.join),
+                at_frame,
+                same_scene_as_previous: index > 0
+                    && inputs[index - 1].color.scene == input.color.scene,
+            };
+            at_frame += input.timeline_frames;
+            part
+        })
+        .collect();
+    let settings = writer.settings();
+    let (width, height, fps) = (settings.width, settings.height, settings.fps);
+    let (labels, picks) = contact_picks(inputs, fps);
+    let mut out = Output {
+        writer,
+        progress,
+        meter: SeamMeter::new(parts),
+        grid: sample_grid(width, height, METER_SAMPLES),
+        picks,
+        thumbnails: vec![[None, None, None]; labels.len()],
+        written: 0,
+        total: at_frame,
+        encode_seconds: 0.0,
+        meter_seconds: 0.0,
     };
-    for (position, input) in inputs.iter().enumerate() {
+    let (mut decode_seconds, mut grade_seconds) = (0.0, 0.0);
+    let mut held: VecDeque<Pending> = VecDeque::new();
+    for (position, (input, grade)) in inputs.iter().zip(&grades).enumerate() {
         progress.check_cancelled()?;
-        let decode_start = unix_now_s();
+        let start = unix_now_s();
         let mut reader = Mp4Reader::open(input.video.to_vec())?;
-        let needed = input.lead_frames + input.timeline_frames;
-        if reader.frame_count() < needed {
+        let in_file = input.lead_frames + input.timeline_frames;
+        if reader.frame_count() < in_file {
             return Err(TaskFailure::invalid(format!(
-                "segment {} has {} frames, the plan needs {needed}",
+                "segment {} has {} frames, the plan needs {in_file}",
                 input.segment_id,
                 reader.frame_count()
             )));
         }
-        decode_seconds += unix_now_s() - decode_start;
-        let hold_for_next = match inputs.get(position + 1) {
-            Some(next) if next.join == pb::JoinKind::Crossfade => next.lead_frames as usize,
-            _ => 0,
-        };
-        for index in 0..needed {
-            let decode_start = unix_now_s();
-            let frame = reader.next_frame()?.ok_or_else(|| {
+        decode_seconds += unix_now_s() - start;
+        let start = unix_now_s();
+        let mut table = GradeTable::new(grade);
+        grade_seconds += unix_now_s() - start;
+        let hold_for_next = inputs
+            .get(position + 1)
+            .map_or(0, |next| next.lead_frames as usize);
+        for index in 0..in_file {
+            let start = unix_now_s();
+            let mut frame = reader.next_frame()?.ok_or_else(|| {
                 TaskFailure::invalid(format!("segment {} ended early", input.segment_id))
             })?;
-            decode_seconds += unix_now_s() - decode_start;
+            decode_seconds += unix_now_s() - start;
+            let start = unix_now_s();
+            let uncorrected = samples_at(&frame, &out.grid);
+            table.apply(&mut frame, join_weight(index, in_file));
+            grade_seconds += unix_now_s() - start;
             if index < input.lead_frames {
-                // Dissolve over the held tail; with no tail left (a dissolve longer than the
-                // segment before it), the handle frame is dropped so the timeline stays exact.
+                // Blend over the held tail; with no tail left (a dissolve longer than the
+                // part before it), the lead frame is dropped so the timeline stays exact.
                 if let Some(tail) = held.pop_front() {
                     let alpha = (index + 1) as f32 / (input.lead_frames + 1) as f32;
-                    write(
-                        &dissolve(&tail, &frame, alpha),
-                        &mut written,
-                        &mut encode_seconds,
-                    )?;
+                    out.write(Pending {
+                        part: tail.part,
+                        blended: true,
+                        frame: dissolve(&tail.frame, &frame, alpha),
+                        uncorrected: mix(&tail.uncorrected, &uncorrected, alpha),
+                    })?;
                 }
                 continue;
             }
-            held.push_back(frame);
+            held.push_back(Pending {
+                part: position,
+                blended: false,
+                frame,
+                uncorrected,
+            });
             while held.len() > hold_for_next {
-                let frame = held.pop_front().expect("length checked");
-                write(&frame, &mut written, &mut encode_seconds)?;
+                out.write(held.pop_front().expect("length checked"))?;
             }
         }
-        // Tail frames the next crossfade could not use (it has fewer lead frames) go out as they are.
+        // Tail frames the next part cannot blend over (it has fewer lead frames) go out as they are.
         while held.len() > hold_for_next {
-            let frame = held.pop_front().expect("length checked");
-            write(&frame, &mut written, &mut encode_seconds)?;
+            out.write(held.pop_front().expect("length checked"))?;
         }
     }
-    for frame in held.drain(..) {
-        write(&frame, &mut written, &mut encode_seconds)?;
+    for pending in held.drain(..) {
+        out.write(pending)?;
     }
-    Ok((written, decode_seconds, encode_seconds))
+    let contact_rows = labels
+        .into_iter()
+        .zip(out.thumbnails)
+        .filter_map(|(label, [first, middle, last])| {
+            Some(ContactRow {
+                label,
+                frames: [first?, middle?, last?],
+            })
+        })
+        .collect();
+    Ok(Stitched {
+        frames: out.written,
+        decode_seconds,
+        grade_seconds: grade_seconds + out.meter_seconds,
+        encode_seconds: out.encode_seconds,
+        joins: out.meter.joins(),
+        contact_rows,
+    })
+}
+
+/// The shots of the stitched video as an OpenTimelineIO timeline pointing at `media_url`.
+pub fn timeline_of(
+    inputs: &[StitchInput],
+    title: &str,
+    fps: u32,
+    media_url: &str,
+) -> serde_json::Value {
+    let ranges = shot_ranges(inputs);
+    let total = inputs.iter().map(|input| input.timeline_frames).sum();
+    let shots: Vec<TimelineShot> = ranges
+        .iter()
+        .map(|(&shot, &(start_frame, frames))| {
+            let first = inputs
+                .iter()
+                .find(|input| input.shot_index == shot)
+                .expect("a range comes from an input");
+            TimelineShot {
+                name: first.shot_name.clone(),
+                start_frame,
+                frames,
+                transition_in: match first.join {
+                    pb::JoinKind::Crossfade => TimelineJoin::Crossfade {
+                        frames: first.lead_frames,
+                    },
+                    pb::JoinKind::Continue => TimelineJoin::Continue,
+                    pb::JoinKind::Cut | pb::JoinKind::Unspecified => TimelineJoin::Cut,
+                },
+            }
+        })
+        .collect();
+    otio_timeline(title, fps, media_url, total, &shots)
 }
 
 pub struct StitchResult {
@@ -152,11 +355,28 @@ pub struct StitchResult {
     pub phases: Phases,
 }
 
+fn segment_color(part: &pb::StitchPart, sidecar: &Sidecar) -> SegmentColor {
+    SegmentColor {
+        scene: part.scene.clone(),
+        grade_reference: part.grade_reference,
+        continues_previous: part.join == pb::JoinKind::Continue as i32,
+        first_frame: sidecar.colors.first_frame_lab.to_f64(),
+        last_frame: sidecar.colors.last_frame_lab.to_f64(),
+        whole: sidecar.colors.segment_lab.to_f64(),
+    }
+}
+
 pub async fn run_stitch(
     task: pb::StitchTask,
     store: Arc<dyn BlobStore>,
     progress: Progress,
 ) -> Result<StitchResult, TaskFailure> {
+    let method = ColorMatch::from_name(&task.color_match).ok_or_else(|| {
+        TaskFailure::invalid(format!(
+            "color_match: unknown method {:?}",
+            task.color_match
+        ))
+    })?;
     let mut phases = Phases::default();
     let start = unix_now_s();
     let mut inputs = Vec::with_capacity(task.parts.len());
@@ -165,25 +385,28 @@ pub async fn run_stitch(
             .get(&part.video_key)
             .await
             .map_err(TaskFailure::storage)?;
-        let join = pb::JoinKind::try_from(part.join).unwrap_or(pb::JoinKind::Cut);
-        let lead_frames = if join == pb::JoinKind::Crossfade {
-            part.lead_frames
-        } else {
-            0
-        };
+        let sidecar = store
+            .get(&part.sidecar_key)
+            .await
+            .map_err(TaskFailure::storage)?;
+        let sidecar: Sidecar = serde_json::from_slice(&sidecar).map_err(|error| {
+            TaskFailure::invalid(format!("sidecar {}: {error}", part.sidecar_key))
+        })?;
         inputs.push(StitchInput {
             segment_id: part.segment_id.clone(),
             shot_index: part.shot_index,
-            join,
-            lead_frames,
+            shot_name: part.shot_name.clone(),
+            join: pb::JoinKind::try_from(part.join).unwrap_or(pb::JoinKind::Cut),
+            lead_frames: part.lead_frames,
             timeline_frames: part.timeline_frames,
             video,
+            color: segment_color(part, &sidecar),
         });
     }
     phases.record("storage", "stitch", start);
 
     let blocking_task = task.clone();
-    let (video, report, mut codec_phases) =
+    let (outputs, mut codec_phases) =
         tokio::task::spawn_blocking(move || -> Result<_, TaskFailure> {
             let settings = EncodeSettings {
                 width: blocking_task.width,
@@ -194,40 +417,49 @@ pub async fn run_stitch(
             let mut phases = Phases::default();
             let codec_start = unix_now_s();
             let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings)?;
-            let (frames, decode_seconds, encode_seconds) = stitch(&inputs, &mut writer, &progress)?;
+            let stitched = stitch(&inputs, method, &mut writer, &progress)?;
             let video = writer.finish()?.into_inner();
-            // Decode and encode interleave frame by frame: the stitch counts as one codec phase.
+            // Decode, grading and encode interleave frame by frame: one codec phase.
             phases.record("codec", "stitch", codec_start);
-            let mut at_frame = 0;
-            let joins = inputs
-                .iter()
-                .enumerate()
-                .map(|(index, input)| {
-                    let join = JoinReport {
-                        index,
-                        kind: join_name(input.join),
-                        shot_index: input.shot_index,
-                        segment_id: input.segment_id.clone(),
-                        at_frame,
-                    };
-                    at_frame += input.timeline_frames;
-                    join
-                })
-                .skip(1)
-                .collect();
             let report = StitchReport {
                 title: blocking_task.title.clone(),
                 width: blocking_task.width,
                 height: blocking_task.height,
                 fps: blocking_task.fps,
-                frames,
-                duration_seconds: frames as f64 / f64::from(blocking_task.fps.max(1)),
+                frames: stitched.frames,
+                duration_seconds: stitched.frames as f64 / f64::from(blocking_task.fps.max(1)),
                 segments: inputs.len(),
-                joins,
-                decode_seconds,
-                encode_seconds,
+                color_match: method.name(),
+                joins: stitched.joins,
+                decode_seconds: stitched.decode_seconds,
+                grade_seconds: stitched.grade_seconds,
+                encode_seconds: stitched.encode_seconds,
             };
-            Ok((video, report, phases))
+            let media_name = blocking_task
+                .video_key
+                .rsplit('/')
+                .next()
+                .unwrap_or("final.mp4")
+                .to_string();
+            let timeline = timeline_of(
+                &inputs,
+                &blocking_task.title,
+                blocking_task.fps,
+                &media_name,
+            );
+            let sheet = encode_png(&contact_sheet(
+                &blocking_task.title,
+                &stitched.contact_rows,
+                THUMB_WIDTH,
+            ))?;
+            let outputs = vec![
+                (blocking_task.report_key.clone(), pretty_json(&report)?),
+                (blocking_task.timeline_key.clone(), pretty_json(&timeline)?),
+                (blocking_task.contact_sheet_key.clone(), sheet),
+                // The video goes last: its presence means the sequence's outputs are complete.
+                (blocking_task.video_key.clone(), video),
+            ];
+            Ok((outputs, phases))
         })
         .await
         .map_err(|error| {
@@ -238,16 +470,15 @@ pub async fn run_stitch(
         })??;
 
     let start = unix_now_s();
-    let report_json = serde_json::to_vec_pretty(&report)
-        .map_err(|error| TaskFailure::invalid(error.to_string()))?;
-    store
-        .put(&task.report_key, report_json.into())
-        .await
-        .map_err(TaskFailure::storage)?;
-    store
-        .put(&task.video_key, video.into())
-        .await
-        .map_err(TaskFailure::storage)?;
+    for (key, bytes) in outputs {
+        if key.is_empty() {
+            continue;
+        }
+        store
+            .put(&key, bytes.into())
+            .await
+            .map_err(TaskFailure::storage)?;
+    }
     phases.record("storage", "stitch", start);
     codec_phases.extend(phases);
     Ok(StitchResult {
@@ -256,6 +487,14 @@ pub async fn run_stitch(
     })
 }
 
+fn pretty_json(value: &impl Serialize) -> Result<Vec<u8>, TaskFailure> {
+    serde_json::to_vec_pretty(value).map_err(|error| TaskFailure::invalid(error.to_string()))
+}
+
 #[cfg(test)]
 #[path = "stitch_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "stitch_matching_tests.rs"]
+mod matching_tests;

@@ -43,10 +43,24 @@ fn input(
     StitchInput {
         segment_id: id.into(),
         shot_index: 0,
+        shot_name: "shot 0".into(),
         join,
         lead_frames: lead,
         timeline_frames: timeline,
         video: segment(&levels),
+        color: no_color(),
+    }
+}
+
+/// No samples: every grade fits to the identity.
+fn no_color() -> SegmentColor {
+    SegmentColor {
+        scene: "one".into(),
+        grade_reference: false,
+        continues_previous: false,
+        first_frame: Vec::new(),
+        last_frame: Vec::new(),
+        whole: Vec::new(),
     }
 }
 
@@ -61,7 +75,9 @@ fn mean_level(frame: &RgbFrame) -> f64 {
 
 fn run(inputs: &[StitchInput]) -> Vec<f64> {
     let mut writer = new_writer();
-    let (written, _, _) = stitch(inputs, &mut writer, &progress()).unwrap();
+    let written = stitch(inputs, ColorMatch::Mkl, &mut writer, &progress())
+        .unwrap()
+        .frames;
     let bytes = writer.finish().unwrap().into_inner();
     let mut reader = Mp4Reader::open(bytes).unwrap();
     assert_eq!(reader.frame_count(), written);
@@ -120,11 +136,65 @@ fn a_crossfade_dissolves_its_handle_over_the_tail_and_keeps_the_length() {
 }
 
 #[test]
+fn a_continuity_blend_dissolves_the_overlap_and_keeps_the_length() {
+    let levels = run(&[
+        input("a", pb::JoinKind::Cut, 0, 10, 40, 0),
+        input("b", pb::JoinKind::Continue, 2, 6, 160, 100),
+    ]);
+    assert_eq!(
+        levels.len(),
+        16,
+        "timeline = 10 + 6, the overlap replaces a's tail"
+    );
+    assert!(
+        levels[..8].iter().all(|l| (l - 40.0).abs() < 4.0),
+        "{levels:?}"
+    );
+    // Overlap frames at b's lead level (100) blend in at 1/3 and 2/3.
+    for (offset, expected) in [60.0, 80.0].into_iter().enumerate() {
+        assert!((levels[8 + offset] - expected).abs() < 5.0, "{levels:?}");
+    }
+    assert!(
+        levels[10..].iter().all(|l| (l - 160.0).abs() < 4.0),
+        "{levels:?}"
+    );
+}
+
+#[test]
+fn the_contact_sheet_gets_first_middle_and_last_frame_of_every_shot() {
+    let mut inputs = vec![
+        input("a", pb::JoinKind::Cut, 0, 5, 40, 0),
+        input("b", pb::JoinKind::Continue, 0, 4, 120, 0),
+        input("c", pb::JoinKind::Cut, 0, 3, 200, 0),
+    ];
+    inputs[2].shot_index = 1;
+    inputs[2].shot_name = "harbour".into();
+    let (labels, picks) = contact_picks(&inputs, FPS);
+    assert_eq!(labels.len(), 2);
+    assert_eq!(labels[1], "harbour | 0.4 s | cut");
+    let frames: Vec<u64> = picks.keys().copied().collect();
+    assert_eq!(
+        frames,
+        vec![0, 4, 8, 9, 10, 11],
+        "shot 0 spans 9 frames, shot 1 three"
+    );
+    let mut writer = new_writer();
+    let stitched = stitch(&inputs, ColorMatch::Off, &mut writer, &progress()).unwrap();
+    assert_eq!(stitched.contact_rows.len(), 2);
+    let last_of_first_shot = &stitched.contact_rows[0].frames[2];
+    assert!((mean_level(last_of_first_shot) - 120.0).abs() < 4.0);
+    let timeline = timeline_of(&inputs, "t", FPS, "final.mp4");
+    assert!(timeline.to_string().contains("harbour"));
+}
+
+#[test]
 fn a_segment_shorter_than_the_plan_is_an_error_not_a_short_video() {
     let mut short = input("a", pb::JoinKind::Cut, 0, 5, 40, 0);
     short.timeline_frames = 9;
     let mut writer = new_writer();
-    let failure = stitch(&[short], &mut writer, &progress()).unwrap_err();
+    let failure = stitch(&[short], ColorMatch::Off, &mut writer, &progress())
+        .err()
+        .unwrap();
     assert_eq!(failure.reason, pb::FailureReason::InvalidTask);
 }
 

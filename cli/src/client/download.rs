@@ -14,38 +14,72 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::{Client, DownloadArgs};
+use crate::outputs::{deliveries, retarget_timeline, write_atomically};
 use crate::render::check_output;
 
 pub(super) async fn download(args: DownloadArgs) -> Result<()> {
-    let (kind, default_name) = if args.report {
-        (pb::OutputKind::Report, format!("{}.report.json", args.id))
-    } else {
-        (pb::OutputKind::Video, format!("{}.mp4", args.id))
-    };
-    let output = args.output.unwrap_or_else(|| PathBuf::from(default_name));
-    check_output(&output)?;
+    if args.report {
+        let output = args
+            .output
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.report.json", args.id)));
+        let mut client = Client::connect(&args.scheduler).await?;
+        let bytes = download_one(&mut client, &args.id, pb::OutputKind::Report, &output).await?;
+        println!(
+            "wrote {} ({:.1} KiB, the report of {})",
+            output.display(),
+            bytes as f64 / 1024.0,
+            args.id
+        );
+        return Ok(());
+    }
+    let video = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.mp4", args.id)));
     let mut client = Client::connect(&args.scheduler).await?;
-    let mut partial = output.clone().into_os_string();
+    for delivery in deliveries(&args.id, &video) {
+        check_output(&delivery.path)?;
+    }
+    for delivery in deliveries(&args.id, &video) {
+        let bytes = download_one(&mut client, &args.id, delivery.kind, &delivery.path).await?;
+        if delivery.kind == pb::OutputKind::Timeline {
+            let stored = std::fs::read(&delivery.path)
+                .with_context(|| format!("reading {}", delivery.path.display()))?;
+            write_atomically(&delivery.path, &retarget_timeline(&stored, &video)?)?;
+        }
+        println!(
+            "wrote {} ({:.1} MiB, the {} of {})",
+            delivery.path.display(),
+            bytes as f64 / f64::from(1 << 20),
+            delivery.what,
+            args.id
+        );
+    }
+    Ok(())
+}
+
+/// One output into `output` through `output.partial`, restarted once at the leader.
+async fn download_one(
+    client: &mut Client,
+    id: &str,
+    kind: pb::OutputKind,
+    output: &Path,
+) -> Result<u64> {
+    check_output(output)?;
+    let mut partial = output.to_path_buf().into_os_string();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    let result = fetch_with_retry(&mut client, &args.id, kind, &partial).await;
-    let bytes = match result {
+    let bytes = match fetch_with_retry(client, id, kind, &partial).await {
         Ok(bytes) => bytes,
         Err(error) => {
             let _ = std::fs::remove_file(&partial);
             return Err(error);
         }
     };
-    std::fs::rename(&partial, &output)
+    std::fs::rename(&partial, output)
         .with_context(|| format!("moving {} into place", output.display()))?;
-    println!(
-        "wrote {} ({:.1} MiB, the {} of {})",
-        output.display(),
-        bytes as f64 / f64::from(1 << 20),
-        if args.report { "report" } else { "video" },
-        args.id
-    );
-    Ok(())
+    Ok(bytes)
 }
 
 async fn fetch_with_retry(

@@ -52,6 +52,11 @@ impl<W: Write + Seek> Mp4Writer<W> {
         })
     }
 
+    /// The size every frame must have, the rate and the quality.
+    pub fn settings(&self) -> &EncodeSettings {
+        &self.settings
+    }
+
     /// Encodes and appends one frame; it must have the size given in the settings.
     pub fn push(&mut self, frame: &RgbFrame) -> Result<(), VideoError> {
         let (width, height) = (self.settings.width, self.settings.height);
