@@ -201,6 +201,18 @@ async fn a_sixty_second_sequence_renders_across_processes_into_s3() {
         if (video.duration_seconds - 60.0).abs() > 1e-3 || video.frame_rate != "8/1" {
             bail!("downloaded video timing: {video:?}");
         }
+        // The report, the timeline (pointing at the downloaded file) and the contact sheet
+        // arrive beside the video.
+        for sibling in ["downloaded.report.json", "downloaded.otio", "downloaded.contact.png"] {
+            let path = farm.dir.path().join(sibling);
+            if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+                bail!("download left no {sibling} beside the video: {stdout}");
+            }
+        }
+        let otio = std::fs::read_to_string(farm.dir.path().join("downloaded.otio"))?;
+        if !otio.contains("\"downloaded.mp4\"") {
+            bail!("the downloaded timeline does not point at downloaded.mp4");
+        }
         Ok(())
     })
     .await;
