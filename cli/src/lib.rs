@@ -1,5 +1,6 @@
 //! The `reelfarm` command's building blocks, as a library so tests drive the same code.
 
+pub mod bench_stitch;
 pub mod client;
 pub mod config;
 pub mod embedded;

@@ -129,6 +129,29 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stitch synthetic segments of a long 1080p sequence with colour matching on and off,
+    /// and time ffmpeg (libx264 veryfast) re-encoding the same segments without matching.
+    #[command(long_about = "\
+Stitch synthetic segments of a long sequence (15 s shots with per-shot exposure and white
+balance offsets, continuations that drift, dissolves) three ways and print the times and
+their ratios: reelfarm with colour matching on, reelfarm with it off, and plain
+`ffmpeg -c:v libx264 -preset veryfast` re-encoding the same segment files. The goal is a
+ratio ffmpeg/reelfarm of at least 1: matching close to free. Needs ffmpeg on PATH. Build
+with --release: a debug build measures the debug build.
+
+Example:
+  cargo run --release -p reelfarm -- bench stitch --seconds 120 --resolution 1080p")]
+    Stitch {
+        /// Length of the synthetic sequence.
+        #[arg(long, default_value_t = 120.0)]
+        seconds: f64,
+        /// Frame size (16:9): 480p, 720p or 1080p.
+        #[arg(long, default_value = "1080p")]
+        resolution: String,
+        /// One JSON object: reelfarm_s, reelfarm_off_s, ffmpeg_s, ratio_vs_ffmpeg, matching_overhead, ...
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -192,6 +215,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => reelfarm_cli::serve::run_worker(args, store, config).await?,
         Command::Validate { spec } => reelfarm_cli::validate::print_plan(&load_spec(&spec, None)?),
         Command::Client(command) => reelfarm_cli::client::run(command).await?,
+        Command::Bench {
+            bench:
+                BenchCommand::Stitch {
+                    seconds,
+                    resolution,
+                    json,
+                },
+        } => {
+            let bench = tokio::task::spawn_blocking(move || {
+                reelfarm_cli::bench_stitch::run(seconds, &resolution)
+            })
+            .await??;
+            if json {
+                println!("{}", serde_json::to_string(&bench)?);
+            } else {
+                reelfarm_cli::bench_stitch::print(&bench);
+            }
+        }
         Command::Bench {
             bench: BenchCommand::Render { spec, farm, json },
         } => {

@@ -203,7 +203,11 @@ async fn a_sixty_second_sequence_renders_across_processes_into_s3() {
         }
         // The report, the timeline (pointing at the downloaded file) and the contact sheet
         // arrive beside the video.
-        for sibling in ["downloaded.report.json", "downloaded.otio", "downloaded.contact.png"] {
+        for sibling in [
+            "downloaded.report.json",
+            "downloaded.otio",
+            "downloaded.contact.png",
+        ] {
             let path = farm.dir.path().join(sibling);
             if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
                 bail!("download left no {sibling} beside the video: {stdout}");

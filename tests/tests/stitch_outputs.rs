@@ -49,7 +49,8 @@ fn render_delivers_report_timeline_and_contact_sheet_beside_the_video() {
     assert_eq!(video.frames, 76, "9.5 s at 8 fps, the sum of the shots");
 
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("out.report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("out.report.json")).unwrap())
+            .unwrap();
     assert_eq!(report["color_match"], "reinhard");
     let joins = report["joins"].as_array().unwrap();
     let kinds: Vec<&str> = joins.iter().map(|j| j["kind"].as_str().unwrap()).collect();
@@ -63,7 +64,10 @@ fn render_delivers_report_timeline_and_contact_sheet_beside_the_video() {
         assert_eq!(join["within_p95"].is_number(), continuity, "{join}");
         assert_eq!(join["w2_before"].is_number(), !continuity, "{join}");
     }
-    assert_eq!(joins[0]["same_scene"], true, "a continuation is its shot's scene");
+    assert_eq!(
+        joins[0]["same_scene"], true,
+        "a continuation is its shot's scene"
+    );
     assert_eq!(joins[1]["same_scene"], false, "harbour → desert");
 
     // The timeline, read by OpenTimelineIO itself.
@@ -87,12 +91,25 @@ print(len(transitions), int(t.duration().value), clips[0].media_reference.target
         "opentimelineio could not read the timeline (pip install opentimelineio; .ci/run does): {}",
         String::from_utf8_lossy(&otio.stderr)
     );
-    let lines: Vec<String> = String::from_utf8_lossy(&otio.stdout).lines().map(String::from).collect();
-    assert_eq!(lines, ["4", "wide|shot 1|dunes|shot 3", "24 20 16 16", "1 76 out.mp4"]);
+    let lines: Vec<String> = String::from_utf8_lossy(&otio.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "4",
+            "wide|shot 1|dunes|shot 3",
+            "24 20 16 16",
+            "1 76 out.mp4"
+        ]
+    );
 
     // The contact sheet: a PNG tall enough for a title and four labelled rows.
-    let sheet = reelfarm_worker::video::decode_png(&std::fs::read(dir.path().join("out.contact.png")).unwrap())
-        .unwrap();
+    let sheet = reelfarm_worker::video::decode_png(
+        &std::fs::read(dir.path().join("out.contact.png")).unwrap(),
+    )
+    .unwrap();
     assert!(sheet.width >= 3 * 240, "{}x{}", sheet.width, sheet.height);
     assert!(sheet.height >= 4 * 135, "{}x{}", sheet.width, sheet.height);
 }
@@ -108,5 +125,8 @@ fn a_bad_colour_setting_is_refused_naming_the_field() {
         stderr.contains("color_match: must be one of off, hm, reinhard, mkl, hm-mkl-hm, got lut"),
         "{stderr}"
     );
-    assert!(!dir.path().join("out.mp4").exists(), "nothing is written for a refused spec");
+    assert!(
+        !dir.path().join("out.mp4").exists(),
+        "nothing is written for a refused spec"
+    );
 }
