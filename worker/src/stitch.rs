@@ -4,11 +4,13 @@
 //! report (timings and seam metrics), an OpenTimelineIO timeline and a contact sheet.
 //!
 //! A part's lead frames (a crossfade's dissolve handle, a continuation's overlap) dissolve
-//! over the previous part's tail, so they replace frames instead of adding any.
+//! over the previous part's tail, so they replace frames instead of adding any. Decoding,
+//! grading and metering run on one thread, H.264 encoding on another, so the two overlap.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
 use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use bytes::Bytes;
 use reelfarm_common::blob::BlobStore;
@@ -20,7 +22,7 @@ use crate::color::{lab_at, sample_grid, srgb_to_lab};
 use crate::color_math::Vec3;
 use crate::contact_sheet::{ContactRow, contact_sheet, thumbnail};
 use crate::frame::RgbFrame;
-use crate::grading::{GradeTable, SegmentColor, join_weight, plan_grades};
+use crate::grading::{GradeTable, SegmentColor, SegmentGrade, join_weight, plan_grades};
 use crate::seams::{JoinMetrics, MeteredFrame, MeteredPart, SeamMeter};
 use crate::segment::Sidecar;
 use crate::task::{Phases, Progress, TaskFailure};
@@ -138,25 +140,20 @@ fn contact_picks(inputs: &[StitchInput], fps: u32) -> (Vec<String>, BTreeMap<u64
     (labels, picks)
 }
 
-/// Writes graded frames, feeding the meter, the progress report and the contact sheet.
-struct Output<'a, W: std::io::Write + std::io::Seek> {
-    writer: &'a mut Mp4Writer<W>,
-    progress: &'a Progress,
+/// The decoding side of the stitch: grades, blends and meters frames in timeline order and
+/// hands them to the encoder, keeping the contact sheet's thumbnails on the way.
+struct Finisher {
+    sender: SyncSender<RgbFrame>,
     meter: SeamMeter,
     grid: Vec<usize>,
     picks: BTreeMap<u64, (usize, usize)>,
     thumbnails: Vec<[Option<RgbFrame>; 3]>,
     written: u64,
-    total: u64,
-    encode_seconds: f64,
     meter_seconds: f64,
 }
 
-impl<W: std::io::Write + std::io::Seek> Output<'_, W> {
+impl Finisher {
     fn write(&mut self, pending: Pending) -> Result<(), TaskFailure> {
-        let start = unix_now_s();
-        self.writer.push(&pending.frame)?;
-        self.encode_seconds += unix_now_s() - start;
         let start = unix_now_s();
         let uncorrected: Vec<Vec3> = pending
             .uncorrected
@@ -174,11 +171,19 @@ impl<W: std::io::Write + std::io::Seek> Output<'_, W> {
         }
         self.meter_seconds += unix_now_s() - start;
         self.written += 1;
-        if self.written.is_multiple_of(24) || self.written == self.total {
-            self.progress.report(self.written, self.total);
-        }
-        Ok(())
+        // A closed channel means the encoder stopped; its error is the one reported.
+        self.sender
+            .send(pending.frame)
+            .map_err(|_| TaskFailure::invalid("the encoder stopped"))
     }
+}
+
+/// What the decoding side hands back when every frame is out.
+struct Produced {
+    meter: SeamMeter,
+    thumbnails: Vec<[Option<RgbFrame>; 3]>,
+    decode_seconds: f64,
+    grade_seconds: f64,
 }
 
 fn samples_at(frame: &RgbFrame, grid: &[usize]) -> Vec<u8> {
@@ -193,7 +198,11 @@ fn samples_at(frame: &RgbFrame, grid: &[usize]) -> Vec<u8> {
         .collect()
 }
 
-/// Joins the inputs into `writer` with colour matching `method`.
+/// Frames in flight between the decoding and the encoding thread.
+const PIPELINE_FRAMES: usize = 8;
+
+/// Joins the inputs into `writer` with colour matching `method`. Decoding, grading and
+/// metering run on one thread and H.264 encoding on this one, so the two overlap.
 pub fn stitch<W: std::io::Write + std::io::Seek>(
     inputs: &[StitchInput],
     method: ColorMatch,
@@ -219,24 +228,78 @@ pub fn stitch<W: std::io::Write + std::io::Seek>(
             part
         })
         .collect();
-    let settings = writer.settings();
-    let (width, height, fps) = (settings.width, settings.height, settings.fps);
-    let (labels, picks) = contact_picks(inputs, fps);
-    let mut out = Output {
-        writer,
-        progress,
+    let total = at_frame;
+    let settings = *writer.settings();
+    let (labels, picks) = contact_picks(inputs, settings.fps);
+    let (sender, receiver) = sync_channel(PIPELINE_FRAMES);
+    let finisher = Finisher {
+        sender,
         meter: SeamMeter::new(parts),
-        grid: sample_grid(width, height, METER_SAMPLES),
+        grid: sample_grid(settings.width, settings.height, METER_SAMPLES),
         picks,
         thumbnails: vec![[None, None, None]; labels.len()],
         written: 0,
-        total: at_frame,
-        encode_seconds: 0.0,
         meter_seconds: 0.0,
     };
+    std::thread::scope(|scope| {
+        let decoding = scope.spawn(|| decode_grade_and_blend(inputs, &grades, finisher, progress));
+        let (mut written, mut encode_seconds) = (0u64, 0.0);
+        let mut encode_error = None;
+        for frame in receiver.iter() {
+            let start = unix_now_s();
+            if let Err(error) = writer.push(&frame) {
+                encode_error = Some(error);
+                break;
+            }
+            encode_seconds += unix_now_s() - start;
+            written += 1;
+            if written.is_multiple_of(24) || written == total {
+                progress.report(written, total);
+            }
+        }
+        drop(receiver);
+        let produced = decoding.join().map_err(|_| {
+            TaskFailure::new(
+                pb::FailureReason::ModelError,
+                "the stitch's decoding thread panicked",
+            )
+        })?;
+        if let Some(error) = encode_error {
+            return Err(error.into());
+        }
+        let produced = produced?;
+        let contact_rows = labels
+            .into_iter()
+            .zip(produced.thumbnails)
+            .filter_map(|(label, [first, middle, last])| {
+                Some(ContactRow {
+                    label,
+                    frames: [first?, middle?, last?],
+                })
+            })
+            .collect();
+        Ok(Stitched {
+            frames: written,
+            decode_seconds: produced.decode_seconds,
+            grade_seconds: produced.grade_seconds,
+            encode_seconds,
+            joins: produced.meter.joins(),
+            contact_rows,
+        })
+    })
+}
+
+/// The decoding thread: every part's frames in order, graded, with lead frames blended over
+/// the held tail of the part before.
+fn decode_grade_and_blend(
+    inputs: &[StitchInput],
+    grades: &[SegmentGrade],
+    mut out: Finisher,
+    progress: &Progress,
+) -> Result<Produced, TaskFailure> {
     let (mut decode_seconds, mut grade_seconds) = (0.0, 0.0);
     let mut held: VecDeque<Pending> = VecDeque::new();
-    for (position, (input, grade)) in inputs.iter().zip(&grades).enumerate() {
+    for (position, (input, grade)) in inputs.iter().zip(grades).enumerate() {
         progress.check_cancelled()?;
         let start = unix_now_s();
         let mut reader = Mp4Reader::open(input.video.to_vec())?;
@@ -297,23 +360,11 @@ pub fn stitch<W: std::io::Write + std::io::Seek>(
     for pending in held.drain(..) {
         out.write(pending)?;
     }
-    let contact_rows = labels
-        .into_iter()
-        .zip(out.thumbnails)
-        .filter_map(|(label, [first, middle, last])| {
-            Some(ContactRow {
-                label,
-                frames: [first?, middle?, last?],
-            })
-        })
-        .collect();
-    Ok(Stitched {
-        frames: out.written,
-        decode_seconds,
+    Ok(Produced {
         grade_seconds: grade_seconds + out.meter_seconds,
-        encode_seconds: out.encode_seconds,
-        joins: out.meter.joins(),
-        contact_rows,
+        meter: out.meter,
+        thumbnails: out.thumbnails,
+        decode_seconds,
     })
 }
 
