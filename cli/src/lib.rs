@@ -9,4 +9,5 @@ pub mod progress;
 pub mod render;
 pub mod report;
 pub mod serve;
+pub mod sim;
 pub mod validate;

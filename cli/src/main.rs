@@ -81,6 +81,32 @@ Example:
         #[arg(long, env = "REELFARM_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Compare placement policies on a simulated 64-GPU pool (the real placement code).
+    #[command(long_about = "\
+Run the reference trace through a discrete-event model of a GPU pool, driving the real
+placement and memory-estimate code: 64 GPUs (32 x 24 GB at speed 1.0, 24 x 80 GB at 2.2,
+8 x 80 GB at 3.5) and 200 sequences of 60-180 s arriving over an hour (drafts and finals of
+three model sizes, continuity chains, model loads, compute shared by co-running segments,
+out-of-memory failures when true peaks exceed a GPU). For each policy it prints makespan,
+its lower bound, mean GPU busy fraction, OOM count and p50/p95 sequence completion time.
+
+Policies: fifo (one segment per GPU, first fit: a plain nvidia.com/gpu: 1 pod per segment),
+pack (memory packing only), full (packing, model affinity, critical path, large-GPU
+protection, fair share).
+
+Example:
+  reelfarm sim --policy all")]
+    Sim {
+        /// fifo, pack, full or all.
+        #[arg(long, default_value = "all")]
+        policy: String,
+        /// Seed of the reference trace.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// A JSON list: policy, makespan_s, lower_bound_s, busy, ooms, p50_s, p95_s, ...
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that print ratios and where time went (not for tests).
     Bench {
         #[command(subcommand)]
@@ -126,6 +152,12 @@ enum BenchCommand {
         #[command(flatten)]
         farm: FarmArgs,
         /// One JSON object: wall_s, model_s, codec_s, overhead_s, overhead_fraction.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Placement speed: 1,000 workers, 100,000 queued segments; placements/s and p99 latency.
+    Placement {
+        /// One JSON object: placements_per_s, p99_ms, baseline_placements_per_s, ...
         #[arg(long)]
         json: bool,
     },
@@ -215,6 +247,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => reelfarm_cli::serve::run_worker(args, store, config).await?,
         Command::Validate { spec } => reelfarm_cli::validate::print_plan(&load_spec(&spec, None)?),
         Command::Client(command) => reelfarm_cli::client::run(command).await?,
+        Command::Sim { policy, seed, json } => {
+            let results =
+                tokio::task::spawn_blocking(move || reelfarm_cli::sim::run_sim(&policy, seed))
+                    .await??;
+            if json {
+                println!("{}", serde_json::to_string(&results)?);
+            } else {
+                reelfarm_cli::sim::print_sim(&results);
+            }
+        }
+        Command::Bench {
+            bench: BenchCommand::Placement { json },
+        } => {
+            let bench = tokio::task::spawn_blocking(reelfarm_cli::sim::bench_placement).await?;
+            if json {
+                println!("{}", serde_json::to_string(&bench)?);
+            } else {
+                reelfarm_cli::sim::print_bench(&bench);
+            }
+        }
         Command::Bench {
             bench:
                 BenchCommand::Stitch {

@@ -2,11 +2,14 @@
 //! workers and serves the public and worker gRPC APIs.
 
 pub mod error;
+pub mod estimator;
 pub mod farm;
 mod leading;
+pub mod placement;
 pub mod planner;
 pub mod records;
 pub mod service;
+pub mod sim;
 pub mod snapshot;
 pub mod state;
 
