@@ -200,8 +200,7 @@ pub fn plan_grades(method: ColorMatch, segments: &[SegmentColor]) -> Vec<Segment
     grades
 }
 
-/// Nodes per axis of the exactly evaluated grid, and of the table frames are graded through.
-const EXACT_NODES: usize = 33;
+/// Bits of each channel that index the table frames are graded through.
 const TABLE_BITS: u32 = 6;
 const TABLE_NODES: usize = 1 << TABLE_BITS;
 /// Join weights are quantised to this many steps, so a frame's table is rebuilt only when
@@ -285,48 +284,23 @@ impl GradeTable {
     }
 }
 
-/// RGB offsets (in 8-bit levels) of a Lab correction at every table node: evaluated exactly
-/// on a 33³ grid, then trilinearly interpolated to the 64³ table.
+/// RGB offsets (in 8-bit levels) of a Lab correction, evaluated exactly at the centre of
+/// every table bucket (no interpolation, so colours the grade pushes against the gamut,
+/// where the exact result clips, stay exact at the centres too).
 fn offsets(correction: &dyn Fn(Vec3) -> Vec3) -> Vec<[f32; 3]> {
-    let last = (EXACT_NODES - 1) as f64;
-    let mut exact = vec![[0.0f64; 3]; EXACT_NODES * EXACT_NODES * EXACT_NODES];
-    for r in 0..EXACT_NODES {
-        for g in 0..EXACT_NODES {
-            for b in 0..EXACT_NODES {
-                let rgb = [r as f64 / last, g as f64 / last, b as f64 / last];
-                let graded = lab_to_srgb_unit(correction(srgb_unit_to_lab(rgb)));
-                exact[(r * EXACT_NODES + g) * EXACT_NODES + b] =
-                    std::array::from_fn(|c| (graded[c] - rgb[c]) * 255.0);
-            }
-        }
-    }
     let bucket = f64::from(1u32 << (8 - TABLE_BITS));
-    // A bucket's centre, on the exact grid's axis.
-    let axis: Vec<(usize, f64)> = (0..TABLE_NODES)
-        .map(|node| {
-            let value = (node as f64 * bucket + (bucket - 1.0) / 2.0) / 255.0 * last;
-            let below = (value.floor() as usize).min(EXACT_NODES - 2);
-            (below, value - below as f64)
-        })
+    let centres: Vec<f64> = (0..TABLE_NODES)
+        .map(|node| (node as f64 * bucket + (bucket - 1.0) / 2.0) / 255.0)
         .collect();
     let mut table = Vec::with_capacity(TABLE_NODES * TABLE_NODES * TABLE_NODES);
-    for &(r0, fr) in &axis {
-        for &(g0, fg) in &axis {
-            for &(b0, fb) in &axis {
-                let mut offset = [0.0f64; 3];
-                for (dr, wr) in [(0, 1.0 - fr), (1, fr)] {
-                    for (dg, wg) in [(0, 1.0 - fg), (1, fg)] {
-                        for (db, wb) in [(0, 1.0 - fb), (1, fb)] {
-                            let node =
-                                exact[((r0 + dr) * EXACT_NODES + g0 + dg) * EXACT_NODES + b0 + db];
-                            let weight = wr * wg * wb;
-                            for c in 0..3 {
-                                offset[c] += weight * node[c];
-                            }
-                        }
-                    }
-                }
-                table.push(offset.map(|v| v as f32));
+    for &r in &centres {
+        for &g in &centres {
+            for &b in &centres {
+                let rgb = [r, g, b];
+                let graded = lab_to_srgb_unit(correction(srgb_unit_to_lab(rgb)));
+                table.push(std::array::from_fn(|c| {
+                    ((graded[c] - rgb[c]) * 255.0) as f32
+                }));
             }
         }
     }
