@@ -261,9 +261,14 @@ impl Shared {
         self.apply(|_| Ok(((), Vec::new()))).await
     }
 
-    async fn step_down(&self) {
+    /// Gives up the lead; `shutting_down` marks the expected case, logged quietly.
+    async fn step_down(&self, shutting_down: bool) {
         if self.lead.lock().await.take().is_some() {
-            warn!(url = %self.url, "no longer leading");
+            if shutting_down {
+                info!(url = %self.url, "stopped leading: shutting down");
+            } else {
+                warn!(url = %self.url, "no longer leading");
+            }
         }
         self.end_streams();
     }
@@ -294,14 +299,14 @@ pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch
         };
         if let Err(error) = shared.take_lead(leadership.clone()).await {
             warn!(%error, "could not take the lead; resigning");
-            shared.step_down().await;
+            shared.step_down(false).await;
             shared.state.resign(&leadership).await;
             continue;
         }
         tokio::select! {
-            _ = leadership.wait_lost() => shared.step_down().await,
+            _ = leadership.wait_lost() => shared.step_down(false).await,
             _ = stopped(&mut shutdown) => {
-                shared.step_down().await;
+                shared.step_down(true).await;
                 shared.state.resign(&leadership).await;
                 return;
             }
