@@ -184,12 +184,24 @@ impl Corrections {
     /// The bytes to reserve: the formula times the learned ratio, with a cold-start margin
     /// until the key has been measured a few times.
     pub fn reserve_bytes(&self, key: &CorrectionKey, formula_bytes: u64) -> u64 {
+        let (trusted, cold_extra) = self.reservation(key, formula_bytes);
+        trusted + cold_extra
+    }
+
+    /// The reservation in two parts, as placement takes them: the formula times the learned
+    /// ratio, and the extra headroom an unconfirmed key gets on top.
+    pub fn reservation(&self, key: &CorrectionKey, formula_bytes: u64) -> (u64, u64) {
         let (ratio, cold) = match self.get(key) {
             Some(c) => (c.ratio, c.observations < TRUSTED_OBSERVATIONS),
             None => (1.0, true),
         };
-        let margin = if cold { 1.0 + COLD_MARGIN } else { 1.0 };
-        (formula_bytes as f64 * ratio * margin) as u64
+        let trusted = (formula_bytes as f64 * ratio) as u64;
+        let cold_extra = if cold {
+            (trusted as f64 * COLD_MARGIN) as u64
+        } else {
+            0
+        };
+        (trusted, cold_extra)
     }
 
     /// A measured peak (margin excluded from nothing: `formula_bytes` is the formula's

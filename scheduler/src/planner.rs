@@ -173,14 +173,19 @@ fn window_count(duration_seconds: f64, window_seconds: f64) -> u32 {
 
 /// splitmix64 finaliser over the three inputs: cheap, stable across platforms and versions.
 pub fn derive_seed(base: u64, shot_index: u64, segment_index: u64) -> u64 {
-    fn mix(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    mix(mix(mix(base) ^ shot_index) ^ segment_index)
+    splitmix64(splitmix64(splitmix64(base) ^ shot_index) ^ segment_index)
 }
+
+/// One splitmix64 step: the output for state `z` (the state then advances by the
+/// golden-ratio increment).
+pub fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(SPLITMIX64_INCREMENT);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub const SPLITMIX64_INCREMENT: u64 = 0x9E37_79B9_7F4A_7C15;
 
 #[cfg(test)]
 #[path = "planner_tests.rs"]

@@ -20,10 +20,10 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 use crate::estimator::{
-    COLD_MARGIN, CorrectionKey, Corrections, MemoryProfile, SegmentShape, TRUSTED_OBSERVATIONS,
-    WAN_1_3B, WAN_2_2_5B, WAN_14B,
+    CorrectionKey, Corrections, MemoryProfile, SegmentShape, WAN_1_3B, WAN_2_2_5B, WAN_14B,
 };
 use crate::placement::{GpuState, Policy, ReadySegment, place};
+use crate::planner::{SPLITMIX64_INCREMENT, splitmix64};
 
 const GB: u64 = 1_000_000_000;
 /// The work fraction at which an out-of-memory segment fails (its decode).
@@ -96,11 +96,9 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let output = splitmix64(self.0);
+        self.0 = self.0.wrapping_add(SPLITMIX64_INCREMENT);
+        output
     }
 
     fn unit(&mut self) -> f64 {
@@ -386,7 +384,7 @@ pub fn simulate(trace: &Trace, policy: Policy) -> SimResult {
                     };
                     let key = CorrectionKey::new(w.model, &shape);
                     let formula = w.profile.estimate_bytes(&shape);
-                    let (warm, cold) = reservation(&corrections, &key, formula);
+                    let (warm, cold) = corrections.reservation(&key, formula);
                     ReadySegment {
                         sequence: s.sequence,
                         owner: trace.sequences[s.sequence as usize].owner,
@@ -586,23 +584,6 @@ pub fn simulate(trace: &Trace, policy: Policy) -> SimResult {
         given_up,
         placement_calls: calls,
     }
-}
-
-/// (trusted reservation, extra headroom while unconfirmed) for a key.
-fn reservation(corrections: &Corrections, key: &CorrectionKey, formula: u64) -> (u64, u64) {
-    let (ratio, cold) = match corrections.get(key) {
-        Some(c) => (c.ratio, c.observations < TRUSTED_OBSERVATIONS),
-        None => (1.0, true),
-    };
-    let warm = (formula as f64 * ratio) as u64;
-    (
-        warm,
-        if cold {
-            (warm as f64 * COLD_MARGIN) as u64
-        } else {
-            0
-        },
-    )
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 
 use reelfarm_common::sequence::ColorMatch;
 
-use crate::color::{lab_to_srgb_unit, srgb_unit_to_lab};
+use crate::color::{LabStats, lab_to_srgb_unit, srgb_unit_to_lab};
 use crate::color_math::{AffineTransfer, Vec3, histogram_match_table, mkl, reinhard};
 use crate::frame::RgbFrame;
 
@@ -78,18 +78,17 @@ pub fn fit(method: ColorMatch, source: &[Vec3], reference: &[Vec3]) -> Transfer 
         ColorMatch::Off => Transfer::Identity,
         ColorMatch::Hm => fit_curves(source, reference),
         ColorMatch::Reinhard | ColorMatch::Mkl => {
-            let (source_mean, source_cov) = gaussian(source);
-            let (reference_mean, reference_cov) = gaussian(reference);
+            let (source, reference) = (LabStats::of(source), LabStats::of(reference));
             let transfer = if method == ColorMatch::Mkl {
                 mkl
             } else {
                 reinhard
             };
             Transfer::Affine(transfer(
-                source_mean,
-                &source_cov,
-                reference_mean,
-                &reference_cov,
+                source.mean,
+                &source.covariance,
+                reference.mean,
+                &reference.covariance,
             ))
         }
         ColorMatch::HmMklHm => {
@@ -116,12 +115,6 @@ fn fit_curves(source: &[Vec3], reference: &[Vec3]) -> Transfer {
     Transfer::Curves(Box::new(std::array::from_fn(|channel| {
         histogram_match_table(&histogram(source, channel), &histogram(reference, channel))
     })))
-}
-
-/// Mean and covariance of Lab samples.
-pub fn gaussian(samples: &[Vec3]) -> (Vec3, [f64; 9]) {
-    let stats = crate::color::LabStats::of(samples);
-    (stats.mean, stats.covariance)
 }
 
 /// What the grader knows of one segment (from its sidecar and the plan).

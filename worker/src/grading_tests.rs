@@ -26,7 +26,7 @@ fn palette(gain: [f64; 3]) -> Vec<Vec3> {
 }
 
 fn mean_lab(samples: &[Vec3]) -> Vec3 {
-    gaussian(samples).0
+    crate::color::LabStats::of(samples).mean
 }
 
 #[test]

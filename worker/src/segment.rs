@@ -268,8 +268,8 @@ mod tests {
         (sidecar, frames, handoff)
     }
 
-    #[tokio::test]
-    async fn a_continuation_drops_its_conditioned_frame_and_records_its_colours() {
+    /// A store holding the picture a continuation starts from, as `previous.handoff.png`.
+    async fn store_with_previous_handoff() -> (tempfile::TempDir, Arc<LocalBlobStore>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalBlobStore::new(dir.path()).unwrap());
         let previous = encode_png(&RgbFrame::filled(64, 48, [30, 160, 90])).unwrap();
@@ -277,6 +277,12 @@ mod tests {
             .put("previous.handoff.png", previous.into())
             .await
             .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_continuation_drops_its_conditioned_frame_and_records_its_colours() {
+        let (_dir, store) = store_with_previous_handoff().await;
         let (sidecar, frames, handoff) = render(
             task(pb::JoinKind::Continue, 1, "previous.handoff.png"),
             store,
@@ -306,13 +312,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_blended_continuation_keeps_its_overlap_and_hands_off_an_earlier_frame() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalBlobStore::new(dir.path()).unwrap());
-        let previous = encode_png(&RgbFrame::filled(64, 48, [30, 160, 90])).unwrap();
-        store
-            .put("previous.handoff.png", previous.into())
-            .await
-            .unwrap();
+        let (_dir, store) = store_with_previous_handoff().await;
         let mut blended = task(pb::JoinKind::Continue, 3, "previous.handoff.png");
         blended.handoff_back_frames = 2;
         let (sidecar, frames, handoff) = render(blended, store).await;

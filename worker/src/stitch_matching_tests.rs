@@ -99,79 +99,40 @@ fn build(part: &Synthetic, index: usize) -> StitchInput {
 /// (and jumping at its split), a warm over-exposed cut; then a night shot (its own scene)
 /// dissolving in.
 fn synthetic_sequence() -> Vec<StitchInput> {
-    let neutral = [1.0, 1.0, 1.0];
+    // A 16-frame hard cut into the coast scene at constant gain; the parts below differ from it.
+    let cut = |shot_index: u32, phase: f64, gain: [f64; 3]| Synthetic {
+        shot_index,
+        scene: "coast",
+        reference: false,
+        join: pb::JoinKind::Cut,
+        lead: 0,
+        frames: 16,
+        start: 0.0,
+        phase,
+        gain,
+        end_gain: gain,
+    };
+    let continuation = |start: f64, gain: [f64; 3], end_gain: [f64; 3]| Synthetic {
+        join: pb::JoinKind::Continue,
+        lead: 2,
+        start,
+        end_gain,
+        ..cut(2, 0.3, gain)
+    };
     let parts = [
         Synthetic {
-            shot_index: 0,
-            scene: "coast",
             reference: true,
-            join: pb::JoinKind::Cut,
-            lead: 0,
-            frames: 16,
-            start: 0.0,
-            phase: 0.0,
-            gain: neutral,
-            end_gain: neutral,
+            ..cut(0, 0.0, [1.0, 1.0, 1.0])
         },
+        cut(1, 0.3, [0.72, 0.78, 0.92]),
+        continuation(16.0, [0.64, 0.7, 0.86], [0.6, 0.66, 0.82]),
+        continuation(32.0, [0.52, 0.58, 0.76], [0.48, 0.54, 0.72]),
+        cut(3, 0.5, [1.12, 1.04, 0.82]),
         Synthetic {
-            shot_index: 1,
-            scene: "coast",
-            reference: false,
-            join: pb::JoinKind::Cut,
-            lead: 0,
-            frames: 16,
-            start: 0.0,
-            phase: 0.3,
-            gain: [0.72, 0.78, 0.92],
-            end_gain: [0.72, 0.78, 0.92],
-        },
-        Synthetic {
-            shot_index: 2,
-            scene: "coast",
-            reference: false,
-            join: pb::JoinKind::Continue,
-            lead: 2,
-            frames: 16,
-            start: 16.0,
-            phase: 0.3,
-            gain: [0.64, 0.7, 0.86],
-            end_gain: [0.6, 0.66, 0.82],
-        },
-        Synthetic {
-            shot_index: 2,
-            scene: "coast",
-            reference: false,
-            join: pb::JoinKind::Continue,
-            lead: 2,
-            frames: 16,
-            start: 32.0,
-            phase: 0.3,
-            gain: [0.52, 0.58, 0.76],
-            end_gain: [0.48, 0.54, 0.72],
-        },
-        Synthetic {
-            shot_index: 3,
-            scene: "coast",
-            reference: false,
-            join: pb::JoinKind::Cut,
-            lead: 0,
-            frames: 16,
-            start: 0.0,
-            phase: 0.5,
-            gain: [1.12, 1.04, 0.82],
-            end_gain: [1.12, 1.04, 0.82],
-        },
-        Synthetic {
-            shot_index: 4,
             scene: "night",
-            reference: false,
             join: pb::JoinKind::Crossfade,
             lead: 3,
-            frames: 16,
-            start: 0.0,
-            phase: 0.1,
-            gain: [0.3, 0.34, 0.6],
-            end_gain: [0.3, 0.34, 0.6],
+            ..cut(4, 0.1, [0.3, 0.34, 0.6])
         },
     ];
     parts
