@@ -6,6 +6,7 @@ pub mod estimator;
 pub mod farm;
 mod leading;
 pub mod placement;
+mod ready_queue;
 pub mod planner;
 pub mod records;
 pub mod service;

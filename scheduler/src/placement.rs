@@ -17,9 +17,14 @@
 //!
 //! Reservations never exceed a GPU's memory; a segment whose estimate is still unconfirmed
 //! (cold) reserves extra headroom, or a whole idle GPU when that is less.
+//!
+//! The policies run over a `ReadyQueue` (ready_queue.rs) that the farm keeps between
+//! decisions; `place` builds one from scratch for tests and the simulator.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+pub use crate::ready_queue::ReadyQueue;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -79,7 +84,7 @@ pub struct GpuState {
 }
 
 impl GpuState {
-    fn free_bytes(&self) -> u64 {
+    pub(crate) fn free_bytes(&self) -> u64 {
         self.total_bytes.saturating_sub(self.reserved_bytes)
     }
 }
@@ -135,13 +140,13 @@ impl std::fmt::Display for Reason {
 }
 
 /// Totals and free memory of the pool, sorted so "the GPUs that fit" is a binary search.
-struct PoolSummary {
+pub(crate) struct PoolSummary {
     /// (total bytes, most free bytes among GPUs at least this large), largest first.
     by_total: Vec<(u64, u64)>,
 }
 
 impl PoolSummary {
-    fn new(gpus: &[GpuState]) -> PoolSummary {
+    pub(crate) fn new(gpus: &[GpuState]) -> PoolSummary {
         let mut totals: Vec<(u64, u64)> = gpus
             .iter()
             .map(|g| (g.total_bytes, g.free_bytes()))
@@ -182,7 +187,7 @@ fn gib(bytes: u64) -> String {
 /// What to reserve for `segment` on `gpu`, if it fits there at all now. An unconfirmed
 /// estimate shares a GPU only with its full headroom; alone on an idle GPU it may take
 /// the whole card instead.
-fn reservation(segment: &ReadySegment, gpu: &GpuState) -> Option<u64> {
+pub(crate) fn reservation(segment: &ReadySegment, gpu: &GpuState) -> Option<u64> {
     let wanted = segment.reserve_bytes + segment.cold_extra_bytes;
     let free = gpu.free_bytes();
     if gpu.total_bytes < segment.min_gpu_bytes || segment.reserve_bytes > free {
@@ -198,7 +203,7 @@ fn reservation(segment: &ReadySegment, gpu: &GpuState) -> Option<u64> {
 }
 
 /// Why a segment could not be placed.
-fn reason(segment: &ReadySegment, pool: &PoolSummary, policy: Policy) -> Reason {
+pub(crate) fn reason(segment: &ReadySegment, pool: &PoolSummary, policy: Policy) -> Reason {
     let largest = pool.largest();
     let (eligible, best_free) = pool.at_least(segment.min_gpu_bytes.max(segment.reserve_bytes));
     if pool.by_total.is_empty() {
@@ -223,90 +228,77 @@ fn reason(segment: &ReadySegment, pool: &PoolSummary, policy: Policy) -> Reason 
     }
 }
 
-/// Places what can be placed now. `gpus` is not changed; apply the assignments to it.
+/// Running segments per owner and per sequence, for fair share across decisions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunningCounts {
+    pub by_owner: CountMap,
+    pub by_sequence: CountMap,
+}
+
+/// Counts by id. Ids are small integers the caller assigns, so they hash as themselves: a
+/// decision looks up thousands of them.
+pub type CountMap = HashMap<u32, u32, BuildHasherDefault<IdHasher>>;
+
+/// Hashes a `u32` id as itself (spread by a multiply, for the table's top bits).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Places what can be placed now, from scratch: every segment of `segments` (keyed by its
+/// index) is queued, placed where it fits, or explained. `gpus` is not changed; apply the
+/// assignments to it. The farm keeps a `ReadyQueue` between decisions instead.
 pub fn place(policy: Policy, segments: &[ReadySegment], gpus: &[GpuState]) -> Placement {
-    let mut gpus = gpus.to_vec();
-    let mut placement = Placement::default();
-    match policy {
-        Policy::Fifo | Policy::Pack => {
-            let mut order: Vec<usize> = (0..segments.len()).collect();
-            order.sort_by_key(|&i| (segments[i].enqueued, i));
-            let usable = |gpu: &GpuState| policy == Policy::Pack || gpu.running == 0;
-            let mut max_free = most_free(&gpus, usable);
-            for index in order {
-                let segment = &segments[index];
-                let chosen = if segment.reserve_bytes > max_free {
-                    None
-                } else {
-                    gpus.iter().enumerate().find_map(|(g, gpu)| {
-                        if !usable(gpu) {
-                            return None;
-                        }
-                        reservation(segment, gpu).map(|bytes| (g, bytes))
-                    })
-                };
-                if record(&mut placement, &mut gpus, segments, index, chosen) {
-                    max_free = most_free(&gpus, usable);
-                }
-            }
-        }
-        Policy::Full => place_full(segments, &mut gpus, &mut placement),
-    }
-    // Reasons describe the pool as this placement leaves it.
-    let pool = PoolSummary::new(&gpus);
-    for unplaced in &mut placement.unplaced {
-        unplaced.reason = reason(&segments[unplaced.segment], &pool, policy);
-    }
-    placement.unplaced.sort_by_key(|u| u.segment);
-    placement
+    place_with_running(policy, segments, gpus, &RunningCounts::default())
 }
 
-/// The most free memory on any GPU `usable` accepts.
-fn most_free(gpus: &[GpuState], usable: impl Fn(&GpuState) -> bool) -> u64 {
-    gpus.iter()
-        .filter(|g| usable(g))
-        .map(GpuState::free_bytes)
-        .max()
-        .unwrap_or(0)
-}
-
-/// Applies a choice to the working copy of the pool; true when the segment was placed.
-fn record(
-    placement: &mut Placement,
-    gpus: &mut [GpuState],
+/// `place`, with what already runs counted for fair share.
+pub fn place_with_running(
+    policy: Policy,
     segments: &[ReadySegment],
-    index: usize,
-    chosen: Option<(usize, u64)>,
-) -> bool {
-    let placed = chosen.is_some();
-    match chosen {
-        Some((g, bytes)) => {
-            let segment = &segments[index];
-            let gpu = &mut gpus[g];
-            gpu.reserved_bytes += bytes;
-            gpu.running += 1;
-            gpu.busy_speed += segment.max_speed.min(gpu.speed);
-            if !gpu.resident_models.contains(&segment.model) {
-                gpu.resident_models.push(segment.model);
-            }
-            placement.assignments.push(Assignment {
-                segment: index,
-                gpu: g,
-                reserved_bytes: bytes,
-            });
-        }
-        // The reason is filled in once placement is over.
-        None => placement.unplaced.push(Unplaced {
-            segment: index,
-            reason: Reason::NoGpus,
-        }),
+    gpus: &[GpuState],
+    running: &RunningCounts,
+) -> Placement {
+    let mut queue = ReadyQueue::default();
+    for (index, segment) in segments.iter().enumerate() {
+        queue.push(index, segment.clone());
     }
-    placed
+    let mut gpus = gpus.to_vec();
+    let assignments = queue.place(policy, &mut gpus, running);
+    let unplaced = queue.reasons(&gpus, policy);
+    Placement {
+        assignments,
+        unplaced,
+    }
+}
+
+/// Applies a placement decision to a GPU.
+pub(crate) fn occupy(gpu: &mut GpuState, segment: &ReadySegment, bytes: u64) {
+    gpu.reserved_bytes += bytes;
+    gpu.running += 1;
+    gpu.busy_speed += segment.max_speed.min(gpu.speed);
+    if !gpu.resident_models.contains(&segment.model) {
+        gpu.resident_models.push(segment.model);
+    }
 }
 
 /// Expected seconds until `segment` finishes on `gpu`: model load (when not resident) plus
 /// its work at the speed left on the GPU (or its fair share, on a saturated one).
-fn expected_finish(segment: &ReadySegment, gpu: &GpuState) -> f64 {
+pub(crate) fn expected_finish(segment: &ReadySegment, gpu: &GpuState) -> f64 {
     let load = if gpu.resident_models.contains(&segment.model) {
         0.0
     } else {
@@ -316,214 +308,6 @@ fn expected_finish(segment: &ReadySegment, gpu: &GpuState) -> f64 {
     let share = gpu.speed / f64::from(gpu.running + 1);
     let rate = spare.max(share).min(segment.max_speed).max(1e-6);
     load + segment.work_seconds / rate
-}
-
-/// How much later than on the fastest choice a segment may finish on a smaller GPU.
-const SLOWER_BY: f64 = 2.0;
-
-/// A sequence's turn: higher priority, then the owner and the sequence with fewer running
-/// segments, then earlier arrival.
-#[derive(PartialEq)]
-struct Turn {
-    priority: i32,
-    /// Longest chain behind the sequence's next segment, in whole minutes.
-    chain_minutes: u64,
-    owner_running: u32,
-    sequence_running: u32,
-    first_enqueued: u64,
-    sequence: u32,
-}
-
-impl Eq for Turn {}
-
-impl Ord for Turn {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // BinaryHeap pops the greatest: greatest = most deserving.
-        self.priority
-            .cmp(&other.priority)
-            .then(self.chain_minutes.cmp(&other.chain_minutes))
-            .then(other.owner_running.cmp(&self.owner_running))
-            .then(other.sequence_running.cmp(&self.sequence_running))
-            .then(other.first_enqueued.cmp(&self.first_enqueued))
-            .then(other.sequence.cmp(&self.sequence))
-    }
-}
-
-impl PartialOrd for Turn {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-fn place_full(segments: &[ReadySegment], gpus: &mut [GpuState], placement: &mut Placement) {
-    // The largest memory of the GPUs that are not the largest class: work needing more
-    // than that only fits the large GPUs.
-    let largest = gpus.iter().map(|g| g.total_bytes).max().unwrap_or(0);
-    let small_class = gpus
-        .iter()
-        .map(|g| g.total_bytes)
-        .filter(|&t| t < largest)
-        .max()
-        .unwrap_or(0);
-    let large_only = |s: &ReadySegment| s.reserve_bytes.max(s.min_gpu_bytes) > small_class;
-
-    // Per sequence, its segments by critical path (longest chain behind first).
-    let mut queues: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (index, segment) in segments.iter().enumerate() {
-        queues.entry(segment.sequence).or_default().push(index);
-    }
-    for queue in queues.values_mut() {
-        queue.sort_by(|&a, &b| {
-            let (a_seg, b_seg) = (&segments[a], &segments[b]);
-            a_seg
-                .chain_seconds_behind
-                .total_cmp(&b_seg.chain_seconds_behind)
-                .then(b_seg.enqueued.cmp(&a_seg.enqueued))
-                .then(b.cmp(&a))
-        });
-        // Pop from the back: the best is last.
-    }
-    let mut owner_running: BTreeMap<u32, u32> = BTreeMap::new();
-    let mut sequence_running: BTreeMap<u32, u32> = BTreeMap::new();
-    let mut max_free;
-    let smallest_need = segments.iter().map(|s| s.reserve_bytes).min().unwrap_or(0);
-
-    for large_pass in [true, false] {
-        // Memory that waiting large-only work needs: small work must leave it free.
-        let waiting_large: u64 = if large_pass {
-            0
-        } else {
-            placement
-                .unplaced
-                .iter()
-                .map(|u| &segments[u.segment])
-                .filter(|s| large_only(s) && s.reserve_bytes.max(s.min_gpu_bytes) <= largest)
-                .map(|s| s.reserve_bytes)
-                .min()
-                .unwrap_or(0)
-        };
-        // Free memory as this pass may use it: on a protected GPU, what is left above the
-        // memory waiting large work needs.
-        let usable_free = |gpus: &[GpuState]| {
-            gpus.iter()
-                .map(|g| {
-                    if !large_pass && waiting_large > 0 && g.total_bytes > small_class {
-                        g.free_bytes().saturating_sub(waiting_large)
-                    } else {
-                        g.free_bytes()
-                    }
-                })
-                .max()
-                .unwrap_or(0)
-        };
-        max_free = usable_free(gpus);
-        let mut heap: BinaryHeap<Turn> = BinaryHeap::new();
-        let mut pending: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (&sequence, queue) in &queues {
-            let chosen: Vec<usize> = queue
-                .iter()
-                .copied()
-                .filter(|&i| large_only(&segments[i]) == large_pass)
-                .collect();
-            if let Some(&first) = chosen.first() {
-                let segment = &segments[first];
-                heap.push(Turn {
-                    chain_minutes: chosen
-                        .last()
-                        .map_or(0, |&i| (segments[i].chain_seconds_behind / 60.0) as u64),
-                    priority: chosen
-                        .iter()
-                        .map(|&i| segments[i].priority)
-                        .max()
-                        .unwrap_or(0),
-                    owner_running: owner_running.get(&segment.owner).copied().unwrap_or(0),
-                    sequence_running: 0,
-                    first_enqueued: chosen
-                        .iter()
-                        .map(|&i| segments[i].enqueued)
-                        .min()
-                        .unwrap_or(0),
-                    sequence,
-                });
-                pending.insert(sequence, chosen);
-            }
-        }
-        while let Some(turn) = heap.pop() {
-            if max_free < smallest_need {
-                // Nothing left fits anywhere: the rest of this pass waits.
-                heap.push(turn);
-                break;
-            }
-            let queue = pending.get_mut(&turn.sequence).expect("a turn has a queue");
-            let Some(index) = queue.pop() else { continue };
-            let segment = &segments[index];
-            // The owner's count may have grown since this turn was queued: requeue if so.
-            let owner_now = owner_running.get(&segment.owner).copied().unwrap_or(0);
-            if owner_now > turn.owner_running {
-                queue.push(index);
-                heap.push(Turn {
-                    owner_running: owner_now,
-                    ..turn
-                });
-                continue;
-            }
-            let chosen = if segment.reserve_bytes > max_free {
-                None
-            } else {
-                let candidates: Vec<(usize, u64, f64)> = gpus
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(g, gpu)| {
-                        let bytes = reservation(segment, gpu)?;
-                        let protects = !large_pass
-                            && waiting_large > 0
-                            && gpu.total_bytes > small_class
-                            && gpu.free_bytes() - bytes < waiting_large;
-                        (!protects).then(|| (g, bytes, expected_finish(segment, gpu)))
-                    })
-                    .collect();
-                // The smallest GPUs whose expected finish is within `SLOWER_BY` of the best,
-                // so the large ones stay for work that needs them; among those the earliest
-                // finish, then the fullest, then the first.
-                let best = candidates.iter().map(|c| c.2).fold(f64::INFINITY, f64::min);
-                candidates
-                    .into_iter()
-                    .filter(|c| c.2 <= best * SLOWER_BY)
-                    .min_by(|a, b| {
-                        gpus[a.0]
-                            .total_bytes
-                            .cmp(&gpus[b.0].total_bytes)
-                            .then(a.2.total_cmp(&b.2))
-                            .then(gpus[a.0].free_bytes().cmp(&gpus[b.0].free_bytes()))
-                            .then(a.0.cmp(&b.0))
-                    })
-                    .map(|(g, bytes, _)| (g, bytes))
-            };
-            let placed = record(placement, gpus, segments, index, chosen);
-            if placed {
-                max_free = usable_free(gpus);
-                *owner_running.entry(segment.owner).or_default() += 1;
-                let running = sequence_running.entry(turn.sequence).or_default();
-                *running += 1;
-                if let Some(&next) = queue.last() {
-                    heap.push(Turn {
-                        chain_minutes: (segments[next].chain_seconds_behind / 60.0) as u64,
-                        owner_running: owner_running[&segment.owner],
-                        sequence_running: *running,
-                        ..turn
-                    });
-                }
-            } else if !queue.is_empty() {
-                // Nothing fits this one now; the sequence's next segment may still fit.
-                heap.push(turn);
-            }
-        }
-        for queue in pending.values() {
-            for &index in queue {
-                record(placement, gpus, segments, index, None);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

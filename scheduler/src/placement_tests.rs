@@ -225,4 +225,45 @@ proptest! {
         prop_assert!(place(Policy::Pack, &segments, &gpus).assignments.len() >= naive);
         prop_assert!(place(Policy::Full, &segments, &gpus).assignments.len() >= naive);
     }
+
+    #[test]
+    fn a_queue_kept_across_changes_places_like_one_built_from_scratch(
+        (segments, gpus) in arbitrary_pool(),
+        (extra, _) in arbitrary_pool(),
+        removed in prop::collection::vec(0usize..24, 0..8),
+        policy in prop::sample::select(Policy::ALL.to_vec()),
+    ) {
+        // Queue everything, change the queue (replace, remove, add), then place.
+        let mut queue = ReadyQueue::default();
+        for (i, s) in extra.iter().enumerate() {
+            queue.push(i, s.clone());
+        }
+        for (i, s) in segments.iter().enumerate() {
+            queue.push(i, s.clone());
+        }
+        let mut kept: Vec<Option<ReadySegment>> = segments.iter().cloned().map(Some).collect();
+        for &r in &removed {
+            if r < kept.len() {
+                prop_assert_eq!(queue.remove(r), kept[r].take());
+            }
+        }
+        for i in segments.len()..extra.len() {
+            queue.remove(i);
+        }
+        let mut live = gpus.clone();
+        let assignments = queue.place(policy, &mut live, &RunningCounts::default());
+
+        // The same segments, queued once in a fresh queue.
+        let mut fresh = ReadyQueue::default();
+        for (i, s) in kept.iter().enumerate() {
+            if let Some(s) = s {
+                fresh.push(i, s.clone());
+            }
+        }
+        let mut fresh_gpus = gpus.clone();
+        prop_assert_eq!(&assignments, &fresh.place(policy, &mut fresh_gpus, &RunningCounts::default()));
+        prop_assert_eq!(&live, &fresh_gpus);
+        prop_assert_eq!(queue.len(), fresh.len());
+        prop_assert_eq!(queue.reasons(&live, policy), fresh.reasons(&fresh_gpus, policy));
+    }
 }
