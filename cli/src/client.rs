@@ -93,11 +93,13 @@ The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:707
 Example:
   reelfarm cancel seq-0123456789ab")]
     Cancel(CancelArgs),
-    /// List the workers: state, devices and their memory, what runs on them, models.
+    /// List the GPUs of every worker: class, memory, readings, resident models, what runs.
     #[command(long_about = "\
-List the workers registered with the scheduler: whether each is connected (or reconnecting
-while its lease runs out), its devices with memory reserved/total, the assignments running on
-them and the models it serves.
+List every GPU of the workers registered with the scheduler, one row each: whether its worker
+is connected (or reconnecting while its lease runs out), its class, its memory in GiB (total,
+reserved by placement, used as the worker's last heartbeat read it), utilization, temperature
+and power (NVML GPUs), the models that ran on it last and are likely still loaded, and the
+segments running on it (several share a GPU while their reservations fit).
 
 The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
 

@@ -108,8 +108,10 @@ pub struct WorkerArgs {
     /// Worker name shown in `reelfarm workers` [default: the host name].
     #[arg(long, env = "REELFARM_WORKER_NAME")]
     pub name: Option<String>,
-    /// Pretend to have these GPUs, e.g. `2x80GiB,1x24GiB` (the model still runs on CPU):
-    /// for testing placement without GPUs. Default: this machine's CPU as one device.
+    /// Pretend to have these GPUs, `COUNTxSIZE[:CLASS]` joined by commas, e.g.
+    /// `2x80GiB:H100,1x24GiB:L4` (the model still runs on the CPU; a task whose measured
+    /// peak exceeds its device fails as out of memory). Default: the GPUs NVML finds, or
+    /// this machine's CPU as one device when there is no NVIDIA driver.
     #[arg(long, env = "REELFARM_SIMULATE_GPUS")]
     pub simulate_gpus: Option<String>,
     /// reelfarm-tiny weights (safetensors); default: deterministic built-in weights.
@@ -214,46 +216,6 @@ pub fn seconds(value: Option<f64>, default: f64, flag: &str) -> Result<Duration>
     Ok(Duration::from_secs_f64(value))
 }
 
-/// `2x80GiB,1x24GiB` → device memory sizes in bytes.
-pub fn parse_simulated_gpus(spec: &str) -> Result<Vec<u64>> {
-    let mut sizes = Vec::new();
-    for part in spec
-        .split(',')
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-    {
-        let (count, size) = match part.split_once('x') {
-            Some((count, size)) => (
-                count.trim().parse::<u32>().with_context(|| {
-                    format!("--simulate-gpus: {part:?}: the count before 'x' must be a number")
-                })?,
-                size.trim(),
-            ),
-            None => (1, part),
-        };
-        let (number, unit) = size.split_at(
-            size.find(|c: char| c.is_ascii_alphabetic())
-                .unwrap_or(size.len()),
-        );
-        let number: f64 = number.trim().parse().with_context(|| {
-            format!("--simulate-gpus: {part:?}: write sizes like 80GiB or 24GB")
-        })?;
-        let scale = match unit.to_ascii_lowercase().as_str() {
-            "gib" | "g" | "gb" => f64::from(1u32 << 30),
-            "mib" | "m" | "mb" => f64::from(1u32 << 20),
-            other => bail!("--simulate-gpus: {part:?}: unknown unit {other:?} (use GiB or MiB)"),
-        };
-        if count == 0 || number <= 0.0 {
-            bail!("--simulate-gpus: {part:?}: count and size must be positive");
-        }
-        sizes.extend(std::iter::repeat_n((number * scale) as u64, count as usize));
-    }
-    if sizes.is_empty() {
-        bail!("--simulate-gpus: give at least one device, e.g. 2x80GiB,1x24GiB");
-    }
-    Ok(sizes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,18 +242,6 @@ mod tests {
     fn unknown_file_keys_are_named() {
         let error = toml::from_str::<ConfigFile>("[scheduler]\nlisen = \"x\"\n").unwrap_err();
         assert!(error.to_string().contains("lisen"), "{error}");
-    }
-
-    #[test]
-    fn simulated_gpus_parse_and_bad_ones_say_why() {
-        assert_eq!(
-            parse_simulated_gpus("2x80GiB,1x24GiB").unwrap(),
-            vec![80 << 30, 80 << 30, 24 << 30]
-        );
-        assert_eq!(parse_simulated_gpus("512MiB").unwrap(), vec![512 << 20]);
-        let error = parse_simulated_gpus("2x80TB").unwrap_err().to_string();
-        assert!(error.contains("unknown unit"), "{error}");
-        assert!(parse_simulated_gpus("").is_err());
     }
 
     #[test]

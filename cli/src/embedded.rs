@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use reelfarm_common::blob::{BlobStore, LocalBlobStore};
 use reelfarm_scheduler::SchedulerConfig;
 use reelfarm_worker::WorkerConfig;
+use reelfarm_worker::inventory::{Inventory, cpu_device};
 use reelfarm_worker::model::ModelRuntime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -65,7 +66,7 @@ impl EmbeddedFarm {
                     name: format!("cpu{index}"),
                     store: blob_store.clone(),
                     models: vec![model.clone()],
-                    devices: vec![reelfarm_worker::inventory::cpu_device(share)],
+                    inventory: Arc::new(Inventory::Fixed(vec![cpu_device(share)])),
                     connect_timeout: Duration::from_secs(10),
                 };
                 tokio::spawn(reelfarm_worker::run(

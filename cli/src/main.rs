@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use reelfarm_cli::render::{InputError, RenderOptions, load_spec, print_summary, render};
 
+/// Counts the heap, so workers can report each task's measured peak memory on the CPU.
+#[global_allocator]
+static HEAP_COUNTER: reelfarm_worker::memory_meter::CountingAllocator =
+    reelfarm_worker::memory_meter::CountingAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "reelfarm",

@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use reelfarm_common::blob::{BlobStore, LocalBlobStore};
+use reelfarm_common::leader;
 use reelfarm_common::s3::S3BlobStore;
-use reelfarm_common::{leader, pb};
 use reelfarm_scheduler::SchedulerConfig;
 use reelfarm_scheduler::state::{EtcdSettings, EtcdState, MemoryState, StateStore};
 use reelfarm_worker::WorkerConfig;
+use reelfarm_worker::inventory::Inventory;
 use tracing::warn;
 
 use crate::config::{
-    SchedulerArgs, StoreArgs, StoreChoice, WorkerArgs, parse_simulated_gpus, read_config_file,
-    seconds, store_choice,
+    SchedulerArgs, StoreArgs, StoreChoice, WorkerArgs, read_config_file, seconds, store_choice,
 };
 
 pub async fn open_store(args: StoreArgs) -> Result<Arc<dyn BlobStore>> {
@@ -127,20 +127,9 @@ pub async fn run_worker(
         .or_else(host_name)
         .unwrap_or_else(|| "worker".to_string());
     let connect_timeout = seconds(args.connect_timeout, 30.0, "connect-timeout")?;
-    let devices = match &args.simulate_gpus {
-        Some(spec) => parse_simulated_gpus(spec)?
-            .into_iter()
-            .enumerate()
-            .map(|(index, bytes)| pb::Device {
-                index: index as u32,
-                kind: "simulated".into(),
-                name: format!("simulated GPU {index}"),
-                memory_total_bytes: bytes,
-                memory_free_bytes: bytes,
-            })
-            .collect(),
-        None => vec![reelfarm_worker::inventory::cpu_device(1.0)],
-    };
+    let (inventory, inventory_line) =
+        Inventory::discover(args.simulate_gpus.as_deref()).map_err(anyhow::Error::msg)?;
+    let devices = inventory.devices();
     let model = crate::render::load_model(args.weights.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     eprintln!(
@@ -149,12 +138,13 @@ pub async fn run_worker(
         store.describe(),
         endpoints.join(",")
     );
+    eprintln!("reelfarm worker {name}: {inventory_line}");
     let config = WorkerConfig {
         scheduler_urls: endpoints,
         name,
         store,
         models: vec![model],
-        devices,
+        inventory: Arc::new(inventory),
         connect_timeout,
     };
     reelfarm_worker::run(config, termination()).await?;

@@ -144,7 +144,8 @@ impl Running {
             let speed = segment.max_speed.min(gpus[a.gpu].speed);
             *self.counts.by_owner.entry(segment.owner).or_default() += 1;
             *self.counts.by_sequence.entry(segment.sequence).or_default() += 1;
-            self.segments.push((a.gpu, a.reserved_bytes, speed, segment));
+            self.segments
+                .push((a.gpu, a.reserved_bytes, speed, segment));
         }
         assignments.len()
     }
@@ -174,6 +175,7 @@ fn measure(policy: Policy) -> Measured {
             busy_speed: 0.0,
             running: 0,
             resident_models: vec![(i % 3) as u32],
+            serves: None,
         })
         .collect();
     let mut queue = ReadyQueue::default();

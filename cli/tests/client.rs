@@ -9,6 +9,12 @@ use std::process::Output;
 
 use reelfarm_cli::embedded::EmbeddedFarm;
 
+/// The farm runs in this process: count its heap as the `reelfarm` binary does, so workers
+/// report measured peaks.
+#[global_allocator]
+static HEAP_COUNTER: reelfarm_worker::memory_meter::CountingAllocator =
+    reelfarm_worker::memory_meter::CountingAllocator;
+
 async fn reelfarm(args: &[&str], scheduler: &str, dir: &Path) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_reelfarm"))
         .args(args)
@@ -106,9 +112,29 @@ async fn submit_watch_status_workers_download_against_a_running_farm() {
         .filter(|line| line.contains(" done ") && line.contains("2/2"))
         .collect();
     assert_eq!(segment_rows.len(), 3, "{detail}");
+    // Every done segment shows its reservation and the peak its worker measured.
+    assert!(detail.contains("MIB EST/PEAK"), "{detail}");
+    for row in &segment_rows {
+        let cell = row
+            .split_whitespace()
+            .find(|word| word.contains('/') && !word.contains("2/2") && !word.contains('-'))
+            .unwrap_or_else(|| panic!("no memory cell in {row}"));
+        let (estimate, peak) = cell.split_once('/').unwrap();
+        assert!(
+            estimate.parse::<f64>().unwrap() > 0.0 && peak.parse::<f64>().unwrap() > 0.0,
+            "{row}"
+        );
+    }
 
     let workers = expect_success(&reelfarm(&["workers"], &url, here).await, "workers");
-    for expected in ["cpu0", "cpu1", "connected", "reelfarm-tiny", "GiB"] {
+    for expected in [
+        "cpu0/0",
+        "cpu1/0",
+        "connected",
+        "connected  cpu ",
+        "reelfarm-tiny",
+        "GIB TOTAL",
+    ] {
         assert!(workers.contains(expected), "{expected} in {workers}");
     }
 

@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod error;
+pub mod gpu_class;
 pub mod keys;
 pub mod leader;
 pub mod models;

@@ -217,6 +217,11 @@ pub struct Sequence {
     pub continuity_blend_seconds: f64,
     /// Scene label → index of the shot whose look that scene follows (default: its first shot).
     pub grade_references: std::collections::BTreeMap<String, usize>,
+    /// Who the sequence is for (a person, team or show); fair share is between owners first,
+    /// then between sequences. `None`: the sequence is an owner of its own.
+    pub owner: Option<String>,
+    /// Higher goes first among ready segments; default 0, between -10 and 10.
+    pub priority: i32,
 }
 
 impl Sequence {

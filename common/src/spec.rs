@@ -24,6 +24,7 @@ pub const STEPS_RANGE: (u32, u32) = (1, 200);
 pub const DEFAULT_CROSSFADE_SECONDS: f64 = 0.5;
 pub const DEFAULT_CONTINUITY_BLEND_SECONDS: f64 = 0.25;
 pub const MAX_CONTINUITY_BLEND_SECONDS: f64 = 2.0;
+pub const PRIORITY_RANGE: (i32, i32) = (-10, 10);
 const MAX_LABEL_CHARS: usize = 100;
 const MAX_REFERENCE_SIDE: u32 = 8192;
 
@@ -112,6 +113,10 @@ pub struct SpecDoc {
     pub continuity_blend: Option<Scalar>,
     /// Scene label → the shot (name or index) whose look the scene follows.
     pub grade_reference: Option<BTreeMap<String, Scalar>>,
+    /// Who the sequence is for; fair share is between owners, then between sequences.
+    pub owner: Option<String>,
+    /// Higher goes first (-10 to 10, default 0).
+    pub priority: Option<Scalar>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -273,6 +278,28 @@ pub fn validate(
         },
     };
     check_text(&mut fail, "title", doc.title.as_deref(), 200);
+    let owner = label(&mut fail, "owner".into(), doc.owner.clone());
+    let priority = match &doc.priority {
+        None => 0,
+        Some(value) => match whole_number(value) {
+            Some(priority)
+                if (i64::from(PRIORITY_RANGE.0)..=i64::from(PRIORITY_RANGE.1))
+                    .contains(&priority) =>
+            {
+                priority as i32
+            }
+            _ => {
+                fail(
+                    "priority".into(),
+                    format!(
+                        "must be a whole number between {} and {} (higher goes first), got {value}",
+                        PRIORITY_RANGE.0, PRIORITY_RANGE.1
+                    ),
+                );
+                0
+            }
+        },
+    };
     check_text(&mut fail, "style", doc.style.as_deref(), MAX_PROMPT_CHARS);
     check_text(
         &mut fail,
@@ -542,6 +569,8 @@ pub fn validate(
         color_match,
         continuity_blend_seconds,
         grade_references,
+        owner,
+        priority,
     })
 }
 
@@ -729,6 +758,10 @@ pub fn sequence_from_pb(spec: pb::SequenceSpec) -> Result<Sequence, SpecError> {
                 })
                 .collect()
         }),
+        owner: spec.owner,
+        priority: spec
+            .priority
+            .map(|priority| Scalar::Integer(i64::from(priority))),
     };
     validate(doc, &|_| {
         Err("references travel as image bytes over the API".to_string())
@@ -776,6 +809,8 @@ pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
             .iter()
             .map(|(scene, index)| (scene.clone(), index.to_string()))
             .collect(),
+        owner: sequence.owner.clone(),
+        priority: (sequence.priority != 0).then_some(sequence.priority),
     }
 }
 

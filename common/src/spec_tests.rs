@@ -326,3 +326,27 @@ fn bad_colour_fields_are_named_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn owner_and_priority_default_and_round_trip_through_the_api() {
+    let plain = check(GOOD).unwrap();
+    assert_eq!((plain.owner.as_deref(), plain.priority), (None, 0));
+    let yaml = format!("owner: commercials team\npriority: 5\n{GOOD}");
+    let sequence = check(&yaml).unwrap();
+    assert_eq!(sequence.owner.as_deref(), Some("commercials team"));
+    assert_eq!(sequence.priority, 5);
+    let back = sequence_from_pb(sequence_to_pb(&sequence)).unwrap();
+    assert_eq!(back, sequence);
+}
+
+#[test]
+fn priority_out_of_range_and_empty_owner_are_named() {
+    let error = error_of(&format!("priority: 11\n{GOOD}"));
+    assert!(
+        error.contains("priority: must be a whole number between -10 and 10"),
+        "{error}"
+    );
+    assert!(error.contains("got 11"), "{error}");
+    let error = error_of(&format!("owner: \"  \"\n{GOOD}"));
+    assert!(error.contains("owner: must not be empty"), "{error}");
+}

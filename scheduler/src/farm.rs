@@ -50,7 +50,7 @@ impl SequenceState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TaskRef {
     Segment(usize),
     Stitch,
@@ -71,8 +71,18 @@ pub struct TaskRecord {
     pub progress_total: u64,
     pub error: Option<String>,
     pub output_key: Option<String>,
+    /// The planner's formula for the task (before learned corrections).
     pub memory_estimate_bytes: u64,
     pub peak_memory_bytes: u64,
+    /// What the current or last attempt reserved on its device.
+    pub reserved_bytes: u64,
+    /// The device of the current or last attempt on `worker`.
+    pub device_index: Option<u32>,
+    /// The out-of-memory ladder: failures so far, the smallest GPU allowed after one, and
+    /// the model's lower-memory mode on the last rung.
+    pub oom_count: u32,
+    pub min_gpu_bytes: u64,
+    pub low_memory: bool,
 }
 
 impl TaskRecord {
@@ -89,6 +99,11 @@ impl TaskRecord {
             output_key: None,
             memory_estimate_bytes,
             peak_memory_bytes: 0,
+            reserved_bytes: 0,
+            device_index: None,
+            oom_count: 0,
+            min_gpu_bytes: 0,
+            low_memory: false,
         }
     }
 }
@@ -133,10 +148,13 @@ impl SequenceRecord {
 
 #[derive(Debug, Clone)]
 pub struct DeviceRecord {
+    /// As registered, with the readings of the latest heartbeat.
     pub device: pb::Device,
     pub reserved_bytes: u64,
-    /// One task per device at a time in this version of placement.
-    pub running: Option<String>,
+    /// Assignment ids running here; several share a device while their reservations fit.
+    pub running: Vec<String>,
+    /// Models that ran here last, most recent first: likely still loaded.
+    pub resident_models: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +175,7 @@ pub struct AssignmentRecord {
     pub worker: WorkerId,
     pub device_slot: usize,
     pub attempt: u32,
+    pub reserved_bytes: u64,
 }
 
 /// Effects for the executor: messages to put on worker command streams.
@@ -217,7 +236,23 @@ pub struct Farm {
     pub(crate) assignments: HashMap<String, AssignmentRecord>,
     pub(crate) next_submit_order: u64,
     pub(crate) max_attempts: u32,
-    changed: BTreeSet<SequenceId>,
+    changed: Changes,
+    pub(crate) placement: PlacementState,
+}
+
+/// Sequences changed by transitions: for watchers (drained by `take_changed`), and for
+/// placement, whose ready queue re-reads them at the next dispatch.
+#[derive(Debug, Default)]
+struct Changes {
+    watch: BTreeSet<SequenceId>,
+    requeue: BTreeSet<SequenceId>,
+}
+
+impl Changes {
+    fn insert(&mut self, id: SequenceId) {
+        self.requeue.insert(id.clone());
+        self.watch.insert(id);
+    }
 }
 
 impl Default for Farm {
@@ -235,13 +270,14 @@ impl Farm {
             assignments: HashMap::new(),
             next_submit_order: 0,
             max_attempts: max_attempts.max(1),
-            changed: BTreeSet::new(),
+            changed: Changes::default(),
+            placement: PlacementState::default(),
         }
     }
 
     /// Sequences whose status changed since the last call, for watchers.
     pub fn take_changed(&mut self) -> BTreeSet<SequenceId> {
-        std::mem::take(&mut self.changed)
+        std::mem::take(&mut self.changed.watch)
     }
 
     pub fn sequence(&self, id: &str) -> Result<&SequenceRecord, Error> {
@@ -367,6 +403,9 @@ impl Farm {
             return Ok(Vec::new());
         }
         record.phases.extend(phases);
+        if let TaskRef::Segment(index) = assignment.task {
+            self.placement.learn_peak(record, index, peak_memory_bytes);
+        }
         let task = record.task_mut(assignment.task);
         task.state = TaskState::Done;
         task.output_key = Some(output_key);
@@ -433,8 +472,34 @@ impl Farm {
         }
         let reason = format!("{}: {message}", class.describe());
         task.error = Some(reason.clone());
-        let retryable = !matches!(class, FailureClass::InvalidTask | FailureClass::Cancelled);
-        if retryable && task.attempt < max_attempts {
+        if class == FailureClass::OutOfMemory {
+            let devices = || self.workers.values().flat_map(|worker| &worker.devices);
+            let largest = devices()
+                .map(|device| device.device.memory_total_bytes)
+                .max()
+                .unwrap_or(0);
+            let failed_on = self
+                .workers
+                .get(&assignment.worker)
+                .and_then(|worker| worker.devices.get(assignment.device_slot))
+                .map_or(assignment.reserved_bytes, |d| d.device.memory_total_bytes);
+            if let TaskRef::Segment(index) = assignment.task {
+                self.placement.learn_oom(record, index);
+            }
+            let task = record.task_mut(assignment.task);
+            if let Some(rung) = climb_oom_ladder(task, failed_on, largest) {
+                task.error = Some(format!("{reason}; retrying {rung}"));
+                task.state = TaskState::Ready;
+                return Vec::new();
+            }
+        }
+        let task = record.task_mut(assignment.task);
+        let retryable = !matches!(
+            class,
+            FailureClass::InvalidTask | FailureClass::Cancelled | FailureClass::OutOfMemory
+        );
+        // Out-of-memory attempts have their own budget (the ladder above).
+        if retryable && task.attempt - task.oom_count.min(task.attempt) < max_attempts {
             task.state = TaskState::Ready;
             return Vec::new();
         }
@@ -497,7 +562,7 @@ impl Farm {
     /// Ends an outstanding assignment: its device is free and its task no longer points at it.
     fn release(&mut self, assignment_id: &str) -> Option<AssignmentRecord> {
         let assignment = self.assignments.remove(assignment_id)?;
-        self.free_device(&assignment);
+        self.free_device(assignment_id, &assignment);
         self.clear_task_assignment(assignment_id, &assignment);
         Some(assignment)
     }
@@ -513,112 +578,27 @@ impl Farm {
         }
     }
 
-    fn free_device(&mut self, assignment: &AssignmentRecord) {
+    fn free_device(&mut self, assignment_id: &str, assignment: &AssignmentRecord) {
         let Some(worker) = self.workers.get_mut(&assignment.worker) else {
             return;
         };
         let Some(device) = worker.devices.get_mut(assignment.device_slot) else {
             return;
         };
-        let estimate = self
-            .sequences
-            .get(&assignment.sequence_id)
-            .map_or(0, |record| {
-                record.task(assignment.task).memory_estimate_bytes
-            });
-        device.reserved_bytes = device.reserved_bytes.saturating_sub(estimate);
-        device.running = None;
+        device.reserved_bytes = device
+            .reserved_bytes
+            .saturating_sub(assignment.reserved_bytes);
+        device.running.retain(|id| id != assignment_id);
     }
 
-    /// Places ready tasks on idle devices with room, oldest sequence first, in plan order.
-    pub fn dispatch(&mut self) -> Vec<Action> {
-        let mut order: Vec<(u64, SequenceId)> = self
-            .sequences
-            .values()
-            .filter(|record| !record.state.is_terminal())
-            .map(|record| (record.submit_order, record.id.clone()))
-            .collect();
-        order.sort();
-        let mut actions = Vec::new();
-        for (_, id) in order {
-            let ready: Vec<TaskRef> = {
-                let record = &self.sequences[&id];
-                let segments = record
-                    .segments
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.state == TaskState::Ready)
-                    .map(|(i, _)| TaskRef::Segment(i));
-                let stitch = (record.stitch.state == TaskState::Ready).then_some(TaskRef::Stitch);
-                segments.chain(stitch).collect()
-            };
-            for task in ready {
-                let Some((worker, slot)) = self.find_device(&id, task) else {
-                    self.explain_unplaceable(&id, task);
-                    continue;
-                };
-                actions.push(self.assign(&id, task, worker, slot));
-            }
-        }
-        actions
-    }
-
-    /// A task no registered device could ever hold says so in its status, so a person sees
-    /// why it waits (`needs 3.1 GiB; the largest device has 2.0 GiB`).
-    fn explain_unplaceable(&mut self, id: &str, task: TaskRef) {
-        let largest = self
-            .workers
-            .values()
-            .flat_map(|worker| &worker.devices)
-            .map(|device| device.device.memory_total_bytes)
-            .max();
-        let Some(record) = self.sequences.get_mut(id) else {
-            return;
-        };
-        let record_task = record.task_mut(task);
-        let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
-        let reason = match largest {
-            Some(largest) if largest < record_task.memory_estimate_bytes => format!(
-                "{UNPLACEABLE_PREFIX} {:.1} GiB; the largest device has {:.1} GiB",
-                gib(record_task.memory_estimate_bytes),
-                gib(largest)
-            ),
-            _ => return,
-        };
-        if record_task.error.as_deref() != Some(reason.as_str()) {
-            record_task.error = Some(reason);
-            self.changed.insert(id.to_string());
-        }
-    }
-
-    fn find_device(&self, id: &str, task: TaskRef) -> Option<(WorkerId, usize)> {
-        let record = &self.sequences[id];
-        let estimate = record.task(task).memory_estimate_bytes;
-        let needs_model =
-            matches!(task, TaskRef::Segment(_)).then_some(record.sequence.model.as_str());
-        self.workers.values().find_map(|worker| {
-            if !worker.connected {
-                return None;
-            }
-            if needs_model.is_some_and(|model| !worker.models.iter().any(|m| m == model)) {
-                return None;
-            }
-            worker
-                .devices
-                .iter()
-                .position(|device| {
-                    device.running.is_none()
-                        && device
-                            .device
-                            .memory_total_bytes
-                            .saturating_sub(device.reserved_bytes)
-                            >= estimate
-                })
-                .map(|slot| (worker.id.clone(), slot))
-        })
-    }
-
-    fn assign(&mut self, id: &str, task: TaskRef, worker_id: WorkerId, slot: usize) -> Action {
+    fn assign(
+        &mut self,
+        id: &str,
+        task: TaskRef,
+        worker_id: WorkerId,
+        slot: usize,
+        reserved_bytes: u64,
+    ) -> Action {
         let record = self
             .sequences
             .get_mut(id)
@@ -636,18 +616,27 @@ impl Farm {
         record_task.worker = Some(worker_id.clone());
         record_task.device_slot = Some(slot);
         record_task.progress_done = 0;
-        let estimate = record_task.memory_estimate_bytes;
+        record_task.reserved_bytes = reserved_bytes;
         if record.state == SequenceState::Queued {
             record.state = SequenceState::Rendering;
         }
         let worker = self
             .workers
             .get_mut(&worker_id)
-            .expect("found by find_device");
+            .expect("placement chose a registered worker");
         let device = &mut worker.devices[slot];
-        device.reserved_bytes += estimate;
-        device.running = Some(assignment_id.clone());
+        device.reserved_bytes += reserved_bytes;
+        device.running.push(assignment_id.clone());
         let device_index = device.device.index;
+        if let TaskRef::Segment(_) = task {
+            let model = &self.sequences[id].sequence.model;
+            device.resident_models.retain(|m| m != model);
+            device.resident_models.insert(0, model.clone());
+            device.resident_models.truncate(RESIDENT_MODELS);
+        }
+        if let Some(record) = self.sequences.get_mut(id) {
+            record.task_mut(task).device_index = Some(device_index);
+        }
         self.assignments.insert(
             assignment_id.clone(),
             AssignmentRecord {
@@ -656,6 +645,7 @@ impl Farm {
                 worker: worker_id.clone(),
                 device_slot: slot,
                 attempt,
+                reserved_bytes,
             },
         );
         self.changed.insert(id.to_string());
@@ -671,6 +661,36 @@ impl Farm {
         }
     }
 }
+
+/// Models a device is assumed to keep loaded.
+const RESIDENT_MODELS: usize = 2;
+
+/// The next rung of the out-of-memory ladder for a task that just ran out of memory on a
+/// GPU of `failed_gpu_bytes`: a larger reservation (the estimator already grew it), then a
+/// larger GPU class, then the model's lower-memory mode. `None` when the ladder is done.
+pub(crate) fn climb_oom_ladder(
+    task: &mut TaskRecord,
+    failed_gpu_bytes: u64,
+    largest_gpu: u64,
+) -> Option<&'static str> {
+    task.oom_count += 1;
+    match task.oom_count {
+        1 => Some("with a larger reservation"),
+        2 if largest_gpu > failed_gpu_bytes => {
+            task.min_gpu_bytes = failed_gpu_bytes + 1;
+            Some("on a larger GPU class")
+        }
+        2 | 3 if !task.low_memory => {
+            task.low_memory = true;
+            Some("in the model's lower-memory mode")
+        }
+        _ => None,
+    }
+}
+
+#[path = "farm_placement.rs"]
+mod placing;
+pub(crate) use placing::PlacementState;
 
 #[path = "farm_workers.rs"]
 mod workers;

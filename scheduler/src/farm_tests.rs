@@ -20,6 +20,8 @@ fn sequence(transitions: &[Transition]) -> Sequence {
         color_match: reelfarm_common::sequence::ColorMatch::DEFAULT,
         continuity_blend_seconds: 0.25,
         grade_references: Default::default(),
+        owner: None,
+        priority: 0,
         steps: Some(2),
         shots: transitions
             .iter()
@@ -45,6 +47,7 @@ fn device(index: u32, gib: u64) -> pb::Device {
         name: "cpu".into(),
         memory_total_bytes: gib << 30,
         memory_free_bytes: gib << 30,
+        ..Default::default()
     }
 }
 
@@ -116,7 +119,7 @@ fn a_continuation_waits_for_its_predecessor_and_the_stitch_for_everything() {
         worker
             .devices
             .iter()
-            .all(|d| d.reserved_bytes == 0 && d.running.is_none())
+            .all(|d| d.reserved_bytes == 0 && d.running.is_empty())
     }));
 }
 
@@ -188,7 +191,7 @@ fn failures_past_the_budget_fail_the_sequence_naming_segment_and_reason() {
     for attempt in 1..=3 {
         let (_, reference) = assigned(&farm.dispatch()).remove(0);
         assert_eq!(reference.attempt, attempt);
-        farm.fail(&reference, FailureClass::OutOfMemory, "needs 9 GiB", 2.0)
+        farm.fail(&reference, FailureClass::ModelError, "NaN in latent", 2.0)
             .unwrap();
     }
     assert!(farm.dispatch().is_empty(), "no fourth attempt");
@@ -196,8 +199,161 @@ fn failures_past_the_budget_fail_the_sequence_naming_segment_and_reason() {
     assert_eq!(record.state, SequenceState::Failed);
     assert_eq!(
         record.error.as_deref(),
-        Some("segment s000-00 failed after 3 attempt(s); last reason: out of memory: needs 9 GiB")
+        Some("segment s000-00 failed after 3 attempt(s); last reason: model error: NaN in latent")
     );
+}
+
+fn segment_assignment(actions: &[Action]) -> (String, pb::SegmentTask, u32) {
+    actions
+        .iter()
+        .find_map(|action| match action {
+            Action::Assign { worker, assignment } => match &assignment.task {
+                Some(pb::assignment::Task::Segment(task)) => {
+                    Some((worker.clone(), task.clone(), assignment.device_index))
+                }
+                _ => None,
+            },
+            Action::Cancel { .. } => None,
+        })
+        .expect("a segment was assigned")
+}
+
+#[test]
+fn out_of_memory_climbs_a_larger_reservation_a_larger_gpu_then_the_low_memory_mode() {
+    let mut farm = farm_with(&[Transition::Cut], 0);
+    farm.register_worker(
+        "small".into(),
+        "small".into(),
+        vec![device(0, 1)],
+        vec!["reelfarm-tiny".into()],
+        &[],
+        0.0,
+    );
+    farm.register_worker(
+        "big".into(),
+        "big".into(),
+        vec![device(0, 8)],
+        vec!["reelfarm-tiny".into()],
+        &[],
+        0.0,
+    );
+    let oom = |farm: &mut Farm, actions: &[Action]| {
+        let reference = assigned(actions).remove(0).1;
+        farm.fail(
+            &reference,
+            FailureClass::OutOfMemory,
+            "CUDA out of memory",
+            2.0,
+        )
+        .unwrap();
+    };
+    // The first attempt fits the small GPU: placement keeps the big one free.
+    let first = farm.dispatch();
+    let (worker, task, _) = segment_assignment(&first);
+    assert_eq!(worker, "small");
+    let first_reserved = task.memory_estimate_bytes;
+    oom(&mut farm, &first);
+    // Rung 1: the same size class now reserves more.
+    let second = farm.dispatch();
+    let (_, task, _) = segment_assignment(&second);
+    assert!(
+        task.memory_estimate_bytes > first_reserved,
+        "{} > {first_reserved}",
+        task.memory_estimate_bytes
+    );
+    assert!(!task.low_memory);
+    let worker_of_second = segment_assignment(&second).0;
+    oom(&mut farm, &second);
+    // Rung 2: a GPU larger than the one it failed on.
+    let third = farm.dispatch();
+    let (worker, task, _) = segment_assignment(&third);
+    assert_eq!(worker, "big", "second attempt ran on {worker_of_second}");
+    assert!(!task.low_memory);
+    oom(&mut farm, &third);
+    // Rung 3: the lower-memory mode.
+    let fourth = farm.dispatch();
+    let (_, task, _) = segment_assignment(&fourth);
+    assert!(task.low_memory);
+    let status = &crate::snapshot::sequence_status(farm.sequence("seq").unwrap()).segments[0];
+    assert_eq!((status.oom_count, status.low_memory), (3, true));
+    oom(&mut farm, &fourth);
+    // The ladder is done: the sequence fails and says why.
+    assert!(farm.dispatch().is_empty());
+    let record = farm.sequence("seq").unwrap();
+    assert_eq!(record.state, SequenceState::Failed);
+    let error = record.error.as_deref().unwrap();
+    assert!(
+        error.contains("out of memory") && error.contains("4 attempt(s)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn segments_share_a_device_while_their_reservations_fit_and_learn_from_measured_peaks() {
+    let mut farm = farm_with(&[Transition::Cut, Transition::Cut, Transition::Cut], 1);
+    let placed = assigned(&farm.dispatch());
+    assert_eq!(
+        placed.len(),
+        3,
+        "three small segments share one 16 GiB device"
+    );
+    let device = &farm.workers["w0"].devices[0];
+    assert_eq!(device.running.len(), 3);
+    let reserved: u64 = farm
+        .sequence("seq")
+        .unwrap()
+        .segments
+        .iter()
+        .map(|t| t.reserved_bytes)
+        .sum();
+    assert_eq!(device.reserved_bytes, reserved);
+    let formula = farm.sequence("seq").unwrap().segments[0].memory_estimate_bytes;
+    assert!(
+        reserved > 3 * formula,
+        "unconfirmed estimates carry cold headroom"
+    );
+    // Each reports a peak of half the formula: the class's estimate comes down to it.
+    for (_, reference) in &placed {
+        farm.complete(reference, "x.mp4".into(), Vec::new(), formula / 2, 1.0)
+            .unwrap();
+    }
+    let record = farm.sequences["seq"].clone();
+    assert_eq!(record.segments[0].peak_memory_bytes, formula / 2);
+    let (trusted, cold) = farm.placement.reservation(&record, 0);
+    assert_eq!(cold, 0, "three observations make the estimate trusted");
+    assert!(trusted < formula, "{trusted} < {formula}");
+    assert_eq!(farm.workers["w0"].devices[0].reserved_bytes, 0);
+}
+
+#[test]
+fn heartbeats_refresh_device_readings() {
+    let mut farm = farm_with(&[Transition::Cut], 1);
+    let reading = pb::Device {
+        index: 0,
+        memory_used_bytes: 5 << 30,
+        utilization_percent: 87,
+        temperature_celsius: 71,
+        power_milliwatts: 310_000,
+        ..Default::default()
+    };
+    assert!(farm.heartbeat("w0", &[reading]));
+    let status = crate::snapshot::worker_status(&farm.workers["w0"]);
+    let device = &status.devices[0];
+    assert_eq!(
+        (
+            device.memory_used_bytes,
+            device.utilization_percent,
+            device.temperature_celsius,
+            device.power_milliwatts
+        ),
+        (5 << 30, 87, 71, 310_000)
+    );
+    assert_eq!(
+        device.memory_total_bytes,
+        16 << 30,
+        "registration figures stay"
+    );
+    assert!(!farm.heartbeat("stranger", &[]));
 }
 
 #[test]
@@ -214,7 +370,7 @@ fn cancel_stops_running_tasks_and_keeps_memory_until_they_report() {
     );
     assert!(
         farm.workers()
-            .all(|worker| worker.devices[0].running.is_some())
+            .all(|worker| !worker.devices[0].running.is_empty())
     );
     assert!(
         farm.report_progress(&running[0].1, 1, 2).unwrap(),
@@ -224,11 +380,9 @@ fn cancel_stops_running_tasks_and_keeps_memory_until_they_report() {
         farm.fail(reference, FailureClass::Cancelled, "cancelled", 2.0)
             .unwrap();
     }
-    assert!(
-        farm.workers()
-            .all(|worker| worker.devices[0].running.is_none()
-                && worker.devices[0].reserved_bytes == 0)
-    );
+    assert!(farm.workers().all(
+        |worker| worker.devices[0].running.is_empty() && worker.devices[0].reserved_bytes == 0
+    ));
     assert_eq!(
         farm.sequence("seq").unwrap().state,
         SequenceState::Cancelled
@@ -271,7 +425,7 @@ fn tasks_wait_for_a_device_with_enough_memory() {
             .error
             .as_deref()
             .unwrap()
-            .ends_with("GiB; the largest device has 0.0 GiB"),
+            .ends_with("GiB, largest GPU has 0.0 GiB"),
         "{:?}",
         waiting.error
     );
@@ -297,7 +451,8 @@ fn a_reconnecting_worker_keeps_what_it_runs_and_loses_what_it_does_not() {
         .push(DeviceRecord {
             device: device(1, 16),
             reserved_bytes: 0,
-            running: None,
+            running: Vec::new(),
+            resident_models: Vec::new(),
         });
     let placed = assigned(&farm.dispatch());
     assert_eq!(placed.len(), 2, "one segment per device");
@@ -357,4 +512,71 @@ fn a_worker_whose_lease_ran_out_while_nobody_led_is_found_as_an_orphan() {
         farm.sequence("seq").unwrap().segments[0].state,
         TaskState::Ready
     );
+}
+
+/// A farm of one worker whose one device holds `segments` of these small segments at once.
+fn farm_fitting(segments: f64) -> Farm {
+    let mut probe = farm_with(&[Transition::Cut], 1);
+    probe.dispatch();
+    let one = probe.sequence("seq").unwrap().segments[0].reserved_bytes;
+    let mut farm = Farm::new(3);
+    let mut small = device(0, 0);
+    small.memory_total_bytes = (one as f64 * segments) as u64;
+    small.memory_free_bytes = small.memory_total_bytes;
+    farm.register_worker(
+        "w0".into(),
+        "w0".into(),
+        vec![small],
+        vec!["reelfarm-tiny".into()],
+        &[],
+        0.0,
+    );
+    farm
+}
+
+fn submit_as(farm: &mut Farm, id: &str, owner: Option<&str>, priority: i32) {
+    let mut sequence = sequence(&[Transition::Cut, Transition::Cut]);
+    sequence.owner = owner.map(str::to_string);
+    sequence.priority = priority;
+    let plan = planner::plan(&sequence, &REELFARM_TINY);
+    farm.submit(id.into(), None, sequence, plan, 0.0);
+}
+
+fn sequences_of(placed: &[(String, pb::AssignmentRef)]) -> Vec<String> {
+    placed
+        .iter()
+        .map(|(_, r)| r.assignment_id.split('/').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_higher_priority_sequence_goes_first_even_when_submitted_later() {
+    let mut farm = farm_fitting(1.5);
+    submit_as(&mut farm, "early", None, 0);
+    submit_as(&mut farm, "urgent", None, 5);
+    assert_eq!(sequences_of(&assigned(&farm.dispatch())), ["urgent"]);
+}
+
+#[test]
+fn fair_share_is_between_owners_before_sequences() {
+    let mut farm = farm_fitting(2.5);
+    submit_as(&mut farm, "a1", Some("studio-a"), 0);
+    submit_as(&mut farm, "a2", Some("studio-a"), 0);
+    submit_as(&mut farm, "b1", Some("studio-b"), 0);
+    let mut placed = sequences_of(&assigned(&farm.dispatch()));
+    placed.sort();
+    assert_eq!(
+        placed,
+        ["a1", "b1"],
+        "studio-b's only sequence shares the GPU"
+    );
+
+    // Without owners each sequence is its own: the earlier a2 gets the second slot.
+    let mut farm = farm_fitting(2.5);
+    submit_as(&mut farm, "a1", None, 0);
+    submit_as(&mut farm, "a2", None, 0);
+    submit_as(&mut farm, "b1", None, 0);
+    let mut placed = sequences_of(&assigned(&farm.dispatch()));
+    placed.sort();
+    assert_eq!(placed, ["a1", "a2"]);
 }

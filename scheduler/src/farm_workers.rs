@@ -26,21 +26,28 @@ impl Farm {
             worker
                 .devices
                 .iter()
-                .map(|device| (device.reserved_bytes, device.running.clone()))
+                .map(|device| {
+                    (
+                        device.reserved_bytes,
+                        device.running.clone(),
+                        device.resident_models.clone(),
+                    )
+                })
                 .collect::<Vec<_>>()
         });
         let devices = devices
             .into_iter()
             .enumerate()
             .map(|(slot, device)| {
-                let (reserved_bytes, running) = known_devices
+                let (reserved_bytes, running, resident_models) = known_devices
                     .as_ref()
                     .and_then(|known| known.get(slot).cloned())
-                    .unwrap_or((0, None));
+                    .unwrap_or_default();
                 DeviceRecord {
                     device,
                     reserved_bytes,
                     running,
+                    resident_models,
                 }
             })
             .collect();
@@ -54,6 +61,7 @@ impl Farm {
                 connected: true,
             },
         );
+        self.pool_changed();
         let lost: Vec<String> = self
             .assignments
             .iter()
@@ -93,6 +101,29 @@ impl Farm {
         if let Some(record) = self.workers.get_mut(worker) {
             record.connected = false;
         }
+        self.pool_changed();
+    }
+
+    /// Fresh readings from a worker's heartbeat (memory used, utilization, temperature,
+    /// power); what it registered (memory total, class) stays as registered.
+    pub fn heartbeat(&mut self, worker: &str, devices: &[pb::Device]) -> bool {
+        let Some(record) = self.workers.get_mut(worker) else {
+            return false;
+        };
+        for reading in devices {
+            if let Some(device) = record
+                .devices
+                .iter_mut()
+                .find(|d| d.device.index == reading.index)
+            {
+                device.device.memory_used_bytes = reading.memory_used_bytes;
+                device.device.memory_free_bytes = reading.memory_free_bytes;
+                device.device.utilization_percent = reading.utilization_percent;
+                device.device.temperature_celsius = reading.temperature_celsius;
+                device.device.power_milliwatts = reading.power_milliwatts;
+            }
+        }
+        true
     }
 
     /// The worker is gone (its lease ran out, or in the embedded farm its stream closed): its
@@ -100,6 +131,7 @@ impl Farm {
     /// retry budget.
     pub fn worker_lost(&mut self, worker: &str, now: f64) -> Vec<Action> {
         self.workers.remove(worker);
+        self.pool_changed();
         let lost: Vec<String> = self
             .assignments
             .iter()

@@ -81,6 +81,8 @@ pub struct GpuState {
     pub busy_speed: f64,
     pub running: u32,
     pub resident_models: Vec<u32>,
+    /// The models its worker serves; `None`: every model.
+    pub serves: Option<Vec<u32>>,
 }
 
 impl GpuState {
@@ -190,7 +192,13 @@ fn gib(bytes: u64) -> String {
 pub(crate) fn reservation(segment: &ReadySegment, gpu: &GpuState) -> Option<u64> {
     let wanted = segment.reserve_bytes + segment.cold_extra_bytes;
     let free = gpu.free_bytes();
-    if gpu.total_bytes < segment.min_gpu_bytes || segment.reserve_bytes > free {
+    if gpu.total_bytes < segment.min_gpu_bytes
+        || segment.reserve_bytes > free
+        || gpu
+            .serves
+            .as_ref()
+            .is_some_and(|models| !models.contains(&segment.model))
+    {
         return None;
     }
     if wanted <= free {

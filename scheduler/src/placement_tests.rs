@@ -15,6 +15,7 @@ fn gpu(gib: u64, speed: f64) -> GpuState {
         busy_speed: 0.0,
         running: 0,
         resident_models: Vec::new(),
+        serves: None,
     }
 }
 

@@ -36,6 +36,8 @@ fn sequence(shots: Vec<Shot>, fps: u32) -> Sequence {
         color_match: reelfarm_common::sequence::ColorMatch::DEFAULT,
         continuity_blend_seconds: 0.25,
         grade_references: Default::default(),
+        owner: None,
+        priority: 0,
     }
 }
 

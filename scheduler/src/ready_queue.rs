@@ -10,8 +10,8 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use crate::placement::{
-    Assignment, CountMap, GpuState, Policy, PoolSummary, ReadySegment, RunningCounts, Unplaced,
-    expected_finish, occupy, reason, reservation,
+    Assignment, CountMap, GpuState, Policy, PoolSummary, ReadySegment, Reason, RunningCounts,
+    Unplaced, expected_finish, occupy, reason, reservation,
 };
 
 /// What decides whether a segment fits a GPU.
@@ -20,6 +20,8 @@ struct FitShape {
     reserve_bytes: u64,
     cold_extra_bytes: u64,
     min_gpu_bytes: u64,
+    /// GPUs may serve only some models.
+    model: u32,
 }
 
 impl FitShape {
@@ -28,6 +30,7 @@ impl FitShape {
             reserve_bytes: segment.reserve_bytes,
             cold_extra_bytes: segment.cold_extra_bytes,
             min_gpu_bytes: segment.min_gpu_bytes,
+            model: segment.model,
         }
     }
 
@@ -165,9 +168,9 @@ impl ReadyQueue {
     }
 
     /// Why the queued segment under `key` waits, as the pool stands.
-    pub fn reason(&self, key: usize, gpus: &[GpuState], policy: Policy) -> Option<String> {
+    pub fn reason(&self, key: usize, gpus: &[GpuState], policy: Policy) -> Option<Reason> {
         let segment = self.segments.get(&key)?;
-        Some(reason(segment, &PoolSummary::new(gpus), policy).to_string())
+        Some(reason(segment, &PoolSummary::new(gpus), policy))
     }
 
     /// Why every queued segment waits, by key.
@@ -202,7 +205,12 @@ impl ReadyQueue {
     /// The GPUs with room for the smallest queued reservation: the only ones a decision
     /// needs to look at, since placing only fills GPUs further.
     fn open_gpus(&self, gpus: &[GpuState]) -> Vec<usize> {
-        let smallest = self.arrivals.keys().map(|s| s.reserve_bytes).min().unwrap_or(0);
+        let smallest = self
+            .arrivals
+            .keys()
+            .map(|s| s.reserve_bytes)
+            .min()
+            .unwrap_or(0);
         (0..gpus.len())
             .filter(|&g| gpus[g].free_bytes() >= smallest.max(1))
             .collect()
@@ -237,7 +245,9 @@ impl ReadyQueue {
                 .arrivals
                 .iter()
                 .filter(|(shape, _)| !failed.contains(shape))
-                .filter_map(|(shape, set)| set.first().map(|&(enqueued, key)| (enqueued, key, *shape)))
+                .filter_map(|(shape, set)| {
+                    set.first().map(|&(enqueued, key)| (enqueued, key, *shape))
+                })
                 .min();
             let Some((_, key, shape)) = next else { break };
             let segment = &self.segments[&key];

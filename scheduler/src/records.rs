@@ -63,6 +63,16 @@ pub struct TaskDoc {
     pub output_key: Option<String>,
     pub memory_estimate_bytes: u64,
     pub peak_memory_bytes: u64,
+    #[serde(default)]
+    pub reserved_bytes: u64,
+    #[serde(default)]
+    pub device_index: Option<u32>,
+    #[serde(default)]
+    pub oom_count: u32,
+    #[serde(default)]
+    pub min_gpu_bytes: u64,
+    #[serde(default)]
+    pub low_memory: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -71,6 +81,12 @@ pub struct DeviceDoc {
     pub kind: String,
     pub name: String,
     pub memory_total_bytes: u64,
+    #[serde(default)]
+    pub uuid: String,
+    #[serde(default)]
+    pub class: String,
+    #[serde(default)]
+    pub speed: f64,
 }
 
 impl From<&pb::Device> for DeviceDoc {
@@ -80,6 +96,9 @@ impl From<&pb::Device> for DeviceDoc {
             kind: device.kind.clone(),
             name: device.name.clone(),
             memory_total_bytes: device.memory_total_bytes,
+            uuid: device.uuid.clone(),
+            class: device.class.clone(),
+            speed: device.speed,
         }
     }
 }
@@ -160,6 +179,11 @@ fn task_doc(task: &TaskRecord) -> TaskDoc {
         output_key: task.output_key.clone(),
         memory_estimate_bytes: task.memory_estimate_bytes,
         peak_memory_bytes: task.peak_memory_bytes,
+        reserved_bytes: task.reserved_bytes,
+        device_index: task.device_index,
+        oom_count: task.oom_count,
+        min_gpu_bytes: task.min_gpu_bytes,
+        low_memory: task.low_memory,
     }
 }
 
@@ -281,10 +305,14 @@ pub fn restore(
                             kind: device.kind,
                             name: device.name,
                             memory_total_bytes: device.memory_total_bytes,
-                            memory_free_bytes: 0,
+                            uuid: device.uuid,
+                            class: device.class,
+                            speed: device.speed,
+                            ..Default::default()
                         },
                         reserved_bytes: 0,
-                        running: None,
+                        running: Vec::new(),
+                        resident_models: Vec::new(),
                     })
                     .collect(),
                 connected: false,
@@ -331,6 +359,11 @@ pub fn restore(
                 output_key: doc.output_key,
                 memory_estimate_bytes: doc.memory_estimate_bytes,
                 peak_memory_bytes: doc.peak_memory_bytes,
+                reserved_bytes: doc.reserved_bytes,
+                device_index: doc.device_index,
+                oom_count: doc.oom_count,
+                min_gpu_bytes: doc.min_gpu_bytes,
+                low_memory: doc.low_memory,
             })
         };
         let segments = plan
@@ -388,11 +421,11 @@ fn restore_assignments(farm: &mut Farm, id: &SequenceId) {
                 task.worker.clone()?,
                 task.device_slot?,
                 task.attempt,
-                task.memory_estimate_bytes,
+                task.reserved_bytes,
             ))
         })
         .collect();
-    for (task, assignment_id, worker, slot, attempt, estimate) in outstanding {
+    for (task, assignment_id, worker, slot, attempt, reserved_bytes) in outstanding {
         farm.assignments.insert(
             assignment_id.clone(),
             AssignmentRecord {
@@ -401,6 +434,7 @@ fn restore_assignments(farm: &mut Farm, id: &SequenceId) {
                 worker: worker.clone(),
                 device_slot: slot,
                 attempt,
+                reserved_bytes,
             },
         );
         // A worker registered nowhere any more is found by `Farm::orphaned_workers`.
@@ -409,8 +443,8 @@ fn restore_assignments(farm: &mut Farm, id: &SequenceId) {
             .get_mut(&worker)
             .and_then(|record| record.devices.get_mut(slot))
         {
-            device.reserved_bytes += estimate;
-            device.running = Some(assignment_id);
+            device.reserved_bytes += reserved_bytes;
+            device.running.push(assignment_id);
         }
     }
 }
@@ -500,6 +534,8 @@ mod tests {
             color_match: reelfarm_common::sequence::ColorMatch::DEFAULT,
             continuity_blend_seconds: 0.25,
             grade_references: Default::default(),
+            owner: None,
+            priority: 0,
             steps: Some(2),
             shots: (0..shots)
                 .map(|index| Shot {
@@ -558,6 +594,7 @@ mod tests {
             name: "cpu".into(),
             memory_total_bytes: gib << 30,
             memory_free_bytes: 0,
+            ..Default::default()
         }
     }
 
@@ -603,7 +640,8 @@ mod tests {
             for (id, worker) in &farm.workers {
                 let other = &restored.workers[id];
                 prop_assert_eq!(worker.devices[0].reserved_bytes, other.devices[0].reserved_bytes);
-                prop_assert_eq!(&worker.devices[0].running, &other.devices[0].running);
+                let sorted = |running: &[String]| { let mut r = running.to_vec(); r.sort(); r };
+                prop_assert_eq!(sorted(&worker.devices[0].running), sorted(&other.devices[0].running));
                 prop_assert!(!other.connected, "restored workers wait to reconnect");
             }
             prop_assert_eq!(restored.sequence_for_key("key"), Some(&"seq-a".to_string()));

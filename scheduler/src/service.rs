@@ -309,6 +309,21 @@ impl WorkerService for Api {
             )
             .into());
         }
+        for (index, device) in request.devices.iter().enumerate() {
+            if device.memory_total_bytes == 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "devices[{index}].memory_total_bytes: must be positive"
+                ))
+                .into());
+            }
+            if !(device.speed.is_finite() && device.speed >= 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "devices[{index}].speed: {} is not a speed (0 or more; 0 means 1.0)",
+                    device.speed
+                ))
+                .into());
+            }
+        }
         let worker_id = if request.worker_id.is_empty() {
             format!(
                 "{}-{}",
@@ -479,6 +494,30 @@ impl WorkerService for Api {
         }
         result?;
         Ok(Response::new(pb::FailTaskResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let known = self
+            .0
+            .apply(|farm| {
+                Ok((
+                    farm.heartbeat(&request.worker_id, &request.devices),
+                    Vec::new(),
+                ))
+            })
+            .await?;
+        if !known {
+            return Err(Error::NotFound(format!(
+                "worker_id: {} is not registered here; register again",
+                request.worker_id
+            ))
+            .into());
+        }
+        Ok(Response::new(pb::HeartbeatResponse {}))
     }
 }
 

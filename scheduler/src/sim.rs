@@ -418,6 +418,7 @@ pub fn simulate(trace: &Trace, policy: Policy) -> SimResult {
                         .sum(),
                     running: g.jobs.len() as u32,
                     resident_models: g.warm.iter().copied().collect(),
+                    serves: None,
                 })
                 .collect();
             calls += 1;

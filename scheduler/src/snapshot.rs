@@ -78,7 +78,15 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
                 .continues_from
                 .map(|index| record.plan.segments[index].id.clone())
                 .unwrap_or_default(),
-            memory_estimate_bytes: planned.memory_estimate_bytes,
+            memory_estimate_bytes: if task.reserved_bytes > 0 {
+                task.reserved_bytes
+            } else {
+                planned.memory_estimate_bytes
+            },
+            device_index: task.device_index.unwrap_or(0),
+            peak_memory_bytes: task.peak_memory_bytes,
+            oom_count: task.oom_count,
+            low_memory: task.low_memory,
         })
         .collect();
     let succeeded = record.state == SequenceState::Succeeded;
@@ -158,8 +166,9 @@ pub fn assignment_message(
                     planned.shot_index,
                     planned.segment_index,
                 ),
-                memory_estimate_bytes: planned.memory_estimate_bytes,
+                memory_estimate_bytes: record.segments[index].reserved_bytes,
                 handoff_back_frames: planned.handoff_back_frames,
+                low_memory: record.segments[index].low_memory,
             })
         }
         TaskRef::Stitch => pb::assignment::Task::Stitch(pb::StitchTask {
@@ -232,7 +241,15 @@ pub fn worker_status(worker: &WorkerRecord) -> pb::WorkerStatus {
                 name: device.device.name.clone(),
                 memory_total_bytes: device.device.memory_total_bytes,
                 reserved_bytes: device.reserved_bytes,
-                running: device.running.iter().cloned().collect(),
+                running: device.running.clone(),
+                class: device.device.class.clone(),
+                speed: device.device.speed,
+                memory_used_bytes: device.device.memory_used_bytes,
+                utilization_percent: device.device.utilization_percent,
+                temperature_celsius: device.device.temperature_celsius,
+                power_milliwatts: device.device.power_milliwatts,
+                uuid: device.device.uuid.clone(),
+                resident_models: device.resident_models.clone(),
             })
             .collect(),
         models: worker.models.clone(),

@@ -320,6 +320,7 @@ async fn a_fenced_off_worker_s_late_result_is_refused_and_changes_nothing() {
             name: "rogue".into(),
             memory_total_bytes: 4 << 30,
             memory_free_bytes: 4 << 30,
+            ..Default::default()
         };
         let worker_id = rogue
             .register(pb::RegisterWorkerRequest {

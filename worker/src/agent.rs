@@ -16,6 +16,8 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::Error;
+use crate::inventory::Inventory;
+use crate::memory_meter::PeakMeter;
 use crate::model::ModelRuntime;
 use crate::segment::run_segment;
 use crate::stitch::run_stitch;
@@ -28,7 +30,7 @@ pub struct WorkerConfig {
     pub name: String,
     pub store: Arc<dyn BlobStore>,
     pub models: Vec<Arc<dyn ModelRuntime>>,
-    pub devices: Vec<pb::Device>,
+    pub inventory: Arc<Inventory>,
     /// How long to keep trying to reach a leading scheduler at start.
     pub connect_timeout: Duration,
 }
@@ -38,7 +40,36 @@ const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a finished task keeps trying to hand in its result across scheduler failovers.
 const DELIVERY_PATIENCE: Duration = Duration::from_secs(300);
 
-type Running = Arc<Mutex<HashMap<String, (pb::AssignmentRef, Arc<AtomicBool>)>>>;
+/// How often fresh device readings go to the scheduler.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What runs here, by assignment id.
+type Running = Arc<Mutex<HashMap<String, RunningTask>>>;
+
+struct RunningTask {
+    reference: pb::AssignmentRef,
+    cancel: Arc<AtomicBool>,
+    device_index: u32,
+    meter: Arc<PeakMeter>,
+}
+
+/// The inventory's devices with what this worker's own tasks hold on each, for devices
+/// (CPU, simulated) whose memory no driver reports.
+fn read_devices(inventory: &Inventory, running: &Running) -> Vec<pb::Device> {
+    let mut devices = inventory.devices();
+    let tasks = lock(running);
+    for device in devices.iter_mut().filter(|d| d.kind != "cuda") {
+        device.memory_used_bytes = tasks
+            .values()
+            .filter(|task| task.device_index == device.index)
+            .map(|task| task.meter.current_bytes())
+            .sum();
+        device.memory_free_bytes = device
+            .memory_total_bytes
+            .saturating_sub(device.memory_used_bytes);
+    }
+    devices
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -134,12 +165,12 @@ pub async fn run(
     'sessions: loop {
         let registration = pb::RegisterWorkerRequest {
             name: config.name.clone(),
-            devices: config.devices.clone(),
+            devices: read_devices(&config.inventory, &running),
             models: model_ids.clone(),
             worker_id: worker_id.clone(),
             running: lock(&running)
                 .values()
-                .map(|(reference, _)| reference.clone())
+                .map(|task| task.reference.clone())
                 .collect(),
         };
         let session = tokio::select! {
@@ -162,9 +193,23 @@ pub async fn run(
             info!(worker = %worker_id, "worker ready");
             registered_before = true;
         }
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
         loop {
             let message = tokio::select! {
                 _ = &mut shutdown => break 'sessions,
+                _ = heartbeat.tick() => {
+                    let request = pb::HeartbeatRequest {
+                        worker_id: worker_id.clone(),
+                        devices: read_devices(&config.inventory, &running),
+                    };
+                    // Best effort: a missed heartbeat only leaves older readings shown.
+                    if let Ok((_, mut client)) = link.client(Duration::from_secs(1)).await {
+                        let _ = client.heartbeat(request).await;
+                    }
+                    continue;
+                }
                 message = commands.message() => message,
             };
             match message {
@@ -176,6 +221,7 @@ pub async fn run(
                         store: config.store.clone(),
                         models: models.clone(),
                         running: running.clone(),
+                        devices: config.inventory.devices(),
                     };
                     tokio::spawn(execute(assignment, context));
                 }
@@ -186,9 +232,9 @@ pub async fn run(
                         .assignment
                         .map(|reference| reference.assignment_id)
                         .unwrap_or_default();
-                    if let Some((_, flag)) = lock(&running).get(&id) {
+                    if let Some(task) = lock(&running).get(&id) {
                         info!(assignment = %id, "cancelling");
-                        flag.store(true, Ordering::Relaxed);
+                        task.cancel.store(true, Ordering::Relaxed);
                     }
                 }
                 Ok(Some(_)) => warn!("ignoring an empty command"),
@@ -200,8 +246,8 @@ pub async fn run(
             }
         }
     }
-    for (_, flag) in lock(&running).values() {
-        flag.store(true, Ordering::Relaxed);
+    for task in lock(&running).values() {
+        task.cancel.store(true, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -211,6 +257,7 @@ struct Context {
     store: Arc<dyn BlobStore>,
     models: Arc<Vec<Arc<dyn ModelRuntime>>>,
     running: Running,
+    devices: Vec<pb::Device>,
 }
 
 async fn execute(assignment: pb::Assignment, context: Context) {
@@ -219,10 +266,21 @@ async fn execute(assignment: pb::Assignment, context: Context) {
         return;
     };
     let cancel = Arc::new(AtomicBool::new(false));
+    let meter = Arc::new(PeakMeter::start());
     lock(&context.running).insert(
         reference.assignment_id.clone(),
-        (reference.clone(), cancel.clone()),
+        RunningTask {
+            reference: reference.clone(),
+            cancel: cancel.clone(),
+            device_index: assignment.device_index,
+            meter: meter.clone(),
+        },
     );
+    let device = context
+        .devices
+        .iter()
+        .find(|device| device.index == assignment.device_index)
+        .cloned();
     let (sender, receiver) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(forward_progress(
         receiver,
@@ -252,13 +310,16 @@ async fn execute(assignment: pb::Assignment, context: Context) {
         None => Err(TaskFailure::invalid("assignment without a task")),
     };
     let _ = reporter.await;
+    let peak_memory_bytes = meter.peak_bytes();
+    let result = result
+        .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));
     match result {
         Ok((output_key, phases)) => {
             let request = pb::CompleteTaskRequest {
                 assignment: Some(reference.clone()),
                 output_key,
                 phases: phases.0,
-                peak_memory_bytes: 0,
+                peak_memory_bytes,
             };
             deliver(&context.link, &reference, "result", |mut client| {
                 let request = request.clone();
@@ -281,6 +342,26 @@ async fn execute(assignment: pb::Assignment, context: Context) {
         }
     }
     lock(&context.running).remove(&reference.assignment_id);
+}
+
+/// A device without a driver to fail allocations (the CPU's budget, a simulated GPU) runs
+/// out of memory when the task's measured peak exceeds it: the task fails as out of memory,
+/// as it would have on that GPU, so the scheduler's retry ladder and estimates see it.
+fn within_device_memory(device: Option<&pb::Device>, peak_bytes: u64) -> Result<(), TaskFailure> {
+    match device {
+        Some(device) if device.kind != "cuda" && peak_bytes > device.memory_total_bytes => {
+            Err(TaskFailure::new(
+                pb::FailureReason::OutOfMemory,
+                format!(
+                    "measured peak {:.2} GiB exceeds {} ({:.2} GiB)",
+                    peak_bytes as f64 / f64::from(1u32 << 30),
+                    device.name,
+                    device.memory_total_bytes as f64 / f64::from(1u32 << 30)
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Hands a result to the leader, following it through failovers: the segment is already in

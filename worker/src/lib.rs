@@ -8,6 +8,7 @@ pub mod contact_sheet;
 pub mod frame;
 pub mod grading;
 pub mod inventory;
+pub mod memory_meter;
 pub mod model;
 pub mod seams;
 pub mod segment;

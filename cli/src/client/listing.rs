@@ -104,8 +104,13 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
                 (segment.shot_index + 1).to_string(),
                 task_state_name(segment.state).to_string(),
                 format!("{}/{}", segment.step, segment.steps),
-                or_dash(&segment.worker),
+                if segment.worker.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{}/{}", segment.worker, segment.device_index)
+                },
                 segment.attempt.to_string(),
+                memory_cell(segment),
                 or_dash(&segment.error),
             ]
         })
@@ -114,7 +119,14 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
         "{}",
         table::render(
             &[
-                "SEGMENT", "SHOT", "STATE", "STEP", "WORKER", "ATTEMPT", "ERROR"
+                "SEGMENT",
+                "SHOT",
+                "STATE",
+                "STEP",
+                "WORKER/GPU",
+                "ATTEMPT",
+                "MIB EST/PEAK",
+                "ERROR"
             ],
             rows
         )
@@ -135,46 +147,83 @@ pub(super) async fn print_workers(client: &mut Client) -> Result<()> {
         );
         return Ok(());
     }
-    let rows = listed
-        .workers
-        .iter()
-        .map(|worker| {
-            let devices: Vec<String> = worker
-                .devices
+    // One row per GPU: what placement sees (class, memory reserved of total) and what the
+    // last heartbeat read (memory used, utilization, temperature, power).
+    let mut rows = Vec::new();
+    for worker in &listed.workers {
+        for device in &worker.devices {
+            let readings = if device.utilization_percent > 0 || device.temperature_celsius > 0 {
+                format!(
+                    "{}% {}C {:.0}W",
+                    device.utilization_percent,
+                    device.temperature_celsius,
+                    f64::from(device.power_milliwatts) / 1000.0
+                )
+            } else {
+                String::new()
+            };
+            let running: Vec<&str> = device
+                .running
                 .iter()
-                .map(|device| {
-                    format!(
-                        "{}{} {:.1}/{:.1} GiB",
-                        device.kind,
-                        device.index,
-                        gib(device.reserved_bytes),
-                        gib(device.memory_total_bytes)
-                    )
-                })
+                .map(|id| id.split_once('/').map_or(id.as_str(), |(_, task)| task))
                 .collect();
-            let running: Vec<&str> = worker
-                .devices
-                .iter()
-                .flat_map(|device| device.running.iter().map(String::as_str))
-                .collect();
-            vec![
-                worker.worker_id.clone(),
-                or_dash(&worker.name),
+            let class_label = format!("{} {}", device.kind, device.class)
+                .trim()
+                .to_string();
+            rows.push(vec![
+                format!("{}/{}", or_dash(&worker.name), device.index),
                 worker.state.clone(),
-                or_dash(&devices.join(", ")),
+                or_dash(if device.kind == device.class {
+                    &device.class
+                } else {
+                    &class_label
+                }),
+                format!(
+                    "{:.1}/{:.1}/{:.1}",
+                    gib(device.memory_total_bytes),
+                    gib(device.reserved_bytes),
+                    gib(device.memory_used_bytes)
+                ),
+                or_dash(&readings),
+                or_dash(&device.resident_models.join(", ")),
                 or_dash(&running.join(", ")),
-                or_dash(&worker.models.join(", ")),
-            ]
-        })
-        .collect();
+            ]);
+        }
+    }
     print!(
         "{}",
         table::render(
-            &["WORKER", "NAME", "STATE", "DEVICES", "RUNNING", "MODELS"],
+            &[
+                "GPU",
+                "STATE",
+                "CLASS",
+                "GIB TOTAL/RESERVED/USED",
+                "UTIL TEMP POWER",
+                "RESIDENT",
+                "RUNNING"
+            ],
             rows
         )
     );
     Ok(())
+}
+
+/// Reserved (or estimated) and measured peak memory, with the out-of-memory ladder's state.
+fn memory_cell(segment: &pb::SegmentStatus) -> String {
+    let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+    let peak = if segment.peak_memory_bytes > 0 {
+        format!("{:.0}", mib(segment.peak_memory_bytes))
+    } else {
+        "-".to_string()
+    };
+    let mut cell = format!("{:.0}/{peak}", mib(segment.memory_estimate_bytes));
+    if segment.oom_count > 0 {
+        cell.push_str(&format!(" oom×{}", segment.oom_count));
+    }
+    if segment.low_memory {
+        cell.push_str(" low-mem");
+    }
+    cell
 }
 
 fn segments_done(status: &pb::SequenceStatus) -> usize {
