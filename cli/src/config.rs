@@ -129,7 +129,71 @@ impl WorkerArgs {
     }
 }
 
-/// The `--config` file: sections `[store]`, `[scheduler]`, `[worker]`, keys as the flags
+/// Metrics, traces and log format of the long-running processes.
+#[derive(clap::Args, Deserialize, Default, Debug, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryArgs {
+    /// Address of the Prometheus /metrics endpoint, or `off`
+    /// [default: 0.0.0.0:9464 for schedulers, 0.0.0.0:9465 for workers].
+    #[arg(long, env = "REELFARM_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// OTLP/gRPC collector for metrics and traces, e.g. http://otel-collector:4317
+    /// [default: no export].
+    #[arg(long, env = "REELFARM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Log lines as `text` or `json` (one object per line, with the trace id) [default: text].
+    #[arg(long, env = "REELFARM_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl TelemetryArgs {
+    /// This layer over `lower`.
+    pub fn or(self, lower: Self) -> Self {
+        layer!(self, lower; metrics_listen, otlp_endpoint, log_format)
+    }
+
+    /// Checked settings: (the metrics address or `None` for off, telemetry settings).
+    pub fn resolve(
+        self,
+        service_name: &str,
+        default_metrics: &str,
+    ) -> Result<(
+        Option<std::net::SocketAddr>,
+        reelfarm_common::telemetry::TelemetrySettings,
+    )> {
+        let listen = self.metrics_listen.as_deref().unwrap_or(default_metrics);
+        let metrics = if listen.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(listen.parse().with_context(|| {
+                format!(
+                    "--metrics-listen {listen:?}: expected an address like 0.0.0.0:9464, or off"
+                )
+            })?)
+        };
+        let log_json = match self.log_format.as_deref().map(str::to_lowercase).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => bail!("--log-format {other:?}: must be text or json"),
+        };
+        let otlp_endpoint = self.otlp_endpoint.filter(|e| !e.trim().is_empty());
+        if let Some(endpoint) = &otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            bail!("--otlp-endpoint {endpoint:?}: must be an http:// or https:// URL");
+        }
+        Ok((
+            metrics,
+            reelfarm_common::telemetry::TelemetrySettings {
+                service_name: service_name.to_string(),
+                log_json,
+                otlp_endpoint,
+            },
+        ))
+    }
+}
+
+/// The `--config` file: sections `[store]`, `[scheduler]`, `[worker]`, `[telemetry]`, keys as the flags
 /// with `_` for `-` (`bucket = "renders"`, `etcd = ["http://etcd:2379"]`).
 #[derive(Deserialize, Default, Debug)]
 #[serde(default, deny_unknown_fields)]
@@ -137,6 +201,7 @@ pub struct ConfigFile {
     pub store: StoreArgs,
     pub scheduler: SchedulerArgs,
     pub worker: WorkerArgs,
+    pub telemetry: TelemetryArgs,
 }
 
 pub fn read_config_file(path: Option<&Path>) -> Result<ConfigFile> {

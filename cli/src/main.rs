@@ -63,6 +63,8 @@ Example:
         args: reelfarm_cli::config::SchedulerArgs,
         #[command(flatten)]
         store: reelfarm_cli::config::StoreArgs,
+        #[command(flatten)]
+        telemetry: reelfarm_cli::config::TelemetryArgs,
         /// TOML settings file, under environment variables and flags.
         #[arg(long, env = "REELFARM_CONFIG")]
         config: Option<PathBuf>,
@@ -82,6 +84,8 @@ Example:
         args: reelfarm_cli::config::WorkerArgs,
         #[command(flatten)]
         store: reelfarm_cli::config::StoreArgs,
+        #[command(flatten)]
+        telemetry: reelfarm_cli::config::TelemetryArgs,
         /// TOML settings file, under environment variables and flags.
         #[arg(long, env = "REELFARM_CONFIG")]
         config: Option<PathBuf>,
@@ -198,7 +202,10 @@ fn main() -> ExitCode {
         cli.command,
         Command::Scheduler { .. } | Command::Worker { .. }
     );
-    reelfarm_common::telemetry::init(if serving { "info" } else { "warn" }, false);
+    // They install their own logging with metrics and traces (`serve.rs`).
+    if !serving {
+        reelfarm_common::telemetry::init("warn", false);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -243,13 +250,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler {
             args,
             store,
+            telemetry,
             config,
-        } => reelfarm_cli::serve::run_scheduler(args, store, config).await?,
+        } => reelfarm_cli::serve::run_scheduler(args, store, telemetry, config).await?,
         Command::Worker {
             args,
             store,
+            telemetry,
             config,
-        } => reelfarm_cli::serve::run_worker(args, store, config).await?,
+        } => reelfarm_cli::serve::run_worker(args, store, telemetry, config).await?,
         Command::Validate { spec } => reelfarm_cli::validate::print_plan(&load_spec(&spec, None)?),
         Command::Client(command) => reelfarm_cli::client::run(command).await?,
         Command::Sim { policy, seed, json } => {

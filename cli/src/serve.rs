@@ -16,15 +16,48 @@ use reelfarm_worker::WorkerConfig;
 use reelfarm_worker::inventory::Inventory;
 use tracing::warn;
 
+use reelfarm_common::blob::MeteredBlobStore;
+use reelfarm_common::telemetry::{self, Telemetry};
+
 use crate::config::{
-    SchedulerArgs, StoreArgs, StoreChoice, WorkerArgs, read_config_file, seconds, store_choice,
+    SchedulerArgs, StoreArgs, StoreChoice, TelemetryArgs, WorkerArgs, read_config_file, seconds,
+    store_choice,
 };
 
+/// The object store the settings name, with its traffic metered.
 pub async fn open_store(args: StoreArgs) -> Result<Arc<dyn BlobStore>> {
     Ok(match store_choice(args)? {
-        StoreChoice::S3(settings) => Arc::new(S3BlobStore::connect(settings).await?),
-        StoreChoice::Local(dir) => Arc::new(LocalBlobStore::new(dir)?),
+        StoreChoice::S3(settings) => {
+            Arc::new(MeteredBlobStore::new(S3BlobStore::connect(settings).await?))
+        }
+        StoreChoice::Local(dir) => Arc::new(MeteredBlobStore::new(LocalBlobStore::new(dir)?)),
     })
+}
+
+/// Installs logs, metrics and traces, and serves /metrics unless it is `off`.
+async fn start_telemetry(
+    args: TelemetryArgs,
+    service_name: &str,
+    default_metrics: &str,
+) -> Result<Arc<Telemetry>> {
+    let (metrics, settings) = args.resolve(service_name, default_metrics)?;
+    let telemetry = Telemetry::install(&settings).map_err(anyhow::Error::msg)?;
+    if let Some(address) = metrics {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| {
+                format!(
+                    "--metrics-listen {address}: cannot bind (another process on this port? give \
+                 each process on one machine its own port, or `off`)"
+                )
+            })?;
+        eprintln!(
+            "{service_name}: metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        tokio::spawn(telemetry::serve_metrics(listener, telemetry.clone()));
+    }
+    Ok(telemetry)
 }
 
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
@@ -46,9 +79,16 @@ pub async fn termination() {
 pub async fn run_scheduler(
     flags: SchedulerArgs,
     store_flags: StoreArgs,
+    telemetry_flags: TelemetryArgs,
     config: Option<PathBuf>,
 ) -> Result<()> {
     let file = read_config_file(config.as_deref())?;
+    let telemetry = start_telemetry(
+        telemetry_flags.or(file.telemetry),
+        "reelfarm-scheduler",
+        "0.0.0.0:9464",
+    )
+    .await?;
     let args = flags.or(file.scheduler);
     let listen = args.listen.as_deref().unwrap_or("0.0.0.0:7070");
     let listen: SocketAddr = listen
@@ -101,7 +141,9 @@ pub async fn run_scheduler(
         advertise_url: Some(advertise_url),
         max_attempts,
     };
-    reelfarm_scheduler::run(config, listener, termination()).await?;
+    let result = reelfarm_scheduler::run(config, listener, termination()).await;
+    telemetry.shutdown();
+    result?;
     Ok(())
 }
 
@@ -116,9 +158,16 @@ fn host_name() -> Option<String> {
 pub async fn run_worker(
     flags: WorkerArgs,
     store_flags: StoreArgs,
+    telemetry_flags: TelemetryArgs,
     config: Option<PathBuf>,
 ) -> Result<()> {
     let file = read_config_file(config.as_deref())?;
+    let telemetry = start_telemetry(
+        telemetry_flags.or(file.telemetry),
+        "reelfarm-worker",
+        "0.0.0.0:9465",
+    )
+    .await?;
     let args = flags.or(file.worker);
     let endpoints =
         leader::parse_endpoints(args.scheduler.as_deref().unwrap_or("http://127.0.0.1:7070"))?;
@@ -130,7 +179,14 @@ pub async fn run_worker(
     let (inventory, inventory_line) =
         Inventory::discover(args.simulate_gpus.as_deref()).map_err(anyhow::Error::msg)?;
     let devices = inventory.devices();
+    let loading = std::time::Instant::now();
     let model = crate::render::load_model(args.weights.as_deref())?;
+    reelfarm_common::metrics::worker()
+        .model_load_seconds
+        .record(
+            loading.elapsed().as_secs_f64(),
+            &[reelfarm_common::metrics::label("model", model.id())],
+        );
     let store = open_store(store_flags.or(file.store)).await?;
     eprintln!(
         "reelfarm worker {name}: {} device(s), store {}, schedulers {}",
@@ -147,6 +203,8 @@ pub async fn run_worker(
         inventory: Arc::new(inventory),
         connect_timeout,
     };
-    reelfarm_worker::run(config, termination()).await?;
+    let result = reelfarm_worker::run(config, termination()).await;
+    telemetry.shutdown();
+    result?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The object store behind segments, continuity frames and final videos: one small trait,
-//! a local-directory backend for the embedded farm (S3 joins it later), and one conformance
-//! suite every backend must pass.
+//! a local-directory backend for the embedded farm (S3 in `s3.rs`), a metered wrapper, and
+//! one conformance suite every backend must pass.
 
 use std::path::{Path, PathBuf};
 
@@ -165,6 +165,93 @@ pub mod conformance {
                 "key {bad:?} must be refused"
             );
         }
+    }
+}
+
+/// Any store, with the bytes, latency and errors of every operation recorded as
+/// `reelfarm_storage_*` metrics.
+pub struct MeteredBlobStore<S> {
+    inner: S,
+}
+
+impl<S: BlobStore> MeteredBlobStore<S> {
+    /// Wraps `inner`; every error series starts at zero so alerts and rates have data.
+    pub fn new(inner: S) -> Self {
+        let metrics = crate::metrics::storage();
+        for operation in ["put", "get", "exists"] {
+            for class in ["not_found", "unavailable", "internal", "invalid_argument"] {
+                metrics.errors.add(
+                    0,
+                    &[
+                        crate::metrics::label("operation", operation),
+                        crate::metrics::label("class", class),
+                    ],
+                );
+            }
+        }
+        MeteredBlobStore { inner }
+    }
+}
+
+fn error_class(error: &Error) -> &'static str {
+    match error {
+        Error::InvalidArgument(_) => "invalid_argument",
+        Error::NotFound(_) => "not_found",
+        Error::FailedPrecondition(_) => "failed_precondition",
+        Error::Unavailable(_) => "unavailable",
+        Error::Internal(_) => "internal",
+    }
+}
+
+fn observe<T>(operation: &'static str, started: std::time::Instant, result: &Result<T, Error>) {
+    let metrics = crate::metrics::storage();
+    let op = [crate::metrics::label("operation", operation)];
+    metrics.seconds.record(started.elapsed().as_secs_f64(), &op);
+    if let Err(error) = result {
+        metrics.errors.add(
+            1,
+            &[
+                crate::metrics::label("operation", operation),
+                crate::metrics::label("class", error_class(error)),
+            ],
+        );
+    }
+}
+
+#[async_trait]
+impl<S: BlobStore> BlobStore for MeteredBlobStore<S> {
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        let length = bytes.len() as u64;
+        let result = self.inner.put(key, bytes).await;
+        observe("put", started, &result);
+        if result.is_ok() {
+            let op = [crate::metrics::label("operation", "put")];
+            crate::metrics::storage().bytes.add(length, &op);
+        }
+        result
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, Error> {
+        let started = std::time::Instant::now();
+        let result = self.inner.get(key).await;
+        observe("get", started, &result);
+        if let Ok(bytes) = &result {
+            let op = [crate::metrics::label("operation", "get")];
+            crate::metrics::storage().bytes.add(bytes.len() as u64, &op);
+        }
+        result
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, Error> {
+        let started = std::time::Instant::now();
+        let result = self.inner.exists(key).await;
+        observe("exists", started, &result);
+        result
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 

@@ -6,6 +6,7 @@ pub mod error;
 pub mod gpu_class;
 pub mod keys;
 pub mod leader;
+pub mod metrics;
 pub mod models;
 pub mod s3;
 pub mod sequence;

@@ -83,6 +83,8 @@ pub struct TaskRecord {
     pub oom_count: u32,
     pub min_gpu_bytes: u64,
     pub low_memory: bool,
+    /// When the task last became ready (0: unknown); not stored, only for queue-wait metrics.
+    pub ready_since_unix_s: f64,
 }
 
 impl TaskRecord {
@@ -104,6 +106,7 @@ impl TaskRecord {
             oom_count: 0,
             min_gpu_bytes: 0,
             low_memory: false,
+            ready_since_unix_s: 0.0,
         }
     }
 }
@@ -216,6 +219,27 @@ impl FailureClass {
         }
     }
 
+    /// The metric label (`reason="out_of_memory"`).
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureClass::ModelError => "model_error",
+            FailureClass::OutOfMemory => "out_of_memory",
+            FailureClass::StorageError => "storage_error",
+            FailureClass::Cancelled => "cancelled",
+            FailureClass::WorkerLost => "worker_lost",
+            FailureClass::InvalidTask => "invalid_task",
+        }
+    }
+
+    pub const ALL: [FailureClass; 6] = [
+        FailureClass::ModelError,
+        FailureClass::OutOfMemory,
+        FailureClass::StorageError,
+        FailureClass::Cancelled,
+        FailureClass::WorkerLost,
+        FailureClass::InvalidTask,
+    ];
+
     pub fn describe(self) -> &'static str {
         match self {
             FailureClass::ModelError => "model error",
@@ -228,6 +252,31 @@ impl FailureClass {
     }
 }
 
+/// What happened in transitions, for metrics: drained by `take_events`, so the farm stays
+/// free of I/O and clocks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FarmEvent {
+    /// A task was placed; it had been ready since then (0: unknown, e.g. after a restore).
+    Placed {
+        stitch: bool,
+        ready_since_unix_s: f64,
+    },
+    Completed {
+        stitch: bool,
+        model: String,
+        video_seconds: f64,
+        device_seconds: f64,
+    },
+    Failed {
+        stitch: bool,
+        class: FailureClass,
+    },
+    SequenceEnded {
+        state: SequenceState,
+        seconds: f64,
+    },
+}
+
 #[derive(Debug)]
 pub struct Farm {
     pub(crate) sequences: BTreeMap<SequenceId, SequenceRecord>,
@@ -238,6 +287,7 @@ pub struct Farm {
     pub(crate) max_attempts: u32,
     changed: Changes,
     pub(crate) placement: PlacementState,
+    events: Vec<FarmEvent>,
 }
 
 /// Sequences changed by transitions: for watchers (drained by `take_changed`), and for
@@ -272,7 +322,13 @@ impl Farm {
             max_attempts: max_attempts.max(1),
             changed: Changes::default(),
             placement: PlacementState::default(),
+            events: Vec::new(),
         }
+    }
+
+    /// What happened since the last call, for metrics.
+    pub fn take_events(&mut self) -> Vec<FarmEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Sequences whose status changed since the last call, for watchers.
@@ -323,7 +379,9 @@ impl Farm {
                 } else {
                     TaskState::Ready
                 };
-                TaskRecord::new(state, segment.memory_estimate_bytes)
+                let mut task = TaskRecord::new(state, segment.memory_estimate_bytes);
+                task.ready_since_unix_s = now;
+                task
             })
             .collect();
         let record = SequenceRecord {
@@ -402,10 +460,21 @@ impl Farm {
             // Cancelled while it ran: the result is not wanted.
             return Ok(Vec::new());
         }
+        let device_seconds = busy_seconds(&phases);
         record.phases.extend(phases);
-        if let TaskRef::Segment(index) = assignment.task {
-            self.placement.learn_peak(record, index, peak_memory_bytes);
-        }
+        let video_seconds = match assignment.task {
+            TaskRef::Segment(index) => {
+                self.placement.learn_peak(record, index, peak_memory_bytes);
+                record.plan.segments[index].timeline_frames as f64 / f64::from(record.sequence.fps)
+            }
+            TaskRef::Stitch => 0.0,
+        };
+        self.events.push(FarmEvent::Completed {
+            stitch: assignment.task == TaskRef::Stitch,
+            model: record.sequence.model.clone(),
+            video_seconds,
+            device_seconds,
+        });
         let task = record.task_mut(assignment.task);
         task.state = TaskState::Done;
         task.output_key = Some(output_key);
@@ -419,6 +488,7 @@ impl Farm {
                         && record.segments[successor].state == TaskState::Blocked
                     {
                         record.segments[successor].state = TaskState::Ready;
+                        record.segments[successor].ready_since_unix_s = now;
                     }
                 }
                 if record
@@ -427,12 +497,17 @@ impl Farm {
                     .all(|segment| segment.state == TaskState::Done)
                 {
                     record.stitch.state = TaskState::Ready;
+                    record.stitch.ready_since_unix_s = now;
                     record.state = SequenceState::Stitching;
                 }
             }
             TaskRef::Stitch => {
                 record.state = SequenceState::Succeeded;
                 record.finished_unix_s = Some(now);
+                self.events.push(FarmEvent::SequenceEnded {
+                    state: SequenceState::Succeeded,
+                    seconds: now - record.submitted_unix_s,
+                });
             }
         }
         Ok(Vec::new())
@@ -472,6 +547,10 @@ impl Farm {
         }
         let reason = format!("{}: {message}", class.describe());
         task.error = Some(reason.clone());
+        self.events.push(FarmEvent::Failed {
+            stitch: assignment.task == TaskRef::Stitch,
+            class,
+        });
         if class == FailureClass::OutOfMemory {
             let devices = || self.workers.values().flat_map(|worker| &worker.devices);
             let largest = devices()
@@ -490,6 +569,7 @@ impl Farm {
             if let Some(rung) = climb_oom_ladder(task, failed_on, largest) {
                 task.error = Some(format!("{reason}; retrying {rung}"));
                 task.state = TaskState::Ready;
+                task.ready_since_unix_s = now;
                 return Vec::new();
             }
         }
@@ -501,12 +581,17 @@ impl Farm {
         // Out-of-memory attempts have their own budget (the ladder above).
         if retryable && task.attempt - task.oom_count.min(task.attempt) < max_attempts {
             task.state = TaskState::Ready;
+            task.ready_since_unix_s = now;
             return Vec::new();
         }
         task.state = TaskState::Failed;
         let attempts = task.attempt;
         record.state = SequenceState::Failed;
         record.finished_unix_s = Some(now);
+        self.events.push(FarmEvent::SequenceEnded {
+            state: SequenceState::Failed,
+            seconds: now - record.submitted_unix_s,
+        });
         record.error = Some(format!(
             "{name} failed after {attempts} attempt(s); last reason: {reason}"
         ));
@@ -526,6 +611,10 @@ impl Farm {
         }
         record.state = SequenceState::Cancelled;
         record.finished_unix_s = Some(now);
+        self.events.push(FarmEvent::SequenceEnded {
+            state: SequenceState::Cancelled,
+            seconds: now - record.submitted_unix_s,
+        });
         self.changed.insert(id.to_string());
         Ok(self.stop_running_tasks(id))
     }
@@ -617,6 +706,11 @@ impl Farm {
         record_task.device_slot = Some(slot);
         record_task.progress_done = 0;
         record_task.reserved_bytes = reserved_bytes;
+        let ready_since_unix_s = record_task.ready_since_unix_s;
+        self.events.push(FarmEvent::Placed {
+            stitch: task == TaskRef::Stitch,
+            ready_since_unix_s,
+        });
         if record.state == SequenceState::Queued {
             record.state = SequenceState::Rendering;
         }
@@ -698,3 +792,16 @@ mod workers;
 #[cfg(test)]
 #[path = "farm_tests.rs"]
 mod tests;
+
+/// Wall seconds a task's phases span: from its first phase's start to its last one's end.
+pub(crate) fn busy_seconds(phases: &[pb::TimedPhase]) -> f64 {
+    let start = phases
+        .iter()
+        .map(|p| p.start_unix_s)
+        .fold(f64::INFINITY, f64::min);
+    let end = phases
+        .iter()
+        .map(|p| p.end_unix_s)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if end > start { end - start } else { 0.0 }
+}

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::farm::{Action, Farm, SequenceId, WorkerId};
+use crate::farm_metrics;
 use crate::records::{self, Durable};
 use crate::state::{Leadership, MemoryState, StateStore};
 
@@ -134,7 +135,12 @@ impl Shared {
             return Err(self.not_leader().await);
         };
         let (value, mut actions) = transition(&mut lead.farm)?;
+        let placing = std::time::Instant::now();
         actions.extend(lead.farm.dispatch());
+        reelfarm_common::metrics::scheduler()
+            .decision_seconds
+            .record(placing.elapsed().as_secs_f64(), &[]);
+        farm_metrics::record_events(lead.farm.take_events(), unix_now_s());
         let changed = lead.farm.take_changed();
         let writes = lead.durable.writes(&lead.farm, &changed);
         if !writes.is_empty() {
@@ -248,6 +254,7 @@ impl Shared {
             durable,
         });
         info!(url = %self.url, sequences, workers, state = %self.state.describe(), "leading");
+        farm_metrics::started_leading();
         let mut expired = loaded.expired;
         let shared = self.clone();
         tokio::spawn(async move {
@@ -263,6 +270,7 @@ impl Shared {
 
     /// Gives up the lead; `shutting_down` marks the expected case, logged quietly.
     async fn step_down(&self, shutting_down: bool) {
+        farm_metrics::stopped_leading();
         if self.lead.lock().await.take().is_some() {
             if shutting_down {
                 info!(url = %self.url, "stopped leading: shutting down");
@@ -282,10 +290,28 @@ pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
 
 /// Campaigns, leads until leadership ends, and campaigns again, until `shutdown` turns true.
 pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    farm_metrics::stopped_leading();
+    let gauges = tokio::spawn(record_gauges_while_running(shared.clone()));
+    lead_campaigns(shared, &mut shutdown).await;
+    gauges.abort();
+}
+
+/// Reads the farm into state gauges every two seconds while this scheduler leads.
+async fn record_gauges_while_running(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if let Some(lead) = shared.lead.lock().await.as_ref() {
+            farm_metrics::record_gauges(&lead.farm);
+        }
+    }
+}
+
+async fn lead_campaigns(shared: Arc<Shared>, shutdown: &mut watch::Receiver<bool>) {
     loop {
         let campaign = tokio::select! {
             result = shared.state.campaign(&shared.url) => result,
-            _ = stopped(&mut shutdown) => return,
+            _ = stopped(shutdown) => return,
         };
         let leadership = match campaign {
             Ok(leadership) => leadership,
@@ -293,7 +319,7 @@ pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch
                 warn!(%error, "campaign failed; trying again");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = stopped(&mut shutdown) => return,
+                    _ = stopped(shutdown) => return,
                 }
             }
         };
@@ -305,7 +331,7 @@ pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch
         }
         tokio::select! {
             _ = leadership.wait_lost() => shared.step_down(false).await,
-            _ = stopped(&mut shutdown) => {
+            _ = stopped(shutdown) => {
                 shared.step_down(true).await;
                 shared.state.resign(&leadership).await;
                 return;

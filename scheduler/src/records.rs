@@ -364,6 +364,7 @@ pub fn restore(
                 oom_count: doc.oom_count,
                 min_gpu_bytes: doc.min_gpu_bytes,
                 low_memory: doc.low_memory,
+                ready_since_unix_s: 0.0,
             })
         };
         let segments = plan

@@ -199,11 +199,19 @@ impl SequenceService for Api {
         &self,
         _request: Request<pb::ListSequencesRequest>,
     ) -> Result<Response<pb::ListSequencesResponse>, Status> {
-        let sequences = self
+        let (sequences, throughput) = self
             .0
-            .read(|farm| Ok(farm.sequences().map(snapshot::sequence_status).collect()))
+            .read(|farm| {
+                Ok((
+                    farm.sequences().map(snapshot::sequence_status).collect(),
+                    snapshot::throughput(farm.sequences(), unix_now_s(), 3600.0),
+                ))
+            })
             .await?;
-        Ok(Response::new(pb::ListSequencesResponse { sequences }))
+        Ok(Response::new(pb::ListSequencesResponse {
+            sequences,
+            throughput: Some(throughput),
+        }))
     }
 
     async fn list_workers(

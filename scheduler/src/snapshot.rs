@@ -255,3 +255,39 @@ pub fn worker_status(worker: &WorkerRecord) -> pb::WorkerStatus {
         models: worker.models.clone(),
     }
 }
+
+/// Segments that finished within `window_seconds` before `now`: their seconds of video and
+/// the device seconds their successful attempts' phases span. The same sums the scheduler
+/// adds to `reelfarm_throughput_*_seconds_total` when each one completes.
+pub fn throughput<'a>(
+    sequences: impl Iterator<Item = &'a SequenceRecord>,
+    now: f64,
+    window_seconds: f64,
+) -> pb::Throughput {
+    let mut total = pb::Throughput {
+        window_seconds,
+        ..Default::default()
+    };
+    for record in sequences {
+        for (index, task) in record.segments.iter().enumerate() {
+            if task.state != TaskState::Done {
+                continue;
+            }
+            let planned = &record.plan.segments[index];
+            let phases: Vec<pb::TimedPhase> = record
+                .phases
+                .iter()
+                .filter(|phase| phase.task_id == planned.id)
+                .cloned()
+                .collect();
+            let finished = phases.iter().map(|p| p.end_unix_s).fold(0.0, f64::max);
+            if phases.is_empty() || finished < now - window_seconds {
+                continue;
+            }
+            total.segments += 1;
+            total.video_seconds += planned.timeline_frames as f64 / f64::from(record.sequence.fps);
+            total.device_seconds += crate::farm::busy_seconds(&phases);
+        }
+    }
+    total
+}

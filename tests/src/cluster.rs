@@ -202,6 +202,8 @@ pub struct Cluster {
     pub timings: Timings,
     pub schedulers: Vec<(String, Process)>,
     pub workers: Vec<Process>,
+    /// Every process's /metrics address, with its role (`scheduler`, `worker`).
+    pub metrics: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
@@ -213,14 +215,20 @@ impl Cluster {
             timings,
             schedulers: Vec::new(),
             workers: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
-    /// `reelfarm <verb>` with the object store's settings and credentials.
-    fn command(&self, verb: &str) -> Command {
+    /// `reelfarm <verb>` with the object store's settings and credentials, serving its
+    /// metrics on a free port.
+    fn command(&mut self, verb: &'static str) -> Command {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        self.metrics.push((verb, metrics.clone()));
         let mut command = Command::new(reelfarm_binary());
         command
             .arg(verb)
+            .arg("--metrics-listen")
+            .arg(metrics)
             .env("RUST_LOG", "info")
             .env("AWS_ACCESS_KEY_ID", &self.store.access_key_id)
             .env("AWS_SECRET_ACCESS_KEY", &self.store.secret_access_key)

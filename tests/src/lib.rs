@@ -1,6 +1,7 @@
 //! Integration-test harness: embedded farms on loopback and an independent video reader.
 
 pub mod cluster;
+pub mod farm;
 pub mod probe;
 pub mod s3_server;
 

@@ -8,56 +8,13 @@ use anyhow::{Context, Result, bail};
 use reelfarm_common::pb;
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
-use reelfarm_tests::cluster::{Cluster, Etcd, ObjectStore, Timings};
+use reelfarm_tests::cluster::{Cluster, Etcd, Timings};
+use reelfarm_tests::farm::Farm;
 use reelfarm_tests::s3_server::S3Server;
 use reelfarm_tests::{probe, shot};
 use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(420);
-
-/// etcd, S3 and an empty cluster in one temp dir, kept (and printed) when a test fails.
-struct Farm {
-    cluster: Cluster,
-    _etcd: Etcd,
-    _s3: S3Server,
-    dir: tempfile::TempDir,
-}
-
-impl Farm {
-    fn start(timings: Timings) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("reelfarm-dist-")
-            .tempdir()?;
-        let etcd = Etcd::start(dir.path())?;
-        let s3 = S3Server::start()?;
-        let store = ObjectStore {
-            endpoint: s3.endpoint().to_string(),
-            bucket: s3.bucket().to_string(),
-            access_key_id: s3.access_key().to_string(),
-            secret_access_key: s3.secret_key().to_string(),
-        };
-        let cluster = Cluster::new(dir.path(), &etcd.url, store, timings);
-        Ok(Farm {
-            cluster,
-            _etcd: etcd,
-            _s3: s3,
-            dir,
-        })
-    }
-
-    /// Runs the test body; on failure keeps the temp dir and prints the logs.
-    async fn check(mut self, body: impl AsyncFnOnce(&mut Self) -> Result<()>) {
-        let outcome = body(&mut self).await;
-        if let Err(error) = outcome {
-            let kept = self.dir.keep();
-            panic!(
-                "{error:#}\n(logs kept in {})\n{}",
-                kept.display(),
-                self.cluster.logs()
-            );
-        }
-    }
-}
 
 /// A channel to whichever scheduler leads now, and its URL.
 async fn find_leader(cluster: &Cluster) -> Result<(Channel, String)> {
@@ -598,7 +555,7 @@ fn a_scheduler_without_etcd_or_s3_exits_naming_the_endpoint() {
         let started = Instant::now();
         let output = std::process::Command::new(reelfarm_tests::cluster::reelfarm_binary())
             .arg("scheduler")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
             .args(args)
             .env("AWS_ACCESS_KEY_ID", s3.access_key())
             .env("AWS_SECRET_ACCESS_KEY", s3.secret_key())

@@ -51,6 +51,8 @@ struct RunningTask {
     cancel: Arc<AtomicBool>,
     device_index: u32,
     meter: Arc<PeakMeter>,
+    /// What the scheduler reserved for it on its device (0 for stitches: not sent).
+    reserved_bytes: u64,
 }
 
 /// The inventory's devices with what this worker's own tasks hold on each, for devices
@@ -69,6 +71,17 @@ fn read_devices(inventory: &Inventory, running: &Running) -> Vec<pb::Device> {
             .saturating_sub(device.memory_used_bytes);
     }
     devices
+}
+
+/// Bytes reserved for this worker's running tasks, by device index.
+fn reserved_by_device(running: &Running) -> HashMap<u32, (u64, usize)> {
+    let mut reserved: HashMap<u32, (u64, usize)> = HashMap::new();
+    for task in lock(running).values() {
+        let entry = reserved.entry(task.device_index).or_default();
+        entry.0 += task.reserved_bytes;
+        entry.1 += 1;
+    }
+    reserved
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -163,9 +176,15 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut registered_before = false;
     'sessions: loop {
+        let devices = read_devices(&config.inventory, &running);
+        crate::worker_metrics::record_devices(
+            &config.name,
+            &devices,
+            &reserved_by_device(&running),
+        );
         let registration = pb::RegisterWorkerRequest {
             name: config.name.clone(),
-            devices: read_devices(&config.inventory, &running),
+            devices,
             models: model_ids.clone(),
             worker_id: worker_id.clone(),
             running: lock(&running)
@@ -202,7 +221,15 @@ pub async fn run(
                 _ = heartbeat.tick() => {
                     let request = pb::HeartbeatRequest {
                         worker_id: worker_id.clone(),
-                        devices: read_devices(&config.inventory, &running),
+                        devices: {
+                            let devices = read_devices(&config.inventory, &running);
+                            crate::worker_metrics::record_devices(
+                                &config.name,
+                                &devices,
+                                &reserved_by_device(&running),
+                            );
+                            devices
+                        },
                     };
                     // Best effort: a missed heartbeat only leaves older readings shown.
                     if let Ok((_, mut client)) = link.client(Duration::from_secs(1)).await {
@@ -274,8 +301,19 @@ async fn execute(assignment: pb::Assignment, context: Context) {
             cancel: cancel.clone(),
             device_index: assignment.device_index,
             meter: meter.clone(),
+            reserved_bytes: match &assignment.task {
+                Some(pb::assignment::Task::Segment(task)) => task.memory_estimate_bytes,
+                _ => 0,
+            },
         },
     );
+    let segment_labels = match &assignment.task {
+        Some(pb::assignment::Task::Segment(task)) => Some((
+            crate::worker_metrics::model_labels(task),
+            task.memory_estimate_bytes,
+        )),
+        _ => None,
+    };
     let device = context
         .devices
         .iter()
@@ -315,6 +353,7 @@ async fn execute(assignment: pb::Assignment, context: Context) {
         .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));
     match result {
         Ok((output_key, phases)) => {
+            crate::worker_metrics::task_done(segment_labels, &phases, peak_memory_bytes);
             let request = pb::CompleteTaskRequest {
                 assignment: Some(reference.clone()),
                 output_key,

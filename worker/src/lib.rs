@@ -16,6 +16,7 @@ pub mod stitch;
 pub mod task;
 pub mod timeline;
 pub mod video;
+mod worker_metrics;
 
 pub use agent::{WorkerConfig, run};
 

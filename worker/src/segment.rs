@@ -142,9 +142,17 @@ fn render_and_encode(
     };
     let steps = u64::from(request.steps);
     let model_start = unix_now_s();
+    let step_labels = crate::worker_metrics::model_labels(task);
+    let mut last_step = std::time::Instant::now();
     let clip = model.generate(
         &request,
-        &mut |done, _| progress.report(u64::from(done), steps),
+        &mut |done, _| {
+            reelfarm_common::metrics::worker()
+                .denoise_step_seconds
+                .record(last_step.elapsed().as_secs_f64(), &step_labels);
+            last_step = std::time::Instant::now();
+            progress.report(u64::from(done), steps)
+        },
         progress.cancel_flag(),
     )?;
     phases.record("model", &task.segment_id, model_start);

@@ -430,6 +430,7 @@ pub async fn run_stitch(
     })?;
     let mut phases = Phases::default();
     let start = unix_now_s();
+    let task_start = start;
     let mut inputs = Vec::with_capacity(task.parts.len());
     for part in &task.parts {
         let video = store
@@ -472,6 +473,7 @@ pub async fn run_stitch(
             let video = writer.finish()?.into_inner();
             // Decode, grading and encode interleave frame by frame: one codec phase.
             phases.record("codec", "stitch", codec_start);
+            crate::worker_metrics::seams(&stitched.joins);
             let report = StitchReport {
                 title: blocking_task.title.clone(),
                 width: blocking_task.width,
@@ -532,6 +534,9 @@ pub async fn run_stitch(
     }
     phases.record("storage", "stitch", start);
     codec_phases.extend(phases);
+    reelfarm_common::metrics::stitch()
+        .seconds
+        .record(unix_now_s() - task_start, &[]);
     Ok(StitchResult {
         video_key: task.video_key,
         phases: codec_phases,

@@ -45,7 +45,25 @@ pub(super) async fn print_sequences(client: &mut Client) -> Result<()> {
             rows
         )
     );
+    if let Some(throughput) = &listed.throughput {
+        println!("{}", throughput_line(throughput));
+    }
     Ok(())
+}
+
+/// The dashboard's headline figure: video-seconds rendered per GPU-hour over the last hour.
+fn throughput_line(throughput: &pb::Throughput) -> String {
+    let window = (throughput.window_seconds / 60.0).round();
+    if throughput.device_seconds <= 0.0 {
+        return format!("throughput: no segment finished in the last {window} min");
+    }
+    format!(
+        "throughput: {:.0} video-seconds per GPU-hour over the last {window} min ({} segments, {:.1} s of video in {:.1} device-seconds)",
+        throughput.video_seconds / throughput.device_seconds * 3600.0,
+        throughput.segments,
+        throughput.video_seconds,
+        throughput.device_seconds,
+    )
 }
 
 pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> {
