@@ -329,11 +329,15 @@ async fn submit(args: SubmitArgs) -> Result<()> {
         .idempotency_key
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // A pipeline that traces its own work (TRACEPARENT, as CI tools set it) gets the
+    // sequence's trace under its span.
+    let traceparent = std::env::var("TRACEPARENT").unwrap_or_default();
     let attempt = |mut grpc: SequenceServiceClient<Channel>| {
-        let request = pb::SubmitSequenceRequest {
+        let mut request = tonic::Request::new(pb::SubmitSequenceRequest {
             spec: Some(spec_pb.clone()),
             idempotency_key: key.clone(),
-        };
+        });
+        reelfarm_common::trace_context::to_metadata(&mut request, &traceparent);
         async move { grpc.submit_sequence(request).await }
     };
     let submitted = match client.call_status(attempt).await? {

@@ -12,6 +12,7 @@ pub mod s3;
 pub mod sequence;
 pub mod spec;
 pub mod telemetry;
+pub mod trace_context;
 
 pub use error::Error;
 

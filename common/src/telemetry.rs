@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::global;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
@@ -23,33 +22,25 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// farms). `default_directive` applies when `RUST_LOG` is unset, e.g. `info` for servers,
 /// `warn` for the interactive CLI whose progress bars would be broken up by log lines.
 pub fn init(default_directive: &str, json: bool) {
-    let _already_installed = subscriber(default_directive, json, None).try_init();
+    let _already_installed = subscriber(default_directive, json).try_init();
 }
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
-fn subscriber(
-    default_directive: &str,
-    json: bool,
-    tracer: Option<opentelemetry_sdk::trace::Tracer>,
-) -> impl tracing::Subscriber + Send + Sync {
+fn subscriber(default_directive: &str, json: bool) -> impl tracing::Subscriber + Send + Sync {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directive));
     let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // JSON lines carry the current span's fields, the trace id among them.
+    // Log lines about a sequence carry its `trace_id` field (see `trace_context`).
     let format: BoxedLayer = if json {
         Box::new(format.json().with_current_span(true).with_span_list(false))
     } else {
         Box::new(format)
     };
-    let mut layers = vec![format];
-    if let Some(tracer) = tracer {
-        layers.push(Box::new(tracing_opentelemetry::layer().with_tracer(tracer)));
-    }
-    tracing_subscriber::registry().with(layers).with(filter)
+    tracing_subscriber::registry().with(format).with(filter)
 }
 
 /// How a long-running process reports on itself.
@@ -68,7 +59,7 @@ pub struct TelemetrySettings {
 pub struct Telemetry {
     registry: prometheus::Registry,
     meters: SdkMeterProvider,
-    tracer: Option<SdkTracerProvider>,
+    tracer: SdkTracerProvider,
 }
 
 impl Telemetry {
@@ -90,7 +81,9 @@ impl Telemetry {
         let mut meters = SdkMeterProvider::builder()
             .with_resource(resource.clone())
             .with_reader(prometheus_reader);
-        let mut tracer = None;
+        // Spans are always made (their ids go into logs); they leave the process only with
+        // an OTLP endpoint.
+        let mut tracer = SdkTracerProvider::builder().with_resource(resource.clone());
         if let Some(endpoint) = &settings.otlp_endpoint {
             let exporter = opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
@@ -107,25 +100,14 @@ impl Telemetry {
                 .with_endpoint(endpoint)
                 .build()
                 .map_err(|error| format!("--otlp-endpoint {endpoint}: {error}"))?;
-            tracer = Some(
-                SdkTracerProvider::builder()
-                    .with_resource(resource)
-                    .with_batch_exporter(spans)
-                    .build(),
-            );
+            tracer = tracer.with_batch_exporter(spans);
         }
+        let tracer = tracer.build();
         let meters = meters.build();
         global::set_meter_provider(meters.clone());
         global::set_text_map_propagator(TraceContextPropagator::new());
-        if let Some(provider) = &tracer {
-            global::set_tracer_provider(provider.clone());
-        }
-        let _already_installed = subscriber(
-            "info",
-            settings.log_json,
-            tracer.as_ref().map(|provider| provider.tracer("reelfarm")),
-        )
-        .try_init();
+        global::set_tracer_provider(tracer.clone());
+        let _already_installed = subscriber("info", settings.log_json).try_init();
         Ok(Arc::new(Telemetry {
             registry,
             meters,
@@ -146,9 +128,7 @@ impl Telemetry {
 
     /// Flushes buffered metrics and spans to the OTLP collector, if any.
     pub fn shutdown(&self) {
-        if let Some(tracer) = &self.tracer {
-            let _ = tracer.shutdown();
-        }
+        let _ = self.tracer.shutdown();
         let _ = self.meters.shutdown();
     }
 }

@@ -124,6 +124,8 @@ pub struct SequenceRecord {
     pub finished_unix_s: Option<f64>,
     pub error: Option<String>,
     pub phases: Vec<pb::TimedPhase>,
+    /// W3C trace context of the sequence's span ("" when tracing is off).
+    pub traceparent: String,
 }
 
 impl SequenceRecord {
@@ -258,6 +260,9 @@ impl FailureClass {
 pub enum FarmEvent {
     /// A task was placed; it had been ready since then (0: unknown, e.g. after a restore).
     Placed {
+        sequence: SequenceId,
+        /// The assignment id (`seq/s000-00/1`).
+        task: String,
         stitch: bool,
         ready_since_unix_s: f64,
     },
@@ -272,6 +277,7 @@ pub enum FarmEvent {
         class: FailureClass,
     },
     SequenceEnded {
+        sequence: SequenceId,
         state: SequenceState,
         seconds: f64,
     },
@@ -396,6 +402,7 @@ impl Farm {
             finished_unix_s: None,
             error: None,
             phases: Vec::new(),
+            traceparent: String::new(),
         };
         self.next_submit_order += 1;
         if let Some(key) = idempotency_key {
@@ -505,6 +512,7 @@ impl Farm {
                 record.state = SequenceState::Succeeded;
                 record.finished_unix_s = Some(now);
                 self.events.push(FarmEvent::SequenceEnded {
+                    sequence: record.id.clone(),
                     state: SequenceState::Succeeded,
                     seconds: now - record.submitted_unix_s,
                 });
@@ -589,6 +597,7 @@ impl Farm {
         record.state = SequenceState::Failed;
         record.finished_unix_s = Some(now);
         self.events.push(FarmEvent::SequenceEnded {
+            sequence: record.id.clone(),
             state: SequenceState::Failed,
             seconds: now - record.submitted_unix_s,
         });
@@ -612,6 +621,7 @@ impl Farm {
         record.state = SequenceState::Cancelled;
         record.finished_unix_s = Some(now);
         self.events.push(FarmEvent::SequenceEnded {
+            sequence: record.id.clone(),
             state: SequenceState::Cancelled,
             seconds: now - record.submitted_unix_s,
         });
@@ -708,6 +718,8 @@ impl Farm {
         record_task.reserved_bytes = reserved_bytes;
         let ready_since_unix_s = record_task.ready_since_unix_s;
         self.events.push(FarmEvent::Placed {
+            sequence: id.to_string(),
+            task: assignment_id.clone(),
             stitch: task == TaskRef::Stitch,
             ready_since_unix_s,
         });

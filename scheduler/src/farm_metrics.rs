@@ -1,11 +1,17 @@
-//! The leader's metrics: it turns the farm's events into counters and histograms, and reads
-//! its state into gauges, so the farm itself stays free of clocks and I/O.
+//! The leader's metrics and spans: it turns the farm's events into counters, histograms and
+//! trace spans, and reads its state into gauges, so the farm itself stays free of clocks
+//! and I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use opentelemetry::global::BoxedSpan;
 use reelfarm_common::metrics::{self, label};
+use reelfarm_common::trace_context;
 
-use crate::farm::{FailureClass, Farm, FarmEvent, SequenceState, TaskState};
+use crate::farm::{FailureClass, Farm, FarmEvent, SequenceId, SequenceState, TaskState};
+
+/// Open `sequence` spans by sequence, ended when the sequence ends.
+pub(crate) type SequenceSpans = HashMap<SequenceId, BoxedSpan>;
 
 fn kind(stitch: bool) -> &'static str {
     if stitch { "stitch" } else { "segment" }
@@ -75,11 +81,18 @@ pub(crate) fn stopped_leading() {
 }
 
 /// Records what happened in the last transition; `now` is the wall clock.
-pub(crate) fn record_events(events: Vec<FarmEvent>, now: f64) {
+pub(crate) fn record_events(
+    events: Vec<FarmEvent>,
+    farm: &Farm,
+    spans: &mut SequenceSpans,
+    now: f64,
+) {
     let m = metrics::scheduler();
     for event in events {
         match event {
             FarmEvent::Placed {
+                sequence,
+                task,
                 stitch,
                 ready_since_unix_s,
             } => {
@@ -87,6 +100,20 @@ pub(crate) fn record_events(events: Vec<FarmEvent>, now: f64) {
                     m.queue_wait_seconds.record(
                         (now - ready_since_unix_s).max(0.0),
                         &[label("kind", kind(stitch))],
+                    );
+                }
+                if let Ok(record) = farm.sequence(&sequence) {
+                    let start = if ready_since_unix_s > 0.0 {
+                        ready_since_unix_s
+                    } else {
+                        now
+                    };
+                    trace_context::record_span(
+                        "place",
+                        &record.traceparent,
+                        start,
+                        now,
+                        vec![label("reelfarm.assignment", task)],
                     );
                 }
             }
@@ -107,10 +134,23 @@ pub(crate) fn record_events(events: Vec<FarmEvent>, now: f64) {
                 1,
                 &[label("kind", kind(stitch)), label("reason", class.label())],
             ),
-            FarmEvent::SequenceEnded { state, seconds } => m.sequence_seconds.record(
-                seconds.max(0.0),
-                &[label("state", sequence_state_label(state))],
-            ),
+            FarmEvent::SequenceEnded {
+                sequence,
+                state,
+                seconds,
+            } => {
+                m.sequence_seconds.record(
+                    seconds.max(0.0),
+                    &[label("state", sequence_state_label(state))],
+                );
+                if let Some(span) = spans.remove(&sequence) {
+                    let error = farm
+                        .sequence(&sequence)
+                        .ok()
+                        .and_then(|record| record.error.clone());
+                    trace_context::end_span(span, error.as_deref(), None);
+                }
+            }
         }
     }
 }

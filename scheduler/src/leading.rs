@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub pending_workers: Mutex<HashMap<WorkerId, pb::RegisterWorkerRequest>>,
     pub worker_streams: Mutex<HashMap<WorkerId, CommandSender>>,
     pub changes: broadcast::Sender<SequenceId>,
+    /// The `sequence` span of every sequence this leader accepted, until it ends.
+    pub sequence_spans: Mutex<farm_metrics::SequenceSpans>,
     /// Bumped whenever this scheduler steps down or shuts down: open streams end, so their
     /// clients and workers reconnect to the leader.
     pub epoch: watch::Sender<u64>,
@@ -83,6 +85,7 @@ impl Shared {
             pending_workers: Mutex::new(HashMap::new()),
             worker_streams: Mutex::new(HashMap::new()),
             changes,
+            sequence_spans: Mutex::new(HashMap::new()),
             epoch,
         })
     }
@@ -140,7 +143,13 @@ impl Shared {
         reelfarm_common::metrics::scheduler()
             .decision_seconds
             .record(placing.elapsed().as_secs_f64(), &[]);
-        farm_metrics::record_events(lead.farm.take_events(), unix_now_s());
+        let events = lead.farm.take_events();
+        farm_metrics::record_events(
+            events,
+            &lead.farm,
+            &mut lock(&self.sequence_spans),
+            unix_now_s(),
+        );
         let changed = lead.farm.take_changed();
         let writes = lead.durable.writes(&lead.farm, &changed);
         if !writes.is_empty() {

@@ -50,6 +50,9 @@ pub struct SequenceDoc {
     pub error: Option<String>,
     pub idempotency_key: Option<String>,
     pub phases: Vec<PhaseDoc>,
+    /// The sequence's trace, so a new leader's spans join it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traceparent: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,6 +238,7 @@ pub fn sequence_records(farm: &Farm, id: &str) -> BTreeMap<String, Vec<u8>> {
         finished_unix_s: record.finished_unix_s,
         error: record.error.clone(),
         idempotency_key,
+        traceparent: record.traceparent.clone(),
         phases: record
             .phases
             .iter()
@@ -398,6 +402,7 @@ pub fn restore(
                     task_id: phase.task_id,
                 })
                 .collect(),
+            traceparent: doc.traceparent,
         };
         farm.sequences.insert(id.to_string(), record);
         restore_assignments(&mut farm, &id.to_string());

@@ -7,9 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use reelfarm_common::pb::sequence_service_server::{SequenceService, SequenceServiceServer};
 use reelfarm_common::pb::worker_service_server::{WorkerService, WorkerServiceServer};
-use reelfarm_common::{keys, models, pb, spec, unix_now_s};
+use reelfarm_common::{keys, models, pb, spec, trace_context, unix_now_s};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -64,6 +65,7 @@ impl SequenceService for Api {
         &self,
         request: Request<pb::SubmitSequenceRequest>,
     ) -> Result<Response<pb::SubmitSequenceResponse>, Status> {
+        let incoming = trace_context::from_metadata(request.metadata());
         let request = request.into_inner();
         let key = Some(request.idempotency_key).filter(|key| !key.is_empty());
         if let Some(key) = &key {
@@ -102,19 +104,39 @@ impl SequenceService for Api {
                     .map_err(Error::from)?;
             }
         }
+        let planning = unix_now_s();
         let plan = planner::plan(&sequence, model);
         let segments = plan.segments.len();
+        let span = trace_context::start_span(
+            "sequence",
+            &incoming,
+            Some(planning),
+            vec![
+                KeyValue::new("reelfarm.sequence_id", id.clone()),
+                KeyValue::new("reelfarm.shots", sequence.shots.len() as i64),
+                KeyValue::new("reelfarm.segments", segments as i64),
+            ],
+        );
+        let traceparent = trace_context::traceparent_of(&span);
+        trace_context::record_span("plan", &traceparent, planning, unix_now_s(), Vec::new());
         let (sequence_id, created) = self
             .0
             .apply(|farm| {
-                Ok((
-                    farm.submit(id, key, sequence, plan, unix_now_s()),
-                    Vec::new(),
-                ))
+                let (sequence_id, created) = farm.submit(id, key, sequence, plan, unix_now_s());
+                if created && let Some(record) = farm.sequences.get_mut(&sequence_id) {
+                    record.traceparent = traceparent.clone();
+                }
+                Ok(((sequence_id, created), Vec::new()))
             })
             .await?;
         if created {
-            info!(sequence = %sequence_id, segments, "sequence accepted");
+            lock(&self.0.sequence_spans).insert(sequence_id.clone(), span);
+            info!(
+                sequence = %sequence_id,
+                segments,
+                trace_id = trace_context::trace_id(&traceparent),
+                "sequence accepted"
+            );
         }
         let status = self.status(&sequence_id).await?;
         Ok(Response::new(pb::SubmitSequenceResponse {

@@ -219,6 +219,7 @@ pub fn assignment_message(
         sequence_id: record.id.clone(),
         device_index,
         task: Some(task),
+        traceparent: record.traceparent.clone(),
     }
 }
 

@@ -204,6 +204,8 @@ pub struct Cluster {
     pub workers: Vec<Process>,
     /// Every process's /metrics address, with its role (`scheduler`, `worker`).
     pub metrics: Vec<(&'static str, String)>,
+    /// Flags every scheduler and worker started from now on gets (`--otlp-endpoint URL`).
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
@@ -216,6 +218,7 @@ impl Cluster {
             schedulers: Vec::new(),
             workers: Vec::new(),
             metrics: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -229,6 +232,7 @@ impl Cluster {
             .arg(verb)
             .arg("--metrics-listen")
             .arg(metrics)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .env("AWS_ACCESS_KEY_ID", &self.store.access_key_id)
             .env("AWS_SECRET_ACCESS_KEY", &self.store.secret_access_key)

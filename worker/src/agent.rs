@@ -2,6 +2,7 @@
 //! commands from the stream, run each assignment, and report progress, results and failures
 //! with the assignment's fencing token, following the leader through failovers.
 
+use reelfarm_common::trace_context;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -319,6 +320,7 @@ async fn execute(assignment: pb::Assignment, context: Context) {
         .iter()
         .find(|device| device.index == assignment.device_index)
         .cloned();
+    let span = crate::worker_metrics::start_task_span(&assignment, &reference);
     let (sender, receiver) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(forward_progress(
         receiver,
@@ -351,9 +353,11 @@ async fn execute(assignment: pb::Assignment, context: Context) {
     let peak_memory_bytes = meter.peak_bytes();
     let result = result
         .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));
+    let traceparent = span.traceparent.clone();
     match result {
         Ok((output_key, phases)) => {
             crate::worker_metrics::task_done(segment_labels, &phases, peak_memory_bytes);
+            span.finish(&phases, None);
             let request = pb::CompleteTaskRequest {
                 assignment: Some(reference.clone()),
                 output_key,
@@ -361,20 +365,29 @@ async fn execute(assignment: pb::Assignment, context: Context) {
                 peak_memory_bytes,
             };
             deliver(&context.link, &reference, "result", |mut client| {
-                let request = request.clone();
+                let mut request = tonic::Request::new(request.clone());
+                trace_context::to_metadata(&mut request, &traceparent);
                 async move { client.complete_task(request).await.map(|_| ()) }
             })
             .await;
         }
         Err(failure) => {
-            warn!(assignment = %reference.assignment_id, reason = ?failure.reason, message = %failure.message, "task failed");
+            span.finish(&crate::task::Phases::default(), Some(&failure.message));
+            warn!(
+                assignment = %reference.assignment_id,
+                reason = ?failure.reason,
+                message = %failure.message,
+                trace_id = trace_context::trace_id(&traceparent),
+                "task failed"
+            );
             let request = pb::FailTaskRequest {
                 assignment: Some(reference.clone()),
                 reason: failure.reason as i32,
                 message: failure.message,
             };
             deliver(&context.link, &reference, "failure", |mut client| {
-                let request = request.clone();
+                let mut request = tonic::Request::new(request.clone());
+                trace_context::to_metadata(&mut request, &traceparent);
                 async move { client.fail_task(request).await.map(|_| ()) }
             })
             .await;

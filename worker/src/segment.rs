@@ -144,6 +144,7 @@ fn render_and_encode(
     let model_start = unix_now_s();
     let step_labels = crate::worker_metrics::model_labels(task);
     let mut last_step = std::time::Instant::now();
+    let mut denoised_at = model_start;
     let clip = model.generate(
         &request,
         &mut |done, _| {
@@ -151,10 +152,19 @@ fn render_and_encode(
                 .denoise_step_seconds
                 .record(last_step.elapsed().as_secs_f64(), &step_labels);
             last_step = std::time::Instant::now();
+            denoised_at = unix_now_s();
             progress.report(u64::from(done), steps)
         },
         progress.cancel_flag(),
     )?;
+    // The model phase is denoising then decoding latents to frames; the first part is
+    // recorded on its own for traces (reports count the model phase only).
+    phases.0.push(pb::TimedPhase {
+        kind: "denoise".into(),
+        start_unix_s: model_start,
+        end_unix_s: denoised_at,
+        task_id: task.segment_id.clone(),
+    });
     phases.record("model", &task.segment_id, model_start);
     let model_seconds = unix_now_s() - model_start;
     progress.check_cancelled()?;

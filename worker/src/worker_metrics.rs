@@ -1,11 +1,14 @@
-//! The worker's metrics: device readings at every heartbeat, and what each finished task
-//! took (render seconds, measured peak against its reservation, seam colour differences).
+//! The worker's metrics and spans: device readings at every heartbeat, and what each
+//! finished task took (render seconds, measured peak against its reservation, seam colour
+//! differences), with a span per task and a child span per phase in the sequence's trace.
 
 use std::collections::HashMap;
 
 use opentelemetry::KeyValue;
+use opentelemetry::global::BoxedSpan;
 use reelfarm_common::metrics::{self, label};
 use reelfarm_common::pb;
+use reelfarm_common::trace_context;
 
 use crate::seams::JoinMetrics;
 use crate::task::Phases;
@@ -86,5 +89,76 @@ pub(crate) fn seams(joins: &[JoinMetrics]) {
         );
         m.seam_delta_e00
             .record(join.delta_e00_after, &[label("stage", "after"), kind]);
+    }
+}
+
+/// A task's span, under the sequence's trace that came with the assignment.
+pub(crate) struct TaskSpan {
+    span: BoxedSpan,
+    pub traceparent: String,
+    stitch: bool,
+}
+
+pub(crate) fn start_task_span(
+    assignment: &pb::Assignment,
+    reference: &pb::AssignmentRef,
+) -> TaskSpan {
+    let stitch = matches!(assignment.task, Some(pb::assignment::Task::Stitch(_)));
+    let span = trace_context::start_span(
+        if stitch { "stitch" } else { "render" },
+        &assignment.traceparent,
+        None,
+        vec![
+            label("reelfarm.assignment", reference.assignment_id.clone()),
+            label("reelfarm.device", assignment.device_index.to_string()),
+        ],
+    );
+    TaskSpan {
+        traceparent: trace_context::traceparent_of(&span),
+        span,
+        stitch,
+    }
+}
+
+impl TaskSpan {
+    /// One child span per phase (download, denoise, decode, encode, upload; a stitch's
+    /// download, codec, upload), then the task's own end.
+    pub(crate) fn finish(self, phases: &Phases, error: Option<&str>) {
+        let storage: Vec<usize> = phases
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.kind == "storage")
+            .map(|(i, _)| i)
+            .collect();
+        let denoised_at = phases
+            .0
+            .iter()
+            .find(|p| p.kind == "denoise")
+            .map(|p| p.end_unix_s);
+        for (index, phase) in phases.0.iter().enumerate() {
+            let (name, start) = match phase.kind.as_str() {
+                "storage" if storage.len() > 1 && storage.first() == Some(&index) => {
+                    ("download", phase.start_unix_s)
+                }
+                "storage" => ("upload", phase.start_unix_s),
+                "denoise" => ("denoise", phase.start_unix_s),
+                "model" => match denoised_at {
+                    Some(end) => ("decode", end),
+                    None => ("model", phase.start_unix_s),
+                },
+                "codec" if self.stitch => ("decode, grade and encode", phase.start_unix_s),
+                "encode" => ("encode", phase.start_unix_s),
+                _ => ("work", phase.start_unix_s),
+            };
+            trace_context::record_span(
+                name,
+                &self.traceparent,
+                start,
+                phase.end_unix_s,
+                Vec::new(),
+            );
+        }
+        trace_context::end_span(self.span, error, None);
     }
 }
