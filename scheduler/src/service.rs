@@ -580,18 +580,67 @@ pub async fn run(
             shared.end_streams();
         }
     };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_loop = tokio::spawn(report_health(shared.clone(), health));
     let served = tonic::transport::Server::builder()
         // Finds workers whose connection died silently (a pulled cable, a frozen node).
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
         .add_service(SequenceServiceServer::new(api.clone()))
         .add_service(WorkerServiceServer::new(api))
         .serve_with_incoming_shutdown(incoming, close_streams)
         .await
         .map_err(|error| Error::Unavailable(format!("scheduler server on {address}: {error}")));
     let _ = leader_loop.await;
+    health_loop.abort();
     if let Err(error) = &served {
         warn!(%error, "scheduler server stopped");
     }
     served
+}
+
+/// How often readiness is checked, and how long one check may take.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// gRPC health (`grpc.health.v1`): SERVING while the state store and the object store answer,
+/// leader or not (followers redirect clients to the leader, so they are ready too).
+async fn report_health(
+    shared: std::sync::Arc<Shared>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    let mut last: Option<bool> = None;
+    loop {
+        let state = tokio::time::timeout(HEALTH_TIMEOUT, shared.state.leader_url()).await;
+        let store = tokio::time::timeout(HEALTH_TIMEOUT, shared.store.exists("healthz")).await;
+        let problem = match (&state, &store) {
+            (Err(_), _) => Some("state store did not answer in 3 s".to_string()),
+            (Ok(Err(error)), _) => Some(format!("state store: {error}")),
+            (_, Err(_)) => Some("object store did not answer in 3 s".to_string()),
+            (_, Ok(Err(error))) => Some(format!("object store: {error}")),
+            _ => None,
+        };
+        let serving = problem.is_none();
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        for service in [
+            "",
+            "reelfarm.v1.SequenceService",
+            "reelfarm.v1.WorkerService",
+        ] {
+            reporter.set_service_status(service, status).await;
+        }
+        if last != Some(serving) {
+            match &problem {
+                None => info!("ready: state store and object store answer"),
+                Some(problem) => warn!(%problem, "not ready"),
+            }
+            last = Some(serving);
+        }
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+    }
 }

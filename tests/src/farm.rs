@@ -9,7 +9,7 @@ use crate::s3_server::S3Server;
 /// etcd, S3 and an empty cluster in one temp dir, kept (and printed) when a test fails.
 pub struct Farm {
     pub cluster: Cluster,
-    _etcd: Etcd,
+    pub etcd: Etcd,
     _s3: S3Server,
     pub dir: tempfile::TempDir,
 }
@@ -30,7 +30,7 @@ impl Farm {
         let cluster = Cluster::new(dir.path(), &etcd.url, store, timings);
         Ok(Farm {
             cluster,
-            _etcd: etcd,
+            etcd,
             _s3: s3,
             dir,
         })

@@ -607,3 +607,50 @@ fn a_scheduler_without_etcd_or_s3_exits_naming_the_endpoint() {
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("no-such-bucket"), "{stderr}");
 }
+
+async fn health_of(url: &str) -> Result<i32> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let response = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "reelfarm.v1.SequenceService".into(),
+        })
+        .await?;
+    Ok(response.into_inner().status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_is_serving_while_etcd_answers_and_not_after() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let leader = farm.cluster.start_scheduler()?;
+        let follower = farm.cluster.start_scheduler()?;
+        // Followers are ready too: they redirect to the leader.
+        for url in [&leader, &follower] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while health_of(url).await.ok() != Some(ServingStatus::Serving as i32) {
+                if Instant::now() > deadline {
+                    bail!("{url} never reported SERVING");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        farm.etcd.process.kill9();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if health_of(&follower).await.ok() == Some(ServingStatus::NotServing as i32) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("still SERVING 30 s after etcd died");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(())
+    })
+    .await;
+}
