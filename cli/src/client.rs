@@ -106,6 +106,20 @@ The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:707
 Example:
   reelfarm workers")]
     Workers(WorkersArgs),
+    /// Stop placing work on a worker; with --wait, until what it runs has finished.
+    #[command(long_about = "\
+Drain a worker before maintenance: the scheduler places nothing more on it, and what it runs
+finishes there. WORKER is a name as `reelfarm workers` shows it (every worker of that name)
+or a worker id. With --wait SECONDS, wait until nothing runs on it any more: exit 0 when it is
+idle, 1 if segments still run when the time is up (a Kubernetes preStop hook uses this).
+A worker that receives SIGTERM drains itself the same way.
+
+The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
+
+Examples:
+  reelfarm drain gpu-node-7
+  reelfarm drain gpu-node-7 --wait 600")]
+    Drain(DrainArgs),
     /// Download a finished sequence's video, or its report with --report.
     #[command(long_about = "\
 Download a finished sequence's video (or its JSON report with --report) through the scheduler,
@@ -175,6 +189,17 @@ pub struct WorkersArgs {
 }
 
 #[derive(Args)]
+pub struct DrainArgs {
+    /// A worker name (every worker of that name) or a worker id.
+    worker: String,
+    /// Wait up to this many seconds for the running segments to finish.
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<f64>,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+#[derive(Args)]
 pub struct DownloadArgs {
     /// The sequence id.
     id: String,
@@ -223,6 +248,66 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             listing::print_workers(&mut client).await
         }
         ClientCommand::Download(args) => download::download(args).await,
+        ClientCommand::Drain(args) => drain(args).await,
+    }
+}
+
+fn running_on(status: &pb::WorkerStatus) -> usize {
+    status
+        .devices
+        .iter()
+        .map(|device| device.running.len())
+        .sum()
+}
+
+async fn drain(args: DrainArgs) -> Result<()> {
+    let mut client = Client::connect(&args.scheduler).await?;
+    let worker = args.worker.clone();
+    let drained = client
+        .call(&format!("draining {worker}"), |mut grpc| {
+            let request = pb::DrainWorkerRequest {
+                worker: worker.clone(),
+            };
+            async move { grpc.drain_worker(request).await }
+        })
+        .await?;
+    let ids: Vec<String> = drained
+        .workers
+        .iter()
+        .map(|w| w.worker_id.clone())
+        .collect();
+    for status in &drained.workers {
+        println!(
+            "{} ({}): draining, {} segment(s) running",
+            status.worker_id,
+            status.name,
+            running_on(status)
+        );
+    }
+    let Some(wait) = args.wait else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(wait.max(0.0));
+    loop {
+        let listed = client
+            .call("listing workers", |mut grpc| async move {
+                grpc.list_workers(pb::ListWorkersRequest {}).await
+            })
+            .await?;
+        let running: usize = listed
+            .workers
+            .iter()
+            .filter(|w| ids.contains(&w.worker_id))
+            .map(running_on)
+            .sum();
+        if running == 0 {
+            println!("{worker}: idle");
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("{worker}: {running} segment(s) still running after {wait} s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -306,6 +391,9 @@ impl Client {
         let url = &self.url;
         let message = status.message();
         match status.code() {
+            Code::NotFound if message.starts_with("worker") => {
+                anyhow!("{what}: {message} at {url}; `reelfarm workers` lists the workers")
+            }
             Code::NotFound => {
                 anyhow!("{what}: {message} at {url}; `reelfarm status` lists the sequences")
             }

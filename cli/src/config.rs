@@ -120,12 +120,18 @@ pub struct WorkerArgs {
     /// Seconds to wait for a leading scheduler at start [default: 30].
     #[arg(long, env = "REELFARM_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<f64>,
+    /// After SIGTERM, seconds running segments get to finish (no new work meanwhile) before
+    /// they are handed back to the queue; keep it under the pod's termination grace period
+    /// [default: 25].
+    #[arg(long, env = "REELFARM_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<f64>,
 }
 
 impl WorkerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
-        layer!(self, lower; scheduler, name, simulate_gpus, weights, connect_timeout)
+        layer!(self, lower; scheduler, name, simulate_gpus, weights, connect_timeout,
+            drain_timeout)
     }
 }
 

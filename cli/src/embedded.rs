@@ -68,6 +68,8 @@ impl EmbeddedFarm {
                     models: vec![model.clone()],
                     inventory: Arc::new(Inventory::Fixed(vec![cpu_device(share)])),
                     connect_timeout: Duration::from_secs(10),
+                    // Shutting down an embedded farm stops its work at once.
+                    drain_timeout: Duration::ZERO,
                 };
                 tokio::spawn(reelfarm_worker::run(
                     config,

@@ -176,6 +176,7 @@ pub async fn run_worker(
         .or_else(host_name)
         .unwrap_or_else(|| "worker".to_string());
     let connect_timeout = seconds(args.connect_timeout, 30.0, "connect-timeout")?;
+    let drain_timeout = seconds(args.drain_timeout, 25.0, "drain-timeout")?;
     let (inventory, inventory_line) =
         Inventory::discover(args.simulate_gpus.as_deref()).map_err(anyhow::Error::msg)?;
     let devices = inventory.devices();
@@ -202,6 +203,7 @@ pub async fn run_worker(
         models: vec![model],
         inventory: Arc::new(inventory),
         connect_timeout,
+        drain_timeout,
     };
     let result = reelfarm_worker::run(config, termination()).await;
     telemetry.shutdown();

@@ -171,6 +171,9 @@ pub struct WorkerRecord {
     /// Its command stream is open. A disconnected worker keeps its devices and running
     /// tasks until it reconnects or its lease runs out (`worker_lost`), but gets no new work.
     pub connected: bool,
+    /// Drained (`reelfarm drain`, or the worker shutting down): no new work; what it runs
+    /// finishes. Kept in the leader's memory only.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone)]

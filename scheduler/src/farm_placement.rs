@@ -286,7 +286,11 @@ impl Farm {
     fn gpu_states(&mut self) -> (Vec<GpuState>, Vec<(WorkerId, usize)>) {
         let mut gpus = Vec::new();
         let mut slots = Vec::new();
-        for worker in self.workers.values().filter(|worker| worker.connected) {
+        for worker in self
+            .workers
+            .values()
+            .filter(|worker| worker.connected && !worker.draining)
+        {
             let mut serves: Vec<u32> = worker
                 .models
                 .iter()

@@ -580,3 +580,25 @@ fn fair_share_is_between_owners_before_sequences() {
     placed.sort();
     assert_eq!(placed, ["a1", "a2"]);
 }
+
+#[test]
+fn a_drained_worker_gets_no_new_work_and_keeps_what_it_runs() {
+    let mut farm = farm_with(&[Transition::Cut], 2);
+    let first = assigned(&farm.dispatch());
+    assert_eq!(first.len(), 1);
+    let busy = first[0].0.clone();
+    assert_eq!(farm.drain_worker(&busy).unwrap(), vec![busy.clone()]);
+    // Its segment keeps running there; new work goes to the other worker only.
+    assert_eq!(farm.workers[&busy].devices[0].running.len(), 1);
+    let sequence = sequence(&[Transition::Cut, Transition::Cut]);
+    let plan = planner::plan(&sequence, &REELFARM_TINY);
+    farm.submit("more".into(), None, sequence, plan, 0.0);
+    let placed = assigned(&farm.dispatch());
+    assert_eq!(placed.len(), 2);
+    assert!(
+        placed.iter().all(|(worker, _)| *worker != busy),
+        "{placed:?}"
+    );
+    let error = farm.drain_worker("nobody").unwrap_err().to_string();
+    assert!(error.contains("no worker named \"nobody\""), "{error}");
+}

@@ -2,6 +2,7 @@
 //! runs, its stream closing, its lease running out. Part of the `farm` state machine, kept
 //! in its own file; pure like the rest of it.
 
+use crate::Error;
 use std::collections::BTreeSet;
 
 use reelfarm_common::pb;
@@ -51,6 +52,8 @@ impl Farm {
                 }
             })
             .collect();
+        // A drained worker that reconnects stays drained.
+        let draining = self.workers.get(&id).is_some_and(|record| record.draining);
         self.workers.insert(
             id.clone(),
             WorkerRecord {
@@ -59,6 +62,7 @@ impl Farm {
                 models,
                 devices,
                 connected: true,
+                draining,
             },
         );
         self.pool_changed();
@@ -93,6 +97,34 @@ impl Farm {
             }
         }
         actions
+    }
+
+    /// Stops placing work on the workers named `worker` (a name or an id); their ids.
+    pub fn drain_worker(&mut self, worker: &str) -> Result<Vec<WorkerId>, Error> {
+        let ids: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|record| record.id == worker || record.name == worker)
+            .map(|record| record.id.clone())
+            .collect();
+        if ids.is_empty() {
+            let known: Vec<&str> = self.workers.values().map(|r| r.name.as_str()).collect();
+            return Err(Error::NotFound(format!(
+                "worker: no worker named {worker:?} (workers: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        for id in &ids {
+            if let Some(record) = self.workers.get_mut(id) {
+                record.draining = true;
+            }
+        }
+        self.pool_changed();
+        Ok(ids)
     }
 
     /// The worker's command stream closed: no new work until it reconnects; what it runs

@@ -320,6 +320,7 @@ pub fn restore(
                     })
                     .collect(),
                 connected: false,
+                draining: false,
             },
         );
     }

@@ -236,6 +236,32 @@ impl SequenceService for Api {
         }))
     }
 
+    async fn drain_worker(
+        &self,
+        request: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
+        let worker = request.into_inner().worker;
+        if worker.trim().is_empty() {
+            return Err(Error::InvalidArgument("worker: required (a name or an id)".into()).into());
+        }
+        let workers = self
+            .0
+            .apply(|farm| {
+                let ids = farm.drain_worker(&worker)?;
+                let statuses = ids
+                    .iter()
+                    .filter_map(|id| farm.workers.get(id))
+                    .map(snapshot::worker_status)
+                    .collect::<Vec<_>>();
+                Ok((statuses, Vec::new()))
+            })
+            .await?;
+        for status in &workers {
+            info!(worker = %status.worker_id, "draining: no new work");
+        }
+        Ok(Response::new(pb::DrainWorkerResponse { workers }))
+    }
+
     async fn list_workers(
         &self,
         _request: Request<pb::ListWorkersRequest>,

@@ -227,7 +227,9 @@ pub fn worker_status(worker: &WorkerRecord) -> pb::WorkerStatus {
     pb::WorkerStatus {
         worker_id: worker.id.clone(),
         name: worker.name.clone(),
-        state: if worker.connected {
+        state: if worker.draining {
+            "draining"
+        } else if worker.connected {
             "connected"
         } else {
             "reconnecting"

@@ -654,3 +654,118 @@ async fn grpc_health_is_serving_while_etcd_answers_and_not_after() {
     })
     .await;
 }
+
+/// Six hard cuts: work for several workers at once.
+fn six_cuts(title: &str) -> pb::SequenceSpec {
+    pb::SequenceSpec {
+        title: Some(title.into()),
+        fps: Some(8),
+        steps: Some(3),
+        shots: (0..6)
+            .map(|index| shot(&format!("shot {index} of {title}"), 3.0, "cut"))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_takes_no_new_work_and_sigterm_finishes_running_segments() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        farm.cluster.start_scheduler()?;
+        farm.cluster.start_worker("keep", "1x80GiB:H100")?;
+        farm.cluster.start_worker("spare", "1x80GiB:H100")?;
+        let mut client = leader_client(&farm.cluster).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client
+            .list_workers(pb::ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers
+            .len()
+            < 2
+        {
+            if Instant::now() > deadline {
+                bail!("two workers did not register");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let first = submit(&mut client, six_cuts("first"), "drain-1")
+            .await?
+            .sequence_id;
+        let (code, stdout, stderr) = farm.cluster.client(&["drain", "spare", "--wait", "120"])?;
+        if code != 0 || !stdout.contains("spare: idle") {
+            bail!("drain exited {code}: {stdout}{stderr}");
+        }
+        poll_until(&farm.cluster, &first, DEADLINE, is_final).await?;
+
+        // Everything placed after the drain goes to the other worker.
+        let second = submit(&mut client, six_cuts("second"), "drain-2")
+            .await?
+            .sequence_id;
+        let status = poll_until(&farm.cluster, &second, DEADLINE, is_final).await?;
+        if state_of(&status) != pb::SequenceState::Succeeded {
+            bail!("second sequence: {status:?}");
+        }
+        if let Some(segment) = status
+            .segments
+            .iter()
+            .find(|s| !s.worker.starts_with("keep"))
+        {
+            bail!(
+                "a segment ran on {} after `spare` was drained",
+                segment.worker
+            );
+        }
+
+        // SIGTERM while segments run: the worker drains, they finish, it exits.
+        let third = submit(&mut client, six_cuts("third"), "drain-3")
+            .await?
+            .sequence_id;
+        let running = poll_until(&farm.cluster, &third, DEADLINE, |status| {
+            status
+                .segments
+                .iter()
+                .any(|s| s.state == pb::TaskState::Running as i32)
+        })
+        .await?;
+        let was_running: Vec<String> = running
+            .segments
+            .iter()
+            .filter(|s| s.state == pb::TaskState::Running as i32)
+            .map(|s| s.segment_id.clone())
+            .collect();
+        let started = Instant::now();
+        let exit = farm.cluster.workers[0].terminate(Duration::from_secs(60))?;
+        let log = farm.cluster.workers[0].log_text();
+        if !exit.success() || !log.contains("shutting down: draining") {
+            bail!(
+                "worker exited {exit:?} after {:?}:\n{log}",
+                started.elapsed()
+            );
+        }
+        let after = leader_client(&farm.cluster)
+            .await?
+            .get_sequence(pb::GetSequenceRequest {
+                sequence_id: third.clone(),
+            })
+            .await?
+            .into_inner();
+        for id in &was_running {
+            let segment = after.segments.iter().find(|s| &s.segment_id == id).unwrap();
+            if segment.state != pb::TaskState::Done as i32 {
+                bail!(
+                    "{id} was running at SIGTERM and is {:?} after the drain",
+                    segment.state
+                );
+            }
+        }
+        eprintln!(
+            "SIGTERM drained {} running segment(s) in {:.1} s",
+            was_running.len(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
+    .await;
+}

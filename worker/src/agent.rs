@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub inventory: Arc<Inventory>,
     /// How long to keep trying to reach a leading scheduler at start.
     pub connect_timeout: Duration,
+    /// After SIGTERM, how long running tasks get to finish before they are handed back.
+    pub drain_timeout: Duration,
 }
 
 /// How long one reconnect attempt looks for a leader before logging and trying again.
@@ -96,6 +98,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Link {
     endpoints: Vec<String>,
     current: tokio::sync::Mutex<Option<(u64, WorkerServiceClient<Channel>)>>,
+    /// The leader's channel, for the sequence API (draining itself).
+    channel: Mutex<Option<Channel>>,
     generation: AtomicU64,
 }
 
@@ -114,6 +118,7 @@ impl Link {
             .map_err(|error| Error::Unavailable(error.to_string()))?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         info!(scheduler = %url, "connected to the leading scheduler");
+        *lock(&self.channel) = Some(channel.clone());
         let client = WorkerServiceClient::new(channel);
         *current = Some((generation, client.clone()));
         Ok((generation, client))
@@ -167,6 +172,7 @@ pub async fn run(
     let link = Arc::new(Link {
         endpoints: config.scheduler_urls.clone(),
         current: tokio::sync::Mutex::new(None),
+        channel: Mutex::new(None),
         generation: AtomicU64::new(0),
     });
     // At start a missing scheduler is an error; later it is a reconnect.
@@ -176,7 +182,13 @@ pub async fn run(
     let model_ids: Vec<String> = models.iter().map(|model| model.id().to_string()).collect();
     tokio::pin!(shutdown);
     let mut registered_before = false;
+    // After SIGTERM: no new work, the stream stays open while running tasks finish.
+    let mut draining: Option<tokio::time::Instant> = None;
+    let handing_back = Arc::new(AtomicBool::new(false));
     'sessions: loop {
+        if draining.is_some() {
+            break 'sessions;
+        }
         let devices = read_devices(&config.inventory, &running);
         crate::worker_metrics::record_devices(
             &config.name,
@@ -218,7 +230,29 @@ pub async fn run(
         heartbeat.tick().await;
         loop {
             let message = tokio::select! {
-                _ = &mut shutdown => break 'sessions,
+                _ = &mut shutdown, if draining.is_none() => {
+                    let running = lock(&running).len();
+                    if running == 0 {
+                        break 'sessions;
+                    }
+                    info!(
+                        worker = %worker_id,
+                        running,
+                        patience_s = config.drain_timeout.as_secs_f64(),
+                        "shutting down: draining, running tasks finish first"
+                    );
+                    draining = Some(tokio::time::Instant::now() + config.drain_timeout);
+                    drain_self(&link, &worker_id).await;
+                    continue;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(200)), if draining.is_some() => {
+                    if lock(&running).is_empty()
+                        || draining.is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
+                    {
+                        break 'sessions;
+                    }
+                    continue;
+                }
                 _ = heartbeat.tick() => {
                     let request = pb::HeartbeatRequest {
                         worker_id: worker_id.clone(),
@@ -250,6 +284,7 @@ pub async fn run(
                         models: models.clone(),
                         running: running.clone(),
                         devices: config.inventory.devices(),
+                        handing_back: handing_back.clone(),
                     };
                     tokio::spawn(execute(assignment, context));
                 }
@@ -274,10 +309,37 @@ pub async fn run(
             }
         }
     }
-    for task in lock(&running).values() {
-        task.cancel.store(true, Ordering::Relaxed);
+    // What still runs goes back to the queue now rather than when this worker's lease
+    // runs out.
+    let left = lock(&running).len();
+    if left > 0 {
+        warn!(worker = %worker_id, running = left, "handing back unfinished tasks");
+        handing_back.store(true, Ordering::Relaxed);
+        for task in lock(&running).values() {
+            task.cancel.store(true, Ordering::Relaxed);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !lock(&running).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     Ok(())
+}
+
+/// Asks the leader to place nothing more here (best effort: the stream closing after the
+/// drain does the same).
+async fn drain_self(link: &Link, worker_id: &str) {
+    let Some(channel) = lock(&link.channel).clone() else {
+        return;
+    };
+    let request = pb::DrainWorkerRequest {
+        worker: worker_id.to_string(),
+    };
+    let mut client =
+        reelfarm_common::pb::sequence_service_client::SequenceServiceClient::new(channel);
+    if let Err(status) = client.drain_worker(request).await {
+        warn!(%status, "could not tell the scheduler this worker drains");
+    }
 }
 
 struct Context {
@@ -286,6 +348,8 @@ struct Context {
     models: Arc<Vec<Arc<dyn ModelRuntime>>>,
     running: Running,
     devices: Vec<pb::Device>,
+    /// Set while the worker shuts down: a cancelled task is handed back, not failed.
+    handing_back: Arc<AtomicBool>,
 }
 
 async fn execute(assignment: pb::Assignment, context: Context) {
@@ -371,7 +435,13 @@ async fn execute(assignment: pb::Assignment, context: Context) {
             })
             .await;
         }
-        Err(failure) => {
+        Err(mut failure) => {
+            if context.handing_back.load(Ordering::Relaxed) {
+                failure = TaskFailure::new(
+                    pb::FailureReason::WorkerLost,
+                    "handed back: the worker shut down before it finished",
+                );
+            }
             span.finish(&crate::task::Phases::default(), Some(&failure.message));
             warn!(
                 assignment = %reference.assignment_id,
