@@ -125,13 +125,17 @@ pub struct WorkerArgs {
     /// [default: 25].
     #[arg(long, env = "REELFARM_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<f64>,
+    /// Address of the worker's gRPC health service (grpc.health.v1, for Kubernetes probes),
+    /// or `off` [default: 0.0.0.0:7071].
+    #[arg(long, env = "REELFARM_HEALTH_LISTEN")]
+    pub health_listen: Option<String>,
 }
 
 impl WorkerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; scheduler, name, simulate_gpus, weights, connect_timeout,
-            drain_timeout)
+            drain_timeout, health_listen)
     }
 }
 

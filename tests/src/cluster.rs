@@ -206,6 +206,8 @@ pub struct Cluster {
     pub metrics: Vec<(&'static str, String)>,
     /// Flags every scheduler and worker started from now on gets (`--otlp-endpoint URL`).
     pub extra_args: Vec<String>,
+    /// Each worker's gRPC health address, in start order.
+    pub worker_health: Vec<String>,
 }
 
 impl Cluster {
@@ -219,6 +221,7 @@ impl Cluster {
             workers: Vec::new(),
             metrics: Vec::new(),
             extra_args: Vec::new(),
+            worker_health: Vec::new(),
         }
     }
 
@@ -286,7 +289,11 @@ impl Cluster {
         // Several workers share two cores: one compute thread each keeps leases and
         // keepalives timely.
         command.env("RAYON_NUM_THREADS", "1");
+        let health = format!("127.0.0.1:{}", free_port());
+        self.worker_health.push(health.clone());
         command
+            .arg("--health-listen")
+            .arg(health)
             .arg("--scheduler")
             .arg(self.scheduler_list())
             .arg("--name")

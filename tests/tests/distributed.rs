@@ -609,6 +609,10 @@ fn a_scheduler_without_etcd_or_s3_exits_naming_the_endpoint() {
 }
 
 async fn health_of(url: &str) -> Result<i32> {
+    health_of_service(url, "reelfarm.v1.SequenceService").await
+}
+
+async fn health_of_service(url: &str, service: &str) -> Result<i32> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(2))
@@ -616,7 +620,7 @@ async fn health_of(url: &str) -> Result<i32> {
         .await?;
     let response = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "reelfarm.v1.SequenceService".into(),
+            service: service.into(),
         })
         .await?;
     Ok(response.into_inner().status)
@@ -629,6 +633,15 @@ async fn grpc_health_is_serving_while_etcd_answers_and_not_after() {
     farm.check(async |farm| {
         let leader = farm.cluster.start_scheduler()?;
         let follower = farm.cluster.start_scheduler()?;
+        farm.cluster.start_worker("probed", "1x24GiB:L4")?;
+        let worker = format!("http://{}", farm.cluster.worker_health[0]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while health_of_service(&worker, "").await.ok() != Some(ServingStatus::Serving as i32) {
+            if Instant::now() > deadline {
+                bail!("the worker's health service never reported SERVING");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // Followers are ready too: they redirect to the leader.
         for url in [&leader, &follower] {
             let deadline = Instant::now() + Duration::from_secs(20);
