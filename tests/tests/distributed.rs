@@ -495,7 +495,8 @@ async fn resubmitting_returns_the_same_sequence_and_cancel_frees_the_workers() {
                     segment.state == pb::TaskState::Running as i32 && segment.step >= 1
                 })
                 .count()
-                == 2
+                // Segments share a GPU while their reservations fit: two or more.
+                >= 2
         })
         .await?;
         let (code, stdout, stderr) = cluster.client(&["cancel", &id])?;

@@ -1,0 +1,70 @@
+{{- define "reelfarm.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "reelfarm.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "reelfarm.image" -}}
+{{- $root := index . 0 -}}{{- $role := index . 1 -}}
+{{- printf "%s/reelfarm-%s:%s" $root.Values.image.registry $role ($root.Values.image.tag | default $root.Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "reelfarm.etcdEndpoints" -}}
+{{- if .Values.etcd.external -}}
+{{- join "," .Values.etcd.external -}}
+{{- else -}}
+{{- printf "http://%s-etcd:2379" (include "reelfarm.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Object store settings and credentials, shared by schedulers and workers. */}}
+{{- define "reelfarm.storeEnv" -}}
+- name: REELFARM_BUCKET
+  value: {{ .Values.objectStore.bucket | quote }}
+- name: REELFARM_S3_REGION
+  value: {{ .Values.objectStore.region | quote }}
+- name: REELFARM_S3_PATH_STYLE
+  value: {{ .Values.objectStore.pathStyle | quote }}
+{{- with .Values.objectStore.endpoint }}
+- name: REELFARM_S3_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.objectStore.prefix }}
+- name: REELFARM_S3_PREFIX
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.objectStore.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef: {name: {{ . | quote }}, key: {{ $.Values.objectStore.accessKeyIdKey | quote }}}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ . | quote }}, key: {{ $.Values.objectStore.secretAccessKeyKey | quote }}}
+{{- end }}
+- name: REELFARM_LOG_FORMAT
+  value: {{ .Values.telemetry.logFormat | quote }}
+{{- with .Values.telemetry.otlpEndpoint }}
+- name: REELFARM_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "reelfarm.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: [ALL]
+{{- end -}}
