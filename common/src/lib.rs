@@ -28,3 +28,17 @@ pub fn unix_now_s() -> f64 {
         .map(|elapsed| elapsed.as_secs_f64())
         .unwrap_or(0.0)
 }
+
+/// Wall seconds a task's phases span: from its first phase's start to its last one's end
+/// (what the farm counts as the device seconds of a finished segment).
+pub fn busy_seconds(phases: &[pb::TimedPhase]) -> f64 {
+    let start = phases
+        .iter()
+        .map(|p| p.start_unix_s)
+        .fold(f64::INFINITY, f64::min);
+    let end = phases
+        .iter()
+        .map(|p| p.end_unix_s)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if end > start { end - start } else { 0.0 }
+}

@@ -470,7 +470,7 @@ impl Farm {
             // Cancelled while it ran: the result is not wanted.
             return Ok(Vec::new());
         }
-        let device_seconds = busy_seconds(&phases);
+        let device_seconds = reelfarm_common::busy_seconds(&phases);
         record.phases.extend(phases);
         let video_seconds = match assignment.task {
             TaskRef::Segment(index) => {
@@ -807,16 +807,3 @@ mod workers;
 #[cfg(test)]
 #[path = "farm_tests.rs"]
 mod tests;
-
-/// Wall seconds a task's phases span: from its first phase's start to its last one's end.
-pub(crate) fn busy_seconds(phases: &[pb::TimedPhase]) -> f64 {
-    let start = phases
-        .iter()
-        .map(|p| p.start_unix_s)
-        .fold(f64::INFINITY, f64::min);
-    let end = phases
-        .iter()
-        .map(|p| p.end_unix_s)
-        .fold(f64::NEG_INFINITY, f64::max);
-    if end > start { end - start } else { 0.0 }
-}

@@ -9,34 +9,13 @@ use reelfarm_common::metrics::{self, label};
 use reelfarm_common::trace_context;
 
 use crate::farm::{FailureClass, Farm, FarmEvent, SequenceId, SequenceState, TaskState};
+use crate::records::{sequence_state_name, task_state_name};
 
 /// Open `sequence` spans by sequence, ended when the sequence ends.
 pub(crate) type SequenceSpans = HashMap<SequenceId, BoxedSpan>;
 
 fn kind(stitch: bool) -> &'static str {
     if stitch { "stitch" } else { "segment" }
-}
-
-fn sequence_state_label(state: SequenceState) -> &'static str {
-    match state {
-        SequenceState::Queued => "queued",
-        SequenceState::Rendering => "rendering",
-        SequenceState::Stitching => "stitching",
-        SequenceState::Succeeded => "succeeded",
-        SequenceState::Failed => "failed",
-        SequenceState::Cancelled => "cancelled",
-    }
-}
-
-fn task_state_label(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Blocked => "blocked",
-        TaskState::Ready => "ready",
-        TaskState::Running => "running",
-        TaskState::Done => "done",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
-    }
 }
 
 const SEQUENCE_STATES: [SequenceState; 6] = [
@@ -141,7 +120,7 @@ pub(crate) fn record_events(
             } => {
                 m.sequence_seconds.record(
                     seconds.max(0.0),
-                    &[label("state", sequence_state_label(state))],
+                    &[label("state", sequence_state_name(state))],
                 );
                 if let Some(span) = spans.remove(&sequence) {
                     let error = farm
@@ -160,25 +139,25 @@ pub(crate) fn record_gauges(farm: &Farm) {
     let m = metrics::scheduler();
     let mut sequences: BTreeMap<&str, i64> = SEQUENCE_STATES
         .iter()
-        .map(|&state| (sequence_state_label(state), 0))
+        .map(|&state| (sequence_state_name(state), 0))
         .collect();
     let mut tasks: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for stitch in [false, true] {
         for state in TASK_STATES {
-            tasks.insert((kind(stitch), task_state_label(state)), 0);
+            tasks.insert((kind(stitch), task_state_name(state)), 0);
         }
     }
     for record in farm.sequences() {
         *sequences
-            .entry(sequence_state_label(record.state))
+            .entry(sequence_state_name(record.state))
             .or_default() += 1;
         for task in &record.segments {
             *tasks
-                .entry(("segment", task_state_label(task.state)))
+                .entry(("segment", task_state_name(task.state)))
                 .or_default() += 1;
         }
         *tasks
-            .entry(("stitch", task_state_label(record.stitch.state)))
+            .entry(("stitch", task_state_name(record.stitch.state)))
             .or_default() += 1;
     }
     for (state, count) in sequences {

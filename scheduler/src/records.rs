@@ -113,7 +113,7 @@ pub struct WorkerDoc {
     pub devices: Vec<DeviceDoc>,
 }
 
-fn task_state_name(state: TaskState) -> &'static str {
+pub(crate) fn task_state_name(state: TaskState) -> &'static str {
     match state {
         TaskState::Blocked => "blocked",
         TaskState::Ready => "ready",
@@ -136,7 +136,7 @@ fn task_state_from(name: &str) -> Result<TaskState, Error> {
     })
 }
 
-fn sequence_state_name(state: SequenceState) -> &'static str {
+pub(crate) fn sequence_state_name(state: SequenceState) -> &'static str {
     match state {
         SequenceState::Queued => "queued",
         SequenceState::Rendering => "rendering",

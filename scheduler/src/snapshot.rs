@@ -289,7 +289,7 @@ pub fn throughput<'a>(
             }
             total.segments += 1;
             total.video_seconds += planned.timeline_frames as f64 / f64::from(record.sequence.fps);
-            total.device_seconds += crate::farm::busy_seconds(&phases);
+            total.device_seconds += reelfarm_common::busy_seconds(&phases);
         }
     }
     total

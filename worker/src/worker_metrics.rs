@@ -59,18 +59,9 @@ pub(crate) fn task_done(segment: Option<([KeyValue; 2], u64)>, phases: &Phases, 
         return;
     };
     let m = metrics::worker();
-    let start = phases
-        .0
-        .iter()
-        .map(|p| p.start_unix_s)
-        .fold(f64::INFINITY, f64::min);
-    let end = phases
-        .0
-        .iter()
-        .map(|p| p.end_unix_s)
-        .fold(f64::NEG_INFINITY, f64::max);
-    if end > start {
-        m.segment_render_seconds.record(end - start, &labels);
+    let seconds = reelfarm_common::busy_seconds(&phases.0);
+    if seconds > 0.0 {
+        m.segment_render_seconds.record(seconds, &labels);
     }
     if reserved_bytes > 0 && peak_bytes > 0 {
         m.peak_over_estimate_ratio
