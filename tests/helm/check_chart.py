@@ -132,8 +132,8 @@ def main():
     try:
         helm.Chart.load(str(CHART)).render({"image": {"registry": "r", "tag": "latest"}}, name="demo")
         failures.append("image.tag=latest rendered without error")
-    except Exception:
-        pass
+    except Exception as error:
+        check("tag" in str(error), f"the image.tag=latest error does not name the field: {error}")
 
     for failure in failures:
         print("FAIL", failure)
