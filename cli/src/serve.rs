@@ -220,46 +220,13 @@ pub async fn run_worker(
                  own port, or `off`)"
                 )
             })?;
-        tokio::spawn(serve_worker_health(listener, config.store.clone()));
+        tokio::spawn(reelfarm_worker::health::serve(
+            listener,
+            config.store.clone(),
+        ));
     }
     let result = reelfarm_worker::run(config, termination()).await;
     telemetry.shutdown();
     result?;
     Ok(())
-}
-
-/// The worker's gRPC health service: SERVING while its object store answers (the scheduler
-/// connection heals itself and is not a reason to restart the pod).
-async fn serve_worker_health(listener: tokio::net::TcpListener, store: Arc<dyn BlobStore>) {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let check =
-                tokio::time::timeout(std::time::Duration::from_secs(3), store.exists("healthz"))
-                    .await;
-            let serving = matches!(check, Ok(Ok(_)));
-            let status = if serving {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            reporter.set_service_status("", status).await;
-            if last != Some(serving) {
-                if !serving {
-                    warn!("not ready: the object store does not answer");
-                }
-                last = Some(serving);
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        }
-    });
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    if let Err(error) = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming(incoming)
-        .await
-    {
-        warn!(%error, "worker health service stopped");
-    }
 }

@@ -4,6 +4,7 @@
 pub mod blob;
 pub mod error;
 pub mod gpu_class;
+pub mod health;
 pub mod keys;
 pub mod leader;
 pub mod metrics;

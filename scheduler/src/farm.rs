@@ -199,64 +199,6 @@ pub enum Action {
     },
 }
 
-/// Why a task attempt ended without a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
-    ModelError,
-    OutOfMemory,
-    StorageError,
-    Cancelled,
-    WorkerLost,
-    InvalidTask,
-}
-
-impl FailureClass {
-    pub fn from_pb(reason: i32) -> Self {
-        match pb::FailureReason::try_from(reason).unwrap_or(pb::FailureReason::Unspecified) {
-            pb::FailureReason::OutOfMemory => FailureClass::OutOfMemory,
-            pb::FailureReason::StorageError => FailureClass::StorageError,
-            pb::FailureReason::Cancelled => FailureClass::Cancelled,
-            pb::FailureReason::WorkerLost => FailureClass::WorkerLost,
-            pb::FailureReason::InvalidTask => FailureClass::InvalidTask,
-            pb::FailureReason::ModelError | pb::FailureReason::Unspecified => {
-                FailureClass::ModelError
-            }
-        }
-    }
-
-    /// The metric label (`reason="out_of_memory"`).
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureClass::ModelError => "model_error",
-            FailureClass::OutOfMemory => "out_of_memory",
-            FailureClass::StorageError => "storage_error",
-            FailureClass::Cancelled => "cancelled",
-            FailureClass::WorkerLost => "worker_lost",
-            FailureClass::InvalidTask => "invalid_task",
-        }
-    }
-
-    pub const ALL: [FailureClass; 6] = [
-        FailureClass::ModelError,
-        FailureClass::OutOfMemory,
-        FailureClass::StorageError,
-        FailureClass::Cancelled,
-        FailureClass::WorkerLost,
-        FailureClass::InvalidTask,
-    ];
-
-    pub fn describe(self) -> &'static str {
-        match self {
-            FailureClass::ModelError => "model error",
-            FailureClass::OutOfMemory => "out of memory",
-            FailureClass::StorageError => "storage error",
-            FailureClass::Cancelled => "cancelled",
-            FailureClass::WorkerLost => "worker lost",
-            FailureClass::InvalidTask => "invalid task",
-        }
-    }
-}
-
 /// What happened in transitions, for metrics: drained by `take_events`, so the farm stays
 /// free of I/O and clocks.
 #[derive(Debug, Clone, PartialEq)]
@@ -523,94 +465,6 @@ impl Farm {
         }
         Ok(Vec::new())
     }
-
-    pub fn fail(
-        &mut self,
-        reference: &pb::AssignmentRef,
-        class: FailureClass,
-        message: &str,
-        now: f64,
-    ) -> Result<Vec<Action>, Error> {
-        self.current(reference)?;
-        let assignment = self
-            .release(&reference.assignment_id)
-            .ok_or_else(|| Error::Internal("current assignment vanished".into()))?;
-        Ok(self.end_attempt(&assignment, class, message, now))
-    }
-
-    /// An attempt ended without a result: retry within the budget, else fail the sequence.
-    fn end_attempt(
-        &mut self,
-        assignment: &AssignmentRecord,
-        class: FailureClass,
-        message: &str,
-        now: f64,
-    ) -> Vec<Action> {
-        let max_attempts = self.max_attempts;
-        let Some(record) = self.sequences.get_mut(&assignment.sequence_id) else {
-            return Vec::new();
-        };
-        self.changed.insert(record.id.clone());
-        let name = record.task_name(assignment.task);
-        let task = record.task_mut(assignment.task);
-        if task.state != TaskState::Running {
-            return Vec::new();
-        }
-        let reason = format!("{}: {message}", class.describe());
-        task.error = Some(reason.clone());
-        self.events.push(FarmEvent::Failed {
-            stitch: assignment.task == TaskRef::Stitch,
-            class,
-        });
-        if class == FailureClass::OutOfMemory {
-            let devices = || self.workers.values().flat_map(|worker| &worker.devices);
-            let largest = devices()
-                .map(|device| device.device.memory_total_bytes)
-                .max()
-                .unwrap_or(0);
-            let failed_on = self
-                .workers
-                .get(&assignment.worker)
-                .and_then(|worker| worker.devices.get(assignment.device_slot))
-                .map_or(assignment.reserved_bytes, |d| d.device.memory_total_bytes);
-            if let TaskRef::Segment(index) = assignment.task {
-                self.placement.learn_oom(record, index);
-            }
-            let task = record.task_mut(assignment.task);
-            if let Some(rung) = climb_oom_ladder(task, failed_on, largest) {
-                task.error = Some(format!("{reason}; retrying {rung}"));
-                task.state = TaskState::Ready;
-                task.ready_since_unix_s = now;
-                return Vec::new();
-            }
-        }
-        let task = record.task_mut(assignment.task);
-        let retryable = !matches!(
-            class,
-            FailureClass::InvalidTask | FailureClass::Cancelled | FailureClass::OutOfMemory
-        );
-        // Out-of-memory attempts have their own budget (the ladder above).
-        if retryable && task.attempt - task.oom_count.min(task.attempt) < max_attempts {
-            task.state = TaskState::Ready;
-            task.ready_since_unix_s = now;
-            return Vec::new();
-        }
-        task.state = TaskState::Failed;
-        let attempts = task.attempt;
-        record.state = SequenceState::Failed;
-        record.finished_unix_s = Some(now);
-        self.events.push(FarmEvent::SequenceEnded {
-            sequence: record.id.clone(),
-            state: SequenceState::Failed,
-            seconds: now - record.submitted_unix_s,
-        });
-        record.error = Some(format!(
-            "{name} failed after {attempts} attempt(s); last reason: {reason}"
-        ));
-        let id = record.id.clone();
-        self.stop_running_tasks(&id)
-    }
-
     /// Cancels a sequence; running tasks are told to stop and keep their device until they
     /// report back, so memory is never handed out twice.
     pub fn cancel(&mut self, id: &str, now: f64) -> Result<Vec<Action>, Error> {
@@ -774,28 +628,9 @@ impl Farm {
 /// Models a device is assumed to keep loaded.
 const RESIDENT_MODELS: usize = 2;
 
-/// The next rung of the out-of-memory ladder for a task that just ran out of memory on a
-/// GPU of `failed_gpu_bytes`: a larger reservation (the estimator already grew it), then a
-/// larger GPU class, then the model's lower-memory mode. `None` when the ladder is done.
-pub(crate) fn climb_oom_ladder(
-    task: &mut TaskRecord,
-    failed_gpu_bytes: u64,
-    largest_gpu: u64,
-) -> Option<&'static str> {
-    task.oom_count += 1;
-    match task.oom_count {
-        1 => Some("with a larger reservation"),
-        2 if largest_gpu > failed_gpu_bytes => {
-            task.min_gpu_bytes = failed_gpu_bytes + 1;
-            Some("on a larger GPU class")
-        }
-        2 | 3 if !task.low_memory => {
-            task.low_memory = true;
-            Some("in the model's lower-memory mode")
-        }
-        _ => None,
-    }
-}
+#[path = "farm_failures.rs"]
+mod failures;
+pub use failures::FailureClass;
 
 #[path = "farm_placement.rs"]
 mod placing;

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::farm::{Action, Farm, SequenceId, WorkerId};
-use crate::farm_metrics;
+use crate::farm_telemetry;
 use crate::records::{self, Durable};
 use crate::state::{Leadership, MemoryState, StateStore};
 
@@ -61,7 +61,7 @@ pub(crate) struct Shared {
     pub worker_streams: Mutex<HashMap<WorkerId, CommandSender>>,
     pub changes: broadcast::Sender<SequenceId>,
     /// The `sequence` span of every sequence this leader accepted, until it ends.
-    pub sequence_spans: Mutex<farm_metrics::SequenceSpans>,
+    pub sequence_spans: Mutex<farm_telemetry::SequenceSpans>,
     /// Bumped whenever this scheduler steps down or shuts down: open streams end, so their
     /// clients and workers reconnect to the leader.
     pub epoch: watch::Sender<u64>,
@@ -144,7 +144,7 @@ impl Shared {
             .decision_seconds
             .record(placing.elapsed().as_secs_f64(), &[]);
         let events = lead.farm.take_events();
-        farm_metrics::record_events(
+        farm_telemetry::record_events(
             events,
             &lead.farm,
             &mut lock(&self.sequence_spans),
@@ -263,7 +263,7 @@ impl Shared {
             durable,
         });
         info!(url = %self.url, sequences, workers, state = %self.state.describe(), "leading");
-        farm_metrics::started_leading();
+        farm_telemetry::started_leading();
         let mut expired = loaded.expired;
         let shared = self.clone();
         tokio::spawn(async move {
@@ -279,7 +279,7 @@ impl Shared {
 
     /// Gives up the lead; `shutting_down` marks the expected case, logged quietly.
     async fn step_down(&self, shutting_down: bool) {
-        farm_metrics::stopped_leading();
+        farm_telemetry::stopped_leading();
         if self.lead.lock().await.take().is_some() {
             if shutting_down {
                 info!(url = %self.url, "stopped leading: shutting down");
@@ -299,7 +299,7 @@ pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
 
 /// Campaigns, leads until leadership ends, and campaigns again, until `shutdown` turns true.
 pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    farm_metrics::stopped_leading();
+    farm_telemetry::stopped_leading();
     let gauges = tokio::spawn(record_gauges_while_running(shared.clone()));
     lead_campaigns(shared, &mut shutdown).await;
     gauges.abort();
@@ -311,7 +311,7 @@ async fn record_gauges_while_running(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         if let Some(lead) = shared.lead.lock().await.as_ref() {
-            farm_metrics::record_gauges(&lead.farm);
+            farm_telemetry::record_gauges(&lead.farm);
         }
     }
 }

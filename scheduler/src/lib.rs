@@ -4,7 +4,7 @@
 pub mod error;
 pub mod estimator;
 pub mod farm;
-mod farm_metrics;
+mod farm_telemetry;
 mod leading;
 pub mod placement;
 pub mod planner;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use reelfarm_common::pb::sequence_service_server::{SequenceService, SequenceServiceServer};
 use reelfarm_common::pb::worker_service_server::{WorkerService, WorkerServiceServer};
-use reelfarm_common::{keys, models, pb, spec, trace_context, unix_now_s};
+use reelfarm_common::{health, keys, models, pb, spec, trace_context, unix_now_s};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -626,47 +626,25 @@ pub async fn run(
     served
 }
 
-/// How often readiness is checked, and how long one check may take.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
-
 /// gRPC health (`grpc.health.v1`): SERVING while the state store and the object store answer,
 /// leader or not (followers redirect clients to the leader, so they are ready too).
 async fn report_health(
     shared: std::sync::Arc<Shared>,
     reporter: tonic_health::server::HealthReporter,
 ) {
-    let mut last: Option<bool> = None;
-    loop {
-        let state = tokio::time::timeout(HEALTH_TIMEOUT, shared.state.leader_url()).await;
-        let store = tokio::time::timeout(HEALTH_TIMEOUT, shared.store.exists("healthz")).await;
-        let problem = match (&state, &store) {
-            (Err(_), _) => Some("state store did not answer in 3 s".to_string()),
-            (Ok(Err(error)), _) => Some(format!("state store: {error}")),
-            (_, Err(_)) => Some("object store did not answer in 3 s".to_string()),
-            (_, Ok(Err(error))) => Some(format!("object store: {error}")),
-            _ => None,
-        };
-        let serving = problem.is_none();
-        let status = if serving {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        for service in [
-            "",
-            "reelfarm.v1.SequenceService",
-            "reelfarm.v1.WorkerService",
-        ] {
-            reporter.set_service_status(service, status).await;
-        }
-        if last != Some(serving) {
-            match &problem {
-                None => info!("ready: state store and object store answer"),
-                Some(problem) => warn!(%problem, "not ready"),
+    let services = [
+        "",
+        "reelfarm.v1.SequenceService",
+        "reelfarm.v1.WorkerService",
+    ];
+    health::report_forever(reporter, &services, || {
+        let shared = shared.clone();
+        async move {
+            match health::probe("state store", shared.state.leader_url()).await {
+                Some(problem) => Some(problem),
+                None => health::probe("object store", shared.store.exists("healthz")).await,
             }
-            last = Some(serving);
         }
-        tokio::time::sleep(HEALTH_INTERVAL).await;
-    }
+    })
+    .await;
 }

@@ -7,6 +7,7 @@ pub mod color_math;
 pub mod contact_sheet;
 pub mod frame;
 pub mod grading;
+pub mod health;
 pub mod inventory;
 pub mod memory_meter;
 pub mod model;
