@@ -114,7 +114,7 @@ pub struct WorkerArgs {
     /// this machine's CPU as one device when there is no NVIDIA driver.
     #[arg(long, env = "REELFARM_SIMULATE_GPUS")]
     pub simulate_gpus: Option<String>,
-    /// reelfarm-tiny weights (safetensors); default: deterministic built-in weights.
+    /// reelfarm-tiny weights (safetensors); default: the built-in trained weights.
     #[arg(long, env = "REELFARM_TINY_WEIGHTS")]
     pub weights: Option<PathBuf>,
     /// Seconds to wait for a leading scheduler at start [default: 30].

@@ -10,4 +10,5 @@ pub mod render;
 pub mod report;
 pub mod serve;
 pub mod sim;
+pub mod tiny;
 pub mod validate;

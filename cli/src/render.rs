@@ -82,7 +82,7 @@ pub fn load_model(weights: Option<&Path>) -> Result<Arc<dyn ModelRuntime>> {
     let model = match weights {
         Some(path) => TinyModel::load(path)
             .with_context(|| format!("loading reelfarm-tiny weights from {}", path.display()))?,
-        None => TinyModel::from_seed(0).context("initialising reelfarm-tiny")?,
+        None => TinyModel::shipped().context("loading the built-in reelfarm-tiny weights")?,
     };
     Ok(Arc::new(model))
 }

@@ -23,7 +23,7 @@ pub const REELFARM_TINY: ModelSpec = ModelSpec {
     temporal_stride: 4,
     draft_steps: 8,
     final_steps: 24,
-    guidance: 4.0,
+    guidance: 2.0,
 };
 
 const CATALOG: [ModelSpec; 1] = [REELFARM_TINY];

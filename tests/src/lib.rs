@@ -23,7 +23,7 @@ pub struct TestFarm {
 }
 
 pub fn tiny_model() -> Arc<dyn ModelRuntime> {
-    Arc::new(TinyModel::from_seed(0).expect("built-in weights"))
+    Arc::new(TinyModel::shipped().expect("built-in weights"))
 }
 
 impl TestFarm {

@@ -11,6 +11,7 @@ pub mod health;
 pub mod inventory;
 pub mod memory_meter;
 pub mod model;
+pub mod scenes;
 pub mod seams;
 pub mod segment;
 pub mod stitch;

@@ -41,7 +41,7 @@ impl Default for GenerateRequest {
             fps: 24,
             frames: 121,
             steps: 8,
-            guidance: 4.0,
+            guidance: 2.0,
             seed: 0,
             first_frame: None,
         }

@@ -29,6 +29,7 @@ pub(crate) struct Denoiser {
     hidden: usize,
     time_dim: usize,
     input_projection: Tensor,
+    position_projection: Tensor,
     condition_weight: Tensor,
     condition_bias: Tensor,
     blocks: Vec<Block>,
@@ -48,6 +49,12 @@ pub(crate) fn tensor_specs(config: &TinyConfig) -> Vec<TensorSpec> {
             "denoiser.input_projection.weight",
             &[patch_channels, hidden],
             patch_channels,
+            1.0,
+        ),
+        TensorSpec::he(
+            "denoiser.position_projection.weight",
+            &[POSITION_FEATURES, hidden],
+            POSITION_FEATURES,
             1.0,
         ),
         TensorSpec::he(
@@ -104,6 +111,42 @@ pub(crate) fn tensor_specs(config: &TinyConfig) -> Vec<TensorSpec> {
     specs
 }
 
+/// Features of a token's place in the frame, added to every token: convolutions alone cannot
+/// tell the top of a frame (sky) from the bottom (land) once the receptive field is smaller
+/// than the frame, and at high noise the input carries no such hint.
+pub(crate) const POSITION_FEATURES: usize = 8;
+
+/// (grid_height, grid_width, POSITION_FEATURES): y and x in −1..1 (top/left = −1) and a few
+/// of their sinusoids, resolution-independent.
+pub(crate) fn position_features(
+    grid_height: usize,
+    grid_width: usize,
+) -> candle_core::Result<Tensor> {
+    let mut values = Vec::with_capacity(grid_height * grid_width * POSITION_FEATURES);
+    let pi = std::f32::consts::PI;
+    for row in 0..grid_height {
+        let y = (row as f32 + 0.5) / grid_height as f32 * 2.0 - 1.0;
+        for column in 0..grid_width {
+            let x = (column as f32 + 0.5) / grid_width as f32 * 2.0 - 1.0;
+            values.extend([
+                y,
+                (pi * y).cos(),
+                (pi * y).sin(),
+                (2.0 * pi * y).cos(),
+                (2.0 * pi * y).sin(),
+                x,
+                (pi * x).cos(),
+                (pi * x).sin(),
+            ]);
+        }
+    }
+    Tensor::from_vec(
+        values,
+        (grid_height, grid_width, POSITION_FEATURES),
+        &Device::Cpu,
+    )
+}
+
 /// Sinusoidal embedding of the flow time (0 = data, 1 = noise), as in diffusion transformers.
 fn timestep_embedding(time: f32, dim: usize) -> candle_core::Result<Tensor> {
     let half = dim / 2;
@@ -149,6 +192,7 @@ impl Denoiser {
             hidden,
             time_dim: config.time_embedding_dim,
             input_projection: weights.get("denoiser.input_projection.weight")?,
+            position_projection: weights.get("denoiser.position_projection.weight")?,
             condition_weight: weights.get("denoiser.condition.weight")?,
             condition_bias: weights.get("denoiser.condition.bias")?,
             blocks,
@@ -186,18 +230,20 @@ impl Denoiser {
                 .pad_with_zeros(0, 1, 1)?
                 .pad_with_zeros(1, 1, 1)?
                 .pad_with_zeros(2, 1, 1)?;
-            padded
+            let projected = padded
                 .reshape((grid.total_rows(), patch_channels))?
-                .matmul(&self.input_projection)?
+                .matmul(&self.input_projection)?;
+            (projected + self.position_rows(grid)?)?
         };
         for block in &self.blocks {
             stream = self.block_forward(block, &stream, condition, grid)?;
         }
         let chunks = grid.row_chunks(self.hidden.max(patch_channels));
         let head = map_chunks(&chunks, |start, rows| {
+            // Linear head: a ReLU here let training collapse into predicting one constant
+            // latent once every channel of the stream went negative.
             stream
                 .narrow(0, start, rows)?
-                .relu()?
                 .matmul(&self.output_projection)?
                 .broadcast_add(&self.output_bias)
         })?;
@@ -211,6 +257,25 @@ impl Denoiser {
             .narrow(1, 1, grid.grid_height)?
             .narrow(2, 1, grid.grid_width)?;
         grid.unpatchify(&output, self.latent_channels)
+    }
+
+    /// The projected position features laid out like the token buffer: zero on borders and
+    /// on the zero frames, the same for every token frame.
+    fn position_rows(&self, grid: &TokenGrid) -> candle_core::Result<Tensor> {
+        let (height, width) = (grid.grid_height, grid.grid_width);
+        let frame = position_features(height, width)?
+            .reshape((height * width, POSITION_FEATURES))?
+            .matmul(&self.position_projection)?
+            .reshape((height, width, self.hidden))?
+            .pad_with_zeros(0, 1, 1)?
+            .pad_with_zeros(1, 1, 1)?
+            .reshape((grid.frame_rows, self.hidden))?;
+        let zero = Tensor::zeros((grid.frame_rows, self.hidden), DType::F32, &Device::Cpu)?;
+        let mut frames = Vec::with_capacity(grid.token_frames + 2);
+        frames.push(zero.clone());
+        frames.extend(std::iter::repeat_n(frame, grid.token_frames));
+        frames.push(zero);
+        Tensor::cat(&frames, 0)
     }
 
     /// x + gate · temporal(relu(scale · spatial(x) + shift)), with the FiLM scale and the gate

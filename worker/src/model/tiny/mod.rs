@@ -1,16 +1,17 @@
-//! `reelfarm-tiny`: the built-in text-to-video model, small enough to render a 10 s 480p draft in about two seconds on two CPU cores, so the whole farm can be run and tested without a GPU or downloaded weights.
+//! `reelfarm-tiny`: the built-in text-to-video model, small enough to render a 10 s 480p draft in about two seconds on two CPU cores, trained by this project on procedural scenes (`crate::scenes`, `train.rs`) so that it draws the time of day, setting, weather and camera move a prompt asks for. A demo, not a production model: it knows about 200 words, draws at a 1/16 internal resolution and upsamples.
 //!
 //! Shape of the model (default `TinyConfig`, ~1.45 M parameters, ~5.8 MB of f32):
-//! - Tokenizer: lowercase, split on non-alphanumerics, FNV-1a hash of each word into buckets
+//! - Tokenizer: lowercase, split on non-alphanumerics, drop words outside the training
+//!   vocabulary (`scenes::prompts::vocabulary`), FNV-1a hash of each word into buckets
 //!   1..8192 (0 = pad, the only token of an empty prompt), at most 64 tokens.
 //! - Text encoder: 128-d token + position embeddings, 2 pre-norm transformer layers (4 heads,
 //!   MLP ×2, GELU), final LayerNorm, mean-pool (each prompt is encoded alone, so that is the
 //!   masked mean) → one 128-d vector.
-//! - Latent space (`vae.rs`): 4 channels, spatial stride ~16 (sides rounded up to whole
-//!   denoiser patches: 848×480 → 54×30, 1920×1080 → 120×68), temporal stride 4
-//!   (L = ceil((frames−1)/4)+1 latent frames). Encoder = area pooling + a fixed orthonormal
-//!   RGB→latent map; decoder = its exact pseudo-inverse + a zero-initialised conv refinement
-//!   at latent resolution, then linear interpolation in time and bilinear upsampling.
+//! - Latent space (`vae.rs`, fixed, not trained): 4 channels, spatial stride ~16 (sides
+//!   rounded up to whole denoiser patches: 848×480 → 54×30, 1920×1080 → 120×68), temporal
+//!   stride 4 (L = ceil((frames−1)/4)+1 latent frames). Encoder = area pooling + a fixed
+//!   orthonormal RGB→latent map; decoder = its exact pseudo-inverse + a zero-initialised conv
+//!   refinement at latent resolution, then linear interpolation in time and bilinear upsampling.
 //! - Denoiser (`denoiser.rs`): 2×2×2 (time × height × width) latent patches → tokens of 32
 //!   channels, 4 residual blocks of [3×3 spatial conv → FiLM scale/shift → ReLU → k=3
 //!   temporal conv → FiLM gate], FiLM from SiLU(linear([sinusoidal t; text])). The head
@@ -19,17 +20,22 @@
 //!   on a shifted schedule (shift 3), CFG over the conditional and unconditional (negative
 //!   or empty prompt) predictions, first-frame conditioning by replacing latent frame 0 with
 //!   the noised encoding of the picture at every step (and exactly it at the end).
+//! - Weights: `TinyModel::shipped()` (built into the binary from `worker/weights/`), made by
+//!   `train::train` with its defaults; `eval.rs` measures whether they follow held-out prompts.
 //!
 //! Speed on the 2-core dev machine is the design constraint (the `#[ignore]`d benchmarks in
-//! `tests.rs`): every convolution is phrased as matmuls, the latent stays at stride 16 while
-//! the denoiser's tokens cover 32×32 pixels and 8 frames, and all heavy work runs in small
-//! chunks shared by our own threads (`map_chunks`).
+//! `tests.rs`, `reelfarm bench tiny`): every convolution is phrased as matmuls, the latent
+//! stays at stride 16 while the denoiser's tokens cover 32×32 pixels and 8 frames, and all
+//! heavy work runs in small chunks shared by our own threads (`map_chunks`). Training uses a
+//! plain batched twin of the same forward pass (`train.rs`), held equal to it by a test.
 
 mod clip;
 mod denoiser;
+pub mod eval;
 mod layout;
 mod sampler;
 pub mod text;
+pub mod train;
 mod vae;
 mod weights;
 
@@ -46,6 +52,10 @@ use self::text::{TextEncoder, Tokenizer};
 use self::vae::{LatentGeometry, Vae};
 pub use self::weights::TinyWeights;
 use super::{GenerateRequest, GeneratedClip, ModelError, ModelRuntime};
+
+/// Where the shipped weights live in the source tree (`reelfarm train-tiny` rewrites them).
+pub const SHIPPED_WEIGHTS_NAME: &str = "worker/weights/reelfarm-tiny.safetensors";
+const SHIPPED_WEIGHTS: &[u8] = include_bytes!("../../../weights/reelfarm-tiny.safetensors");
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TinyConfig {
@@ -148,6 +158,14 @@ impl TinyModel {
         )
     }
 
+    /// The weights `reelfarm train-tiny` produces with its defaults, built into the binary.
+    pub fn shipped() -> Result<Self, ModelError> {
+        let config = TinyConfig::default();
+        let weights =
+            TinyWeights::from_safetensors_bytes(&config, SHIPPED_WEIGHTS, SHIPPED_WEIGHTS_NAME)?;
+        Self::from_weights(config, weights)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         Self::load_with_config(TinyConfig::default(), path)
     }
@@ -160,7 +178,8 @@ impl TinyModel {
     pub fn from_weights(config: TinyConfig, weights: TinyWeights) -> Result<Self, ModelError> {
         config.validate()?;
         Ok(Self {
-            tokenizer: Tokenizer::new(config.vocab_size, config.max_tokens),
+            tokenizer: Tokenizer::new(config.vocab_size, config.max_tokens)
+                .with_vocabulary(crate::scenes::prompts::vocabulary()),
             text: TextEncoder::new(&weights, &config)?,
             denoiser: Denoiser::new(&weights, &config)?,
             vae: Vae::new(&weights)?,
@@ -193,6 +212,11 @@ impl TinyModel {
 // Memory model behind `memory_estimate_bytes`, in units of the request's own tensors.
 // Measured peak RSS growth (tests.rs benchmarks; glibc malloc, 2 cores): 18 MiB for
 // 848×480×241 and 91–94 MiB for 1920×1080×241; the formula gives 41 and 145 MiB.
+/// Latent frames sampled before and after the clip and then dropped: one token frame each
+/// side. The denoiser's temporal convolutions see zeros past the ends, and the trained model's
+/// first and last token frames came out washed out towards grey; with the margin those frames
+/// are interior ones.
+const TEMPORAL_MARGIN: usize = 2;
 /// Token buffers (rows × hidden f32) alive at the worst moment of a block: the input stream,
 /// the activated buffer, the next stream and its chunk pieces, and freed buffers that glibc
 /// keeps in its per-thread arenas.
@@ -218,11 +242,16 @@ impl ModelRuntime for TinyModel {
     fn memory_estimate_bytes(&self, width: u32, height: u32, frames: u32) -> u64 {
         let geometry = LatentGeometry::new(&self.config, width, height, frames);
         let patch = self.config.patch_size;
-        let token_rows = (geometry.latent_frames.div_ceil(self.config.temporal_patch) + 2)
+        let token_rows = ((geometry.latent_frames + 2 * TEMPORAL_MARGIN)
+            .div_ceil(self.config.temporal_patch)
+            + 2)
             * (geometry.latent_height / patch + 2)
             * (geometry.latent_width / patch + 2);
         let stream_bytes = (token_rows * self.config.hidden_channels * 4) as u64;
-        let latent_bytes = (geometry.latent_elements(self.config.latent_channels) * 4) as u64;
+        let latent_bytes = (geometry.latent_elements(self.config.latent_channels)
+            / geometry.latent_frames
+            * (geometry.latent_frames + 2 * TEMPORAL_MARGIN)
+            * 4) as u64;
         let frame_pixels = u64::from(width) * u64::from(height);
         self.weights.byte_size()
             + STREAM_COPIES * stream_bytes
@@ -253,8 +282,9 @@ impl ModelRuntime for TinyModel {
         }
         let geometry =
             LatentGeometry::new(&self.config, request.width, request.height, request.frames);
+        let sampled_frames = geometry.latent_frames + 2 * TEMPORAL_MARGIN;
         let grid = TokenGrid::new(
-            geometry.latent_frames,
+            sampled_frames,
             geometry.latent_height,
             geometry.latent_width,
             self.config.temporal_patch,
@@ -265,7 +295,7 @@ impl ModelRuntime for TinyModel {
             None => None,
         };
         let noise_dims = [
-            geometry.latent_frames,
+            sampled_frames,
             self.config.latent_channels,
             geometry.latent_height,
             geometry.latent_width,
@@ -284,8 +314,13 @@ impl ModelRuntime for TinyModel {
             flow_shift: self.config.flow_shift,
             noise: sampler::gaussian_noise(request.seed, &noise_dims)?,
             first_latent,
+            first_index: TEMPORAL_MARGIN,
         };
-        let latent = sampler::sample(&plan, on_step, cancel)?;
+        let latent = sampler::sample(&plan, on_step, cancel)?.narrow(
+            0,
+            TEMPORAL_MARGIN,
+            geometry.latent_frames,
+        )?;
         let clip = self.vae.decode(&latent, &geometry)?;
         Ok(GeneratedClip::new(
             request.width,

@@ -42,8 +42,10 @@ pub(crate) struct SamplingPlan<'a> {
     pub flow_shift: f32,
     /// (latent_frames, channels, height, width); also fixes the output shape.
     pub noise: Tensor,
-    /// (channels, height, width): latent frame 0 is pinned to this picture.
+    /// (channels, height, width): latent frame `first_index` is pinned to this picture.
     pub first_latent: Option<Tensor>,
+    /// The first latent frame the caller keeps (frames before it are a margin).
+    pub first_index: usize,
 }
 
 impl SamplingPlan<'_> {
@@ -82,15 +84,18 @@ impl SamplingPlan<'_> {
     }
 }
 
-/// Latent frame 0 := `frame` (channels, height, width), the rest unchanged.
-fn replace_first_frame(latent: &Tensor, frame: &Tensor) -> candle_core::Result<Tensor> {
+/// Latent frame `index` := `frame` (channels, height, width), the rest unchanged.
+fn replace_frame(latent: &Tensor, index: usize, frame: &Tensor) -> candle_core::Result<Tensor> {
     let frames = latent.dim(0)?;
-    let first = frame.unsqueeze(0)?;
-    if frames == 1 {
-        Ok(first)
-    } else {
-        Tensor::cat(&[&first, &latent.narrow(0, 1, frames - 1)?], 0)
+    let mut parts = Vec::with_capacity(3);
+    if index > 0 {
+        parts.push(latent.narrow(0, 0, index)?);
     }
+    parts.push(frame.unsqueeze(0)?);
+    if index + 1 < frames {
+        parts.push(latent.narrow(0, index + 1, frames - index - 1)?);
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// Runs the Euler sampler on x_t = (1 − t)·x0 + t·noise, whose velocity is dx/dt = noise − x0.
@@ -101,7 +106,7 @@ pub(crate) fn sample(
     cancel: &AtomicBool,
 ) -> Result<Tensor, ModelError> {
     let times = flow_times(plan.steps, plan.flow_shift);
-    let first_noise = plan.noise.get(0)?;
+    let first_noise = plan.noise.get(plan.first_index)?;
     let mut latent = plan.noise.clone();
     for step in 0..plan.steps {
         if cancel.load(Ordering::Relaxed) {
@@ -113,13 +118,13 @@ pub(crate) fn sample(
             // given picture, so the model only has to continue it.
             let noisy_first = (first.affine(f64::from(1.0 - time), 0.0)?
                 + first_noise.affine(f64::from(time), 0.0)?)?;
-            latent = replace_first_frame(&latent, &noisy_first)?;
+            latent = replace_frame(&latent, plan.first_index, &noisy_first)?;
         }
         latent = plan.step(&latent, time, next_time)?;
         on_step(step + 1, plan.steps);
     }
     if let Some(first) = &plan.first_latent {
-        latent = replace_first_frame(&latent, first)?;
+        latent = replace_frame(&latent, plan.first_index, first)?;
     }
     Ok(latent)
 }
@@ -158,7 +163,7 @@ mod tests {
     fn first_frame_replacement_keeps_the_rest() -> candle_core::Result<()> {
         let latent = Tensor::arange(0f32, 24.0, &Device::Cpu)?.reshape((3, 2, 2, 2))?;
         let frame = Tensor::full(-1f32, (2, 2, 2), &Device::Cpu)?;
-        let replaced = replace_first_frame(&latent, &frame)?;
+        let replaced = replace_frame(&latent, 0, &frame)?;
         assert_eq!(
             replaced.get(0)?.flatten_all()?.to_vec1::<f32>()?,
             vec![-1.0; 8]
@@ -168,8 +173,17 @@ mod tests {
             (8..24).map(|v| v as f32).collect::<Vec<_>>()
         );
         assert_eq!(
-            replace_first_frame(&latent.narrow(0, 0, 1)?, &frame)?.dims(),
+            replace_frame(&latent.narrow(0, 0, 1)?, 0, &frame)?.dims(),
             &[1, 2, 2, 2]
+        );
+        let middle = replace_frame(&latent, 1, &frame)?;
+        assert_eq!(
+            middle.get(1)?.flatten_all()?.to_vec1::<f32>()?,
+            vec![-1.0; 8]
+        );
+        assert_eq!(
+            middle.get(2)?.flatten_all()?.to_vec1::<f32>()?,
+            (16..24).map(|v| v as f32).collect::<Vec<_>>()
         );
         Ok(())
     }

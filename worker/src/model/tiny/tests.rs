@@ -78,10 +78,23 @@ fn same_request_same_frames_and_inputs_matter() {
     assert_ne!(
         first,
         frames_of(&GenerateRequest {
-            negative: "blurry".into(),
+            negative: "fog".into(),
             ..base
         })
     );
+}
+
+#[test]
+fn unknown_words_are_ignored() {
+    let model = model();
+    let frames_of = |prompt: &str| all_frames(&run(&model, &small_request(prompt, 3)));
+    let known = frames_of("Desert dunes at dusk, camera pans right");
+    assert_eq!(
+        known,
+        frames_of("Desert dunes at dusk, flamingo sunglasses; camera pans right!")
+    );
+    assert_eq!(frames_of("zxqv quuxbazzle 東京"), frames_of(""));
+    assert_ne!(known, frames_of(""));
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Turns a prompt into the single vector the denoiser's FiLM layers read: a hashing tokenizer (no vocabulary file to ship, no unknown words) and a two-layer pre-norm transformer.
+//! Turns a prompt into the single vector the denoiser's FiLM layers read: a hashing tokenizer (no vocabulary file to ship) that keeps only the words the model was trained on, and a two-layer pre-norm transformer.
 
 use candle_core::{Device, Tensor};
 
@@ -20,6 +20,8 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 pub struct Tokenizer {
     vocab_size: u32,
     max_tokens: usize,
+    /// When set, only these (lowercase) words become tokens; others are ignored.
+    known_words: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Tokenizer {
@@ -27,7 +29,21 @@ impl Tokenizer {
         Self {
             vocab_size: vocab_size.max(2),
             max_tokens: max_tokens.max(1),
+            known_words: None,
         }
+    }
+
+    /// Keeps only `words` (the words the model was trained on): an unknown word would hash to
+    /// an embedding training never touched and shift the prompt's meaning at random.
+    pub fn with_vocabulary<'a>(mut self, words: impl IntoIterator<Item = &'a str>) -> Self {
+        self.known_words = Some(words.into_iter().map(str::to_lowercase).collect());
+        self
+    }
+
+    pub fn is_known(&self, word: &str) -> bool {
+        self.known_words
+            .as_ref()
+            .is_none_or(|known| known.contains(&word.to_lowercase()))
     }
 
     /// Lowercases, splits on anything not alphanumeric and hashes each word into buckets
@@ -37,7 +53,7 @@ impl Tokenizer {
         let buckets = u64::from(self.vocab_size - 1);
         let tokens: Vec<u32> = lowered
             .split(|c: char| !c.is_alphanumeric())
-            .filter(|word| !word.is_empty())
+            .filter(|word| !word.is_empty() && self.is_known(word))
             .take(self.max_tokens)
             .map(|word| 1 + (fnv1a(word.as_bytes()) % buckets) as u32)
             .collect();

@@ -138,10 +138,29 @@ impl TinyWeights {
     /// Loads and checks every tensor `config` needs: a missing, extra, misshapen or
     /// non-finite tensor is an error naming it. Half-precision files are widened to f32.
     pub fn load_safetensors(config: &TinyConfig, path: &Path) -> Result<Self, ModelError> {
-        config.validate()?;
         let shown = path.display();
-        let mut loaded = candle_core::safetensors::load(path, &Device::Cpu)
+        let loaded = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|error| ModelError::InvalidWeights(format!("cannot read {shown}: {error}")))?;
+        Self::checked(config, loaded, &shown.to_string())
+    }
+
+    /// As `load_safetensors`, from the bytes of a safetensors file (the shipped weights).
+    pub fn from_safetensors_bytes(
+        config: &TinyConfig,
+        bytes: &[u8],
+        shown: &str,
+    ) -> Result<Self, ModelError> {
+        let loaded = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|error| ModelError::InvalidWeights(format!("cannot read {shown}: {error}")))?;
+        Self::checked(config, loaded, shown)
+    }
+
+    fn checked(
+        config: &TinyConfig,
+        mut loaded: HashMap<String, Tensor>,
+        shown: &str,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
         let mut tensors = HashMap::new();
         for spec in all_specs(config) {
             let tensor = loaded.remove(&spec.name).ok_or_else(|| {
@@ -197,6 +216,19 @@ impl TinyWeights {
         })
     }
 
+    /// Largest absolute difference between matching tensors (0 = identical weights).
+    pub fn max_difference(&self, other: &TinyWeights) -> Result<f32, ModelError> {
+        let mut largest = 0f32;
+        for (name, tensor) in &self.tensors {
+            let gap = (tensor - other.get(name)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            largest = largest.max(gap);
+        }
+        Ok(largest)
+    }
+
     pub fn parameter_count(&self) -> usize {
         self.tensors
             .values()
@@ -214,8 +246,7 @@ impl TinyWeights {
         names
     }
 
-    /// Swaps one tensor for another of the same shape (tests use it to stand in for training).
-    #[cfg(test)]
+    /// Swaps one tensor for another of the same shape (training writes its results back so).
     pub(crate) fn replace(&mut self, name: &str, tensor: Tensor) -> Result<(), ModelError> {
         let current = self.get(name)?;
         if current.dims() != tensor.dims() {

@@ -1,0 +1,568 @@
+//! Trains reelfarm-tiny on procedural scenes with the rectified-flow objective: a differentiable, batched twin of the inference forward pass (same weights, same function; a test holds them equal), fed by a thread that renders and encodes generator clips.
+//!
+//! Each step draws scenes and training-side prompts (`prompts::describe_for`, never a
+//! held-out one), renders `latent_frames` frames four video frames apart at a small size,
+//! encodes them with the model's fixed encoder, noises them to a random flow time on the
+//! sampler's shifted schedule and regresses the clean latent (mean squared error). One prompt
+//! in ten is replaced by the empty prompt so classifier-free guidance has an unconditional
+//! model to push against. The VAE stays fixed.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::denoiser::{POSITION_FEATURES, position_features};
+use super::layout::TokenGrid;
+use super::text::Tokenizer;
+use super::vae::{LatentGeometry, Vae};
+use super::weights::GaussianRng;
+use super::{TinyConfig, TinyWeights};
+use crate::model::ModelError;
+use crate::scenes::render::render_frame;
+use crate::scenes::{Scene, prompts};
+
+/// What `train` does; the defaults reproduce the shipped weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    pub seed: u64,
+    pub steps: usize,
+    pub batch: usize,
+    /// Latent frames per training clip (each stands for 4 video frames).
+    pub latent_frames: usize,
+    pub learning_rate: f64,
+    /// Output geometry the clips are encoded for (the draft 480p frame).
+    pub width: u32,
+    pub height: u32,
+    /// Size the generator renders at before the encoder pools it.
+    pub render_width: u32,
+    pub render_height: u32,
+    /// Share of prompts replaced by the empty prompt.
+    pub unconditional_share: f64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            seed: 2026,
+            steps: 1200,
+            batch: 8,
+            latent_frames: 16,
+            learning_rate: 1e-3,
+            width: 848,
+            height: 480,
+            render_width: 108,
+            render_height: 60,
+            unconditional_share: 0.1,
+        }
+    }
+}
+
+/// Progress of one optimisation step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+    pub learning_rate: f64,
+    pub elapsed_seconds: f64,
+}
+
+/// Names of the tensors training updates (everything but the fixed VAE).
+fn is_trained(name: &str) -> bool {
+    name.starts_with("text.") || name.starts_with("denoiser.")
+}
+
+/// One training example: clean latent clip and the prompt's tokens.
+struct Example {
+    latent: Tensor,
+    tokens: Vec<u32>,
+}
+
+struct Batch {
+    examples: Vec<Example>,
+    /// Flow time per example.
+    times: Vec<f32>,
+    noise: Vec<Tensor>,
+}
+
+/// Shifted flow time, distributed like the sampler's steps (more weight at high noise).
+fn shifted_time(uniform: f32, shift: f32) -> f32 {
+    shift * uniform / (1.0 + (shift - 1.0) * uniform)
+}
+
+fn make_batch(
+    options: &TrainOptions,
+    config: &TinyConfig,
+    vae: &Vae,
+    tokenizer: &Tokenizer,
+    step: usize,
+) -> Result<Batch, ModelError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ (step as u64).wrapping_mul(0x9e37_79b9));
+    let frames = (options.latent_frames as u32 - 1) * config.temporal_stride as u32 + 1;
+    let geometry = LatentGeometry::new(config, options.width, options.height, frames);
+    let mut examples = Vec::with_capacity(options.batch);
+    let mut times = Vec::with_capacity(options.batch);
+    let mut noise = Vec::with_capacity(options.batch);
+    for _ in 0..options.batch {
+        let scene = Scene::random(rng.random());
+        let prompt = if rng.random_bool(options.unconditional_share) {
+            String::new()
+        } else {
+            prompts::describe_for(&scene, rng.random(), false)
+        };
+        let start: f32 = rng.random_range(0.0..6.0);
+        let latents = (0..options.latent_frames)
+            .map(|index| {
+                let seconds = start + (index * config.temporal_stride) as f32 / 24.0;
+                let frame =
+                    render_frame(&scene, seconds, options.render_width, options.render_height);
+                vae.encode_picture(&frame, &geometry)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        examples.push(Example {
+            latent: Tensor::stack(&latents, 0)?,
+            tokens: tokenizer.tokenize(&prompt),
+        });
+        // Half on the sampler's shifted schedule (where its steps are), half uniform, so the
+        // low-noise steps that settle details and motion get their share.
+        let uniform = rng.random_range(0.02f32..1.0);
+        times.push(if rng.random_bool(0.5) {
+            shifted_time(uniform, config.flow_shift)
+        } else {
+            uniform
+        });
+        let dims = examples[examples.len() - 1].latent.dims().to_vec();
+        noise.push(Tensor::from_vec(
+            GaussianRng::new(rng.random()).gaussians(dims.iter().product(), 1.0),
+            dims.as_slice(),
+            &Device::Cpu,
+        )?);
+    }
+    Ok(Batch {
+        examples,
+        times,
+        noise,
+    })
+}
+
+/// The trainable copy of the weights and the differentiable forward pass over it.
+pub(crate) struct Trainable {
+    config: TinyConfig,
+    /// Sorted by name, so sums over the variables (the gradient norm) run in a fixed order.
+    vars: BTreeMap<String, Var>,
+}
+
+fn layer_norm(input: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let centred = input.broadcast_sub(&input.mean_keepdim(D::Minus1)?)?;
+    let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred
+        .broadcast_div(&(variance + 1e-5)?.sqrt()?)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+/// Sinusoidal flow-time embedding (as the inference `timestep_embedding`) for a batch.
+fn time_embeddings(times: &[f32], dim: usize) -> candle_core::Result<Tensor> {
+    let half = dim / 2;
+    let mut values = Vec::with_capacity(times.len() * dim);
+    for &time in times {
+        let scaled = f64::from(time) * 1000.0;
+        let frequencies: Vec<f64> = (0..half)
+            .map(|index| (-(10_000f64.ln()) * index as f64 / half as f64).exp())
+            .collect();
+        values.extend(frequencies.iter().map(|f| (scaled * f).cos() as f32));
+        values.extend(frequencies.iter().map(|f| (scaled * f).sin() as f32));
+    }
+    Tensor::from_vec(values, (times.len(), dim), &Device::Cpu)
+}
+
+impl Trainable {
+    pub(crate) fn new(config: &TinyConfig, weights: &TinyWeights) -> Result<Self, ModelError> {
+        let mut vars = BTreeMap::new();
+        for name in weights.names() {
+            if is_trained(name) {
+                vars.insert(name.to_string(), Var::from_tensor(&weights.get(name)?)?);
+            }
+        }
+        Ok(Self {
+            config: config.clone(),
+            vars,
+        })
+    }
+
+    fn get(&self, name: &str) -> candle_core::Result<&Tensor> {
+        self.vars
+            .get(name)
+            .map(|var| var.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg(format!("no trainable `{name}`")))
+    }
+
+    fn linear(&self, input: &Tensor, prefix: &str) -> candle_core::Result<Tensor> {
+        input
+            .matmul(self.get(&format!("{prefix}.weight"))?)?
+            .broadcast_add(self.get(&format!("{prefix}.bias"))?)
+    }
+
+    fn norm(&self, input: &Tensor, prefix: &str) -> candle_core::Result<Tensor> {
+        layer_norm(
+            input,
+            self.get(&format!("{prefix}.weight"))?,
+            self.get(&format!("{prefix}.bias"))?,
+        )
+    }
+
+    /// Pooled text vector (1, text_dim) of one tokenised prompt.
+    pub(crate) fn encode_text(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
+        let config = &self.config;
+        let count = tokens.len().min(config.max_tokens);
+        let ids = Tensor::new(&tokens[..count], &Device::Cpu)?;
+        let mut hidden = self
+            .get("text.token_embedding")?
+            .index_select(&ids, 0)?
+            .add(&self.get("text.position_embedding")?.narrow(0, 0, count)?)?;
+        let (dim, heads) = (config.text_dim, config.text_heads);
+        let head_dim = dim / heads;
+        for layer in 0..config.text_layers {
+            let prefix = format!("text.layers.{layer}");
+            let normed = self.norm(&hidden, &format!("{prefix}.attention_norm"))?;
+            let qkv = self.linear(&normed, &format!("{prefix}.qkv"))?;
+            let split = |index: usize| -> candle_core::Result<Tensor> {
+                qkv.narrow(1, index * dim, dim)?
+                    .reshape((count, heads, head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let (query, key, value) = (split(0)?, split(1)?, split(2)?);
+            let scores = (query.matmul(&key.transpose(1, 2)?.contiguous()?)?
+                * (1.0 / (head_dim as f64).sqrt()))?;
+            let weights = scores.exp()?;
+            let weights = weights.broadcast_div(&weights.sum_keepdim(D::Minus1)?)?;
+            let mixed = weights
+                .matmul(&value)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((count, dim))?;
+            hidden = (hidden + self.linear(&mixed, &format!("{prefix}.attention_out"))?)?;
+            let normed = self.norm(&hidden, &format!("{prefix}.mlp_norm"))?;
+            let expanded = self.linear(&normed, &format!("{prefix}.mlp_in"))?.gelu()?;
+            hidden = (hidden + self.linear(&expanded, &format!("{prefix}.mlp_out"))?)?;
+        }
+        self.norm(&hidden, "text.final_norm")?.mean_keepdim(0)
+    }
+
+    /// Clean-latent predictions for a batch: `latents` (batch, frames, channels, h, w),
+    /// `times` per example, `text` (batch, text_dim).
+    pub(crate) fn predict_clean(
+        &self,
+        latents: &Tensor,
+        times: &[f32],
+        text: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let config = &self.config;
+        let (batch, frames, channels, height, width) = latents.dims5()?;
+        let grid = TokenGrid::new(
+            frames,
+            height,
+            width,
+            config.temporal_patch,
+            config.patch_size,
+        )
+        .map_err(|error| candle_core::Error::Msg(error.to_string()))?;
+        let (tf, gh, gw) = (grid.token_frames, grid.grid_height, grid.grid_width);
+        let hidden = config.hidden_channels;
+        let tokens = (0..batch)
+            .map(|index| grid.patchify(&latents.get(index)?, channels))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let tokens = Tensor::stack(&tokens, 0)?;
+        let patch_channels = tokens.dim(D::Minus1)?;
+        let rows = batch * tf * gh * gw;
+        let mut stream = tokens
+            .reshape((rows, patch_channels))?
+            .matmul(self.get("denoiser.input_projection.weight")?)?
+            .reshape((batch, tf, gh, gw, hidden))?
+            .broadcast_add(
+                &position_features(gh, gw)?
+                    .reshape((gh * gw, POSITION_FEATURES))?
+                    .matmul(self.get("denoiser.position_projection.weight")?)?
+                    .reshape((gh, gw, hidden))?,
+            )?;
+        let condition = Tensor::cat(
+            &[&time_embeddings(times, config.time_embedding_dim)?, text],
+            1,
+        )?
+        .matmul(self.get("denoiser.condition.weight")?)?
+        .broadcast_add(self.get("denoiser.condition.bias")?)?
+        .silu()?;
+        let per_example = |values: &Tensor| values.reshape((batch, 1, 1, 1, hidden));
+        for block in 0..config.blocks {
+            let prefix = format!("denoiser.blocks.{block}");
+            let modulation = self.linear(&condition, &format!("{prefix}.modulation"))?;
+            let scale = per_example(&(modulation.narrow(1, 0, hidden)? + 1.0)?)?;
+            let shift = per_example(&modulation.narrow(1, hidden, hidden)?)?;
+            let gate = per_example(&modulation.narrow(1, 2 * hidden, hidden)?)?;
+            let padded = stream.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+            let mut columns = Vec::with_capacity(9);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    columns.push(padded.narrow(2, ky, gh)?.narrow(3, kx, gw)?);
+                }
+            }
+            let spatial = self
+                .get(&format!("{prefix}.spatial.weight"))?
+                .reshape((9 * hidden, hidden))?;
+            let activated = Tensor::cat(&columns, 4)?
+                .reshape((rows, 9 * hidden))?
+                .matmul(&spatial)?
+                .reshape((batch, tf, gh, gw, hidden))?
+                .broadcast_mul(&scale)?
+                .broadcast_add(&shift)?
+                .relu()?;
+            let padded = activated.pad_with_zeros(1, 1, 1)?;
+            let taps = (0..3)
+                .map(|tap| padded.narrow(1, tap, tf))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let temporal = self
+                .get(&format!("{prefix}.temporal.weight"))?
+                .reshape((3 * hidden, hidden))?;
+            let update = Tensor::cat(&taps, 4)?
+                .reshape((rows, 3 * hidden))?
+                .matmul(&temporal)?
+                .reshape((batch, tf, gh, gw, hidden))?
+                .broadcast_mul(&gate)?;
+            stream = (stream + update)?;
+        }
+        let head = stream
+            .reshape((rows, hidden))?
+            .matmul(self.get("denoiser.output_projection.weight")?)?
+            .broadcast_add(self.get("denoiser.output_projection.bias")?)?
+            .reshape((batch, tf, gh, gw, patch_channels))?;
+        let clean = (0..batch)
+            .map(|index| grid.unpatchify(&head.get(index)?, channels))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::stack(&clean, 0)
+    }
+
+    fn loss(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+        let clean = Tensor::stack(
+            &batch
+                .examples
+                .iter()
+                .map(|example| example.latent.clone())
+                .collect::<Vec<_>>(),
+            0,
+        )?;
+        let noisy = batch
+            .examples
+            .iter()
+            .zip(&batch.noise)
+            .zip(&batch.times)
+            .map(|((example, noise), &time)| {
+                example.latent.affine(f64::from(1.0 - time), 0.0)?
+                    + noise.affine(f64::from(time), 0.0)?
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let text = batch
+            .examples
+            .iter()
+            .map(|example| self.encode_text(&example.tokens))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let predicted = self.predict_clean(
+            &Tensor::stack(&noisy, 0)?,
+            &batch.times,
+            &Tensor::cat(&text, 0)?,
+        )?;
+        (predicted - clean)?.sqr()?.mean_all()
+    }
+
+    /// Gradients of `loss`, scaled down together when their global norm exceeds `max_norm`
+    /// (one bad batch must not undo the run).
+    fn clipped_gradients(
+        &self,
+        loss: &Tensor,
+        max_norm: f64,
+    ) -> candle_core::Result<candle_core::backprop::GradStore> {
+        let mut gradients = loss.backward()?;
+        let mut squared = 0f64;
+        for var in self.vars.values() {
+            if let Some(gradient) = gradients.get(var.as_tensor()) {
+                squared += f64::from(gradient.sqr()?.sum_all()?.to_scalar::<f32>()?);
+            }
+        }
+        let norm = squared.sqrt();
+        if norm > max_norm {
+            let factor = max_norm / norm;
+            for var in self.vars.values() {
+                if let Some(gradient) = gradients.remove(var.as_tensor()) {
+                    gradients.insert(var.as_tensor(), gradient.affine(factor, 0.0)?);
+                }
+            }
+        }
+        Ok(gradients)
+    }
+
+    /// The current values as model weights (the fixed tensors taken from `base`).
+    pub(crate) fn weights(&self, base: &TinyWeights) -> Result<TinyWeights, ModelError> {
+        let mut weights = base.clone();
+        for (name, var) in &self.vars {
+            weights.replace(name, var.as_tensor().detach())?;
+        }
+        Ok(weights)
+    }
+}
+
+const MAX_GRADIENT_NORM: f64 = 1.0;
+
+/// Cosine decay from `peak` to a tenth of it after a short linear warm-up.
+fn learning_rate(peak: f64, step: usize, steps: usize) -> f64 {
+    let warmup = (steps / 20).max(1);
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let progress = (step - warmup) as f64 / (steps - warmup).max(1) as f64;
+    peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
+}
+
+/// Trains from the untrained weights of `options.seed`; `on_step` hears every step.
+pub fn train(
+    options: &TrainOptions,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<TinyWeights, ModelError> {
+    if options.steps == 0 || options.batch == 0 || options.latent_frames < 2 {
+        return Err(ModelError::InvalidRequest(
+            "steps and batch must be at least 1 and latent_frames at least 2".into(),
+        ));
+    }
+    let config = TinyConfig::default();
+    let base = TinyWeights::from_seed(&config, options.seed)?;
+    let trainable = Trainable::new(&config, &base)?;
+    let mut optimiser = AdamW::new(
+        trainable.vars.values().cloned().collect(),
+        ParamsAdamW {
+            lr: options.learning_rate,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )?;
+    let started = Instant::now();
+    let (sender, receiver) = mpsc::sync_channel::<Result<Batch, ModelError>>(2);
+    let producer_options = options.clone();
+    let producer_config = config.clone();
+    let vae = Vae::new(&base)?;
+    let producer = std::thread::spawn(move || {
+        let tokenizer = Tokenizer::new(producer_config.vocab_size, producer_config.max_tokens)
+            .with_vocabulary(prompts::vocabulary());
+        for step in 0..producer_options.steps {
+            let batch = make_batch(&producer_options, &producer_config, &vae, &tokenizer, step);
+            if sender.send(batch).is_err() {
+                return;
+            }
+        }
+    });
+    for step in 0..options.steps {
+        let batch = receiver
+            .recv()
+            .map_err(|_| ModelError::Internal("the data thread stopped".into()))??;
+        let rate = learning_rate(options.learning_rate, step, options.steps);
+        optimiser.set_learning_rate(rate);
+        let loss = trainable.loss(&batch)?;
+        let gradients = trainable.clipped_gradients(&loss, MAX_GRADIENT_NORM)?;
+        optimiser.step(&gradients)?;
+        on_step(&StepReport {
+            step: step + 1,
+            steps: options.steps,
+            loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            learning_rate: rate,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    drop(receiver);
+    let _ = producer.join();
+    trainable.weights(&base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tiny::TinyModel;
+
+    #[test]
+    fn the_training_forward_is_the_inference_forward() -> Result<(), ModelError> {
+        let config = TinyConfig::default();
+        let weights = TinyWeights::from_seed(&config, 5)?;
+        let model = TinyModel::from_weights(config.clone(), weights.clone())?;
+        let trainable = Trainable::new(&config, &weights)?;
+        let tokens = model.tokenizer.tokenize("a pine valley at dawn, fog");
+        let inference_text = model.text.encode(&tokens)?;
+        let training_text = trainable.encode_text(&tokens)?;
+        let text_gap = (&inference_text - &training_text)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(text_gap < 1e-4, "text differs by {text_gap}");
+
+        let (frames, channels, height, width) = (5, config.latent_channels, 8, 12);
+        let latent = Tensor::from_vec(
+            GaussianRng::new(9).gaussians(frames * channels * height * width, 1.0),
+            (frames, channels, height, width),
+            &Device::Cpu,
+        )?;
+        let grid = TokenGrid::new(
+            frames,
+            height,
+            width,
+            config.temporal_patch,
+            config.patch_size,
+        )?;
+        let time = 0.7;
+        let expected = model.denoiser.predict_clean(
+            &latent,
+            &model.denoiser.condition(time, &inference_text)?,
+            &grid,
+        )?;
+        let actual = trainable
+            .predict_clean(&latent.unsqueeze(0)?, &[time], &training_text)?
+            .squeeze(0)?;
+        let gap = (&expected - &actual)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(gap < 1e-3, "denoiser differs by {gap}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_short_run_lowers_the_loss_and_repeats_exactly() -> Result<(), ModelError> {
+        let options = TrainOptions {
+            steps: 12,
+            batch: 2,
+            latent_frames: 4,
+            width: 192,
+            height: 128,
+            render_width: 48,
+            render_height: 32,
+            learning_rate: 3e-3,
+            ..TrainOptions::default()
+        };
+        let mut losses = Vec::new();
+        let first = train(&options, &mut |report| losses.push(report.loss))?;
+        let second = train(&options, &mut |_| {})?;
+        for name in first.names() {
+            let gap = (first.get(name)? - second.get(name)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert_eq!(gap, 0.0, "{name} differs between two runs of one seed");
+        }
+        let early: f32 = losses[..3].iter().sum();
+        let late: f32 = losses[losses.len() - 3..].iter().sum();
+        assert!(late < early, "loss went from {early} to {late}");
+        Ok(())
+    }
+}
