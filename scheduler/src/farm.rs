@@ -369,6 +369,16 @@ impl Farm {
         }
     }
 
+    /// Releases the assignment `reference` names if it is the current attempt.
+    pub(super) fn take_current(
+        &mut self,
+        reference: &pb::AssignmentRef,
+    ) -> Result<AssignmentRecord, Error> {
+        self.current(reference)?;
+        self.release(&reference.assignment_id)
+            .ok_or_else(|| Error::Internal("current assignment vanished".into()))
+    }
+
     /// Records progress; `Ok(true)` tells the worker to stop (the sequence was cancelled).
     pub fn report_progress(
         &mut self,
@@ -399,10 +409,7 @@ impl Farm {
         peak_memory_bytes: u64,
         now: f64,
     ) -> Result<Vec<Action>, Error> {
-        self.current(reference)?;
-        let assignment = self
-            .release(&reference.assignment_id)
-            .ok_or_else(|| Error::Internal("current assignment vanished".into()))?;
+        let assignment = self.take_current(reference)?;
         let record = self
             .sequences
             .get_mut(&assignment.sequence_id)

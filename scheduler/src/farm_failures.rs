@@ -75,10 +75,7 @@ impl Farm {
         message: &str,
         now: f64,
     ) -> Result<Vec<Action>, Error> {
-        self.current(reference)?;
-        let assignment = self
-            .release(&reference.assignment_id)
-            .ok_or_else(|| Error::Internal("current assignment vanished".into()))?;
+        let assignment = self.take_current(reference)?;
         Ok(self.end_attempt(&assignment, class, message, now))
     }
 

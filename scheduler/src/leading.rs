@@ -144,12 +144,6 @@ impl Shared {
             .decision_seconds
             .record(placing.elapsed().as_secs_f64(), &[]);
         let events = lead.farm.take_events();
-        farm_telemetry::record_events(
-            events,
-            &lead.farm,
-            &mut lock(&self.sequence_spans),
-            unix_now_s(),
-        );
         let changed = lead.farm.take_changed();
         let writes = lead.durable.writes(&lead.farm, &changed);
         if !writes.is_empty() {
@@ -169,6 +163,14 @@ impl Shared {
                 }
             }
         }
+        // Only durable transitions count: a leader that failed to commit steps down and its
+        // successor redoes (and records) the transition.
+        farm_telemetry::record_events(
+            events,
+            &lead.farm,
+            &mut lock(&self.sequence_spans),
+            unix_now_s(),
+        );
         drop(guard);
         for id in changed {
             let _no_watchers = self.changes.send(id);

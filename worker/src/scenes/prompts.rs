@@ -297,13 +297,7 @@ pub fn describe(scene: &Scene, seed: u64) -> String {
 
 /// True for the prompts kept out of training (about one in eight), decided by their text.
 pub fn is_held_out(prompt: &str) -> bool {
-    let normalised: String = prompt.to_lowercase();
-    let hash = normalised
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
-    hash % 8 == 0
+    crate::model::tiny::text::fnv1a(prompt.to_lowercase().as_bytes()) % 8 == 0
 }
 
 /// A prompt for `scene` on the chosen side of the split: phrasings are redrawn until one lands
