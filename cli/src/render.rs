@@ -79,12 +79,16 @@ pub fn load_spec(path: &Path, steps: Option<u32>) -> Result<reelfarm_common::seq
 }
 
 pub fn load_model(weights: Option<&Path>) -> Result<Arc<dyn ModelRuntime>> {
-    let model = match weights {
+    Ok(Arc::new(load_tiny(weights)?))
+}
+
+/// The weights at `path`, or the built-in ones.
+pub fn load_tiny(weights: Option<&Path>) -> Result<TinyModel> {
+    Ok(match weights {
         Some(path) => TinyModel::load(path)
             .with_context(|| format!("loading reelfarm-tiny weights from {}", path.display()))?,
         None => TinyModel::shipped().context("loading the built-in reelfarm-tiny weights")?,
-    };
-    Ok(Arc::new(model))
+    })
 }
 
 pub fn check_output(output: &Path) -> Result<()> {

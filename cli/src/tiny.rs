@@ -1,6 +1,6 @@
 //! `reelfarm train-tiny`, `eval-tiny` and `bench tiny`: reproduce the shipped reelfarm-tiny weights, prove they follow the prompt, and time a draft segment.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -68,14 +68,17 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         curve.push(*report);
         if report.step % every == 0 || report.step == report.steps {
             let window = &curve[curve.len().saturating_sub(every)..];
-            let mean = window.iter().map(|r| f64::from(r.loss)).sum::<f64>() / window.len() as f64;
+            let mean = |value: fn(&StepReport) -> f32| {
+                window.iter().map(|r| f64::from(value(r))).sum::<f64>() / window.len() as f64
+            };
             let remaining =
                 report.elapsed_seconds / report.step as f64 * (report.steps - report.step) as f64;
             println!(
-                "step {:>5}/{}  loss {:.4}  lr {:.5}  {} elapsed, ~{} left",
+                "step {:>5}/{}  loss {:.4}  camera {:.4}  lr {:.5}  {} elapsed, ~{} left",
                 report.step,
                 report.steps,
-                mean,
+                mean(|r| r.loss),
+                mean(|r| r.camera_loss),
                 report.learning_rate,
                 minutes(report.elapsed_seconds),
                 minutes(remaining)
@@ -86,11 +89,15 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .save_safetensors(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
     let csv_path = args.output.with_extension("loss.csv");
-    let mut csv = String::from("step,loss,learning_rate,elapsed_s\n");
+    let mut csv = String::from("step,loss,camera_loss,learning_rate,elapsed_s\n");
     for report in &curve {
         csv.push_str(&format!(
-            "{},{},{},{:.3}\n",
-            report.step, report.loss, report.learning_rate, report.elapsed_seconds
+            "{},{},{},{},{:.3}\n",
+            report.step,
+            report.loss,
+            report.camera_loss,
+            report.learning_rate,
+            report.elapsed_seconds
         ));
     }
     std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
@@ -179,7 +186,7 @@ pub fn run_eval(args: &EvalArgs) -> Result<()> {
     if !(args.guidance.is_finite() && (0.0..=20.0).contains(&args.guidance)) {
         bail!("--guidance must be within 0..=20");
     }
-    let trained = load_weights(args.weights.as_deref())?;
+    let trained = crate::render::load_tiny(args.weights.as_deref())?;
     let random = TinyModel::from_seed(TrainOptions::default().seed)?;
     let options = EvalOptions {
         prompts: args.prompts,
@@ -303,7 +310,7 @@ pub fn run_bench(args: &BenchTinyArgs) -> Result<TinyBench> {
     if !(args.seconds.is_finite() && (0.5..=60.0).contains(&args.seconds)) {
         bail!("--seconds must be within 0.5..=60");
     }
-    let model = load_weights(args.weights.as_deref())?;
+    let model = crate::render::load_tiny(args.weights.as_deref())?;
     let request = GenerateRequest {
         prompt: "Desert dunes at dusk, camera pans right".into(),
         frames: (args.seconds * 24.0).round() as u32 + 1,
@@ -356,13 +363,4 @@ pub fn print_bench(bench: &TinyBench) {
         "ratio to the {:.0} s budget: {:.2} (goal: below 1)",
         bench.budget_s, bench.ratio_to_budget
     );
-}
-
-/// Shared by the commands: the shipped weights, unless a file is named.
-pub fn load_weights(path: Option<&Path>) -> Result<TinyModel> {
-    Ok(match path {
-        Some(path) => TinyModel::load(path)
-            .with_context(|| format!("loading reelfarm-tiny weights from {}", path.display()))?,
-        None => TinyModel::shipped()?,
-    })
 }

@@ -356,7 +356,9 @@ fn ground_color(scene: &Scene, light: &Light, x: f32, y: f32, seconds: f32) -> R
     match scene.setting {
         Setting::Sea => {
             let ripple = (0.9 / depth + 5.0 * noise(seed, x * 30.0 / (depth * 6.0 + 0.5))).sin();
-            let swell = 0.85 + 0.15 * (seconds * 1.1 + x * 7.0).sin();
+            // A standing swell: it rises and falls in place, because a travelling one reads as
+            // camera motion (the model trained on it drifted every static shot sideways).
+            let swell = 0.85 + 0.15 * (x * 7.0).sin() * (seconds * 1.1).cos();
             let water = land([0.05, 0.2, 0.32]);
             let reflection = scale(light.horizon, 0.8);
             let near = (depth * 4.0).clamp(0.0, 1.0);

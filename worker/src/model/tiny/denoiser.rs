@@ -11,6 +11,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::TinyConfig;
+use super::camera::PositionMap;
 use super::layout::{TokenGrid, map_chunks};
 use super::weights::{Init, TensorSpec, TinyWeights};
 use crate::model::ModelError;
@@ -116,18 +117,24 @@ pub(crate) fn tensor_specs(config: &TinyConfig) -> Vec<TensorSpec> {
 /// than the frame, and at high noise the input carries no such hint.
 pub(crate) const POSITION_FEATURES: usize = 8;
 
-/// (grid_height, grid_width, POSITION_FEATURES): y and x in −1..1 (top/left = −1) and a few
-/// of their sinusoids, resolution-independent.
+/// (grid_height, grid_width, POSITION_FEATURES): y and x in frame coordinates, −1..1 across
+/// the frame (top/left = −1) and a few of their sinusoids, resolution-independent. Tokens of a
+/// camera plate beyond the frame (`camera.rs`) read the frame's edge: above it is more of the
+/// top of the sky, below it more of the nearest ground.
 pub(crate) fn position_features(
     grid_height: usize,
     grid_width: usize,
+    map: &PositionMap,
 ) -> candle_core::Result<Tensor> {
     let mut values = Vec::with_capacity(grid_height * grid_width * POSITION_FEATURES);
     let pi = std::f32::consts::PI;
+    let along = |offset: f32, step: f32, index: usize| {
+        (offset + (index as f32 + 0.5) * step).clamp(-1.0, 1.0)
+    };
     for row in 0..grid_height {
-        let y = (row as f32 + 0.5) / grid_height as f32 * 2.0 - 1.0;
+        let y = along(map.y_offset, map.y_step, row);
         for column in 0..grid_width {
-            let x = (column as f32 + 0.5) / grid_width as f32 * 2.0 - 1.0;
+            let x = along(map.x_offset, map.x_step, column);
             values.extend([
                 y,
                 (pi * y).cos(),
@@ -221,6 +228,7 @@ impl Denoiser {
         latent: &Tensor,
         condition: &Tensor,
         grid: &TokenGrid,
+        positions: &Tensor,
     ) -> candle_core::Result<Tensor> {
         let patch_channels = self.input_projection.dim(0)?;
         // A block expression, so the patch copies are freed before the blocks run.
@@ -233,7 +241,7 @@ impl Denoiser {
             let projected = padded
                 .reshape((grid.total_rows(), patch_channels))?
                 .matmul(&self.input_projection)?;
-            (projected + self.position_rows(grid)?)?
+            (projected + positions)?
         };
         for block in &self.blocks {
             stream = self.block_forward(block, &stream, condition, grid)?;
@@ -260,10 +268,15 @@ impl Denoiser {
     }
 
     /// The projected position features laid out like the token buffer: zero on borders and
-    /// on the zero frames, the same for every token frame.
-    fn position_rows(&self, grid: &TokenGrid) -> candle_core::Result<Tensor> {
+    /// on the zero frames, the same for every token frame (`predict_clean` adds them; one
+    /// sampling run computes them once).
+    pub(crate) fn position_rows(
+        &self,
+        grid: &TokenGrid,
+        map: &PositionMap,
+    ) -> candle_core::Result<Tensor> {
         let (height, width) = (grid.grid_height, grid.grid_width);
-        let frame = position_features(height, width)?
+        let frame = position_features(height, width, map)?
             .reshape((height * width, POSITION_FEATURES))?
             .matmul(&self.position_projection)?
             .reshape((height, width, self.hidden))?

@@ -1,4 +1,4 @@
-//! `reelfarm-tiny`: the built-in text-to-video model, small enough to render a 10 s 480p draft in about two seconds on two CPU cores, trained by this project on procedural scenes (`crate::scenes`, `train.rs`) so that it draws the time of day, setting, weather and camera move a prompt asks for. A demo, not a production model: it knows about 200 words, draws at a 1/16 internal resolution and upsamples.
+//! `reelfarm-tiny`: the built-in text-to-video model, small enough to render a 10 s 480p draft in about two seconds on two CPU cores, trained by this project on procedural scenes (`crate::scenes`, `train.rs`) so that it draws the time of day, setting, weather and camera move a prompt asks for. A demo, not a production model: it knows about 200 words, draws at a 1/16 internal resolution and upsamples, and moves a rigid virtual camera over a still plate.
 //!
 //! Shape of the model (default `TinyConfig`, ~1.45 M parameters, ~5.8 MB of f32):
 //! - Tokenizer: lowercase, split on non-alphanumerics, drop words outside the training
@@ -16,10 +16,15 @@
 //!   channels, 4 residual blocks of [3×3 spatial conv → FiLM scale/shift → ReLU → k=3
 //!   temporal conv → FiLM gate], FiLM from SiLU(linear([sinusoidal t; text])). The head
 //!   predicts the clean latent x0; the sampler turns it into the velocity (x_t − x0)/t.
+//! - Camera (`camera.rs`): a linear head on the pooled prompt vector predicts a camera path
+//!   (pan, tilt, zoom per second). The denoiser paints a plate that holds still, grown by the
+//!   distance the camera travels; each output frame is upsampled from the window the path
+//!   puts over the plate at that moment. No parallax: a demo's trick, said in the README.
 //! - Sampler (`sampler.rs`): rectified flow x_t = (1−t)·x0 + t·noise, Euler from t = 1 to 0
 //!   on a shifted schedule (shift 3), CFG over the conditional and unconditional (negative
-//!   or empty prompt) predictions, first-frame conditioning by replacing latent frame 0 with
-//!   the noised encoding of the picture at every step (and exactly it at the end).
+//!   or empty prompt) predictions, first-frame conditioning by replacing the plate cells under
+//!   the first window in latent frame 0 with the noised encoding of the picture at every step
+//!   (and exactly it at the end).
 //! - Weights: `TinyModel::shipped()` (built into the binary from `worker/weights/`), made by
 //!   `train::train` with its defaults; `eval.rs` measures whether they follow held-out prompts.
 //!
@@ -29,6 +34,7 @@
 //! heavy work runs in small chunks shared by our own threads (`map_chunks`). Training uses a
 //! plain batched twin of the same forward pass (`train.rs`), held equal to it by a test.
 
+mod camera;
 mod clip;
 mod denoiser;
 pub mod eval;
@@ -45,6 +51,8 @@ mod tests;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+pub use self::camera::CameraPath;
+use self::camera::{CameraHead, CameraRig};
 use self::denoiser::Denoiser;
 use self::layout::TokenGrid;
 use self::sampler::SamplingPlan;
@@ -142,6 +150,7 @@ pub struct TinyModel {
     weights: TinyWeights,
     tokenizer: Tokenizer,
     text: TextEncoder,
+    camera: CameraHead,
     denoiser: Denoiser,
     vae: Vae,
     memory_limit_bytes: Option<u64>,
@@ -181,6 +190,7 @@ impl TinyModel {
             tokenizer: Tokenizer::new(config.vocab_size, config.max_tokens)
                 .with_vocabulary(crate::scenes::prompts::vocabulary()),
             text: TextEncoder::new(&weights, &config)?,
+            camera: CameraHead::new(&weights)?,
             denoiser: Denoiser::new(&weights, &config)?,
             vae: Vae::new(&weights)?,
             config,
@@ -200,6 +210,28 @@ impl TinyModel {
         self
     }
 
+    /// The camera move the model reads from `prompt` (before a clip's length limits it).
+    pub fn camera_path(&self, prompt: &str) -> Result<CameraPath, ModelError> {
+        let text = self.text.encode(&self.tokenizer.tokenize(prompt))?;
+        Ok(self.camera.path(&text)?)
+    }
+
+    /// The plate and window path of one request, from its pooled prompt vector.
+    fn camera_rig(
+        &self,
+        prompt: &candle_core::Tensor,
+        request: &GenerateRequest,
+        geometry: &LatentGeometry,
+    ) -> Result<CameraRig, ModelError> {
+        let seconds = request.frames.saturating_sub(1) as f32 / request.fps.max(1) as f32;
+        Ok(CameraRig::new(
+            self.camera.path(prompt)?,
+            seconds,
+            geometry.cells(),
+            self.config.patch_size,
+        ))
+    }
+
     pub fn config(&self) -> &TinyConfig {
         &self.config
     }
@@ -210,8 +242,10 @@ impl TinyModel {
 }
 
 // Memory model behind `memory_estimate_bytes`, in units of the request's own tensors.
-// Measured peak RSS growth (tests.rs benchmarks; glibc malloc, 2 cores): 18 MiB for
-// 848×480×241 and 91–94 MiB for 1920×1080×241; the formula gives 41 and 145 MiB.
+// Measured peak RSS growth (tests.rs benchmarks, one at a time, prompts that pan; glibc
+// malloc, 2 cores): 35 MiB for 848×480×241, 173 MiB for 1920×1080×241 and 276 MiB for
+// 1920×1080×481; the formula, which allows for the largest camera plate, gives 60, 230 and
+// 408 MiB.
 /// Latent frames sampled before and after the clip and then dropped: one token frame each
 /// side. The denoiser's temporal convolutions see zeros past the ends, and the trained model's
 /// first and last token frames came out washed out towards grey; with the margin those frames
@@ -242,16 +276,19 @@ impl ModelRuntime for TinyModel {
     fn memory_estimate_bytes(&self, width: u32, height: u32, frames: u32) -> u64 {
         let geometry = LatentGeometry::new(&self.config, width, height, frames);
         let patch = self.config.patch_size;
-        let token_rows = ((geometry.latent_frames + 2 * TEMPORAL_MARGIN)
-            .div_ceil(self.config.temporal_patch)
-            + 2)
-            * (geometry.latent_height / patch + 2)
-            * (geometry.latent_width / patch + 2);
-        let stream_bytes = (token_rows * self.config.hidden_channels * 4) as u64;
-        let latent_bytes = (geometry.latent_elements(self.config.latent_channels)
-            / geometry.latent_frames
-            * (geometry.latent_frames + 2 * TEMPORAL_MARGIN)
-            * 4) as u64;
+        // The largest plate a camera move may need (`camera::PLATE_GROWTH`), in tokens
+        // with their zero border.
+        let plate_tokens = camera::PLATE_GROWTH
+            * ((geometry.latent_height + patch) / patch + 2) as f64
+            * ((geometry.latent_width + patch) / patch + 2) as f64;
+        let sampled_frames = geometry.latent_frames + 2 * TEMPORAL_MARGIN;
+        let token_rows =
+            (sampled_frames.div_ceil(self.config.temporal_patch) + 2) as f64 * plate_tokens;
+        let stream_bytes = (token_rows * (self.config.hidden_channels * 4) as f64) as u64;
+        let latent_bytes = (camera::PLATE_GROWTH
+            * ((geometry.latent_height + patch) * (geometry.latent_width + patch)) as f64
+            * (sampled_frames * self.config.latent_channels * 4) as f64)
+            as u64;
         let frame_pixels = u64::from(width) * u64::from(height);
         self.weights.byte_size()
             + STREAM_COPIES * stream_bytes
@@ -282,30 +319,39 @@ impl ModelRuntime for TinyModel {
         }
         let geometry =
             LatentGeometry::new(&self.config, request.width, request.height, request.frames);
+        let prompt = self
+            .text
+            .encode(&self.tokenizer.tokenize(&request.prompt))?;
+        let rig = self.camera_rig(&prompt, request, &geometry)?;
+        let (plate_width, plate_height) = rig.plate();
         let sampled_frames = geometry.latent_frames + 2 * TEMPORAL_MARGIN;
+        let patch = self.config.patch_size;
         let grid = TokenGrid::new(
             sampled_frames,
-            geometry.latent_height,
-            geometry.latent_width,
+            plate_height,
+            plate_width,
             self.config.temporal_patch,
-            self.config.patch_size,
+            patch,
         )?;
         let first_latent = match &request.first_frame {
-            Some(picture) => Some(self.vae.encode_picture(picture, &geometry)?),
+            Some(picture) => {
+                Some(rig.place_first_frame(&self.vae.encode_picture(picture, &geometry)?)?)
+            }
             None => None,
         };
         let noise_dims = [
             sampled_frames,
             self.config.latent_channels,
-            geometry.latent_height,
-            geometry.latent_width,
+            plate_height,
+            plate_width,
         ];
         let plan = SamplingPlan {
             denoiser: &self.denoiser,
             grid: &grid,
-            prompt: self
-                .text
-                .encode(&self.tokenizer.tokenize(&request.prompt))?,
+            positions: self
+                .denoiser
+                .position_rows(&grid, &rig.position_map(patch))?,
+            prompt,
             negative: self
                 .text
                 .encode(&self.tokenizer.tokenize(&request.negative))?,
@@ -321,7 +367,7 @@ impl ModelRuntime for TinyModel {
             TEMPORAL_MARGIN,
             geometry.latent_frames,
         )?;
-        let clip = self.vae.decode(&latent, &geometry)?;
+        let clip = self.vae.decode(&latent, &geometry, rig, request.fps)?;
         Ok(GeneratedClip::new(
             request.width,
             request.height,

@@ -34,6 +34,8 @@ pub(crate) fn gaussian_noise(seed: u64, dims: &[usize]) -> candle_core::Result<T
 pub(crate) struct SamplingPlan<'a> {
     pub denoiser: &'a Denoiser,
     pub grid: &'a TokenGrid,
+    /// `Denoiser::position_rows` of the grid.
+    pub positions: Tensor,
     /// Pooled text vectors (1, text_dim).
     pub prompt: Tensor,
     pub negative: Tensor,
@@ -42,8 +44,9 @@ pub(crate) struct SamplingPlan<'a> {
     pub flow_shift: f32,
     /// (latent_frames, channels, height, width); also fixes the output shape.
     pub noise: Tensor,
-    /// (channels, height, width): latent frame `first_index` is pinned to this picture.
-    pub first_latent: Option<Tensor>,
+    /// (channels, height, width) values and a (1, height, width) mask: where the mask is 1,
+    /// latent frame `first_index` is pinned to this picture (`CameraRig::place_first_frame`).
+    pub first_latent: Option<(Tensor, Tensor)>,
     /// The first latent frame the caller keeps (frames before it are a margin).
     pub first_index: usize,
 }
@@ -55,8 +58,12 @@ impl SamplingPlan<'_> {
     }
 
     fn clean(&self, latent: &Tensor, time: f32, text: &Tensor) -> candle_core::Result<Tensor> {
-        self.denoiser
-            .predict_clean(latent, &self.denoiser.condition(time, text)?, self.grid)
+        self.denoiser.predict_clean(
+            latent,
+            &self.denoiser.condition(time, text)?,
+            self.grid,
+            &self.positions,
+        )
     }
 
     /// One Euler step from `time` to `next_time` with classifier-free guidance.
@@ -82,6 +89,17 @@ impl SamplingPlan<'_> {
             },
         )?)
     }
+}
+
+/// Latent frame `index` := `frame` where `mask` (1, height, width) is 1, the rest unchanged.
+fn replace_masked(
+    latent: &Tensor,
+    index: usize,
+    frame: &Tensor,
+    mask: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let kept = latent.get(index)?.broadcast_mul(&mask.affine(-1.0, 1.0)?)?;
+    replace_frame(latent, index, &(frame.broadcast_mul(mask)? + kept)?)
 }
 
 /// Latent frame `index` := `frame` (channels, height, width), the rest unchanged.
@@ -113,18 +131,18 @@ pub(crate) fn sample(
             return Err(ModelError::Cancelled);
         }
         let (time, next_time) = (times[step as usize], times[step as usize + 1]);
-        if let Some(first) = &plan.first_latent {
+        if let Some((first, mask)) = &plan.first_latent {
             // Conditioning by replacement: frame 0 sits exactly on the noisy path of the
             // given picture, so the model only has to continue it.
             let noisy_first = (first.affine(f64::from(1.0 - time), 0.0)?
                 + first_noise.affine(f64::from(time), 0.0)?)?;
-            latent = replace_frame(&latent, plan.first_index, &noisy_first)?;
+            latent = replace_masked(&latent, plan.first_index, &noisy_first, mask)?;
         }
         latent = plan.step(&latent, time, next_time)?;
         on_step(step + 1, plan.steps);
     }
-    if let Some(first) = &plan.first_latent {
-        latent = replace_frame(&latent, plan.first_index, first)?;
+    if let Some((first, mask)) = &plan.first_latent {
+        latent = replace_masked(&latent, plan.first_index, first, mask)?;
     }
     Ok(latent)
 }
@@ -175,6 +193,17 @@ mod tests {
         assert_eq!(
             replace_frame(&latent.narrow(0, 0, 1)?, 0, &frame)?.dims(),
             &[1, 2, 2, 2]
+        );
+        let mut mask = vec![1f32, 0.0, 0.0, 1.0];
+        let masked = replace_masked(
+            &latent,
+            2,
+            &frame,
+            &Tensor::from_vec(std::mem::take(&mut mask), (1, 2, 2), &Device::Cpu)?,
+        )?;
+        assert_eq!(
+            masked.get(2)?.flatten_all()?.to_vec1::<f32>()?,
+            vec![-1.0, 17.0, 18.0, -1.0, -1.0, 21.0, 22.0, -1.0]
         );
         let middle = replace_frame(&latent, 1, &frame)?;
         assert_eq!(

@@ -1,11 +1,14 @@
 //! Trains reelfarm-tiny on procedural scenes with the rectified-flow objective: a differentiable, batched twin of the inference forward pass (same weights, same function; a test holds them equal), fed by a thread that renders and encodes generator clips.
 //!
 //! Each step draws scenes and training-side prompts (`prompts::describe_for`, never a
-//! held-out one), renders `latent_frames` frames four video frames apart at a small size,
-//! encodes them with the model's fixed encoder, noises them to a random flow time on the
-//! sampler's shifted schedule and regresses the clean latent (mean squared error). One prompt
-//! in ten is replaced by the empty prompt so classifier-free guidance has an unconditional
-//! model to push against. The VAE stays fixed.
+//! held-out one), renders `latent_frames` frames four video frames apart at a small size with
+//! the camera held still (the denoiser paints plates; `camera.rs` moves over them), encodes
+//! them with the model's fixed encoder, noises them to a random flow time on the sampler's
+//! shifted schedule and regresses the clean latent (mean squared error). The camera head
+//! regresses the scene's camera path from the same pooled prompt (mean squared error, weighted
+//! by `CAMERA_LOSS_WEIGHT`). One prompt in ten is replaced by the empty prompt, whose camera
+//! is still, so classifier-free guidance has an unconditional model to push against. The VAE
+//! stays fixed.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -16,6 +19,7 @@ use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::camera::{CAMERA_VALUES, CameraPath, PositionMap};
 use super::denoiser::{POSITION_FEATURES, position_features};
 use super::layout::TokenGrid;
 use super::text::Tokenizer;
@@ -24,7 +28,7 @@ use super::weights::GaussianRng;
 use super::{TinyConfig, TinyWeights};
 use crate::model::ModelError;
 use crate::scenes::render::render_frame;
-use crate::scenes::{Scene, prompts};
+use crate::scenes::{Camera, Scene, prompts};
 
 /// What `train` does; the defaults reproduce the shipped weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,8 +54,8 @@ impl Default for TrainOptions {
         Self {
             seed: 2026,
             steps: 1200,
-            batch: 8,
-            latent_frames: 16,
+            batch: 12,
+            latent_frames: 12,
             learning_rate: 1e-3,
             width: 848,
             height: 480,
@@ -67,20 +71,28 @@ impl Default for TrainOptions {
 pub struct StepReport {
     pub step: usize,
     pub steps: usize,
+    /// Denoising loss (mean squared error of the clean latent).
     pub loss: f32,
+    /// Camera head loss (mean squared error of its scaled path values).
+    pub camera_loss: f32,
     pub learning_rate: f64,
     pub elapsed_seconds: f64,
 }
 
 /// Names of the tensors training updates (everything but the fixed VAE).
 fn is_trained(name: &str) -> bool {
-    name.starts_with("text.") || name.starts_with("denoiser.")
+    name.starts_with("text.") || name.starts_with("denoiser.") || name.starts_with("camera.")
 }
 
-/// One training example: clean latent clip and the prompt's tokens.
+/// Weight of the camera head's loss beside the denoising loss: its targets are of order one,
+/// the denoising loss ends near 0.02, and the head needs few steps to learn.
+const CAMERA_LOSS_WEIGHT: f64 = 0.05;
+
+/// One training example: clean latent clip, the prompt's tokens and its camera head target.
 struct Example {
     latent: Tensor,
     tokens: Vec<u32>,
+    camera: [f32; CAMERA_VALUES],
 }
 
 struct Batch {
@@ -110,23 +122,31 @@ fn make_batch(
     let mut noise = Vec::with_capacity(options.batch);
     for _ in 0..options.batch {
         let scene = Scene::random(rng.random());
-        let prompt = if rng.random_bool(options.unconditional_share) {
-            String::new()
+        let (prompt, path) = if rng.random_bool(options.unconditional_share) {
+            (String::new(), CameraPath::STILL)
         } else {
-            prompts::describe_for(&scene, rng.random(), false)
+            (
+                prompts::describe_for(&scene, rng.random(), false),
+                CameraPath::of_scene(&scene),
+            )
+        };
+        let plate = Scene {
+            camera: Camera::Static,
+            ..scene
         };
         let start: f32 = rng.random_range(0.0..6.0);
         let latents = (0..options.latent_frames)
             .map(|index| {
                 let seconds = start + (index * config.temporal_stride) as f32 / 24.0;
                 let frame =
-                    render_frame(&scene, seconds, options.render_width, options.render_height);
+                    render_frame(&plate, seconds, options.render_width, options.render_height);
                 vae.encode_picture(&frame, &geometry)
             })
             .collect::<Result<Vec<_>, _>>()?;
         examples.push(Example {
             latent: Tensor::stack(&latents, 0)?,
             tokens: tokenizer.tokenize(&prompt),
+            camera: path.head_target(),
         });
         // Half on the sampler's shifted schedule (where its steps are), half uniform, so the
         // low-noise steps that settle details and motion get their share.
@@ -286,7 +306,7 @@ impl Trainable {
             .matmul(self.get("denoiser.input_projection.weight")?)?
             .reshape((batch, tf, gh, gw, hidden))?
             .broadcast_add(
-                &position_features(gh, gw)?
+                &position_features(gh, gw, &PositionMap::frame(gh, gw))?
                     .reshape((gh * gw, POSITION_FEATURES))?
                     .matmul(self.get("denoiser.position_projection.weight")?)?
                     .reshape((gh, gw, hidden))?,
@@ -299,6 +319,16 @@ impl Trainable {
         .broadcast_add(self.get("denoiser.condition.bias")?)?
         .silu()?;
         let per_example = |values: &Tensor| values.reshape((batch, 1, 1, 1, hidden));
+        // Kernel taps side by side along the channels, times the (taps × hidden, hidden)
+        // kernel: one convolution as one matmul over all tokens.
+        let convolve = |taps: &[Tensor], kernel: &str| -> candle_core::Result<Tensor> {
+            let kernel = self.get(kernel)?;
+            let inputs = kernel.elem_count() / hidden;
+            Tensor::cat(taps, 4)?
+                .reshape((rows, inputs))?
+                .matmul(&kernel.reshape((inputs, hidden))?)?
+                .reshape((batch, tf, gh, gw, hidden))
+        };
         for block in 0..config.blocks {
             let prefix = format!("denoiser.blocks.{block}");
             let modulation = self.linear(&condition, &format!("{prefix}.modulation"))?;
@@ -312,13 +342,7 @@ impl Trainable {
                     columns.push(padded.narrow(2, ky, gh)?.narrow(3, kx, gw)?);
                 }
             }
-            let spatial = self
-                .get(&format!("{prefix}.spatial.weight"))?
-                .reshape((9 * hidden, hidden))?;
-            let activated = Tensor::cat(&columns, 4)?
-                .reshape((rows, 9 * hidden))?
-                .matmul(&spatial)?
-                .reshape((batch, tf, gh, gw, hidden))?
+            let activated = convolve(&columns, &format!("{prefix}.spatial.weight"))?
                 .broadcast_mul(&scale)?
                 .broadcast_add(&shift)?
                 .relu()?;
@@ -326,14 +350,8 @@ impl Trainable {
             let taps = (0..3)
                 .map(|tap| padded.narrow(1, tap, tf))
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let temporal = self
-                .get(&format!("{prefix}.temporal.weight"))?
-                .reshape((3 * hidden, hidden))?;
-            let update = Tensor::cat(&taps, 4)?
-                .reshape((rows, 3 * hidden))?
-                .matmul(&temporal)?
-                .reshape((batch, tf, gh, gw, hidden))?
-                .broadcast_mul(&gate)?;
+            let update =
+                convolve(&taps, &format!("{prefix}.temporal.weight"))?.broadcast_mul(&gate)?;
             stream = (stream + update)?;
         }
         let head = stream
@@ -347,7 +365,13 @@ impl Trainable {
         Tensor::stack(&clean, 0)
     }
 
-    fn loss(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+    /// Camera head values (batch, CAMERA_VALUES) from pooled text (batch, text_dim).
+    pub(crate) fn camera(&self, text: &Tensor) -> candle_core::Result<Tensor> {
+        self.linear(text, "camera")
+    }
+
+    /// (denoising loss, camera loss) of a batch.
+    fn losses(&self, batch: &Batch) -> candle_core::Result<(Tensor, Tensor)> {
         let clean = Tensor::stack(
             &batch
                 .examples
@@ -371,12 +395,19 @@ impl Trainable {
             .iter()
             .map(|example| self.encode_text(&example.tokens))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let predicted = self.predict_clean(
-            &Tensor::stack(&noisy, 0)?,
-            &batch.times,
-            &Tensor::cat(&text, 0)?,
-        )?;
-        (predicted - clean)?.sqr()?.mean_all()
+        let text = Tensor::cat(&text, 0)?;
+        let predicted = self.predict_clean(&Tensor::stack(&noisy, 0)?, &batch.times, &text)?;
+        let targets: Vec<f32> = batch
+            .examples
+            .iter()
+            .flat_map(|example| example.camera)
+            .collect();
+        let targets =
+            Tensor::from_vec(targets, (batch.examples.len(), CAMERA_VALUES), &Device::Cpu)?;
+        Ok((
+            (predicted - clean)?.sqr()?.mean_all()?,
+            (self.camera(&text)? - targets)?.sqr()?.mean_all()?,
+        ))
     }
 
     /// Gradients of `loss`, scaled down together when their global norm exceeds `max_norm`
@@ -471,13 +502,15 @@ pub fn train(
             .map_err(|_| ModelError::Internal("the data thread stopped".into()))??;
         let rate = learning_rate(options.learning_rate, step, options.steps);
         optimiser.set_learning_rate(rate);
-        let loss = trainable.loss(&batch)?;
-        let gradients = trainable.clipped_gradients(&loss, MAX_GRADIENT_NORM)?;
+        let (loss, camera_loss) = trainable.losses(&batch)?;
+        let total = (&loss + camera_loss.affine(CAMERA_LOSS_WEIGHT, 0.0)?)?;
+        let gradients = trainable.clipped_gradients(&total, MAX_GRADIENT_NORM)?;
         optimiser.step(&gradients)?;
         on_step(&StepReport {
             step: step + 1,
             steps: options.steps,
             loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+            camera_loss: camera_loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
             learning_rate: rate,
             elapsed_seconds: started.elapsed().as_secs_f64(),
         });
@@ -525,6 +558,9 @@ mod tests {
             &latent,
             &model.denoiser.condition(time, &inference_text)?,
             &grid,
+            &model
+                .denoiser
+                .position_rows(&grid, &PositionMap::frame(height / 2, width / 2))?,
         )?;
         let actual = trainable
             .predict_clean(&latent.unsqueeze(0)?, &[time], &training_text)?
@@ -534,6 +570,18 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(gap < 1e-3, "denoiser differs by {gap}");
+
+        let expected = model.camera.path(&inference_text)?.head_target();
+        let actual = trainable
+            .camera(&training_text)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (expected, actual) in expected.iter().zip(&actual) {
+            assert!(
+                (expected - actual).abs() < 1e-3,
+                "camera {expected} vs {actual}"
+            );
+        }
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::TinyConfig;
+use super::camera::CameraRig;
 use super::clip::{TinyClip, bands};
 use super::layout::{CHUNK_ELEMENTS, map_chunks};
 use super::weights::{Init, TensorSpec, TinyWeights};
@@ -44,8 +45,9 @@ impl LatentGeometry {
         }
     }
 
-    pub(crate) fn latent_elements(&self, channels: usize) -> usize {
-        self.latent_frames * channels * self.latent_height * self.latent_width
+    /// (width, height) of the frame's latent grid.
+    pub(crate) fn cells(&self) -> (usize, usize) {
+        (self.latent_width, self.latent_height)
     }
 }
 
@@ -241,11 +243,14 @@ impl Vae {
             .conv2d(&self.refine_out.0, 1, 1, 1, 1)
     }
 
-    /// Latent video (frames, channels, lh, lw) → a clip that keeps only low-resolution colour.
+    /// Latent video (frames, channels, plate height, plate width) → a clip that keeps only
+    /// low-resolution colour and films it through `rig` at `fps`.
     pub(crate) fn decode(
         &self,
         latent: &Tensor,
         geometry: &LatentGeometry,
+        rig: CameraRig,
+        fps: u32,
     ) -> Result<TinyClip, ModelError> {
         let (frames, channels, lh, lw) = latent.dims4()?;
         let colour = self
@@ -265,7 +270,7 @@ impl Vae {
         };
         // −1..1 → 0..255, plus 0.5 because the final f32→u8 cast truncates.
         let low_resolution = refined.affine(127.5, 128.0)?;
-        Ok(TinyClip::new(low_resolution, geometry)?)
+        Ok(TinyClip::new(low_resolution, geometry, rig, fps)?)
     }
 }
 
@@ -298,7 +303,10 @@ mod tests {
         assert!(vae.refine_active);
         let geometry = LatentGeometry::new(&config, 64, 64, 9);
         let latent = Tensor::from_vec(
-            super::super::weights::GaussianRng::new(4).gaussians(geometry.latent_elements(4), 1.0),
+            super::super::weights::GaussianRng::new(4).gaussians(
+                geometry.latent_frames * 4 * geometry.latent_height * geometry.latent_width,
+                1.0,
+            ),
             (
                 geometry.latent_frames,
                 4,
@@ -307,7 +315,7 @@ mod tests {
             ),
             &Device::Cpu,
         )?;
-        let clip = vae.decode(&latent, &geometry)?;
+        let clip = vae.decode(&latent, &geometry, CameraRig::still(geometry.cells()), 24)?;
         let colour = vae
             .latent_to_rgb
             .broadcast_matmul(&latent.reshape((3, 4, 16))?)?
@@ -340,7 +348,9 @@ mod tests {
         let latent = vae
             .encode_picture(&RgbFrame::new(300, 100, data), &geometry)?
             .unsqueeze(0)?;
-        let frame = vae.decode(&latent, &geometry)?.decode_frame(0)?;
+        let frame = vae
+            .decode(&latent, &geometry, CameraRig::still(geometry.cells()), 24)?
+            .decode_frame(0)?;
         for (x, y) in [(2, 2), (64, 64), (125, 120)] {
             let pixel = frame.pixel(x, y);
             assert!(
@@ -365,7 +375,9 @@ mod tests {
         }
         let picture = RgbFrame::new(128, 64, data);
         let latent = vae.encode_picture(&picture, &geometry)?.unsqueeze(0)?;
-        let decoded = vae.decode(&latent, &geometry)?.decode_frame(0)?;
+        let decoded = vae
+            .decode(&latent, &geometry, CameraRig::still(geometry.cells()), 24)?
+            .decode_frame(0)?;
         // Edge pixels clamp to the nearest cell centre (half a cell away on a slope), so judge
         // the mean error and the interior.
         let errors: Vec<u8> = decoded

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::text::fnv1a;
-use super::{TinyConfig, denoiser, text, vae};
+use super::{TinyConfig, camera, denoiser, text, vae};
 use crate::model::ModelError;
 
 /// splitmix64 + Box–Muller. Our own generator rather than candle's (unseedable) or a crate's
@@ -95,6 +95,7 @@ impl TensorSpec {
 pub(crate) fn all_specs(config: &TinyConfig) -> Vec<TensorSpec> {
     let mut specs = text::tensor_specs(config);
     specs.extend(denoiser::tensor_specs(config));
+    specs.extend(camera::tensor_specs(config));
     specs.extend(vae::tensor_specs(config));
     specs
 }
