@@ -297,7 +297,7 @@ pub fn describe(scene: &Scene, seed: u64) -> String {
 
 /// True for the prompts kept out of training (about one in eight), decided by their text.
 pub fn is_held_out(prompt: &str) -> bool {
-    crate::model::tiny::text::fnv1a(prompt.to_lowercase().as_bytes()) % 8 == 0
+    crate::model::tiny::text::fnv1a(prompt.to_lowercase().as_bytes()).is_multiple_of(8)
 }
 
 /// A prompt for `scene` on the chosen side of the split: phrasings are redrawn until one lands

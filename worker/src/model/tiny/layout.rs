@@ -2,6 +2,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::TinyConfig;
 use crate::model::ModelError;
 
 /// candle 0.11 sends element-wise ops of at least 64 Ki elements to its worker pool; chunks
@@ -153,6 +154,22 @@ impl TokenGrid {
             frame_rows,
             row_mask,
         })
+    }
+
+    /// The grid the denoiser of `config` tiles a latent of this size into.
+    pub(crate) fn for_config(
+        config: &TinyConfig,
+        latent_frames: usize,
+        latent_height: usize,
+        latent_width: usize,
+    ) -> Result<Self, ModelError> {
+        Self::new(
+            latent_frames,
+            latent_height,
+            latent_width,
+            config.temporal_patch,
+            config.patch_size,
+        )
     }
 
     /// Rows of the whole buffer, both zero frames included.

@@ -21,10 +21,11 @@
 //!   distance the camera travels; each output frame is upsampled from the window the path
 //!   puts over the plate at that moment. No parallax: a demo's trick, said in the README.
 //! - Sampler (`sampler.rs`): rectified flow x_t = (1−t)·x0 + t·noise, Euler from t = 1 to 0
-//!   on a shifted schedule (shift 3), CFG over the conditional and unconditional (negative
-//!   or empty prompt) predictions, first-frame conditioning by replacing the plate cells under
-//!   the first window in latent frame 0 with the noised encoding of the picture at every step
-//!   (and exactly it at the end).
+//!   on a shifted schedule (shift 3), from noise 60 % shared by all latent frames (so the
+//!   plate holds still; training noises its clips the same way), CFG over the conditional and
+//!   unconditional (negative or empty prompt) predictions, first-frame conditioning by
+//!   replacing the plate cells under the first window in latent frame 0 with the noised
+//!   encoding of the picture at every step (and exactly it at the end).
 //! - Weights: `TinyModel::shipped()` (built into the binary from `worker/weights/`), made by
 //!   `train::train` with its defaults; `eval.rs` measures whether they follow held-out prompts.
 //!
@@ -276,17 +277,21 @@ impl ModelRuntime for TinyModel {
     fn memory_estimate_bytes(&self, width: u32, height: u32, frames: u32) -> u64 {
         let geometry = LatentGeometry::new(&self.config, width, height, frames);
         let patch = self.config.patch_size;
-        // The largest plate a camera move may need (`camera::PLATE_GROWTH`), in tokens
-        // with their zero border.
+        // The largest plate a camera move may need (`camera::PLATE_GROWTH`): latent cells
+        // rounded up by a patch, and tokens with their zero border.
+        let (plate_height, plate_width) = (
+            geometry.latent_height + patch,
+            geometry.latent_width + patch,
+        );
         let plate_tokens = camera::PLATE_GROWTH
-            * ((geometry.latent_height + patch) / patch + 2) as f64
-            * ((geometry.latent_width + patch) / patch + 2) as f64;
+            * (plate_height / patch + 2) as f64
+            * (plate_width / patch + 2) as f64;
         let sampled_frames = geometry.latent_frames + 2 * TEMPORAL_MARGIN;
         let token_rows =
             (sampled_frames.div_ceil(self.config.temporal_patch) + 2) as f64 * plate_tokens;
         let stream_bytes = (token_rows * (self.config.hidden_channels * 4) as f64) as u64;
         let latent_bytes = (camera::PLATE_GROWTH
-            * ((geometry.latent_height + patch) * (geometry.latent_width + patch)) as f64
+            * (plate_height * plate_width) as f64
             * (sampled_frames * self.config.latent_channels * 4) as f64)
             as u64;
         let frame_pixels = u64::from(width) * u64::from(height);
@@ -325,14 +330,7 @@ impl ModelRuntime for TinyModel {
         let rig = self.camera_rig(&prompt, request, &geometry)?;
         let (plate_width, plate_height) = rig.plate();
         let sampled_frames = geometry.latent_frames + 2 * TEMPORAL_MARGIN;
-        let patch = self.config.patch_size;
-        let grid = TokenGrid::new(
-            sampled_frames,
-            plate_height,
-            plate_width,
-            self.config.temporal_patch,
-            patch,
-        )?;
+        let grid = TokenGrid::for_config(&self.config, sampled_frames, plate_height, plate_width)?;
         let first_latent = match &request.first_frame {
             Some(picture) => {
                 Some(rig.place_first_frame(&self.vae.encode_picture(picture, &geometry)?)?)
@@ -350,7 +348,7 @@ impl ModelRuntime for TinyModel {
             grid: &grid,
             positions: self
                 .denoiser
-                .position_rows(&grid, &rig.position_map(patch))?,
+                .position_rows(&grid, &rig.position_map(self.config.patch_size))?,
             prompt,
             negative: self
                 .text
@@ -358,7 +356,7 @@ impl ModelRuntime for TinyModel {
             guidance: request.guidance,
             steps: request.steps,
             flow_shift: self.config.flow_shift,
-            noise: sampler::gaussian_noise(request.seed, &noise_dims)?,
+            noise: sampler::clip_noise(request.seed, &noise_dims)?,
             first_latent,
             first_index: TEMPORAL_MARGIN,
         };

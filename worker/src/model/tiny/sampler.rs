@@ -20,14 +20,30 @@ pub(crate) fn flow_times(steps: u32, shift: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Standard-normal noise of `dims`, a pure function of `seed` (never of thread count).
-pub(crate) fn gaussian_noise(seed: u64, dims: &[usize]) -> candle_core::Result<Tensor> {
-    let count = dims.iter().product();
-    Tensor::from_vec(
-        GaussianRng::new(seed).gaussians(count, 1.0),
-        dims,
-        &Device::Cpu,
-    )
+/// Share of the starting noise's variance that every latent frame of a clip has in common.
+pub(crate) const SHARED_NOISE: f32 = 0.6;
+
+/// Starting noise of a latent clip, `dims` = (frames, ...), a pure function of `seed` (never
+/// of thread count): each frame is √s·shared + √(1−s)·its own (s = `SHARED_NOISE`), standard
+/// normal per element but alike across frames. The denoiser paints plates that hold still;
+/// from independent noise per frame they differed frame to frame, which the motion search
+/// read as camera motion in most still shots. Training noises its clips the same way.
+pub(crate) fn clip_noise(seed: u64, dims: &[usize]) -> candle_core::Result<Tensor> {
+    let frames = dims.first().copied().unwrap_or(1);
+    let per_frame: usize = dims.iter().skip(1).product();
+    let values = GaussianRng::new(seed).gaussians((frames + 1) * per_frame, 1.0);
+    let (shared, own) = values.split_at(per_frame);
+    let (common, apart) = (SHARED_NOISE.sqrt(), (1.0 - SHARED_NOISE).sqrt());
+    let mixed: Vec<f32> = own
+        .chunks_exact(per_frame.max(1))
+        .flat_map(|frame| {
+            frame
+                .iter()
+                .zip(shared)
+                .map(|(own, shared)| common * shared + apart * own)
+        })
+        .collect();
+    Tensor::from_vec(mixed, dims, &Device::Cpu)
 }
 
 /// Everything one sampling run needs, prepared by the model.
@@ -165,14 +181,31 @@ mod tests {
     #[test]
     fn noise_depends_only_on_the_seed() -> candle_core::Result<()> {
         let dims = [3, 4, 2, 2];
-        let first = gaussian_noise(9, &dims)?.flatten_all()?.to_vec1::<f32>()?;
+        let first = clip_noise(9, &dims)?.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(
             first,
-            gaussian_noise(9, &dims)?.flatten_all()?.to_vec1::<f32>()?
+            clip_noise(9, &dims)?.flatten_all()?.to_vec1::<f32>()?
         );
         assert_ne!(
             first,
-            gaussian_noise(10, &dims)?.flatten_all()?.to_vec1::<f32>()?
+            clip_noise(10, &dims)?.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
+
+    /// Unit variance per element, and frames correlated by the shared share.
+    #[test]
+    fn frames_share_part_of_their_noise() -> candle_core::Result<()> {
+        let noise = clip_noise(3, &[4, 4, 50, 50])?;
+        let frame = |index: usize| noise.get(index)?.flatten_all()?.to_vec1::<f32>();
+        let (first, second) = (frame(0)?, frame(3)?);
+        let count = first.len() as f32;
+        let variance = first.iter().map(|value| value * value).sum::<f32>() / count;
+        let covariance = first.iter().zip(&second).map(|(a, b)| a * b).sum::<f32>() / count;
+        assert!((variance - 1.0).abs() < 0.05, "variance {variance}");
+        assert!(
+            (covariance - SHARED_NOISE).abs() < 0.05,
+            "covariance {covariance}"
         );
         Ok(())
     }

@@ -4,10 +4,11 @@
 //! held-out one), renders `latent_frames` frames four video frames apart at a small size with
 //! the camera held still (the denoiser paints plates; `camera.rs` moves over them), encodes
 //! them with the model's fixed encoder, noises them to a random flow time on the sampler's
-//! shifted schedule and regresses the clean latent (mean squared error). The camera head
-//! regresses the scene's camera path from the same pooled prompt (mean squared error, weighted
-//! by `CAMERA_LOSS_WEIGHT`). One prompt in ten is replaced by the empty prompt, whose camera
-//! is still, so classifier-free guidance has an unconditional model to push against. The VAE
+//! shifted schedule (with the sampler's frame-shared noise, `sampler::clip_noise`) and
+//! regresses the clean latent (mean squared error). The camera head regresses the scene's
+//! camera path from the same pooled prompt (mean squared error, weighted by
+//! `CAMERA_LOSS_WEIGHT`). One prompt in ten is replaced by the empty prompt, whose camera is
+//! still, so classifier-free guidance has an unconditional model to push against. The VAE
 //! stays fixed.
 
 use std::collections::BTreeMap;
@@ -22,9 +23,9 @@ use rand_chacha::ChaCha8Rng;
 use super::camera::{CAMERA_VALUES, CameraPath, PositionMap};
 use super::denoiser::{POSITION_FEATURES, position_features};
 use super::layout::TokenGrid;
+use super::sampler::clip_noise;
 use super::text::Tokenizer;
 use super::vae::{LatentGeometry, Vae};
-use super::weights::GaussianRng;
 use super::{TinyConfig, TinyWeights};
 use crate::model::ModelError;
 use crate::scenes::render::render_frame;
@@ -157,11 +158,7 @@ fn make_batch(
             uniform
         });
         let dims = examples[examples.len() - 1].latent.dims().to_vec();
-        noise.push(Tensor::from_vec(
-            GaussianRng::new(rng.random()).gaussians(dims.iter().product(), 1.0),
-            dims.as_slice(),
-            &Device::Cpu,
-        )?);
+        noise.push(clip_noise(rng.random(), &dims)?);
     }
     Ok(Batch {
         examples,
@@ -285,14 +282,8 @@ impl Trainable {
     ) -> candle_core::Result<Tensor> {
         let config = &self.config;
         let (batch, frames, channels, height, width) = latents.dims5()?;
-        let grid = TokenGrid::new(
-            frames,
-            height,
-            width,
-            config.temporal_patch,
-            config.patch_size,
-        )
-        .map_err(|error| candle_core::Error::Msg(error.to_string()))?;
+        let grid = TokenGrid::for_config(config, frames, height, width)
+            .map_err(|error| candle_core::Error::Msg(error.to_string()))?;
         let (tf, gh, gw) = (grid.token_frames, grid.grid_height, grid.grid_width);
         let hidden = config.hidden_channels;
         let tokens = (0..batch)
@@ -524,6 +515,7 @@ pub fn train(
 mod tests {
     use super::*;
     use crate::model::tiny::TinyModel;
+    use crate::model::tiny::weights::GaussianRng;
 
     #[test]
     fn the_training_forward_is_the_inference_forward() -> Result<(), ModelError> {
@@ -546,13 +538,7 @@ mod tests {
             (frames, channels, height, width),
             &Device::Cpu,
         )?;
-        let grid = TokenGrid::new(
-            frames,
-            height,
-            width,
-            config.temporal_patch,
-            config.patch_size,
-        )?;
+        let grid = TokenGrid::for_config(&config, frames, height, width)?;
         let time = 0.7;
         let expected = model.denoiser.predict_clean(
             &latent,
