@@ -31,19 +31,18 @@ pub(crate) const SHARED_NOISE: f32 = 0.6;
 pub(crate) fn clip_noise(seed: u64, dims: &[usize]) -> candle_core::Result<Tensor> {
     let frames = dims.first().copied().unwrap_or(1);
     let per_frame: usize = dims.iter().skip(1).product();
-    let values = GaussianRng::new(seed).gaussians((frames + 1) * per_frame, 1.0);
-    let (shared, own) = values.split_at(per_frame);
+    let mut values = GaussianRng::new(seed).gaussians((frames + 1) * per_frame, 1.0);
     let (common, apart) = (SHARED_NOISE.sqrt(), (1.0 - SHARED_NOISE).sqrt());
-    let mixed: Vec<f32> = own
-        .chunks_exact(per_frame.max(1))
-        .flat_map(|frame| {
-            frame
-                .iter()
-                .zip(shared)
-                .map(|(own, shared)| common * shared + apart * own)
-        })
-        .collect();
-    Tensor::from_vec(mixed, dims, &Device::Cpu)
+    // Mixed in place, so a long 1080p clip's noise exists once (the shared frame is copied
+    // out first and its slot dropped at the end).
+    let shared = values[..per_frame].to_vec();
+    for frame in values[per_frame..].chunks_exact_mut(per_frame.max(1)) {
+        for (own, shared) in frame.iter_mut().zip(&shared) {
+            *own = common * shared + apart * *own;
+        }
+    }
+    values.drain(..per_frame);
+    Tensor::from_vec(values, dims, &Device::Cpu)
 }
 
 /// Everything one sampling run needs, prepared by the model.
@@ -190,6 +189,22 @@ mod tests {
             first,
             clip_noise(10, &dims)?.flatten_all()?.to_vec1::<f32>()?
         );
+        Ok(())
+    }
+
+    /// The layout the shipped weights were trained with: the seed's first frame of draws is
+    /// the shared part, the frames after it each frame's own.
+    #[test]
+    fn the_first_draws_are_shared_by_every_frame() -> candle_core::Result<()> {
+        let dims = [3, 2, 2, 3];
+        let per_frame = 12;
+        let draws = GaussianRng::new(4).gaussians(4 * per_frame, 1.0);
+        let noise = clip_noise(4, &dims)?.flatten_all()?.to_vec1::<f32>()?;
+        let (common, apart) = (SHARED_NOISE.sqrt(), (1.0 - SHARED_NOISE).sqrt());
+        for (index, value) in noise.iter().enumerate() {
+            let expected = common * draws[index % per_frame] + apart * draws[per_frame + index];
+            assert_eq!(*value, expected, "element {index}");
+        }
         Ok(())
     }
 
