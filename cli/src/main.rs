@@ -121,8 +121,10 @@ Example:
 Train reelfarm-tiny, the built-in demo model, on clips from the procedural scene generator
 (time of day, setting, weather, camera move, with prompts phrased from them) with the
 rectified-flow objective. The defaults reproduce the weights built into reelfarm from a fixed
-seed; the loss is printed as it goes and written as OUT.loss.csv beside the weights. Takes
-about 30 minutes on 2 CPU cores with a release build.
+seed: three cosine cycles, 1,200 steps at a peak learning rate of 0.001 and then twice 1,000
+steps at 0.0005, each on new scenes. The loss is printed as it goes and written as
+OUT.loss.csv beside the weights. Takes about 85 minutes on 2 CPU cores with a release build;
+`--cycles 50` is a quick run to try the command, and --from continues an earlier run.
 
 Use the result with --weights (render, worker, eval-tiny) or REELFARM_TINY_WEIGHTS.
 

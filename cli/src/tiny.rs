@@ -5,9 +5,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use reelfarm_worker::model::tiny::TinyModel;
 use reelfarm_worker::model::tiny::eval::{EvalOptions, EvalReport, evaluate};
-use reelfarm_worker::model::tiny::train::{StepReport, TrainOptions, train};
+use reelfarm_worker::model::tiny::train::{Cycle, StepReport, TrainOptions, train_from};
+use reelfarm_worker::model::tiny::{TinyConfig, TinyModel, TinyWeights};
 use reelfarm_worker::model::{GenerateRequest, ModelRuntime};
 use serde::Serialize;
 
@@ -20,18 +20,64 @@ pub struct TrainArgs {
     /// shipped weights.
     #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
-    /// Optimisation steps.
-    #[arg(long, default_value_t = TrainOptions::default().steps)]
-    pub steps: usize,
+    /// Training cycles, comma-separated STEPS@PEAK_LEARNING_RATE (the rate defaults to 0.001).
+    /// Each cycle warms up to its peak and decays it along a cosine to a tenth, with a fresh
+    /// AdamW and new scenes, continuing from the weights the cycle before left; `--cycles 50`
+    /// is a quick single-cycle run.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_CYCLES)]
+    pub cycles: Vec<CycleArg>,
     /// Clips per step.
     #[arg(long, default_value_t = TrainOptions::default().batch)]
     pub batch: usize,
-    /// Peak learning rate (AdamW, cosine decay).
-    #[arg(long, default_value_t = TrainOptions::default().learning_rate)]
-    pub learning_rate: f64,
+    /// Continue from these weights (safetensors, e.g. the output of an earlier run) instead of
+    /// the untrained weights of --seed; --seed then picks only the scenes (cycle i draws from
+    /// seed + i, so pass the earlier run's seed plus its number of cycles to carry on where it
+    /// stopped).
+    #[arg(long, value_name = "WEIGHTS")]
+    pub from: Option<PathBuf>,
     /// Print the running loss every N steps.
     #[arg(long, default_value_t = 25)]
     pub every: usize,
+}
+
+/// `TrainOptions::default().cycles` as `--cycles` spells them (a test holds them equal).
+const DEFAULT_CYCLES: &str = "1200@0.001,1000@0.0005,1000@0.0005";
+
+/// One `--cycles` entry: `STEPS` or `STEPS@PEAK_LEARNING_RATE`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CycleArg(pub Cycle);
+
+impl std::fmt::Display for CycleArg {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}@{}", self.0.steps, self.0.learning_rate)
+    }
+}
+
+impl std::str::FromStr for CycleArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (steps, rate) = text.split_once('@').unwrap_or((text, "0.001"));
+        let steps: usize = steps
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}`: steps must be a whole number, as in 1200@0.001"))?;
+        let learning_rate: f64 = rate.trim().parse().map_err(|_| {
+            format!("`{text}`: the learning rate after @ must be a number, as in 1200@0.001")
+        })?;
+        if steps == 0 {
+            return Err(format!("`{text}`: a cycle needs at least 1 step"));
+        }
+        if !(learning_rate.is_finite() && learning_rate > 0.0) {
+            return Err(format!(
+                "`{text}`: the learning rate must be a positive number"
+            ));
+        }
+        Ok(Self(Cycle {
+            steps,
+            learning_rate,
+        }))
+    }
 }
 
 fn minutes(seconds: f64) -> String {
@@ -39,32 +85,39 @@ fn minutes(seconds: f64) -> String {
 }
 
 pub fn run_train(args: &TrainArgs) -> Result<()> {
-    if args.steps == 0 || args.batch == 0 {
-        bail!("--steps and --batch must be at least 1");
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
     }
-    if !(args.learning_rate.is_finite() && args.learning_rate > 0.0) {
-        bail!("--learning-rate must be a positive number");
+    if args.cycles.is_empty() {
+        bail!("--cycles needs at least one cycle, as in 1200@0.001");
     }
     let options = TrainOptions {
         seed: args.seed,
-        steps: args.steps,
+        cycles: args.cycles.iter().map(|cycle| cycle.0).collect(),
         batch: args.batch,
-        learning_rate: args.learning_rate,
         ..TrainOptions::default()
     };
-    let defaults = options == TrainOptions::default();
+    let start = match &args.from {
+        Some(path) => TinyWeights::load_safetensors(&TinyConfig::default(), path)
+            .with_context(|| format!("reading --from {}", path.display()))?,
+        None => TinyWeights::from_seed(&TinyConfig::default(), options.seed)?,
+    };
+    let defaults = options == TrainOptions::default() && args.from.is_none();
+    let cycles: Vec<String> = args.cycles.iter().map(ToString::to_string).collect();
     println!(
-        "training reelfarm-tiny: {} steps of {} procedural clips ({} latent frames at {}x{}), seed {}",
-        options.steps,
+        "training reelfarm-tiny: {} steps in {} cycle(s) ({}) of {} procedural clips ({} latent frames at {}x{}), seed {}",
+        options.total_steps(),
+        options.cycles.len(),
+        cycles.join(", "),
         options.batch,
         options.latent_frames,
         options.width,
         options.height,
         options.seed
     );
-    let mut curve: Vec<StepReport> = Vec::with_capacity(options.steps);
+    let mut curve: Vec<StepReport> = Vec::with_capacity(options.total_steps());
     let every = args.every.max(1);
-    let weights = train(&options, &mut |report| {
+    let weights = train_from(&start, &options, &mut |report| {
         curve.push(*report);
         if report.step % every == 0 || report.step == report.steps {
             let window = &curve[curve.len().saturating_sub(every)..];
@@ -74,9 +127,10 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
             let remaining =
                 report.elapsed_seconds / report.step as f64 * (report.steps - report.step) as f64;
             println!(
-                "step {:>5}/{}  loss {:.4}  camera {:.4}  lr {:.5}  {} elapsed, ~{} left",
+                "step {:>5}/{}  cycle {}  loss {:.4}  camera {:.4}  lr {:.5}  {} elapsed, ~{} left",
                 report.step,
                 report.steps,
+                report.cycle,
                 mean(|r| r.loss),
                 mean(|r| r.camera_loss),
                 report.learning_rate,
@@ -89,11 +143,12 @@ pub fn run_train(args: &TrainArgs) -> Result<()> {
         .save_safetensors(&args.output)
         .with_context(|| format!("writing {}", args.output.display()))?;
     let csv_path = args.output.with_extension("loss.csv");
-    let mut csv = String::from("step,loss,camera_loss,learning_rate,elapsed_s\n");
+    let mut csv = String::from("step,cycle,loss,camera_loss,learning_rate,elapsed_s\n");
     for report in &curve {
         csv.push_str(&format!(
-            "{},{},{},{},{:.3}\n",
+            "{},{},{},{},{},{:.3}\n",
             report.step,
+            report.cycle,
             report.loss,
             report.camera_loss,
             report.learning_rate,
@@ -363,4 +418,35 @@ pub fn print_bench(bench: &TinyBench) {
         "ratio to the {:.0} s budget: {:.2} (goal: below 1)",
         bench.budget_s, bench.ratio_to_budget
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_cycles_are_the_training_defaults() {
+        let parsed: Vec<Cycle> = DEFAULT_CYCLES
+            .split(',')
+            .map(|text| text.parse::<CycleArg>().map(|cycle| cycle.0))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(parsed, TrainOptions::default().cycles);
+    }
+
+    #[test]
+    fn a_cycle_reads_steps_and_an_optional_rate() {
+        let cycle = |text: &str| text.parse::<CycleArg>().map(|cycle| cycle.0);
+        assert_eq!(
+            cycle("50").unwrap(),
+            Cycle {
+                steps: 50,
+                learning_rate: 0.001
+            }
+        );
+        assert_eq!(cycle(" 300 @ 2e-4").unwrap().learning_rate, 2e-4);
+        for bad in ["", "0@0.001", "ten", "10@", "10@-1", "10@inf"] {
+            assert!(cycle(bad).is_err(), "{bad} was accepted");
+        }
+    }
 }

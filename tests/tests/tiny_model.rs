@@ -52,8 +52,8 @@ fn training_writes_weights_and_a_loss_curve() {
     let weights = dir.path().join("tiny.safetensors");
     let output = run(&[
         "train-tiny",
-        "--steps",
-        "2",
+        "--cycles",
+        "1,1@0.0005",
         "--batch",
         "1",
         "--every",
@@ -67,7 +67,7 @@ fn training_writes_weights_and_a_loss_curve() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("step     2/2  loss"), "{stdout}");
+    assert!(stdout.contains("step     2/2  cycle 2  loss"), "{stdout}");
     assert!(stdout.contains("differs from the shipped weights (non-default options)"));
     let size = std::fs::metadata(&weights).unwrap().len();
     assert!(size > 1_000_000 && size <= 25_000_000, "{size} bytes");
@@ -98,7 +98,8 @@ fn training_writes_weights_and_a_loss_curve() {
 #[test]
 fn bad_options_name_the_option() {
     for (args, expected) in [
-        (vec!["train-tiny", "--steps", "0"], "--steps"),
+        (vec!["train-tiny", "--cycles", "0@0.001"], "--cycles"),
+        (vec!["train-tiny", "--cycles", "100@fast"], "--cycles"),
         (vec!["eval-tiny", "--prompts", "0"], "--prompts"),
         (vec!["eval-tiny", "--seconds", "90"], "--seconds"),
         (vec!["bench", "tiny", "--seconds", "0"], "--seconds"),

@@ -31,15 +31,29 @@ use crate::model::ModelError;
 use crate::scenes::render::render_frame;
 use crate::scenes::{Camera, Scene, prompts};
 
+/// One cosine cycle of training: `steps` steps from a short warm-up to `learning_rate` and a
+/// cosine decay to a tenth of it, with a fresh AdamW and its own scenes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cycle {
+    pub steps: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+}
+
 /// What `train` does; the defaults reproduce the shipped weights.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainOptions {
+    /// Seed of the initial weights and of the first cycle's scenes and noise; cycle `i` draws
+    /// its scenes from `seed + i`.
     pub seed: u64,
-    pub steps: usize,
+    /// Cycles run one after another on the same weights (warm restarts, each with a fresh
+    /// AdamW). Held-out time of day (`eval-tiny` defaults / `--prompts 140 --seed 11`) was
+    /// 79 / 75 % after the first default cycle, 84 / 79 % after the second and 86 / 84 % after
+    /// the third.
+    pub cycles: Vec<Cycle>,
     pub batch: usize,
     /// Latent frames per training clip (each stands for 4 video frames).
     pub latent_frames: usize,
-    pub learning_rate: f64,
     /// Output geometry the clips are encoded for (the draft 480p frame).
     pub width: u32,
     pub height: u32,
@@ -50,14 +64,33 @@ pub struct TrainOptions {
     pub unconditional_share: f64,
 }
 
+impl TrainOptions {
+    /// Steps over all cycles.
+    pub fn total_steps(&self) -> usize {
+        self.cycles.iter().map(|cycle| cycle.steps).sum()
+    }
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
             seed: 2026,
-            steps: 1200,
+            cycles: vec![
+                Cycle {
+                    steps: 1200,
+                    learning_rate: 1e-3,
+                },
+                Cycle {
+                    steps: 1000,
+                    learning_rate: 5e-4,
+                },
+                Cycle {
+                    steps: 1000,
+                    learning_rate: 5e-4,
+                },
+            ],
             batch: 12,
             latent_frames: 12,
-            learning_rate: 1e-3,
             width: 848,
             height: 480,
             render_width: 108,
@@ -70,8 +103,12 @@ impl Default for TrainOptions {
 /// Progress of one optimisation step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
+    /// Step counted over all cycles, from 1.
     pub step: usize,
+    /// Steps over all cycles.
     pub steps: usize,
+    /// Cycle of this step, from 1.
+    pub cycle: usize,
     /// Denoising loss (mean squared error of the clean latent).
     pub loss: f32,
     /// Camera head loss (mean squared error of its scaled path values).
@@ -108,14 +145,16 @@ fn shifted_time(uniform: f32, shift: f32) -> f32 {
     shift * uniform / (1.0 + (shift - 1.0) * uniform)
 }
 
+/// Batch `step` of the cycle whose scenes are drawn from `seed`.
 fn make_batch(
     options: &TrainOptions,
+    seed: u64,
     config: &TinyConfig,
     vae: &Vae,
     tokenizer: &Tokenizer,
     step: usize,
 ) -> Result<Batch, ModelError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed ^ (step as u64).wrapping_mul(0x9e37_79b9));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9e37_79b9));
     let frames = (options.latent_frames as u32 - 1) * config.temporal_stride as u32 + 1;
     let geometry = LatentGeometry::new(config, options.width, options.height, frames);
     let mut examples = Vec::with_capacity(options.batch);
@@ -449,29 +488,43 @@ fn learning_rate(peak: f64, step: usize, steps: usize) -> f64 {
     peak * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
 }
 
-/// Trains from the untrained weights of `options.seed`; `on_step` hears every step.
+/// Seed of the scenes and noise of cycle `index` (from 0): the first cycle's is the run's seed.
+fn cycle_seed(seed: u64, index: usize) -> u64 {
+    seed.wrapping_add(index as u64)
+}
+
+/// Trains from the untrained weights of `options.seed` through every cycle; `on_step` hears
+/// every step.
 pub fn train(
     options: &TrainOptions,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<TinyWeights, ModelError> {
-    if options.steps == 0 || options.batch == 0 || options.latent_frames < 2 {
+    let untrained = TinyWeights::from_seed(&TinyConfig::default(), options.seed)?;
+    train_from(&untrained, options, on_step)
+}
+
+/// Trains `start` through every cycle of `options` (its seed then picks only the scenes and
+/// noise): `train` with cycles A then B equals `train_from` A's result with B alone and the
+/// seed moved on by A's cycle count.
+pub fn train_from(
+    start: &TinyWeights,
+    options: &TrainOptions,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<TinyWeights, ModelError> {
+    if options.cycles.is_empty()
+        || options.cycles.iter().any(|cycle| cycle.steps == 0)
+        || options.batch == 0
+        || options.latent_frames < 2
+    {
         return Err(ModelError::InvalidRequest(
-            "steps and batch must be at least 1 and latent_frames at least 2".into(),
+            "at least one cycle, every cycle and batch at least 1 step and clip, and \
+             latent_frames at least 2"
+                .into(),
         ));
     }
     let config = TinyConfig::default();
-    let base = TinyWeights::from_seed(&config, options.seed)?;
+    let base = start.clone();
     let trainable = Trainable::new(&config, &base)?;
-    let mut optimiser = AdamW::new(
-        trainable.vars.values().cloned().collect(),
-        ParamsAdamW {
-            lr: options.learning_rate,
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-    )?;
     let started = Instant::now();
     let (sender, receiver) = mpsc::sync_channel::<Result<Batch, ModelError>>(2);
     let producer_options = options.clone();
@@ -480,31 +533,57 @@ pub fn train(
     let producer = std::thread::spawn(move || {
         let tokenizer = Tokenizer::new(producer_config.vocab_size, producer_config.max_tokens)
             .with_vocabulary(prompts::vocabulary());
-        for step in 0..producer_options.steps {
-            let batch = make_batch(&producer_options, &producer_config, &vae, &tokenizer, step);
-            if sender.send(batch).is_err() {
-                return;
+        for (index, cycle) in producer_options.cycles.iter().enumerate() {
+            let seed = cycle_seed(producer_options.seed, index);
+            for step in 0..cycle.steps {
+                let batch = make_batch(
+                    &producer_options,
+                    seed,
+                    &producer_config,
+                    &vae,
+                    &tokenizer,
+                    step,
+                );
+                if sender.send(batch).is_err() {
+                    return;
+                }
             }
         }
     });
-    for step in 0..options.steps {
-        let batch = receiver
-            .recv()
-            .map_err(|_| ModelError::Internal("the data thread stopped".into()))??;
-        let rate = learning_rate(options.learning_rate, step, options.steps);
-        optimiser.set_learning_rate(rate);
-        let (loss, camera_loss) = trainable.losses(&batch)?;
-        let total = (&loss + camera_loss.affine(CAMERA_LOSS_WEIGHT, 0.0)?)?;
-        let gradients = trainable.clipped_gradients(&total, MAX_GRADIENT_NORM)?;
-        optimiser.step(&gradients)?;
-        on_step(&StepReport {
-            step: step + 1,
-            steps: options.steps,
-            loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
-            camera_loss: camera_loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
-            learning_rate: rate,
-            elapsed_seconds: started.elapsed().as_secs_f64(),
-        });
+    let total_steps = options.total_steps();
+    let mut done = 0;
+    for (index, cycle) in options.cycles.iter().enumerate() {
+        let mut optimiser = AdamW::new(
+            trainable.vars.values().cloned().collect(),
+            ParamsAdamW {
+                lr: cycle.learning_rate,
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+        )?;
+        for step in 0..cycle.steps {
+            let batch = receiver
+                .recv()
+                .map_err(|_| ModelError::Internal("the data thread stopped".into()))??;
+            let rate = learning_rate(cycle.learning_rate, step, cycle.steps);
+            optimiser.set_learning_rate(rate);
+            let (loss, camera_loss) = trainable.losses(&batch)?;
+            let total = (&loss + camera_loss.affine(CAMERA_LOSS_WEIGHT, 0.0)?)?;
+            let gradients = trainable.clipped_gradients(&total, MAX_GRADIENT_NORM)?;
+            optimiser.step(&gradients)?;
+            done += 1;
+            on_step(&StepReport {
+                step: done,
+                steps: total_steps,
+                cycle: index + 1,
+                loss: loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+                camera_loss: camera_loss.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+                learning_rate: rate,
+                elapsed_seconds: started.elapsed().as_secs_f64(),
+            });
+        }
     }
     drop(receiver);
     let _ = producer.join();
@@ -572,20 +651,73 @@ mod tests {
     }
 
     #[test]
+    fn a_second_cycle_equals_continuing_from_the_first() -> Result<(), ModelError> {
+        let cycle = |steps| Cycle {
+            steps,
+            learning_rate: 2e-3,
+        };
+        let options = TrainOptions {
+            cycles: vec![cycle(2), cycle(3)],
+            batch: 1,
+            latent_frames: 2,
+            width: 128,
+            height: 64,
+            render_width: 32,
+            render_height: 16,
+            ..TrainOptions::default()
+        };
+        let whole = train(&options, &mut |_| {})?;
+        let first = train(
+            &TrainOptions {
+                cycles: vec![cycle(2)],
+                ..options.clone()
+            },
+            &mut |_| {},
+        )?;
+        let continued = train_from(
+            &first,
+            &TrainOptions {
+                seed: options.seed + 1,
+                cycles: vec![cycle(3)],
+                ..options.clone()
+            },
+            &mut |_| {},
+        )?;
+        assert_eq!(whole.max_difference(&continued)?, 0.0);
+        assert!(whole.max_difference(&first)? > 0.0);
+        Ok(())
+    }
+
+    #[test]
     fn a_short_run_lowers_the_loss_and_repeats_exactly() -> Result<(), ModelError> {
         let options = TrainOptions {
-            steps: 12,
+            cycles: vec![
+                Cycle {
+                    steps: 8,
+                    learning_rate: 3e-3,
+                },
+                Cycle {
+                    steps: 4,
+                    learning_rate: 1e-3,
+                },
+            ],
             batch: 2,
             latent_frames: 4,
             width: 192,
             height: 128,
             render_width: 48,
             render_height: 32,
-            learning_rate: 3e-3,
             ..TrainOptions::default()
         };
         let mut losses = Vec::new();
-        let first = train(&options, &mut |report| losses.push(report.loss))?;
+        let mut cycles = Vec::new();
+        let first = train(&options, &mut |report| {
+            losses.push(report.loss);
+            cycles.push((report.step, report.cycle));
+        })?;
+        assert_eq!(cycles.len(), 12);
+        assert_eq!(cycles[7], (8, 1));
+        assert_eq!(cycles[8], (9, 2));
         let second = train(&options, &mut |_| {})?;
         for name in first.names() {
             let gap = (first.get(name)? - second.get(name)?)?
