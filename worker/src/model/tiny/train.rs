@@ -523,13 +523,12 @@ pub fn train_from(
         ));
     }
     let config = TinyConfig::default();
-    let base = start.clone();
-    let trainable = Trainable::new(&config, &base)?;
+    let trainable = Trainable::new(&config, start)?;
     let started = Instant::now();
     let (sender, receiver) = mpsc::sync_channel::<Result<Batch, ModelError>>(2);
     let producer_options = options.clone();
     let producer_config = config.clone();
-    let vae = Vae::new(&base)?;
+    let vae = Vae::new(start)?;
     let producer = std::thread::spawn(move || {
         let tokenizer = Tokenizer::new(producer_config.vocab_size, producer_config.max_tokens)
             .with_vocabulary(prompts::vocabulary());
@@ -587,7 +586,7 @@ pub fn train_from(
     }
     drop(receiver);
     let _ = producer.join();
-    trainable.weights(&base)
+    trainable.weights(start)
 }
 
 #[cfg(test)]
