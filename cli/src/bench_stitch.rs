@@ -16,11 +16,11 @@ use bytes::Bytes;
 use reelfarm_common::pb;
 use reelfarm_common::sequence::{Aspect, ColorMatch, Resolution, frame_size};
 use reelfarm_worker::color::SegmentSampler;
-use reelfarm_worker::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 use reelfarm_worker::grading::SegmentColor;
 use reelfarm_worker::stitch::{StitchInput, stitch};
 use reelfarm_worker::task::Progress;
-use reelfarm_worker::video::{EncodeSettings, Mp4Writer, Quality};
+use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality};
 use serde::Serialize;
 
 /// Shots of the synthetic sequence: 15 s each.

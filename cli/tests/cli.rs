@@ -168,6 +168,12 @@ fn render_writes_the_video_and_its_report() {
         (848, 480, "8/1", 72)
     );
     assert!((probed.duration_seconds - 9.0).abs() <= 0.125, "{probed:?}");
+    let boxes = probe::top_level_boxes(&out);
+    assert_eq!(
+        boxes.iter().position(|b| b == "moov"),
+        Some(1),
+        "faststart: the index right after ftyp, before the media data: {boxes:?}"
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("quick.report.json")).unwrap())
             .unwrap();

@@ -2,6 +2,7 @@
 //! built `reelfarm` binary talking to it over loopback gRPC as a person would.
 
 #[path = "../../tests/src/probe.rs"]
+#[allow(dead_code)]
 mod probe;
 
 use std::path::{Path, PathBuf};

@@ -57,3 +57,23 @@ pub fn probe(path: &Path) -> VideoProbe {
         duration_seconds: field("duration").parse().expect("duration"),
     }
 }
+
+/// The top-level boxes of an MP4 file, in order (`ftyp`, `moov`, ...): a few lines of its
+/// own, so the check does not lean on reelfarm's demuxer.
+pub fn top_level_boxes(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut boxes = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let size32 = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let size = match size32 {
+            1 => u64::from_be_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes")) as usize,
+            0 => bytes.len() - at,
+            size => size as usize,
+        };
+        boxes.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
+        assert!(size >= 8, "box of size {size} at byte {at} of {}", path.display());
+        at += size;
+    }
+    boxes
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reelfarm_common::pb;
-use reelfarm_tests::probe::probe;
+use reelfarm_tests::probe::{probe, top_level_boxes};
 use reelfarm_tests::{TestFarm, three_shot_spec};
 
 const DEADLINE: Duration = Duration::from_secs(300);
@@ -54,6 +54,12 @@ async fn a_multi_shot_sequence_renders_to_an_exact_mp4() {
     );
 
     let video = farm.farm.store.path_of(&last.video_key).unwrap();
+    let boxes = top_level_boxes(&video);
+    let position = |name: &str| boxes.iter().position(|b| b == name);
+    assert!(
+        position("moov") < position("mdat") && position("moov").is_some(),
+        "the delivered video starts with its index (faststart): {boxes:?}"
+    );
     let probed = probe(&video);
     assert_eq!(probed.codec, "h264");
     assert_eq!((probed.width, probed.height), (848, 480));
@@ -232,10 +238,10 @@ async fn the_same_idempotency_key_returns_the_same_sequence_and_cancel_stops_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_image_sets_the_first_frame_of_its_shot() {
     let mut farm = TestFarm::start(1).await.unwrap();
-    let reference = reelfarm_worker::frame::RgbFrame::filled(320, 180, [200, 40, 40]);
+    let reference = reelfarm_media::frame::RgbFrame::filled(320, 180, [200, 40, 40]);
     let mut spec = three_shot_spec(2);
     spec.shots.truncate(1);
-    spec.shots[0].reference_png = Some(reelfarm_worker::video::encode_png(&reference).unwrap());
+    spec.shots[0].reference_png = Some(reelfarm_media::video::encode_png(&reference).unwrap());
     spec.shots[0].reference_name = Some("red.png".into());
     let last = farm.render(spec, DEADLINE).await.unwrap();
     assert_eq!(
@@ -246,7 +252,7 @@ async fn a_reference_image_sets_the_first_frame_of_its_shot() {
     );
 
     let bytes = std::fs::read(farm.farm.store.path_of(&last.video_key).unwrap()).unwrap();
-    let mut reader = reelfarm_worker::video::Mp4Reader::open(bytes).unwrap();
+    let mut reader = reelfarm_media::video::Mp4Reader::open(bytes).unwrap();
     let first = reader.next_frame().unwrap().unwrap();
     let pixels = (first.width * first.height) as f64;
     let mean: Vec<f64> = (0..3)

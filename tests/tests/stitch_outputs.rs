@@ -106,7 +106,7 @@ print(len(transitions), int(t.duration().value), clips[0].media_reference.target
     );
 
     // The contact sheet: a PNG tall enough for a title and four labelled rows.
-    let sheet = reelfarm_worker::video::decode_png(
+    let sheet = reelfarm_media::video::decode_png(
         &std::fs::read(dir.path().join("out.contact.png")).unwrap(),
     )
     .unwrap();

@@ -1,5 +1,5 @@
 //! Writes a PNG grid of procedural scenes (first and last frame of a 3 s clip) for eyeballing the generator.
-use reelfarm_worker::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 use reelfarm_worker::scenes::{Scene, prompts, render::render_frame};
 
 fn main() {
@@ -29,7 +29,7 @@ fn main() {
             }
         }
     }
-    let png = reelfarm_worker::video::encode_png(&sheet).expect("png");
+    let png = reelfarm_media::video::encode_png(&sheet).expect("png");
     std::fs::write(
         std::env::args().nth(1).unwrap_or("/tmp/scenes.png".into()),
         png,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 
 fn srgb_decode(c: f64) -> f64 {
     if c <= 0.04045 {

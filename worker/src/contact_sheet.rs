@@ -1,7 +1,7 @@
 //! The contact sheet: the first, middle and last frame of every shot in one labelled
 //! picture, so a person sees the whole sequence (and its grade) at a glance without playing it.
 
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 
 /// One shot's row: its label and its first, middle and last frames.
 pub struct ContactRow {

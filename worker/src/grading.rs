@@ -16,7 +16,7 @@ use reelfarm_common::sequence::ColorMatch;
 
 use crate::color::{LabStats, lab_to_srgb_unit, srgb_unit_to_lab};
 use crate::color_math::{AffineTransfer, Vec3, histogram_match_table, mkl, reinhard};
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 
 /// Histogram bins per Lab channel, and each channel's range.
 const BINS: usize = 256;

@@ -5,7 +5,6 @@ pub mod agent;
 pub mod color;
 pub mod color_math;
 pub mod contact_sheet;
-pub mod frame;
 pub mod grading;
 pub mod health;
 pub mod inventory;
@@ -17,7 +16,6 @@ pub mod segment;
 pub mod stitch;
 pub mod task;
 pub mod timeline;
-pub mod video;
 mod worker_metrics;
 
 pub use agent::{WorkerConfig, run};

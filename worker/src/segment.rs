@@ -10,10 +10,10 @@ use reelfarm_common::{keys, pb, unix_now_s};
 use serde::{Deserialize, Serialize};
 
 use crate::color::{SegmentSampler, SegmentSamples};
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 use crate::model::{GenerateRequest, ModelRuntime};
 use crate::task::{Phases, Progress, TaskFailure};
-use crate::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
+use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
 
 /// Written beside every segment video as `<prefix>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,7 +230,7 @@ mod tests {
     use super::*;
     use crate::color::{EDGE_FRAME_SAMPLES, LabSamples, lab_at, sample_grid};
     use crate::model::tiny::TinyModel;
-    use crate::video::Mp4Reader;
+    use reelfarm_media::video::Mp4Reader;
 
     fn task(join: pb::JoinKind, lead_frames: u64, condition_key: &str) -> pb::SegmentTask {
         pb::SegmentTask {

@@ -21,13 +21,13 @@ use serde::Serialize;
 use crate::color::{lab_at, sample_grid, srgb_to_lab};
 use crate::color_math::Vec3;
 use crate::contact_sheet::{ContactRow, contact_sheet, thumbnail};
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 use crate::grading::{GradeTable, SegmentColor, SegmentGrade, join_weight, plan_grades};
 use crate::seams::{JoinMetrics, MeteredFrame, MeteredPart, SeamMeter};
 use crate::segment::Sidecar;
 use crate::task::{Phases, Progress, TaskFailure};
 use crate::timeline::{TimelineJoin, TimelineShot, otio_timeline};
-use crate::video::{EncodeSettings, Mp4Reader, Mp4Writer, Quality, encode_png};
+use reelfarm_media::video::{EncodeSettings, Mp4Reader, Mp4Writer, Quality, encode_png};
 
 /// Pixels per frame the seam metrics compare.
 const METER_SAMPLES: usize = 1024;
@@ -470,7 +470,7 @@ pub async fn run_stitch(
             let codec_start = unix_now_s();
             let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings)?;
             let stitched = stitch(&inputs, method, &mut writer, &progress)?;
-            let video = writer.finish()?.into_inner();
+            let video = writer.finish_faststart()?.into_inner();
             // Decode, grading and encode interleave frame by frame: one codec phase.
             phases.record("codec", "stitch", codec_start);
             crate::worker_metrics::seams(&stitched.joins);

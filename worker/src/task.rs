@@ -31,8 +31,8 @@ impl TaskFailure {
     }
 }
 
-impl From<crate::video::VideoError> for TaskFailure {
-    fn from(error: crate::video::VideoError) -> Self {
+impl From<reelfarm_media::video::VideoError> for TaskFailure {
+    fn from(error: reelfarm_media::video::VideoError) -> Self {
         TaskFailure::new(pb::FailureReason::ModelError, format!("video: {error}"))
     }
 }

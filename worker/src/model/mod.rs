@@ -4,7 +4,7 @@ pub mod tiny;
 
 use std::sync::atomic::AtomicBool;
 
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 
 /// Everything a model needs to render one segment.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,7 +5,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::render::render_frame;
 use super::{Attribute, Attributes, Camera, Scene, Setting, TimeOfDay, Weather};
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 
 /// Size of the grey pictures the motion search compares.
 const MOTION_SIZE: (usize, usize) = (64, 36);

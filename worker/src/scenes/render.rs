@@ -5,7 +5,7 @@
 //! (offset and zoom), which is how pans, tilts, push-ins and descents move the layers.
 
 use super::{Camera, Scene, Setting, TimeOfDay, Weather};
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 
 type Rgb = [f32; 3];
 

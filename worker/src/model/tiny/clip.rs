@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use super::camera::CameraRig;
 use super::layout::{CHUNK_ELEMENTS, map_chunks};
 use super::vae::LatentGeometry;
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 use crate::model::{ClipDecoder, ModelError};
 
 /// Bilinear sampling of the cells under a window (`start`, `len` in cells) onto `target_len`

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::*;
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 
 fn model() -> TinyModel {
     TinyModel::from_seed(42).expect("model")

@@ -7,7 +7,7 @@ use super::camera::CameraRig;
 use super::clip::{TinyClip, bands};
 use super::layout::{CHUNK_ELEMENTS, map_chunks};
 use super::weights::{Init, TensorSpec, TinyWeights};
-use crate::frame::RgbFrame;
+use reelfarm_media::frame::RgbFrame;
 use crate::model::ModelError;
 
 /// Hidden channels of the decoder's learned refinement (zero-initialised, so a no-op until trained).

@@ -3,8 +3,10 @@
 //! Only the per-sample table (size, offset, sync flag: a few bytes per frame) stays in memory,
 //! so a 1080p render never holds more than one frame. Layout: `ftyp`, an 8-byte `free` box that
 //! can become a 64-bit `mdat` header if the data outgrows 4 GiB, `mdat`, then `moov`.
+//! Delivered videos are finished with `finish_faststart` instead, which moves `moov` in front
+//! of the media data so browsers and players start before the whole file has arrived.
 
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 
 use super::encode::H264Encoder;
 use super::moov::{SampleLog, file_type_box, movie_box};
@@ -96,9 +98,56 @@ impl<W: Write + Seek> Mp4Writer<W> {
 
     /// Closes `mdat`, writes `moov` and hands back the writer, positioned at the end of the file.
     pub fn finish(mut self) -> Result<W, VideoError> {
+        let mdat_end = self.close_media_data()?;
         let Some(parameter_sets) = self.encoder.parameter_sets() else {
             return Err(VideoError::NoFrames);
         };
+        self.out.seek(SeekFrom::Start(mdat_end))?;
+        let moov = movie_box(&self.settings, &self.samples, parameter_sets);
+        self.out.write_all(&moov)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    /// Like `finish`, with `moov` moved in front of the media data ("faststart"): the layout
+    /// becomes `ftyp`, `moov`, `free`, `mdat`. The media data is shifted forward by the size of
+    /// `moov` in place, one bounded chunk at a time from the end, so nothing is held twice.
+    pub fn finish_faststart(mut self) -> Result<W, VideoError>
+    where
+        W: Read,
+    {
+        let mdat_end = self.close_media_data()?;
+        let Some(parameter_sets) = self.encoder.parameter_sets() else {
+            return Err(VideoError::NoFrames);
+        };
+        // Every sample moves by the size of `moov`, which depends on whether the moved offsets
+        // still fit 32 bits (`stco`) or need `co64`: settle it (two rounds at most).
+        let mut shift = 0u64;
+        let moov = loop {
+            let shifted = SampleLog {
+                sizes: self.samples.sizes.clone(),
+                offsets: self.samples.offsets.iter().map(|o| o + shift).collect(),
+                sync_samples: self.samples.sync_samples.clone(),
+            };
+            let moov = movie_box(&self.settings, &shifted, parameter_sets);
+            if moov.len() as u64 == shift {
+                break moov;
+            }
+            shift = moov.len() as u64;
+        };
+        shift_forward(&mut self.out, self.placeholder_position, mdat_end, shift)?;
+        self.out.seek(SeekFrom::Start(self.placeholder_position))?;
+        self.out.write_all(&moov)?;
+        self.out.seek(SeekFrom::Start(mdat_end + shift))?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    /// Writes the final `mdat` size; returns where the media data ends.
+    fn close_media_data(&mut self) -> Result<u64, VideoError> {
+        if self.encoder.parameter_sets().is_none() {
+            return Err(VideoError::NoFrames);
+        }
         let mdat_end = self.next_sample_offset;
         let mdat_size = mdat_end - self.mdat_position;
         if let Ok(size) = u32::try_from(mdat_size) {
@@ -112,12 +161,33 @@ impl<W: Write + Seek> Mp4Writer<W> {
             self.out
                 .write_all(&(mdat_end - self.placeholder_position).to_be_bytes())?;
         }
-        self.out.seek(SeekFrom::Start(mdat_end))?;
-        let moov = movie_box(&self.settings, &self.samples, parameter_sets);
-        self.out.write_all(&moov)?;
-        self.out.flush()?;
-        Ok(self.out)
+        Ok(mdat_end)
     }
+}
+
+/// Bytes moved per read and write while shifting the media data.
+const SHIFT_CHUNK: u64 = 1 << 20;
+
+/// Moves the bytes `[start, end)` of `out` to `[start + by, end + by)`, last chunk first so
+/// nothing is overwritten before it has been read.
+fn shift_forward<W: Read + Write + Seek>(
+    out: &mut W,
+    start: u64,
+    end: u64,
+    by: u64,
+) -> Result<(), VideoError> {
+    let mut buffer = vec![0u8; SHIFT_CHUNK.min(end - start) as usize];
+    let mut chunk_end = end;
+    while chunk_end > start {
+        let len = SHIFT_CHUNK.min(chunk_end - start);
+        let chunk = &mut buffer[..len as usize];
+        out.seek(SeekFrom::Start(chunk_end - len))?;
+        out.read_exact(chunk)?;
+        out.seek(SeekFrom::Start(chunk_end - len + by))?;
+        out.write_all(chunk)?;
+        chunk_end -= len;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -173,6 +243,81 @@ mod tests {
             Mp4Writer::new(Cursor::new(Vec::new()), settings(63, 48, 8)),
             Err(VideoError::InvalidSettings(_))
         ));
+    }
+
+    /// Top-level boxes of a file, in order.
+    fn top_level_boxes(bytes: &[u8]) -> Vec<String> {
+        let mut boxes = Vec::new();
+        let mut at = 0;
+        while at + 8 <= bytes.len() {
+            let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            boxes.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
+            assert!(size >= 8, "box of size {size} at {at}");
+            at += size;
+        }
+        assert_eq!(at, bytes.len(), "boxes cover the file exactly");
+        boxes
+    }
+
+    fn written(frames: u32, faststart: bool, prefix: &[u8]) -> Vec<u8> {
+        let mut out = Cursor::new(prefix.to_vec());
+        out.set_position(prefix.len() as u64);
+        let mut writer = Mp4Writer::new(out, settings(96, 64, 8)).unwrap();
+        for index in 0..frames {
+            writer.push(&moving_gradient(96, 64, index)).unwrap();
+        }
+        let out = if faststart {
+            writer.finish_faststart()
+        } else {
+            writer.finish()
+        };
+        out.unwrap().into_inner()
+    }
+
+    #[test]
+    fn faststart_puts_moov_first_and_decodes_to_the_same_frames() {
+        let plain = written(30, false, b"");
+        let fast = written(30, true, b"");
+        assert_eq!(top_level_boxes(&plain), ["ftyp", "free", "mdat", "moov"]);
+        assert_eq!(top_level_boxes(&fast), ["ftyp", "moov", "free", "mdat"]);
+        assert_eq!(plain.len(), fast.len());
+        let mut a = crate::video::Mp4Reader::open(plain).unwrap();
+        let mut b = crate::video::Mp4Reader::open(fast).unwrap();
+        assert_eq!(a.frame_count(), 30);
+        assert_eq!(b.frame_count(), 30);
+        while let Some(frame) = a.next_frame().unwrap() {
+            assert_eq!(Some(frame), b.next_frame().unwrap());
+        }
+        assert_eq!(b.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn faststart_keeps_offsets_absolute_after_existing_bytes() {
+        let fast = written(5, true, b"prefix");
+        assert_eq!(&fast[..6], b"prefix");
+        assert_eq!(top_level_boxes(&fast[6..]), ["ftyp", "moov", "free", "mdat"]);
+        let find = |needle: &[u8]| fast.windows(needle.len()).position(|w| w == needle).unwrap();
+        // The first chunk offset points just past the moved `mdat` header, counted from the
+        // start of the whole stream (the prefix included), as `finish` counts it.
+        let stco = find(b"stco");
+        let first_offset = u32::from_be_bytes(fast[stco + 12..stco + 16].try_into().unwrap());
+        assert_eq!(first_offset as usize, find(b"mdat") + 4);
+    }
+
+    #[test]
+    fn ffprobe_reads_a_faststart_file() {
+        let fast = written(16, true, b"");
+        let file = tempfile::Builder::new().suffix(".mp4").tempfile().unwrap();
+        std::fs::write(file.path(), &fast).unwrap();
+        let Some(report) = ffprobe(
+            file.path(),
+            &["-count_frames", "-show_entries", "stream=nb_read_frames,width,height"],
+        ) else {
+            return;
+        };
+        for expected in ["width=96", "height=64", "nb_read_frames=16"] {
+            assert!(report.lines().any(|line| line == expected), "{report}");
+        }
     }
 
     #[test]
