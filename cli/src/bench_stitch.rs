@@ -7,20 +7,16 @@
 use std::io::Cursor;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use reelfarm_common::pb;
 use reelfarm_common::sequence::{Aspect, ColorMatch, Resolution, frame_size};
-use reelfarm_worker::color::SegmentSampler;
 use reelfarm_media::frame::RgbFrame;
-use reelfarm_worker::grading::SegmentColor;
-use reelfarm_worker::stitch::{StitchInput, stitch};
-use reelfarm_worker::task::Progress;
 use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality};
+use reelfarm_stitch::color::SegmentSampler;
+use reelfarm_stitch::grading::SegmentColor;
+use reelfarm_stitch::{Join, StitchInput, Stitched, Unwatched, stitch};
 use serde::Serialize;
 
 /// Shots of the synthetic sequence: 15 s each.
@@ -100,17 +96,17 @@ fn synthetic_segments(seconds: f64, width: u32, height: u32, fps: u32) -> Result
         // Every third shot continues the one before (and drifts darker); every fourth
         // dissolves in; the rest cut. Gains stand for each clip's exposure and white balance.
         let join = match shot {
-            0 => pb::JoinKind::Cut,
-            s if s % 3 == 1 => pb::JoinKind::Continue,
-            s if s % 4 == 3 => pb::JoinKind::Crossfade,
-            _ => pb::JoinKind::Cut,
+            0 => Join::Cut,
+            s if s % 3 == 1 => Join::Continue,
+            s if s % 4 == 3 => Join::Crossfade,
+            _ => Join::Cut,
         };
-        if join != pb::JoinKind::Continue {
+        if join != Join::Continue {
             base = base_picture(width, height, shot * 5);
         }
         let lead = match join {
-            pb::JoinKind::Continue => blend,
-            pb::JoinKind::Crossfade => u64::from(fps / 2),
+            Join::Continue => blend,
+            Join::Crossfade => u64::from(fps / 2),
             _ => 0,
         };
         let gain = [
@@ -128,7 +124,7 @@ fn synthetic_segments(seconds: f64, width: u32, height: u32, fps: u32) -> Result
         let mut sampler = SegmentSampler::new(width, height, lead, frames_per_shot);
         let mut last = None;
         for index in 0..lead + frames_per_shot {
-            let drift = if join == pb::JoinKind::Continue {
+            let drift = if join == Join::Continue {
                 1.0 - 0.15 * index as f64 / frames_per_shot as f64
             } else {
                 1.0
@@ -151,7 +147,7 @@ fn synthetic_segments(seconds: f64, width: u32, height: u32, fps: u32) -> Result
             color: SegmentColor {
                 scene: "bench".into(),
                 grade_reference: shot == 0,
-                continues_previous: join == pb::JoinKind::Continue,
+                continues_previous: join == Join::Continue,
                 first_frame: samples.first_frame_lab.to_f64(),
                 last_frame: samples.last_frame_lab.to_f64(),
                 whole: samples.segment_lab.to_f64(),
@@ -169,9 +165,7 @@ fn time_reelfarm(
     width: u32,
     height: u32,
     fps: u32,
-) -> Result<(f64, reelfarm_worker::stitch::Stitched)> {
-    let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
-    let progress = Progress::new(sender, Arc::new(AtomicBool::new(false)));
+) -> Result<(f64, Stitched)> {
     let settings = EncodeSettings {
         width,
         height,
@@ -180,8 +174,7 @@ fn time_reelfarm(
     };
     let started = Instant::now();
     let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings)?;
-    let stitched = stitch(inputs, method, &mut writer, &progress)
-        .map_err(|failure| anyhow::anyhow!(failure.message))?;
+    let stitched = stitch(inputs, method, &mut writer, &Unwatched)?;
     let video = writer.finish()?.into_inner();
     let seconds = started.elapsed().as_secs_f64();
     if video.is_empty() {

@@ -21,7 +21,7 @@ use crate::inventory::Inventory;
 use crate::memory_meter::PeakMeter;
 use crate::model::ModelRuntime;
 use crate::segment::run_segment;
-use crate::stitch::run_stitch;
+use crate::stitch_task::run_stitch;
 use crate::task::{Progress, TaskFailure};
 
 pub struct WorkerConfig {

@@ -2,20 +2,14 @@
 //! taking assignments from the scheduler over gRPC and writing results to the object store.
 
 pub mod agent;
-pub mod color;
-pub mod color_math;
-pub mod contact_sheet;
-pub mod grading;
 pub mod health;
 pub mod inventory;
 pub mod memory_meter;
 pub mod model;
 pub mod scenes;
-pub mod seams;
 pub mod segment;
-pub mod stitch;
+pub mod stitch_task;
 pub mod task;
-pub mod timeline;
 mod worker_metrics;
 
 pub use agent::{WorkerConfig, run};

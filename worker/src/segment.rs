@@ -7,34 +7,13 @@ use std::sync::Arc;
 
 use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{keys, pb, unix_now_s};
-use serde::{Deserialize, Serialize};
 
-use crate::color::{SegmentSampler, SegmentSamples};
+use reelfarm_stitch::Sidecar;
+use reelfarm_stitch::color::SegmentSampler;
 use reelfarm_media::frame::RgbFrame;
 use crate::model::{GenerateRequest, ModelRuntime};
 use crate::task::{Phases, Progress, TaskFailure};
 use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
-
-/// Written beside every segment video as `<prefix>.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Sidecar {
-    pub segment_id: String,
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    /// Frames in the file: the timeline frames, preceded by the dissolve handle for a crossfade.
-    pub frames: u64,
-    pub lead_frames_in_file: u64,
-    pub timeline_frames: u64,
-    pub seed: u64,
-    pub steps: u32,
-    pub model_seconds: f64,
-    pub encode_seconds: f64,
-    /// Lab colours of the first frame in the file, of the last timeline frame, and sampled
-    /// across the timeline frames (the segment's look): what the stitcher grades with.
-    #[serde(flatten)]
-    pub colors: SegmentSamples,
-}
 
 pub struct SegmentResult {
     pub video_key: String,
@@ -228,7 +207,7 @@ mod tests {
     use reelfarm_common::blob::LocalBlobStore;
 
     use super::*;
-    use crate::color::{EDGE_FRAME_SAMPLES, LabSamples, lab_at, sample_grid};
+    use reelfarm_stitch::color::{EDGE_FRAME_SAMPLES, LabSamples, lab_at, sample_grid};
     use crate::model::tiny::TinyModel;
     use reelfarm_media::video::Mp4Reader;
 

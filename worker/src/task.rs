@@ -31,6 +31,18 @@ impl TaskFailure {
     }
 }
 
+impl From<reelfarm_stitch::StitchError> for TaskFailure {
+    fn from(error: reelfarm_stitch::StitchError) -> Self {
+        use reelfarm_stitch::StitchError;
+        let reason = match &error {
+            StitchError::Cancelled => pb::FailureReason::Cancelled,
+            StitchError::InvalidInput(_) => pb::FailureReason::InvalidTask,
+            StitchError::Video(_) | StitchError::Internal(_) => pb::FailureReason::ModelError,
+        };
+        TaskFailure::new(reason, error.to_string())
+    }
+}
+
 impl From<reelfarm_media::video::VideoError> for TaskFailure {
     fn from(error: reelfarm_media::video::VideoError) -> Self {
         TaskFailure::new(pb::FailureReason::ModelError, format!("video: {error}"))
@@ -102,5 +114,15 @@ impl Progress {
             return Err(TaskFailure::new(pb::FailureReason::Cancelled, "cancelled"));
         }
         Ok(())
+    }
+}
+
+impl reelfarm_stitch::Progress for Progress {
+    fn report(&self, done: u64, total: u64) {
+        Progress::report(self, done, total);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
     }
 }

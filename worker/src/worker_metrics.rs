@@ -10,7 +10,7 @@ use reelfarm_common::metrics::{self, label};
 use reelfarm_common::pb;
 use reelfarm_common::trace_context;
 
-use crate::seams::JoinMetrics;
+use reelfarm_stitch::seams::JoinMetrics;
 use crate::task::Phases;
 
 /// `model` and `resolution` (`480p`: the short side) of a segment.

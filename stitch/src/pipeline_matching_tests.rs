@@ -3,8 +3,6 @@
 //! the segments around them, `off` changes nothing, and the timeline stays exact.
 
 use std::io::Cursor;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use super::*;
 use crate::color::SegmentSampler;
@@ -20,7 +18,7 @@ struct Synthetic {
     shot_index: u32,
     scene: &'static str,
     reference: bool,
-    join: pb::JoinKind,
+    join: Join,
     lead: u64,
     frames: u64,
     start: f64,
@@ -87,7 +85,7 @@ fn build(part: &Synthetic, index: usize) -> StitchInput {
         color: SegmentColor {
             scene: part.scene.into(),
             grade_reference: part.reference,
-            continues_previous: part.join == pb::JoinKind::Continue,
+            continues_previous: part.join == Join::Continue,
             first_frame: samples.first_frame_lab.to_f64(),
             last_frame: samples.last_frame_lab.to_f64(),
             whole: samples.segment_lab.to_f64(),
@@ -104,7 +102,7 @@ fn synthetic_sequence() -> Vec<StitchInput> {
         shot_index,
         scene: "coast",
         reference: false,
-        join: pb::JoinKind::Cut,
+        join: Join::Cut,
         lead: 0,
         frames: 16,
         start: 0.0,
@@ -113,7 +111,7 @@ fn synthetic_sequence() -> Vec<StitchInput> {
         end_gain: gain,
     };
     let continuation = |start: f64, gain: [f64; 3], end_gain: [f64; 3]| Synthetic {
-        join: pb::JoinKind::Continue,
+        join: Join::Continue,
         lead: 2,
         start,
         end_gain,
@@ -130,7 +128,7 @@ fn synthetic_sequence() -> Vec<StitchInput> {
         cut(3, 0.5, [1.12, 1.04, 0.82]),
         Synthetic {
             scene: "night",
-            join: pb::JoinKind::Crossfade,
+            join: Join::Crossfade,
             lead: 3,
             ..cut(4, 0.1, [0.3, 0.34, 0.6])
         },
@@ -150,9 +148,7 @@ fn stitch_with(inputs: &[StitchInput], method: ColorMatch) -> (Stitched, u64) {
         quality: Quality::Delivery,
     };
     let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings).unwrap();
-    let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
-    let progress = Progress::new(sender, Arc::new(AtomicBool::new(false)));
-    let stitched = stitch(inputs, method, &mut writer, &progress).unwrap();
+    let stitched = stitch(inputs, method, &mut writer, &Unwatched).unwrap();
     let video = writer.finish().unwrap().into_inner();
     let frames_in_file = Mp4Reader::open(video).unwrap().frame_count();
     (stitched, frames_in_file)

@@ -1,8 +1,6 @@
 //! Stitching keeps the timeline exact and dissolves only where the plan says.
 
 use std::io::Cursor;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use super::*;
 
@@ -32,7 +30,7 @@ fn segment(levels: &[u8]) -> Bytes {
 
 fn input(
     id: &str,
-    join: pb::JoinKind,
+    join: Join,
     lead: u64,
     timeline: u64,
     level: u8,
@@ -64,9 +62,8 @@ fn no_color() -> SegmentColor {
     }
 }
 
-fn progress() -> Progress {
-    let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
-    Progress::new(sender, Arc::new(AtomicBool::new(false)))
+fn progress() -> Unwatched {
+    Unwatched
 }
 
 fn mean_level(frame: &RgbFrame) -> f64 {
@@ -91,9 +88,9 @@ fn run(inputs: &[StitchInput]) -> Vec<f64> {
 #[test]
 fn cuts_and_continuations_append_every_timeline_frame_once() {
     let levels = run(&[
-        input("a", pb::JoinKind::Cut, 0, 10, 40, 0),
-        input("b", pb::JoinKind::Continue, 0, 7, 120, 0),
-        input("c", pb::JoinKind::Cut, 0, 5, 200, 0),
+        input("a", Join::Cut, 0, 10, 40, 0),
+        input("b", Join::Continue, 0, 7, 120, 0),
+        input("c", Join::Cut, 0, 5, 200, 0),
     ]);
     assert_eq!(levels.len(), 22);
     assert!(
@@ -114,8 +111,8 @@ fn cuts_and_continuations_append_every_timeline_frame_once() {
 fn a_crossfade_dissolves_its_handle_over_the_tail_and_keeps_the_length() {
     // The handle frames (lead) of b are drawn at b's level: the dissolve goes 40 → 200.
     let levels = run(&[
-        input("a", pb::JoinKind::Cut, 0, 12, 40, 0),
-        input("b", pb::JoinKind::Crossfade, 3, 8, 200, 200),
+        input("a", Join::Cut, 0, 12, 40, 0),
+        input("b", Join::Crossfade, 3, 8, 200, 200),
     ]);
     assert_eq!(levels.len(), 20, "timeline = 12 + 8");
     assert!(
@@ -138,8 +135,8 @@ fn a_crossfade_dissolves_its_handle_over_the_tail_and_keeps_the_length() {
 #[test]
 fn a_continuity_blend_dissolves_the_overlap_and_keeps_the_length() {
     let levels = run(&[
-        input("a", pb::JoinKind::Cut, 0, 10, 40, 0),
-        input("b", pb::JoinKind::Continue, 2, 6, 160, 100),
+        input("a", Join::Cut, 0, 10, 40, 0),
+        input("b", Join::Continue, 2, 6, 160, 100),
     ]);
     assert_eq!(
         levels.len(),
@@ -163,9 +160,9 @@ fn a_continuity_blend_dissolves_the_overlap_and_keeps_the_length() {
 #[test]
 fn the_contact_sheet_gets_first_middle_and_last_frame_of_every_shot() {
     let mut inputs = vec![
-        input("a", pb::JoinKind::Cut, 0, 5, 40, 0),
-        input("b", pb::JoinKind::Continue, 0, 4, 120, 0),
-        input("c", pb::JoinKind::Cut, 0, 3, 200, 0),
+        input("a", Join::Cut, 0, 5, 40, 0),
+        input("b", Join::Continue, 0, 4, 120, 0),
+        input("c", Join::Cut, 0, 3, 200, 0),
     ];
     inputs[2].shot_index = 1;
     inputs[2].shot_name = "harbour".into();
@@ -189,13 +186,13 @@ fn the_contact_sheet_gets_first_middle_and_last_frame_of_every_shot() {
 
 #[test]
 fn a_segment_shorter_than_the_plan_is_an_error_not_a_short_video() {
-    let mut short = input("a", pb::JoinKind::Cut, 0, 5, 40, 0);
+    let mut short = input("a", Join::Cut, 0, 5, 40, 0);
     short.timeline_frames = 9;
     let mut writer = new_writer();
     let failure = stitch(&[short], ColorMatch::Off, &mut writer, &progress())
         .err()
         .unwrap();
-    assert_eq!(failure.reason, pb::FailureReason::InvalidTask);
+    assert!(matches!(failure, StitchError::InvalidInput(_)), "{failure}");
 }
 
 #[test]

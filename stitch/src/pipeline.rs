@@ -1,33 +1,84 @@
-//! The stitch task: decode the segments in timeline order, grade each to its scene's look
+//! The stitch itself: decode the segments in timeline order, grade each to its scene's look
 //! (see `grading`), blend every join the plan asks for, and write one H.264 MP4 whose frame
-//! count is exactly the sum of the segments' timeline frames. Beside the video it writes the
+//! count is exactly the sum of the segments' timeline frames. Beside the video it makes the
 //! report (timings and seam metrics), an OpenTimelineIO timeline and a contact sheet.
 //!
 //! A part's lead frames (a crossfade's dissolve handle, a continuation's overlap) dissolve
 //! over the previous part's tail, so they replace frames instead of adding any. Decoding,
 //! grading and metering run on one thread, H.264 encoding on another, so the two overlap.
+//! Bytes in, bytes out: fetching segments and storing the outputs is the worker's job.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Cursor;
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
+use std::time::Instant;
 
 use bytes::Bytes;
-use reelfarm_common::blob::BlobStore;
 use reelfarm_common::sequence::ColorMatch;
-use reelfarm_common::{pb, unix_now_s};
+use reelfarm_media::frame::RgbFrame;
+use reelfarm_media::video::{
+    EncodeSettings, Mp4Reader, Mp4Writer, Quality, VideoError, encode_png,
+};
 use serde::Serialize;
 
 use crate::color::{lab_at, sample_grid, srgb_to_lab};
 use crate::color_math::Vec3;
 use crate::contact_sheet::{ContactRow, contact_sheet, thumbnail};
-use reelfarm_media::frame::RgbFrame;
 use crate::grading::{GradeTable, SegmentColor, SegmentGrade, join_weight, plan_grades};
 use crate::seams::{JoinMetrics, MeteredFrame, MeteredPart, SeamMeter};
-use crate::segment::Sidecar;
-use crate::task::{Phases, Progress, TaskFailure};
 use crate::timeline::{TimelineJoin, TimelineShot, otio_timeline};
-use reelfarm_media::video::{EncodeSettings, Mp4Reader, Mp4Writer, Quality, encode_png};
+
+/// How a part starts on the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    Cut,
+    Continue,
+    Crossfade,
+}
+
+impl Join {
+    pub fn name(self) -> &'static str {
+        match self {
+            Join::Cut => "cut",
+            Join::Continue => "continue",
+            Join::Crossfade => "crossfade",
+        }
+    }
+}
+
+/// Why a stitch stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StitchError {
+    #[error("cancelled")]
+    Cancelled,
+    /// The inputs do not fit the plan (a short segment, an unknown method).
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("video: {0}")]
+    Video(#[from] VideoError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Where a stitch reports how far it got, and learns that it should stop.
+pub trait Progress: Sync {
+    fn report(&self, done: u64, total: u64);
+    fn is_cancelled(&self) -> bool;
+}
+
+/// Progress nobody watches.
+pub struct Unwatched;
+
+impl Progress for Unwatched {
+    fn report(&self, _done: u64, _total: u64) {}
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+fn seconds_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
 
 /// Pixels per frame the seam metrics compare.
 const METER_SAMPLES: usize = 1024;
@@ -39,7 +90,7 @@ pub struct StitchInput {
     pub segment_id: String,
     pub shot_index: u32,
     pub shot_name: String,
-    pub join: pb::JoinKind,
+    pub join: Join,
     /// Frames at the start of the file that blend over the previous part's tail.
     pub lead_frames: u64,
     pub timeline_frames: u64,
@@ -72,14 +123,6 @@ pub struct Stitched {
     pub encode_seconds: f64,
     pub joins: Vec<JoinMetrics>,
     pub contact_rows: Vec<ContactRow>,
-}
-
-pub fn join_name(join: pb::JoinKind) -> &'static str {
-    match join {
-        pb::JoinKind::Continue => "continue",
-        pb::JoinKind::Crossfade => "crossfade",
-        pb::JoinKind::Cut | pb::JoinKind::Unspecified => "cut",
-    }
 }
 
 /// A linear dissolve: `alpha` 0 shows `from`, 1 shows `to`.
@@ -128,7 +171,7 @@ fn contact_picks(inputs: &[StitchInput], fps: u32) -> (Vec<String>, BTreeMap<u64
             "{} | {:.1} s | {}",
             first.shot_name,
             frames as f64 / f64::from(fps.max(1)),
-            join_name(first.join)
+            first.join.name()
         ));
         for (slot, offset) in [0, frames / 2, frames.saturating_sub(1)]
             .into_iter()
@@ -153,8 +196,8 @@ struct Finisher {
 }
 
 impl Finisher {
-    fn write(&mut self, pending: Pending) -> Result<(), TaskFailure> {
-        let start = unix_now_s();
+    fn write(&mut self, pending: Pending) -> Result<(), StitchError> {
+        let start = Instant::now();
         let uncorrected: Vec<Vec3> = pending
             .uncorrected
             .chunks_exact(3)
@@ -169,12 +212,12 @@ impl Finisher {
         if let Some(&(row, slot)) = self.picks.get(&self.written) {
             self.thumbnails[row][slot] = Some(thumbnail(&pending.frame, THUMB_WIDTH));
         }
-        self.meter_seconds += unix_now_s() - start;
+        self.meter_seconds += seconds_since(start);
         self.written += 1;
         // A closed channel means the encoder stopped; its error is the one reported.
         self.sender
             .send(pending.frame)
-            .map_err(|_| TaskFailure::invalid("the encoder stopped"))
+            .map_err(|_| StitchError::Internal("the encoder stopped".into()))
     }
 }
 
@@ -207,8 +250,8 @@ pub fn stitch<W: std::io::Write + std::io::Seek>(
     inputs: &[StitchInput],
     method: ColorMatch,
     writer: &mut Mp4Writer<W>,
-    progress: &Progress,
-) -> Result<Stitched, TaskFailure> {
+    progress: &dyn Progress,
+) -> Result<Stitched, StitchError> {
     let colors: Vec<SegmentColor> = inputs.iter().map(|input| input.color.clone()).collect();
     let grades = plan_grades(method, &colors);
     let mut at_frame = 0;
@@ -219,7 +262,7 @@ pub fn stitch<W: std::io::Write + std::io::Seek>(
             let part = MeteredPart {
                 segment_id: input.segment_id.clone(),
                 shot_index: input.shot_index,
-                kind: join_name(input.join),
+                kind: input.join.name(),
                 at_frame,
                 same_scene_as_previous: index > 0
                     && inputs[index - 1].color.scene == input.color.scene,
@@ -246,12 +289,12 @@ pub fn stitch<W: std::io::Write + std::io::Seek>(
         let (mut written, mut encode_seconds) = (0u64, 0.0);
         let mut encode_error = None;
         for frame in receiver.iter() {
-            let start = unix_now_s();
+            let start = Instant::now();
             if let Err(error) = writer.push(&frame) {
                 encode_error = Some(error);
                 break;
             }
-            encode_seconds += unix_now_s() - start;
+            encode_seconds += seconds_since(start);
             written += 1;
             if written.is_multiple_of(24) || written == total {
                 progress.report(written, total);
@@ -259,10 +302,7 @@ pub fn stitch<W: std::io::Write + std::io::Seek>(
         }
         drop(receiver);
         let produced = decoding.join().map_err(|_| {
-            TaskFailure::new(
-                pb::FailureReason::ModelError,
-                "the stitch's decoding thread panicked",
-            )
+            StitchError::Internal("the stitch's decoding thread panicked".into())
         })?;
         if let Some(error) = encode_error {
             return Err(error.into());
@@ -295,39 +335,41 @@ fn decode_grade_and_blend(
     inputs: &[StitchInput],
     grades: &[SegmentGrade],
     mut out: Finisher,
-    progress: &Progress,
-) -> Result<Produced, TaskFailure> {
+    progress: &dyn Progress,
+) -> Result<Produced, StitchError> {
     let (mut decode_seconds, mut grade_seconds) = (0.0, 0.0);
     let mut held: VecDeque<Pending> = VecDeque::new();
     for (position, (input, grade)) in inputs.iter().zip(grades).enumerate() {
-        progress.check_cancelled()?;
-        let start = unix_now_s();
+        if progress.is_cancelled() {
+            return Err(StitchError::Cancelled);
+        }
+        let start = Instant::now();
         let mut reader = Mp4Reader::open(input.video.to_vec())?;
         let in_file = input.lead_frames + input.timeline_frames;
         if reader.frame_count() < in_file {
-            return Err(TaskFailure::invalid(format!(
+            return Err(StitchError::InvalidInput(format!(
                 "segment {} has {} frames, the plan needs {in_file}",
                 input.segment_id,
                 reader.frame_count()
             )));
         }
-        decode_seconds += unix_now_s() - start;
-        let start = unix_now_s();
+        decode_seconds += seconds_since(start);
+        let start = Instant::now();
         let mut table = GradeTable::new(grade);
-        grade_seconds += unix_now_s() - start;
+        grade_seconds += seconds_since(start);
         let hold_for_next = inputs
             .get(position + 1)
             .map_or(0, |next| next.lead_frames as usize);
         for index in 0..in_file {
-            let start = unix_now_s();
+            let start = Instant::now();
             let mut frame = reader.next_frame()?.ok_or_else(|| {
-                TaskFailure::invalid(format!("segment {} ended early", input.segment_id))
+                StitchError::InvalidInput(format!("segment {} ended early", input.segment_id))
             })?;
-            decode_seconds += unix_now_s() - start;
-            let start = unix_now_s();
+            decode_seconds += seconds_since(start);
+            let start = Instant::now();
             let uncorrected = samples_at(&frame, &out.grid);
             table.apply(&mut frame, join_weight(index, in_file));
-            grade_seconds += unix_now_s() - start;
+            grade_seconds += seconds_since(start);
             if index < input.lead_frames {
                 // Blend over the held tail; with no tail left (a dissolve longer than the
                 // part before it), the lead frame is dropped so the timeline stays exact.
@@ -389,11 +431,11 @@ pub fn timeline_of(
                 start_frame,
                 frames,
                 transition_in: match first.join {
-                    pb::JoinKind::Crossfade => TimelineJoin::Crossfade {
+                    Join::Crossfade => TimelineJoin::Crossfade {
                         frames: first.lead_frames,
                     },
-                    pb::JoinKind::Continue => TimelineJoin::Continue,
-                    pb::JoinKind::Cut | pb::JoinKind::Unspecified => TimelineJoin::Cut,
+                    Join::Continue => TimelineJoin::Continue,
+                    Join::Cut => TimelineJoin::Cut,
                 },
             }
         })
@@ -401,156 +443,83 @@ pub fn timeline_of(
     otio_timeline(title, fps, media_url, total, &shots)
 }
 
-pub struct StitchResult {
-    pub video_key: String,
-    pub phases: Phases,
+/// What a sequence's stitch is asked for, besides its inputs.
+#[derive(Debug, Clone)]
+pub struct SequenceStitch {
+    pub title: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub method: ColorMatch,
+    /// The video's file name, as the timeline refers to it (`final.mp4`).
+    pub media_name: String,
 }
 
-fn segment_color(part: &pb::StitchPart, sidecar: &Sidecar) -> SegmentColor {
-    SegmentColor {
-        scene: part.scene.clone(),
-        grade_reference: part.grade_reference,
-        continues_previous: part.join == pb::JoinKind::Continue as i32,
-        first_frame: sidecar.colors.first_frame_lab.to_f64(),
-        last_frame: sidecar.colors.last_frame_lab.to_f64(),
-        whole: sidecar.colors.segment_lab.to_f64(),
-    }
+/// Everything a sequence's stitch delivers, as bytes ready to store.
+pub struct StitchOutputs {
+    /// The H.264 MP4, faststart.
+    pub video: Vec<u8>,
+    /// `StitchReport` as pretty JSON.
+    pub report: Vec<u8>,
+    /// The OpenTimelineIO timeline as JSON.
+    pub timeline: Vec<u8>,
+    /// The contact sheet as PNG.
+    pub contact_sheet: Vec<u8>,
+    pub joins: Vec<JoinMetrics>,
 }
 
-pub async fn run_stitch(
-    task: pb::StitchTask,
-    store: Arc<dyn BlobStore>,
-    progress: Progress,
-) -> Result<StitchResult, TaskFailure> {
-    let method = ColorMatch::from_name(&task.color_match).ok_or_else(|| {
-        TaskFailure::invalid(format!(
-            "color_match: unknown method {:?}",
-            task.color_match
-        ))
-    })?;
-    let mut phases = Phases::default();
-    let start = unix_now_s();
-    let task_start = start;
-    let mut inputs = Vec::with_capacity(task.parts.len());
-    for part in &task.parts {
-        let video = store
-            .get(&part.video_key)
-            .await
-            .map_err(TaskFailure::storage)?;
-        let sidecar = store
-            .get(&part.sidecar_key)
-            .await
-            .map_err(TaskFailure::storage)?;
-        let sidecar: Sidecar = serde_json::from_slice(&sidecar).map_err(|error| {
-            TaskFailure::invalid(format!("sidecar {}: {error}", part.sidecar_key))
-        })?;
-        inputs.push(StitchInput {
-            segment_id: part.segment_id.clone(),
-            shot_index: part.shot_index,
-            shot_name: part.shot_name.clone(),
-            join: pb::JoinKind::try_from(part.join).unwrap_or(pb::JoinKind::Cut),
-            lead_frames: part.lead_frames,
-            timeline_frames: part.timeline_frames,
-            video,
-            color: segment_color(part, &sidecar),
-        });
-    }
-    phases.record("storage", "stitch", start);
-
-    let blocking_task = task.clone();
-    let (outputs, mut codec_phases) =
-        tokio::task::spawn_blocking(move || -> Result<_, TaskFailure> {
-            let settings = EncodeSettings {
-                width: blocking_task.width,
-                height: blocking_task.height,
-                fps: blocking_task.fps,
-                quality: Quality::Delivery,
-            };
-            let mut phases = Phases::default();
-            let codec_start = unix_now_s();
-            let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings)?;
-            let stitched = stitch(&inputs, method, &mut writer, &progress)?;
-            let video = writer.finish_faststart()?.into_inner();
-            // Decode, grading and encode interleave frame by frame: one codec phase.
-            phases.record("codec", "stitch", codec_start);
-            crate::worker_metrics::seams(&stitched.joins);
-            let report = StitchReport {
-                title: blocking_task.title.clone(),
-                width: blocking_task.width,
-                height: blocking_task.height,
-                fps: blocking_task.fps,
-                frames: stitched.frames,
-                duration_seconds: stitched.frames as f64 / f64::from(blocking_task.fps.max(1)),
-                segments: inputs.len(),
-                color_match: method.name(),
-                joins: stitched.joins,
-                decode_seconds: stitched.decode_seconds,
-                grade_seconds: stitched.grade_seconds,
-                encode_seconds: stitched.encode_seconds,
-            };
-            let media_name = blocking_task
-                .video_key
-                .rsplit('/')
-                .next()
-                .unwrap_or("final.mp4")
-                .to_string();
-            let timeline = timeline_of(
-                &inputs,
-                &blocking_task.title,
-                blocking_task.fps,
-                &media_name,
-            );
-            let sheet = encode_png(&contact_sheet(
-                &blocking_task.title,
-                &stitched.contact_rows,
-                THUMB_WIDTH,
-            ))?;
-            let outputs = vec![
-                (blocking_task.report_key.clone(), pretty_json(&report)?),
-                (blocking_task.timeline_key.clone(), pretty_json(&timeline)?),
-                (blocking_task.contact_sheet_key.clone(), sheet),
-                // The video goes last: its presence means the sequence's outputs are complete.
-                (blocking_task.video_key.clone(), video),
-            ];
-            Ok((outputs, phases))
-        })
-        .await
-        .map_err(|error| {
-            TaskFailure::new(
-                pb::FailureReason::ModelError,
-                format!("stitch thread failed: {error}"),
-            )
-        })??;
-
-    let start = unix_now_s();
-    for (key, bytes) in outputs {
-        if key.is_empty() {
-            continue;
-        }
-        store
-            .put(&key, bytes.into())
-            .await
-            .map_err(TaskFailure::storage)?;
-    }
-    phases.record("storage", "stitch", start);
-    codec_phases.extend(phases);
-    reelfarm_common::metrics::stitch()
-        .seconds
-        .record(unix_now_s() - task_start, &[]);
-    Ok(StitchResult {
-        video_key: task.video_key,
-        phases: codec_phases,
+/// Stitches a whole sequence: the video, its report, timeline and contact sheet.
+pub fn stitch_sequence(
+    sequence: &SequenceStitch,
+    inputs: &[StitchInput],
+    progress: &dyn Progress,
+) -> Result<StitchOutputs, StitchError> {
+    let settings = EncodeSettings {
+        width: sequence.width,
+        height: sequence.height,
+        fps: sequence.fps,
+        quality: Quality::Delivery,
+    };
+    let mut writer = Mp4Writer::new(Cursor::new(Vec::new()), settings)?;
+    let stitched = stitch(inputs, sequence.method, &mut writer, progress)?;
+    let video = writer.finish_faststart()?.into_inner();
+    let report = StitchReport {
+        title: sequence.title.clone(),
+        width: sequence.width,
+        height: sequence.height,
+        fps: sequence.fps,
+        frames: stitched.frames,
+        duration_seconds: stitched.frames as f64 / f64::from(sequence.fps.max(1)),
+        segments: inputs.len(),
+        color_match: sequence.method.name(),
+        joins: stitched.joins.clone(),
+        decode_seconds: stitched.decode_seconds,
+        grade_seconds: stitched.grade_seconds,
+        encode_seconds: stitched.encode_seconds,
+    };
+    let timeline = timeline_of(inputs, &sequence.title, sequence.fps, &sequence.media_name);
+    let contact_sheet = encode_png(&contact_sheet(
+        &sequence.title,
+        &stitched.contact_rows,
+        THUMB_WIDTH,
+    ))?;
+    Ok(StitchOutputs {
+        video,
+        report: pretty_json(&report)?,
+        timeline: pretty_json(&timeline)?,
+        contact_sheet,
+        joins: stitched.joins,
     })
 }
 
-fn pretty_json(value: &impl Serialize) -> Result<Vec<u8>, TaskFailure> {
-    serde_json::to_vec_pretty(value).map_err(|error| TaskFailure::invalid(error.to_string()))
+fn pretty_json(value: &impl Serialize) -> Result<Vec<u8>, StitchError> {
+    serde_json::to_vec_pretty(value).map_err(|error| StitchError::Internal(error.to_string()))
 }
 
 #[cfg(test)]
-#[path = "stitch_tests.rs"]
+#[path = "pipeline_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "stitch_matching_tests.rs"]
+#[path = "pipeline_matching_tests.rs"]
 mod matching_tests;

@@ -1,0 +1,136 @@
+//! The stitch task as a worker runs it: fetch every segment and its sidecar from the object
+//! store, run the pure stitch (`reelfarm_stitch`) on a blocking thread, and store the video
+//! with its report, timeline and contact sheet.
+
+use std::sync::Arc;
+
+use reelfarm_common::blob::BlobStore;
+use reelfarm_common::sequence::ColorMatch;
+use reelfarm_common::{pb, unix_now_s};
+use reelfarm_stitch::grading::SegmentColor;
+use reelfarm_stitch::{Join, SequenceStitch, Sidecar, StitchInput, stitch_sequence};
+
+use crate::task::{Phases, Progress, TaskFailure};
+
+pub struct StitchResult {
+    pub video_key: String,
+    pub phases: Phases,
+}
+
+fn join_of(kind: i32) -> Join {
+    match pb::JoinKind::try_from(kind).unwrap_or(pb::JoinKind::Cut) {
+        pb::JoinKind::Continue => Join::Continue,
+        pb::JoinKind::Crossfade => Join::Crossfade,
+        pb::JoinKind::Cut | pb::JoinKind::Unspecified => Join::Cut,
+    }
+}
+
+fn segment_color(part: &pb::StitchPart, sidecar: &Sidecar) -> SegmentColor {
+    SegmentColor {
+        scene: part.scene.clone(),
+        grade_reference: part.grade_reference,
+        continues_previous: join_of(part.join) == Join::Continue,
+        first_frame: sidecar.colors.first_frame_lab.to_f64(),
+        last_frame: sidecar.colors.last_frame_lab.to_f64(),
+        whole: sidecar.colors.segment_lab.to_f64(),
+    }
+}
+
+pub async fn run_stitch(
+    task: pb::StitchTask,
+    store: Arc<dyn BlobStore>,
+    progress: Progress,
+) -> Result<StitchResult, TaskFailure> {
+    let method = ColorMatch::from_name(&task.color_match).ok_or_else(|| {
+        TaskFailure::invalid(format!(
+            "color_match: unknown method {:?}",
+            task.color_match
+        ))
+    })?;
+    let mut phases = Phases::default();
+    let start = unix_now_s();
+    let task_start = start;
+    let mut inputs = Vec::with_capacity(task.parts.len());
+    for part in &task.parts {
+        let video = store
+            .get(&part.video_key)
+            .await
+            .map_err(TaskFailure::storage)?;
+        let sidecar = store
+            .get(&part.sidecar_key)
+            .await
+            .map_err(TaskFailure::storage)?;
+        let sidecar: Sidecar = serde_json::from_slice(&sidecar).map_err(|error| {
+            TaskFailure::invalid(format!("sidecar {}: {error}", part.sidecar_key))
+        })?;
+        inputs.push(StitchInput {
+            segment_id: part.segment_id.clone(),
+            shot_index: part.shot_index,
+            shot_name: part.shot_name.clone(),
+            join: join_of(part.join),
+            lead_frames: part.lead_frames,
+            timeline_frames: part.timeline_frames,
+            video,
+            color: segment_color(part, &sidecar),
+        });
+    }
+    phases.record("storage", "stitch", start);
+
+    let sequence = SequenceStitch {
+        title: task.title.clone(),
+        width: task.width,
+        height: task.height,
+        fps: task.fps,
+        method,
+        media_name: task
+            .video_key
+            .rsplit('/')
+            .next()
+            .unwrap_or("final.mp4")
+            .to_string(),
+    };
+    let (outputs, codec_phases) = tokio::task::spawn_blocking(move || {
+        let mut phases = Phases::default();
+        let codec_start = unix_now_s();
+        let outputs = stitch_sequence(&sequence, &inputs, &progress)?;
+        // Decode, grading and encode interleave frame by frame: one codec phase.
+        phases.record("codec", "stitch", codec_start);
+        Ok::<_, TaskFailure>((outputs, phases))
+    })
+    .await
+    .map_err(|error| {
+        TaskFailure::new(
+            pb::FailureReason::ModelError,
+            format!("stitch thread failed: {error}"),
+        )
+    })??;
+    crate::worker_metrics::seams(&outputs.joins);
+
+    let start = unix_now_s();
+    let stored = [
+        (&task.report_key, outputs.report),
+        (&task.timeline_key, outputs.timeline),
+        (&task.contact_sheet_key, outputs.contact_sheet),
+        // The video goes last: its presence means the sequence's outputs are complete.
+        (&task.video_key, outputs.video),
+    ];
+    for (key, bytes) in stored {
+        if key.is_empty() {
+            continue;
+        }
+        store
+            .put(key, bytes.into())
+            .await
+            .map_err(TaskFailure::storage)?;
+    }
+    phases.record("storage", "stitch", start);
+    let mut all = codec_phases;
+    all.extend(phases);
+    reelfarm_common::metrics::stitch()
+        .seconds
+        .record(unix_now_s() - task_start, &[]);
+    Ok(StitchResult {
+        video_key: task.video_key,
+        phases: all,
+    })
+}
