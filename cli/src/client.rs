@@ -409,7 +409,8 @@ impl Client {
 }
 
 async fn submit(args: SubmitArgs) -> Result<()> {
-    let sequence = load_spec(&args.spec, args.steps)?;
+    // The scheduler knows the farm's catalog: the model is checked there.
+    let sequence = load_spec(&args.spec, args.steps, None)?;
     let spec_pb = spec::sequence_to_pb(&sequence);
     let mut client = Client::connect(&args.scheduler).await?;
     // Always keyed, so the retry after a failover cannot submit twice.

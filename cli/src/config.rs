@@ -88,13 +88,17 @@ pub struct SchedulerArgs {
     /// Attempts per segment before its sequence fails [default: 3].
     #[arg(long, env = "REELFARM_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
+    /// Model catalog file (TOML, `[[model]]` entries) adding models to the built-in ones;
+    /// give schedulers and workers the same file. See README "Models".
+    #[arg(long, env = "REELFARM_MODELS")]
+    pub models: Option<PathBuf>,
 }
 
 impl SchedulerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; listen, advertise_url, etcd, etcd_prefix, leader_ttl, worker_ttl,
-            max_attempts)
+            max_attempts, models)
     }
 }
 
@@ -117,6 +121,10 @@ pub struct WorkerArgs {
     /// reelfarm-tiny weights (safetensors); default: the built-in trained weights.
     #[arg(long, env = "REELFARM_TINY_WEIGHTS")]
     pub weights: Option<PathBuf>,
+    /// Model catalog file (TOML, `[[model]]` entries): the worker serves every model in it
+    /// that it can run, with the weights each entry names. See README "Models".
+    #[arg(long, env = "REELFARM_MODELS")]
+    pub models: Option<PathBuf>,
     /// Seconds to wait for a leading scheduler at start [default: 30].
     #[arg(long, env = "REELFARM_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<f64>,
@@ -134,7 +142,7 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
-        layer!(self, lower; scheduler, name, simulate_gpus, weights, connect_timeout,
+        layer!(self, lower; scheduler, name, simulate_gpus, weights, models, connect_timeout,
             drain_timeout, health_listen)
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use reelfarm_common::blob::{BlobStore, LocalBlobStore};
+use reelfarm_models::{Catalog, ModelRuntime};
 use reelfarm_scheduler::SchedulerConfig;
 use reelfarm_worker::WorkerConfig;
 use reelfarm_worker::inventory::{Inventory, cpu_device};
-use reelfarm_worker::model::ModelRuntime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -29,11 +29,13 @@ async fn signalled(mut receiver: watch::Receiver<bool>) {
 }
 
 impl EmbeddedFarm {
-    /// Starts the scheduler on a free loopback port and `workers` workers against it.
+    /// Starts the scheduler on a free loopback port and `workers` workers against it; the
+    /// scheduler plans with `catalog`, every worker serves `models`.
     pub async fn start(
         work_dir: &Path,
         workers: usize,
-        model: Arc<dyn ModelRuntime>,
+        catalog: Arc<Catalog>,
+        models: Vec<Arc<dyn ModelRuntime>>,
     ) -> Result<Self> {
         let store = Arc::new(LocalBlobStore::new(work_dir.join("objects"))?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -43,7 +45,10 @@ impl EmbeddedFarm {
         let (shutdown_scheduler, scheduler_signal) = watch::channel(false);
         let blob_store: Arc<dyn BlobStore> = store.clone();
         let scheduler = tokio::spawn(reelfarm_scheduler::run(
-            SchedulerConfig::new(blob_store.clone()),
+            SchedulerConfig {
+                catalog,
+                ..SchedulerConfig::new(blob_store.clone())
+            },
             listener,
             signalled(scheduler_signal),
         ));
@@ -65,7 +70,7 @@ impl EmbeddedFarm {
                     scheduler_urls: vec![url.clone()],
                     name: format!("cpu{index}"),
                     store: blob_store.clone(),
-                    models: vec![model.clone()],
+                    models: models.clone(),
                     inventory: Arc::new(Inventory::Fixed(vec![cpu_device(share)])),
                     connect_timeout: Duration::from_secs(10),
                     // Shutting down an embedded farm stops its work at once.
@@ -85,6 +90,13 @@ impl EmbeddedFarm {
             scheduler,
             workers,
         })
+    }
+
+    /// `start` with the built-in catalog and its runtimes (reelfarm-tiny's shipped weights).
+    pub async fn start_builtin(work_dir: &Path, workers: usize) -> Result<Self> {
+        let catalog = Catalog::builtin();
+        let models = reelfarm_worker::runtimes::load_runtimes(&catalog, None)?;
+        Self::start(work_dir, workers, Arc::new(catalog), models).await
     }
 
     /// Stops the farm and hands back its object store, for copying results out.

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reelfarm_cli::render::{InputError, RenderOptions, load_spec, print_summary, render};
+use reelfarm_cli::render::{
+    InputError, RenderOptions, load_catalog, load_spec, print_summary, render,
+};
 
 /// Counts the heap, so workers can report each task's measured peak memory on the CPU.
 #[global_allocator]
@@ -44,6 +46,9 @@ render succeeds.")]
     Validate {
         /// The sequence spec (YAML or JSON).
         spec: PathBuf,
+        /// Model catalog file adding models to the built-in ones (see README "Models").
+        #[arg(long, env = "REELFARM_MODELS")]
+        models: Option<PathBuf>,
     },
     /// submit, watch, status, cancel, workers, download: talk to a running scheduler.
     #[command(flatten)]
@@ -176,6 +181,10 @@ struct FarmArgs {
     /// `reelfarm train-tiny` reproduces.
     #[arg(long, env = "REELFARM_TINY_WEIGHTS")]
     weights: Option<PathBuf>,
+    /// Model catalog file (TOML, `[[model]]` entries) adding models to the built-in
+    /// reelfarm-tiny, e.g. your own trained tiny weights under a name a spec can use.
+    #[arg(long, env = "REELFARM_MODELS")]
+    models: Option<PathBuf>,
     /// Keep segments and intermediate files here instead of a temporary directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -273,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 workers: args.farm.workers,
                 steps: args.farm.steps,
                 weights: args.farm.weights,
+                models: args.farm.models,
                 work_dir: args.farm.work_dir,
                 quiet: args.quiet,
             };
@@ -290,7 +300,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry,
             config,
         } => reelfarm_cli::serve::run_worker(args, store, telemetry, config).await?,
-        Command::Validate { spec } => reelfarm_cli::validate::print_plan(&load_spec(&spec, None)?),
+        Command::Validate { spec, models } => {
+            let catalog = load_catalog(models.as_deref())?;
+            reelfarm_cli::validate::print_plan(&load_spec(&spec, None, Some(&catalog))?, &catalog)
+        }
         Command::Client(command) => reelfarm_cli::client::run(command).await?,
         Command::Sim { policy, seed, json } => {
             let results =
@@ -357,6 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 workers: farm.workers,
                 steps: farm.steps,
                 weights: farm.weights,
+                models: farm.models,
                 work_dir: farm.work_dir,
                 quiet: true,
             };

@@ -8,9 +8,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::{pb, spec};
+use reelfarm_models::Catalog;
 use reelfarm_scheduler::farm::UNPLACEABLE_PREFIX;
-use reelfarm_worker::model::ModelRuntime;
-use reelfarm_worker::model::tiny::TinyModel;
+use reelfarm_tiny::TinyModel;
 
 use crate::embedded::EmbeddedFarm;
 use crate::outputs::{deliveries, retarget_timeline, write_atomically};
@@ -36,6 +36,8 @@ pub struct RenderOptions {
     pub workers: usize,
     pub steps: Option<u32>,
     pub weights: Option<PathBuf>,
+    /// A catalog file adding models to the built-in ones (`--models`).
+    pub models: Option<PathBuf>,
     pub work_dir: Option<PathBuf>,
     pub quiet: bool,
 }
@@ -53,9 +55,24 @@ pub fn report_path(output: &Path) -> PathBuf {
     crate::outputs::sibling(output, "report.json")
 }
 
-/// Loads and validates the spec, or explains every problem in it.
-pub fn load_spec(path: &Path, steps: Option<u32>) -> Result<reelfarm_common::sequence::Sequence> {
-    let mut sequence = spec::load_spec_file(path).map_err(|error| {
+/// The built-in model catalog plus a `--models` file; a bad file is an input error.
+pub fn load_catalog(models: Option<&Path>) -> Result<Catalog> {
+    match models {
+        None => Ok(Catalog::builtin()),
+        Some(path) => Catalog::builtin_with_file(path)
+            .map_err(|error| InputError(vec![format!("--models: {error}")]).into()),
+    }
+}
+
+/// Loads and validates the spec, or explains every problem in it. With a catalog the model
+/// must be in it; without (a client of a remote farm) the scheduler checks it.
+pub fn load_spec(
+    path: &Path,
+    steps: Option<u32>,
+    catalog: Option<&Catalog>,
+) -> Result<reelfarm_common::sequence::Sequence> {
+    let known = catalog.map(Catalog::ids);
+    let mut sequence = spec::load_spec_file(path, known.as_deref()).map_err(|error| {
         InputError(
             error
                 .errors
@@ -76,10 +93,6 @@ pub fn load_spec(path: &Path, steps: Option<u32>) -> Result<reelfarm_common::seq
         sequence.steps = Some(steps);
     }
     Ok(sequence)
-}
-
-pub fn load_model(weights: Option<&Path>) -> Result<Arc<dyn ModelRuntime>> {
-    Ok(Arc::new(load_tiny(weights)?))
 }
 
 /// The weights at `path`, or the built-in ones.
@@ -114,7 +127,8 @@ pub fn check_output(output: &Path) -> Result<()> {
 }
 
 pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
-    let sequence = load_spec(&options.spec, options.steps)?;
+    let catalog = Arc::new(load_catalog(options.models.as_deref())?);
+    let sequence = load_spec(&options.spec, options.steps, Some(&catalog))?;
     if let Some(output) = &options.output {
         check_output(output)?;
     }
@@ -126,7 +140,8 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
         .into());
     }
     let started = Instant::now();
-    let model = load_model(options.weights.as_deref())?;
+    let runtimes = reelfarm_worker::runtimes::load_runtimes(&catalog, options.weights.as_deref())
+        .map_err(|error| InputError(vec![error.to_string()]))?;
     let temporary = tempfile::Builder::new()
         .prefix("reelfarm-")
         .tempdir()
@@ -135,7 +150,7 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
         .work_dir
         .clone()
         .unwrap_or_else(|| temporary.path().to_path_buf());
-    let farm = EmbeddedFarm::start(&work_dir, options.workers, model).await?;
+    let farm = EmbeddedFarm::start(&work_dir, options.workers, catalog, runtimes).await?;
     let startup_s = started.elapsed().as_secs_f64();
 
     let result = submit_and_follow(&farm, &sequence, options.quiet).await;

@@ -100,6 +100,7 @@ pub async fn run_scheduler(
     if max_attempts == 0 {
         anyhow::bail!("--max-attempts: must be at least 1");
     }
+    let catalog = crate::render::load_catalog(args.models.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     let state: Arc<dyn StateStore> = match args.etcd {
         Some(endpoints) if !endpoints.is_empty() => {
@@ -140,6 +141,7 @@ pub async fn run_scheduler(
         state,
         advertise_url: Some(advertise_url),
         max_attempts,
+        catalog: Arc::new(catalog),
     };
     let result = reelfarm_scheduler::run(config, listener, termination()).await;
     telemetry.shutdown();
@@ -180,14 +182,8 @@ pub async fn run_worker(
     let (inventory, inventory_line) =
         Inventory::discover(args.simulate_gpus.as_deref()).map_err(anyhow::Error::msg)?;
     let devices = inventory.devices();
-    let loading = std::time::Instant::now();
-    let model = crate::render::load_model(args.weights.as_deref())?;
-    reelfarm_common::metrics::worker()
-        .model_load_seconds
-        .record(
-            loading.elapsed().as_secs_f64(),
-            &[reelfarm_common::metrics::label("model", model.id())],
-        );
+    let catalog = crate::render::load_catalog(args.models.as_deref())?;
+    let models = reelfarm_worker::runtimes::load_runtimes(&catalog, args.weights.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     eprintln!(
         "reelfarm worker {name}: {} device(s), store {}, schedulers {}",
@@ -200,7 +196,7 @@ pub async fn run_worker(
         scheduler_urls: endpoints,
         name,
         store,
-        models: vec![model],
+        models,
         inventory: Arc::new(inventory),
         connect_timeout,
         drain_timeout,

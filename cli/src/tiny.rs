@@ -5,10 +5,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use reelfarm_worker::model::tiny::eval::{EvalOptions, EvalReport, evaluate};
-use reelfarm_worker::model::tiny::train::{Cycle, StepReport, TrainOptions, train_from};
-use reelfarm_worker::model::tiny::{TinyConfig, TinyModel, TinyWeights};
-use reelfarm_worker::model::{GenerateRequest, ModelRuntime};
+use reelfarm_models::{GenerateRequest, ModelRuntime};
+use reelfarm_tiny::eval::{EvalOptions, EvalReport, evaluate};
+use reelfarm_tiny::train::{Cycle, StepReport, TrainOptions, train_from};
+use reelfarm_tiny::{TinyConfig, TinyModel, TinyWeights};
 use serde::Serialize;
 
 #[derive(clap::Args, Debug)]

@@ -1,12 +1,13 @@
 //! `reelfarm validate`: the plan a spec turns into, so people see the windows and
 //! continuity chains before spending GPU time.
 
-use reelfarm_common::models;
 use reelfarm_common::sequence::Sequence;
+use reelfarm_models::Catalog;
 use reelfarm_scheduler::planner::{self, Join};
 
-pub fn print_plan(sequence: &Sequence) {
-    let Some(model) = models::find_model(&sequence.model) else {
+/// Prints the plan of a sequence already validated against `catalog`.
+pub fn print_plan(sequence: &Sequence, catalog: &Catalog) {
+    let Ok(model) = catalog.require(&sequence.model) else {
         return;
     };
     let plan = planner::plan(sequence, model);

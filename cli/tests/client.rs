@@ -60,8 +60,7 @@ fn expect_success(output: &Output, what: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_watch_status_workers_download_against_a_running_farm() {
     let dir = tempfile::tempdir().unwrap();
-    let model = reelfarm_cli::render::load_model(None).unwrap();
-    let farm = EmbeddedFarm::start(&dir.path().join("farm"), 2, model)
+    let farm = EmbeddedFarm::start_builtin(&dir.path().join("farm"), 2)
         .await
         .unwrap();
     let url = farm.url.clone();
@@ -172,8 +171,7 @@ async fn submit_watch_status_workers_download_against_a_running_farm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_sequence_watches_as_a_failure_and_has_nothing_to_download() {
     let dir = tempfile::tempdir().unwrap();
-    let model = reelfarm_cli::render::load_model(None).unwrap();
-    let farm = EmbeddedFarm::start(&dir.path().join("farm"), 1, model)
+    let farm = EmbeddedFarm::start_builtin(&dir.path().join("farm"), 1)
         .await
         .unwrap();
     let url = farm.url.clone();

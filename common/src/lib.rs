@@ -1,5 +1,5 @@
 //! Shared by every reelfarm crate: the generated gRPC code, the sequence spec and its
-//! validation, the model catalog, the object store and telemetry setup.
+//! validation, the object store and telemetry setup.
 
 pub mod blob;
 pub mod error;
@@ -8,7 +8,6 @@ pub mod health;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
-pub mod models;
 pub mod s3;
 pub mod sequence;
 pub mod spec;

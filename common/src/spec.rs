@@ -7,7 +7,6 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::models;
 use crate::pb;
 use std::collections::BTreeMap;
 
@@ -15,6 +14,8 @@ use crate::sequence::{
     Aspect, ColorMatch, Pass, Reference, Resolution, Sequence, Shot, Transition,
 };
 
+/// The model a spec renders with when it names none (the built-in demo model).
+pub const DEFAULT_MODEL: &str = "reelfarm-tiny";
 pub const MAX_SHOTS: usize = 500;
 pub const MAX_TOTAL_SECONDS: f64 = 3600.0;
 pub const MAX_PROMPT_CHARS: usize = 2000;
@@ -152,13 +153,15 @@ pub fn parse_spec_text(text: &str) -> Result<SpecDoc, SpecError> {
 }
 
 /// Reads, parses and validates a spec file; reference images resolve relative to it.
-pub fn load_spec_file(path: &Path) -> Result<Sequence, SpecError> {
+/// `known_models` are the ids of the farm's model catalog (`None`: any id, for a client
+/// whose scheduler checks it).
+pub fn load_spec_file(path: &Path, known_models: Option<&[String]>) -> Result<Sequence, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|error| {
         SpecError::single("spec", format!("cannot read {}: {error}", path.display()))
     })?;
     let doc = parse_spec_text(&text)?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
-    validate(doc, &|name| {
+    validate(doc, known_models, &|name| {
         let resolved = base.join(name);
         std::fs::read(&resolved).map_err(|error| match error.kind() {
             std::io::ErrorKind::NotFound => {
@@ -169,9 +172,11 @@ pub fn load_spec_file(path: &Path) -> Result<Sequence, SpecError> {
     })
 }
 
-/// Validates the raw spec. `read_reference` turns a reference path into its bytes.
+/// Validates the raw spec. `known_models` are the ids of the farm's model catalog (`None`:
+/// any id); `read_reference` turns a reference path into its bytes.
 pub fn validate(
     doc: SpecDoc,
+    known_models: Option<&[String]>,
     read_reference: &dyn Fn(&str) -> Result<Vec<u8>, String>,
 ) -> Result<Sequence, SpecError> {
     let mut errors = Vec::new();
@@ -180,13 +185,15 @@ pub fn validate(
     let model = doc
         .model
         .clone()
-        .unwrap_or_else(|| models::DEFAULT_MODEL.to_string());
-    if models::find_model(&model).is_none() {
+        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    if let Some(known_models) = known_models
+        && !known_models.contains(&model)
+    {
         fail(
             "model".into(),
             format!(
                 "unknown model {model:?}; available: {}",
-                models::known_model_ids().join(", ")
+                known_models.join(", ")
             ),
         );
     }

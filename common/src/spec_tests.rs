@@ -2,12 +2,17 @@
 
 use super::*;
 
+/// The catalog the tests validate against: the default model and one more.
+fn models() -> Vec<String> {
+    vec![DEFAULT_MODEL.to_string(), "coastline-tiny".to_string()]
+}
+
 fn no_files(name: &str) -> Result<Vec<u8>, String> {
     Err(format!("file not found: {name}"))
 }
 
 fn check(yaml: &str) -> Result<Sequence, SpecError> {
-    validate(parse_spec_text(yaml)?, &no_files)
+    validate(parse_spec_text(yaml)?, Some(&models()), &no_files)
 }
 
 fn error_of(yaml: &str) -> String {
@@ -45,6 +50,21 @@ fn a_good_spec_validates_with_defaults() {
     assert_eq!(sequence.shots[1].transition, Transition::Continue);
     assert_eq!(sequence.shots[2].crossfade_seconds, Some(1.0));
     assert_eq!(sequence.total_frames(), (47.5f64 * 24.0).round() as u64);
+}
+
+#[test]
+fn the_model_must_be_in_the_catalog_and_errors_list_the_known_ids() {
+    let named = |model: &str| {
+        format!("model: {model}\nshots:\n  - prompt: a desert at noon\n    duration: 5\n")
+    };
+    assert_eq!(check(&named("coastline-tiny")).unwrap().model, "coastline-tiny");
+    assert_eq!(
+        error_of(&named("wan-9")),
+        "model: unknown model \"wan-9\"; available: reelfarm-tiny, coastline-tiny"
+    );
+    // A client without the farm's catalog leaves the model to the scheduler.
+    let doc = parse_spec_text(&named("wan-9")).unwrap();
+    assert_eq!(validate(doc, None, &no_files).unwrap().model, "wan-9");
 }
 
 #[test]
@@ -140,7 +160,7 @@ fn missing_reference_file_is_named() {
 #[test]
 fn a_reference_that_is_not_a_png_is_rejected() {
     let doc = parse_spec_text("shots:\n  - {prompt: a, duration: 5, reference: x.png}\n").unwrap();
-    let error = validate(doc, &|_| Ok(b"GIF89a not a png".to_vec()))
+    let error = validate(doc, Some(&models()), &|_| Ok(b"GIF89a not a png".to_vec()))
         .unwrap_err()
         .to_string();
     assert!(
@@ -200,13 +220,13 @@ fn several_errors_are_reported_together() {
 #[test]
 fn the_api_message_round_trips_and_is_validated_the_same_way() {
     let sequence = check(GOOD).unwrap();
-    let back = sequence_from_pb(sequence_to_pb(&sequence)).unwrap();
+    let back = sequence_from_pb(sequence_to_pb(&sequence), &models()).unwrap();
     assert_eq!(back, sequence);
 
     let mut bad = sequence_to_pb(&sequence);
     bad.shots[2].duration_seconds = 0.0;
     bad.fps = Some(7);
-    let error = sequence_from_pb(bad).unwrap_err().to_string();
+    let error = sequence_from_pb(bad, &models()).unwrap_err().to_string();
     assert_eq!(
         error,
         "fps: must be a whole number between 8 and 60, got 7; shots[2].duration: must be between 1 and 600 seconds, got 0"
@@ -232,10 +252,10 @@ fn spec_files_resolve_references_next_to_them() {
         "shots:\n  - {prompt: a, duration: 5, reference: frames/start.png}\n",
     )
     .unwrap();
-    let sequence = load_spec_file(&spec_path).unwrap();
+    let sequence = load_spec_file(&spec_path, Some(&models())).unwrap();
     assert_eq!(sequence.shots[0].reference.as_ref().unwrap().png, png_bytes);
 
-    let missing = load_spec_file(&dir.path().join("nope.yaml"))
+    let missing = load_spec_file(&dir.path().join("nope.yaml"), Some(&models()))
         .unwrap_err()
         .to_string();
     assert!(missing.starts_with("spec: cannot read"), "{missing}");
@@ -278,7 +298,7 @@ fn colour_fields_validate_and_resolve_scenes() {
         DEFAULT_CONTINUITY_BLEND_SECONDS
     );
     // The API message carries the same fields.
-    let round_trip = sequence_from_pb(sequence_to_pb(&sequence)).unwrap();
+    let round_trip = sequence_from_pb(sequence_to_pb(&sequence), &models()).unwrap();
     assert_eq!(round_trip, sequence);
 }
 
@@ -335,7 +355,7 @@ fn owner_and_priority_default_and_round_trip_through_the_api() {
     let sequence = check(&yaml).unwrap();
     assert_eq!(sequence.owner.as_deref(), Some("commercials team"));
     assert_eq!(sequence.priority, 5);
-    let back = sequence_from_pb(sequence_to_pb(&sequence)).unwrap();
+    let back = sequence_from_pb(sequence_to_pb(&sequence), &models()).unwrap();
     assert_eq!(back, sequence);
 }
 

@@ -1,139 +1,10 @@
-//! How much GPU memory a segment needs, before it runs: a per-model formula calibrated on
-//! published figures, corrected at run time by the peaks workers measure (pure, no I/O).
-//!
-//! ```text
-//! peak = (weights + text_encoder_if_resident + vae
-//!         + tokens × hidden × 2 bytes × ACTIVATION_COPIES × cfg_batch
-//!         + decode_pixels_per_chunk × DECODER_BYTES_PER_PIXEL / decode_tiles
-//!         + runtime) × (1 + SAFETY_MARGIN)
-//! tokens = latent_frames × (height / spatial_stride / patch) × (width / spatial_stride / patch)
-//! latent_frames = (frames − 1) / temporal_stride + 1
-//! ```
-//!
-//! The two shared constants were solved from the two published calibration points (and are
-//! rounded): Wan 2.1 1.3B at 832×480, 81 frames, text encoder offloaded ≈ 8.2 GB, and Wan 2.1
-//! 14B at 1280×720, 81 frames, everything on one H100 ≈ 69 GB. The formula lands within 1 %
-//! of both (tested). reelfarm-tiny's profile covers the model's own estimate (tested against
-//! `common::models`). Everything else — other resolutions, frame counts, kernels — is what the
-//! learned `Corrections` are for: workers report each segment's measured peak, and the
-//! estimate converges to it.
+//! How much GPU memory a segment needs, learned: the catalog's one estimator
+//! (`reelfarm_models::memory`) gives the formula's bytes, and the peaks workers measure and
+//! the out-of-memory failures they report correct it per model and size class (pure, no I/O).
 
 use std::collections::BTreeMap;
 
-/// Activation bytes per token and hidden unit, in copies of a bf16 value (attention, MLP
-/// intermediates and the residual stream alive at the peak), for one CFG branch.
-const ACTIVATION_COPIES: f64 = 12.0;
-/// Decoder activation bytes per output pixel of one decoded chunk (4 frames).
-const DECODER_BYTES_PER_PIXEL: f64 = 1024.0;
-const DECODE_CHUNK_FRAMES: f64 = 4.0;
-/// Tiles a low-memory (tiled) decode splits each frame into.
-pub const DECODE_TILES: f64 = 4.0;
-/// CUDA context, cuBLAS workspaces, allocator slack.
-const RUNTIME_BYTES: f64 = 0.5e9;
-/// Reserved on top of every estimate.
-pub const SAFETY_MARGIN: f64 = 0.10;
-
-/// What the formula needs to know about a model.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MemoryProfile {
-    pub model: &'static str,
-    pub parameters: f64,
-    pub dtype_bytes: f64,
-    /// Text encoder bytes when it stays on the GPU (0 when offloaded to the host).
-    pub text_encoder_bytes: f64,
-    pub vae_bytes: f64,
-    pub hidden: f64,
-    pub spatial_stride: u32,
-    pub patch: u32,
-    pub temporal_stride: u32,
-    /// Conditional and unconditional branches batched together.
-    pub cfg_batched: bool,
-}
-
-pub const WAN_1_3B: MemoryProfile = MemoryProfile {
-    model: "wan-2.1-1.3b",
-    parameters: 1.3e9,
-    dtype_bytes: 2.0,
-    text_encoder_bytes: 0.0,
-    vae_bytes: 0.25e9,
-    hidden: 1536.0,
-    spatial_stride: 8,
-    patch: 2,
-    temporal_stride: 4,
-    cfg_batched: true,
-};
-
-pub const WAN_2_2_5B: MemoryProfile = MemoryProfile {
-    model: "wan-2.2-5b",
-    parameters: 5.0e9,
-    dtype_bytes: 2.0,
-    text_encoder_bytes: 0.0,
-    vae_bytes: 0.7e9,
-    hidden: 3072.0,
-    spatial_stride: 16,
-    patch: 2,
-    temporal_stride: 4,
-    cfg_batched: true,
-};
-
-pub const WAN_14B: MemoryProfile = MemoryProfile {
-    model: "wan-2.1-14b",
-    parameters: 14.0e9,
-    dtype_bytes: 2.0,
-    // umT5-XXL in bf16, kept on the GPU.
-    text_encoder_bytes: 11.4e9,
-    vae_bytes: 0.25e9,
-    hidden: 5120.0,
-    spatial_stride: 8,
-    patch: 2,
-    temporal_stride: 4,
-    cfg_batched: true,
-};
-
-const CATALOG: [MemoryProfile; 3] = [WAN_1_3B, WAN_2_2_5B, WAN_14B];
-
-pub fn profile(model: &str) -> Option<&'static MemoryProfile> {
-    CATALOG.iter().find(|profile| profile.model == model)
-}
-
-/// One segment's shape, as the estimate sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SegmentShape {
-    pub width: u32,
-    pub height: u32,
-    pub frames: u64,
-    /// Decode in tiles (the low-memory mode of the OOM ladder).
-    pub tiled_decode: bool,
-}
-
-impl MemoryProfile {
-    pub fn tokens(&self, shape: &SegmentShape) -> f64 {
-        let step = f64::from(self.spatial_stride * self.patch);
-        let latent_frames =
-            (shape.frames.saturating_sub(1) / u64::from(self.temporal_stride) + 1) as f64;
-        latent_frames
-            * (f64::from(shape.height) / step).ceil()
-            * (f64::from(shape.width) / step).ceil()
-    }
-
-    /// Peak bytes of one segment, margin included.
-    pub fn estimate_bytes(&self, shape: &SegmentShape) -> u64 {
-        let weights = self.parameters * self.dtype_bytes + self.text_encoder_bytes + self.vae_bytes;
-        let cfg = if self.cfg_batched { 2.0 } else { 1.0 };
-        let activations = self.tokens(shape) * self.hidden * 2.0 * ACTIVATION_COPIES * cfg;
-        let tiles = if shape.tiled_decode {
-            DECODE_TILES
-        } else {
-            1.0
-        };
-        let decoder = f64::from(shape.width)
-            * f64::from(shape.height)
-            * DECODE_CHUNK_FRAMES
-            * DECODER_BYTES_PER_PIXEL
-            / tiles;
-        ((weights + activations + decoder + RUNTIME_BYTES) * (1.0 + SAFETY_MARGIN)) as u64
-    }
-}
+use reelfarm_models::SegmentShape;
 
 /// Estimates are learned per model and size class (resolution bucket, frame bucket, decode mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -242,8 +113,6 @@ mod tests {
 
     use super::*;
 
-    const GB: f64 = 1e9;
-
     fn shape(width: u32, height: u32, frames: u64) -> SegmentShape {
         SegmentShape {
             width,
@@ -251,34 +120,6 @@ mod tests {
             frames,
             tiled_decode: false,
         }
-    }
-
-    #[test]
-    fn the_formula_lands_on_its_published_calibration_points() {
-        let small = WAN_1_3B.estimate_bytes(&shape(832, 480, 81)) as f64 / GB;
-        assert!(
-            (small - 8.2).abs() / 8.2 < 0.02,
-            "Wan 1.3B 480p: {small:.2} GB"
-        );
-        let large = WAN_14B.estimate_bytes(&shape(1280, 720, 81)) as f64 / GB;
-        assert!(
-            (large - 69.0).abs() / 69.0 < 0.02,
-            "Wan 14B 720p: {large:.2} GB"
-        );
-    }
-
-    #[test]
-    fn more_pixels_frames_or_an_untiled_decode_need_more_memory() {
-        let base = WAN_1_3B.estimate_bytes(&shape(832, 480, 81));
-        assert!(WAN_1_3B.estimate_bytes(&shape(1280, 720, 81)) > base);
-        assert!(WAN_1_3B.estimate_bytes(&shape(832, 480, 161)) > base);
-        let tiled = SegmentShape {
-            tiled_decode: true,
-            ..shape(1920, 1080, 81)
-        };
-        assert!(WAN_1_3B.estimate_bytes(&tiled) < WAN_1_3B.estimate_bytes(&shape(1920, 1080, 81)));
-        // A 1080p 1.3B final needs more than an L4's 24 GB, tiled decode brings it under.
-        assert!(WAN_1_3B.estimate_bytes(&shape(1920, 1080, 81)) as f64 > 24.0 * GB * 0.95);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use crate::estimator::{CorrectionKey, Corrections, SegmentShape};
+use reelfarm_models::SegmentShape;
+
+use crate::estimator::{CorrectionKey, Corrections};
 use crate::placement::{GpuState, Policy, ReadyQueue, ReadySegment, Reason, RunningCounts};
 
 use super::{
@@ -13,21 +15,6 @@ use super::{
     UNPLACEABLE_PREFIX, WorkerId,
 };
 
-/// Compute of one segment, in seconds on a speed-1.0 GPU per rendered pixel-step. Only the
-/// ratios between tasks matter to placement (critical path, expected finish).
-const SECONDS_PER_PIXEL_STEP: f64 = 2e-8;
-/// Weights a device loads per second (from local NVMe or the page cache).
-const LOAD_BYTES_PER_SECOND: f64 = 2e9;
-/// A model without a memory profile (reelfarm-tiny builds its weights in milliseconds).
-const UNPROFILED_LOAD_SECONDS: f64 = 0.1;
-
-/// Seconds to load `model` on a device where it is not resident.
-fn load_seconds(model: &str) -> f64 {
-    crate::estimator::profile(model).map_or(UNPROFILED_LOAD_SECONDS, |profile| {
-        (profile.parameters * profile.dtype_bytes + profile.text_encoder_bytes + profile.vae_bytes)
-            / LOAD_BYTES_PER_SECOND
-    })
-}
 /// Stitching is short and finishes a sequence: it goes before segments of equal standing.
 const STITCH_WORK_SECONDS: f64 = 5.0;
 /// The model index every worker serves: stitching.
@@ -88,24 +75,24 @@ impl PlacementState {
     pub(crate) fn reservation(&mut self, record: &SequenceRecord, index: usize) -> (u64, u64) {
         let key = self.correction_key(record, index);
         self.corrections
-            .reservation(&key, record.segments[index].memory_estimate_bytes)
+            .reservation(&key, formula_bytes(record, index))
     }
 
     /// A finished segment's measured peak (0: not measured) corrects its size class.
     pub(crate) fn learn_peak(&mut self, record: &SequenceRecord, index: usize, peak: u64) {
         if peak > 0 {
             let key = self.correction_key(record, index);
-            let formula = record.segments[index].memory_estimate_bytes;
-            self.corrections.observe(key, formula, peak);
+            self.corrections
+                .observe(key, formula_bytes(record, index), peak);
         }
     }
 
     /// A segment ran out of memory with what it reserved: its size class needs more.
     pub(crate) fn learn_oom(&mut self, record: &SequenceRecord, index: usize) {
         let key = self.correction_key(record, index);
-        let task = &record.segments[index];
+        let reserved = record.segments[index].reserved_bytes;
         self.corrections
-            .observe_oom(key, task.memory_estimate_bytes, task.reserved_bytes);
+            .observe_oom(key, formula_bytes(record, index), reserved);
     }
 
     fn forget(&mut self, id: &SequenceId) {
@@ -156,7 +143,7 @@ impl PlacementState {
                     work_seconds: work_seconds(record, index),
                     max_speed: f64::INFINITY,
                     chain_seconds_behind: chain_seconds_behind(record, index),
-                    load_seconds: load_seconds(&record.sequence.model),
+                    load_seconds: record.plan.load_seconds,
                     enqueued,
                 }
             }
@@ -178,13 +165,18 @@ impl PlacementState {
     }
 }
 
+/// The estimator's bytes for a segment in the mode it renders in now: the low-memory estimate
+/// once the out-of-memory ladder reached that rung.
+fn formula_bytes(record: &SequenceRecord, index: usize) -> u64 {
+    if record.segments[index].low_memory {
+        record.plan.segments[index].low_memory_estimate_bytes
+    } else {
+        record.segments[index].memory_estimate_bytes
+    }
+}
+
 fn work_seconds(record: &SequenceRecord, index: usize) -> f64 {
-    let planned = &record.plan.segments[index];
-    f64::from(record.plan.width)
-        * f64::from(record.plan.height)
-        * planned.render_frames as f64
-        * f64::from(planned.steps)
-        * SECONDS_PER_PIXEL_STEP
+    record.plan.segments[index].work_seconds
 }
 
 /// Compute of the continuity chain that waits for this segment (its successors, in turn).

@@ -36,11 +36,11 @@ const TASK_STATES: [TaskState; 6] = [
 ];
 
 /// Every counter series at zero, so rates and alerts have data before the first event.
-pub(crate) fn started_leading() {
+pub(crate) fn started_leading(models: &[String]) {
     let m = metrics::scheduler();
     m.leader.record(1, &[]);
-    for model in reelfarm_common::models::known_model_ids() {
-        let by_model = [label("model", model)];
+    for model in models {
+        let by_model = [label("model", model.clone())];
         m.video_seconds.add(0.0, &by_model);
         m.device_seconds.add(0.0, &by_model);
     }

@@ -1,6 +1,6 @@
 //! State-machine rules: dependencies, fencing, retries, cancellation, idempotency, memory.
 
-use reelfarm_common::models::REELFARM_TINY;
+use reelfarm_models::catalog::reelfarm_tiny;
 use reelfarm_common::sequence::{Aspect, Pass, Resolution, Shot, Transition};
 
 use super::*;
@@ -64,7 +64,7 @@ fn farm_with(transitions: &[Transition], workers: usize) -> Farm {
         );
     }
     let sequence = sequence(transitions);
-    let plan = planner::plan(&sequence, &REELFARM_TINY);
+    let plan = planner::plan(&sequence, &reelfarm_tiny());
     farm.submit("seq".into(), Some("key".into()), sequence, plan, 0.0);
     farm
 }
@@ -397,7 +397,7 @@ fn cancel_stops_running_tasks_and_keeps_memory_until_they_report() {
 fn the_same_idempotency_key_returns_the_first_sequence() {
     let mut farm = farm_with(&[Transition::Cut], 1);
     let sequence = sequence(&[Transition::Cut]);
-    let plan = planner::plan(&sequence, &REELFARM_TINY);
+    let plan = planner::plan(&sequence, &reelfarm_tiny());
     let (id, created) = farm.submit("other".into(), Some("key".into()), sequence, plan, 0.0);
     assert_eq!((id.as_str(), created), ("seq", false));
     assert_eq!(farm.sequences().count(), 1);
@@ -415,7 +415,7 @@ fn tasks_wait_for_a_device_with_enough_memory() {
         0.0,
     );
     let sequence = sequence(&[Transition::Cut]);
-    let plan = planner::plan(&sequence, &REELFARM_TINY);
+    let plan = planner::plan(&sequence, &reelfarm_tiny());
     farm.submit("seq".into(), None, sequence, plan, 0.0);
     assert!(farm.dispatch().is_empty());
     let waiting = &farm.sequence("seq").unwrap().segments[0];
@@ -538,7 +538,7 @@ fn submit_as(farm: &mut Farm, id: &str, owner: Option<&str>, priority: i32) {
     let mut sequence = sequence(&[Transition::Cut, Transition::Cut]);
     sequence.owner = owner.map(str::to_string);
     sequence.priority = priority;
-    let plan = planner::plan(&sequence, &REELFARM_TINY);
+    let plan = planner::plan(&sequence, &reelfarm_tiny());
     farm.submit(id.into(), None, sequence, plan, 0.0);
 }
 
@@ -591,7 +591,7 @@ fn a_drained_worker_gets_no_new_work_and_keeps_what_it_runs() {
     // Its segment keeps running there; new work goes to the other worker only.
     assert_eq!(farm.workers[&busy].devices[0].running.len(), 1);
     let sequence = sequence(&[Transition::Cut, Transition::Cut]);
-    let plan = planner::plan(&sequence, &REELFARM_TINY);
+    let plan = planner::plan(&sequence, &reelfarm_tiny());
     farm.submit("more".into(), None, sequence, plan, 0.0);
     let placed = assigned(&farm.dispatch());
     assert_eq!(placed.len(), 2);

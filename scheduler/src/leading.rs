@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use reelfarm_common::blob::BlobStore;
+use reelfarm_models::Catalog;
 use reelfarm_common::{pb, unix_now_s};
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
@@ -27,6 +28,8 @@ pub struct SchedulerConfig {
     /// unset); followers hand it out as the leader's address.
     pub advertise_url: Option<String>,
     pub max_attempts: u32,
+    /// The models specs may name: the built-in catalog plus a `--models` file.
+    pub catalog: Arc<Catalog>,
 }
 
 impl SchedulerConfig {
@@ -36,6 +39,7 @@ impl SchedulerConfig {
             state: Arc::new(MemoryState::new()),
             advertise_url: None,
             max_attempts: crate::farm::DEFAULT_MAX_ATTEMPTS,
+            catalog: Arc::new(Catalog::builtin()),
         }
     }
 }
@@ -56,6 +60,7 @@ pub(crate) struct Shared {
     pub store: Arc<dyn BlobStore>,
     pub url: String,
     pub max_attempts: u32,
+    pub catalog: Arc<Catalog>,
     /// Registered but not yet streaming: a worker gets work only once it can receive it.
     pub pending_workers: Mutex<HashMap<WorkerId, pb::RegisterWorkerRequest>>,
     pub worker_streams: Mutex<HashMap<WorkerId, CommandSender>>,
@@ -82,6 +87,7 @@ impl Shared {
             store: config.store,
             url,
             max_attempts: config.max_attempts,
+            catalog: config.catalog,
             pending_workers: Mutex::new(HashMap::new()),
             worker_streams: Mutex::new(HashMap::new()),
             changes,
@@ -249,7 +255,12 @@ impl Shared {
     /// Restores the farm a previous leader left and starts acting on it.
     async fn take_lead(self: &Arc<Self>, leadership: Leadership) -> Result<(), Error> {
         let loaded = self.state.load(&leadership).await?;
-        let farm = records::restore(self.max_attempts, &loaded.records, &loaded.workers)?;
+        let farm = records::restore(
+            self.max_attempts,
+            &self.catalog,
+            &loaded.records,
+            &loaded.workers,
+        )?;
         // Workers of the previous leader get one lease TTL to reconnect here.
         for (worker, record) in &loaded.workers {
             self.state
@@ -265,7 +276,7 @@ impl Shared {
             durable,
         });
         info!(url = %self.url, sequences, workers, state = %self.state.describe(), "leading");
-        farm_telemetry::started_leading();
+        farm_telemetry::started_leading(&self.catalog.ids());
         let mut expired = loaded.expired;
         let shared = self.clone();
         tokio::spawn(async move {

@@ -17,13 +17,14 @@
 //!    over the previous shot's tail. Continuity edges therefore form one chain per
 //!    continuity run; everything else is independent.
 //! 4. **Render size.** Lead + timeline frames rounded up to the model's `stride * n + 1`; the
-//!    worker trims the extra frames, so the timeline stays exact.
+//!    worker trims the extra frames, so the timeline stays exact. The catalog's estimator
+//!    gives each segment its memory (normal and low-memory mode) and compute estimates.
 //! 5. **Seeds.** Derived from (sequence or shot seed, shot index, segment index) by a fixed
 //!    mixing function: the same spec always renders the same frames, and re-rendering one
 //!    shot does not change any other.
 
-use reelfarm_common::models::ModelSpec;
 use reelfarm_common::sequence::{Pass, Sequence, Transition};
+use reelfarm_models::{ModelEntry, SegmentShape};
 
 /// How a segment's first frame relates to what came before it on the timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +61,13 @@ pub struct PlannedSegment {
     pub uses_reference: bool,
     pub steps: u32,
     pub guidance: f32,
+    /// Peak memory by the catalog's estimator, and in the model's low-memory mode (tiled
+    /// decode), the last rung of the out-of-memory ladder.
     pub memory_estimate_bytes: u64,
+    pub low_memory_estimate_bytes: u64,
+    /// Compute seconds on a speed-1.0 GPU, by the same estimator: placement's critical path
+    /// and expected finish times.
+    pub work_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,9 +77,11 @@ pub struct Plan {
     pub fps: u32,
     pub total_frames: u64,
     pub segments: Vec<PlannedSegment>,
+    /// Seconds to make the model resident on a device that does not hold it.
+    pub load_seconds: f64,
 }
 
-pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
+pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
     let (width, height) = sequence.frame_size();
     let fps = f64::from(sequence.fps);
     let steps = sequence.steps.unwrap_or(match sequence.pass {
@@ -150,10 +159,22 @@ pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
                 steps,
                 guidance: model.guidance,
                 memory_estimate_bytes: 0,
+                low_memory_estimate_bytes: 0,
+                work_seconds: 0.0,
             });
             let segment = segments.last_mut().expect("just pushed");
-            segment.memory_estimate_bytes =
-                model.memory_estimate_bytes(width, height, segment.render_frames);
+            let shape = SegmentShape {
+                width,
+                height,
+                frames: segment.render_frames,
+                tiled_decode: false,
+            };
+            segment.memory_estimate_bytes = model.memory_estimate_bytes(&shape);
+            segment.low_memory_estimate_bytes = model.memory_estimate_bytes(&SegmentShape {
+                tiled_decode: true,
+                ..shape
+            });
+            segment.work_seconds = model.work_seconds(&shape, steps);
             start += timeline_frames;
         }
     }
@@ -163,6 +184,7 @@ pub fn plan(sequence: &Sequence, model: &ModelSpec) -> Plan {
         fps: sequence.fps,
         total_frames: sequence.total_frames(),
         segments,
+        load_seconds: model.load_seconds(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Planner properties: exact timeline, window limits, chains, determinism.
 
 use proptest::prelude::*;
-use reelfarm_common::models::REELFARM_TINY;
+use reelfarm_models::catalog::reelfarm_tiny;
 use reelfarm_common::sequence::{Aspect, Resolution, Shot};
 
 use super::*;
@@ -45,7 +45,7 @@ fn sequence(shots: Vec<Shot>, fps: u32) -> Sequence {
 fn a_120_second_shot_splits_into_six_20_second_windows_chained() {
     let plan = plan(
         &sequence(vec![shot(120.0, Transition::Cut)], 24),
-        &REELFARM_TINY,
+        &reelfarm_tiny(),
     );
     assert_eq!(plan.segments.len(), 6);
     assert!(
@@ -75,7 +75,7 @@ fn without_a_blend_a_continuation_starts_from_the_last_frame() {
         24,
     );
     unblended.continuity_blend_seconds = 0.0;
-    let plan = plan(&unblended, &REELFARM_TINY);
+    let plan = plan(&unblended, &reelfarm_tiny());
     assert!(plan.segments.iter().skip(1).all(|s| s.lead_frames == 1));
     assert!(plan.segments.iter().all(|s| s.handoff_back_frames == 0));
 }
@@ -93,7 +93,7 @@ fn scenes_follow_labels_continuity_runs_and_grade_references() {
     shots[3].scene = Some("street".into());
     let mut labelled = sequence(shots, 24);
     labelled.grade_references.insert("street".into(), 3);
-    let plan = plan(&labelled, &REELFARM_TINY);
+    let plan = plan(&labelled, &reelfarm_tiny());
     let scenes: Vec<(&str, bool)> = plan
         .segments
         .iter()
@@ -119,7 +119,7 @@ fn plan_of_unlabelled() -> Vec<String> {
         shot(4.0, Transition::Continue),
         shot(4.0, Transition::Cut),
     ];
-    plan(&sequence(shots, 24), &REELFARM_TINY)
+    plan(&sequence(shots, 24), &reelfarm_tiny())
         .segments
         .into_iter()
         .map(|s| s.scene)
@@ -130,7 +130,7 @@ fn plan_of_unlabelled() -> Vec<String> {
 fn a_25_second_shot_splits_into_two_windows_of_12_and_a_half_seconds() {
     let plan = plan(
         &sequence(vec![shot(25.0, Transition::Cut)], 24),
-        &REELFARM_TINY,
+        &reelfarm_tiny(),
     );
     let frames: Vec<u64> = plan
         .segments
@@ -150,7 +150,7 @@ fn style_is_appended_and_crossfades_get_handles() {
             ],
             24,
         ),
-        &REELFARM_TINY,
+        &reelfarm_tiny(),
     );
     assert_eq!(plan.segments[0].prompt, "a pine valley at dawn, 35mm film");
     assert_eq!(plan.segments[1].join, Join::Crossfade);
@@ -180,7 +180,7 @@ fn arbitrary_sequence() -> impl Strategy<Value = Sequence> {
 proptest! {
     #[test]
     fn timeline_frames_add_up_to_fps_times_duration(sequence in arbitrary_sequence()) {
-        let plan = plan(&sequence, &REELFARM_TINY);
+        let plan = plan(&sequence, &reelfarm_tiny());
         let total: u64 = plan.segments.iter().map(|segment| segment.timeline_frames).sum();
         prop_assert_eq!(total, (sequence.total_duration_seconds() * f64::from(sequence.fps)).round() as u64);
         let mut next_start = 0;
@@ -192,14 +192,14 @@ proptest! {
 
     #[test]
     fn every_segment_lies_within_the_window_limits(sequence in arbitrary_sequence()) {
-        let plan = plan(&sequence, &REELFARM_TINY);
+        let plan = plan(&sequence, &reelfarm_tiny());
         let fps = f64::from(sequence.fps);
         for segment in &plan.segments {
             let seconds = segment.timeline_frames as f64 / fps;
-            prop_assert!(seconds <= REELFARM_TINY.window_seconds + 1.0 / fps, "{} s", seconds);
+            prop_assert!(seconds <= reelfarm_tiny().window_seconds + 1.0 / fps, "{} s", seconds);
             let shot = &sequence.shots[segment.shot_index as usize];
-            if shot.duration_seconds > REELFARM_TINY.window_seconds {
-                prop_assert!(seconds >= REELFARM_TINY.min_window_seconds - 1.0 / fps, "{} s", seconds);
+            if shot.duration_seconds > reelfarm_tiny().window_seconds {
+                prop_assert!(seconds >= reelfarm_tiny().min_window_seconds - 1.0 / fps, "{} s", seconds);
             }
             prop_assert_eq!(segment.render_frames % 4, 1);
             prop_assert!(segment.render_frames >= segment.lead_frames + segment.timeline_frames);
@@ -209,7 +209,7 @@ proptest! {
 
     #[test]
     fn continuity_edges_form_one_chain_per_run(sequence in arbitrary_sequence()) {
-        let plan = plan(&sequence, &REELFARM_TINY);
+        let plan = plan(&sequence, &reelfarm_tiny());
         let mut successors = vec![0; plan.segments.len()];
         for (index, segment) in plan.segments.iter().enumerate() {
             match segment.join {
@@ -230,8 +230,8 @@ proptest! {
 
     #[test]
     fn the_plan_is_deterministic_and_seeds_differ(sequence in arbitrary_sequence()) {
-        let first = plan(&sequence, &REELFARM_TINY);
-        prop_assert_eq!(&first, &plan(&sequence, &REELFARM_TINY));
+        let first = plan(&sequence, &reelfarm_tiny());
+        prop_assert_eq!(&first, &plan(&sequence, &reelfarm_tiny()));
         let mut seeds: Vec<u64> = first.segments.iter().map(|segment| segment.seed).collect();
         seeds.sort_unstable();
         seeds.dedup();

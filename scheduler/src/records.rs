@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 use reelfarm_common::sequence::{Reference, Sequence};
-use reelfarm_common::{models, pb, spec};
+use reelfarm_common::{pb, spec};
+use reelfarm_models::Catalog;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -199,7 +200,7 @@ fn stored_spec(sequence: &Sequence) -> Vec<u8> {
     spec.encode_to_vec()
 }
 
-fn sequence_from_stored(bytes: &[u8]) -> Result<Sequence, Error> {
+fn sequence_from_stored(bytes: &[u8], catalog: &Catalog) -> Result<Sequence, Error> {
     let spec = pb::SequenceSpec::decode(bytes)
         .map_err(|error| Error::Internal(format!("stored spec does not decode: {error}")))?;
     let names: Vec<Option<String>> = spec
@@ -207,7 +208,7 @@ fn sequence_from_stored(bytes: &[u8]) -> Result<Sequence, Error> {
         .iter()
         .map(|shot| shot.reference_name.clone())
         .collect();
-    let mut sequence = spec::sequence_from_pb(spec)
+    let mut sequence = spec::sequence_from_pb(spec, &catalog.ids())
         .map_err(|error| Error::Internal(format!("stored spec no longer validates: {error}")))?;
     for (shot, name) in sequence.shots.iter_mut().zip(names) {
         if let Some(name) = name {
@@ -288,6 +289,7 @@ fn decode<T: for<'a> Deserialize<'a>>(key: &str, bytes: &[u8]) -> Result<T, Erro
 /// leases still live, disconnected until they reconnect.
 pub fn restore(
     max_attempts: u32,
+    catalog: &Catalog,
     records: &BTreeMap<String, Vec<u8>>,
     workers: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Farm, Error> {
@@ -336,13 +338,11 @@ pub fn restore(
             records
                 .get(&spec_key)
                 .ok_or_else(|| Error::Internal(format!("{spec_key} is missing")))?,
+            catalog,
         )?;
-        let model = models::find_model(&sequence.model).ok_or_else(|| {
-            Error::Internal(format!(
-                "sequence {id} uses unknown model {}",
-                sequence.model
-            ))
-        })?;
+        let model = catalog
+            .require(&sequence.model)
+            .map_err(|unknown| Error::Internal(format!("sequence {id}: {unknown}")))?;
         let plan = planner::plan(&sequence, model);
         let task = |name: &str| -> Result<TaskRecord, Error> {
             let key = task_key(id, name);
@@ -520,7 +520,7 @@ impl Durable {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use reelfarm_common::models::REELFARM_TINY;
+    use reelfarm_models::catalog::reelfarm_tiny;
     use reelfarm_common::sequence::{Aspect, Pass, Resolution, Shot, Transition};
 
     use super::*;
@@ -619,7 +619,7 @@ mod tests {
                 farm.register_worker(format!("w{worker}"), format!("w{worker}"), vec![device(16)], vec!["reelfarm-tiny".into()], &[], 0.0);
             }
             let sequence = sequence(shots);
-            let plan = planner::plan(&sequence, &REELFARM_TINY);
+            let plan = planner::plan(&sequence, &reelfarm_tiny());
             farm.submit("seq-a".into(), Some("key".into()), sequence, plan, 1.0);
             let mut outstanding: Vec<pb::AssignmentRef> = Vec::new();
             for event in events {
@@ -637,7 +637,7 @@ mod tests {
                 }
             }
             let (records, worker_records) = all_records(&farm);
-            let restored = restore(3, &records, &worker_records).unwrap();
+            let restored = restore(3, &Catalog::builtin(), &records, &worker_records).unwrap();
             prop_assert_eq!(statuses(&restored), statuses(&farm));
             let mut before: Vec<_> = farm.assignments.iter().map(|(id, a)| (id.clone(), a.worker.clone(), a.device_slot, a.attempt)).collect();
             let mut after: Vec<_> = restored.assignments.iter().map(|(id, a)| (id.clone(), a.worker.clone(), a.device_slot, a.attempt)).collect();
@@ -665,7 +665,7 @@ mod tests {
             name: "hero.png".into(),
             png: vec![1; 4096],
         });
-        let plan = planner::plan(&sequence, &REELFARM_TINY);
+        let plan = planner::plan(&sequence, &reelfarm_tiny());
         let mut farm = Farm::new(3);
         farm.submit("seq-r".into(), None, sequence, plan, 1.0);
         let (records, workers) = all_records(&farm);
@@ -675,7 +675,7 @@ mod tests {
             "the PNG must not be stored: {} bytes",
             spec.len()
         );
-        let restored = restore(3, &records, &workers).unwrap();
+        let restored = restore(3, &Catalog::builtin(), &records, &workers).unwrap();
         let shot = &restored.sequences["seq-r"].sequence.shots[0];
         assert_eq!(
             shot.reference.as_ref().map(|r| r.name.as_str()),
@@ -688,7 +688,7 @@ mod tests {
     fn durable_writes_only_what_changed_at_the_revision_it_read() {
         let mut farm = Farm::new(3);
         let sequence = sequence(2);
-        let plan = planner::plan(&sequence, &REELFARM_TINY);
+        let plan = planner::plan(&sequence, &reelfarm_tiny());
         farm.submit("seq-d".into(), None, sequence, plan, 1.0);
         let mut durable = Durable::default();
         let ids = vec!["seq-d".to_string()];

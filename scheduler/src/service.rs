@@ -10,7 +10,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use reelfarm_common::pb::sequence_service_server::{SequenceService, SequenceServiceServer};
 use reelfarm_common::pb::worker_service_server::{WorkerService, WorkerServiceServer};
-use reelfarm_common::{health, keys, models, pb, spec, trace_context, unix_now_s};
+use reelfarm_common::{health, keys, pb, spec, trace_context, unix_now_s};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -85,10 +85,12 @@ impl SequenceService for Api {
         let spec = request
             .spec
             .ok_or_else(|| Error::InvalidArgument("spec: required".into()))?;
-        let sequence = spec::sequence_from_pb(spec).map_err(Error::from)?;
-        let model = models::find_model(&sequence.model).ok_or_else(|| {
-            Error::InvalidArgument(format!("model: unknown model {:?}", sequence.model))
-        })?;
+        let sequence = spec::sequence_from_pb(spec, &self.0.catalog.ids()).map_err(Error::from)?;
+        let model = self
+            .0
+            .catalog
+            .require(&sequence.model)
+            .map_err(|unknown| Error::InvalidArgument(format!("model: {unknown}")))?;
         // Refuse early on a follower, before uploading reference images.
         self.0.leadership().await?;
         let id = format!("seq-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);

@@ -19,9 +19,12 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use crate::estimator::{
-    CorrectionKey, Corrections, MemoryProfile, SegmentShape, WAN_1_3B, WAN_2_2_5B, WAN_14B,
+use reelfarm_models::memory::{
+    MemoryModel, SegmentShape, WAN_2_1_1_3B_MEMORY as WAN_1_3B, WAN_2_1_14B_MEMORY as WAN_14B,
+    WAN_2_2_5B_MEMORY as WAN_2_2_5B,
 };
+
+use crate::estimator::{CorrectionKey, Corrections};
 use crate::placement::{GpuState, Policy, ReadySegment, place};
 use crate::planner::{SPLITMIX64_INCREMENT, splitmix64};
 
@@ -44,7 +47,7 @@ pub struct GpuSpec {
 pub struct Workload {
     pub name: &'static str,
     pub model: u32,
-    pub profile: &'static MemoryProfile,
+    pub profile: &'static MemoryModel,
     pub shape: SegmentShape,
     pub work_seconds: f64,
     pub max_speed: f64,
@@ -383,7 +386,7 @@ pub fn simulate(trace: &Trace, policy: Policy) -> SimResult {
                         ..w.shape
                     };
                     let key = CorrectionKey::new(w.model, &shape);
-                    let formula = w.profile.estimate_bytes(&shape);
+                    let formula = w.profile.estimate_bytes(4, &shape);
                     let (warm, cold) = corrections.reservation(&key, formula);
                     ReadySegment {
                         sequence: s.sequence,
@@ -432,7 +435,7 @@ pub fn simulate(trace: &Trace, policy: Policy) -> SimResult {
                     tiled_decode: attempts[i].tiled,
                     ..w.shape
                 };
-                let true_peak = (w.profile.estimate_bytes(&shape) as f64 * w.true_ratio) as u64;
+                let true_peak = (w.profile.estimate_bytes(4, &shape) as f64 * w.true_ratio) as u64;
                 let gpu = &mut gpus[a.gpu];
                 let load_left = if gpu.warm.contains(&w.model) {
                     0.0
@@ -520,7 +523,7 @@ pub fn simulate(trace: &Trace, policy: Policy) -> SimResult {
                     ..w.shape
                 };
                 let key = CorrectionKey::new(w.model, &shape);
-                let formula = w.profile.estimate_bytes(&shape);
+                let formula = w.profile.estimate_bytes(4, &shape);
                 if job.oom_at.is_some() {
                     ooms += 1;
                     corrections.observe_oom(key, formula, job.reserved);

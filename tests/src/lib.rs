@@ -5,14 +5,11 @@ pub mod farm;
 pub mod probe;
 pub mod s3_server;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use reelfarm_cli::embedded::EmbeddedFarm;
 use reelfarm_common::pb;
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
-use reelfarm_worker::model::ModelRuntime;
-use reelfarm_worker::model::tiny::TinyModel;
 use tonic::transport::Channel;
 
 /// A farm in a temp dir (kept when `REELFARM_KEEP_TEST_DIRS=1`), with a connected client.
@@ -20,10 +17,6 @@ pub struct TestFarm {
     pub farm: EmbeddedFarm,
     pub client: SequenceServiceClient<Channel>,
     pub dir: tempfile::TempDir,
-}
-
-pub fn tiny_model() -> Arc<dyn ModelRuntime> {
-    Arc::new(TinyModel::shipped().expect("built-in weights"))
 }
 
 impl TestFarm {
@@ -35,7 +28,7 @@ impl TestFarm {
             dir.disable_cleanup(true);
             eprintln!("keeping test dir {}", dir.path().display());
         }
-        let farm = EmbeddedFarm::start(dir.path(), workers, tiny_model()).await?;
+        let farm = EmbeddedFarm::start_builtin(dir.path(), workers).await?;
         let client = SequenceServiceClient::connect(farm.url.clone()).await?;
         Ok(TestFarm { farm, client, dir })
     }

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::Error;
 use crate::inventory::Inventory;
 use crate::memory_meter::PeakMeter;
-use crate::model::ModelRuntime;
+use reelfarm_models::ModelRuntime;
 use crate::segment::run_segment;
 use crate::stitch_task::run_stitch;
 use crate::task::{Progress, TaskFailure};

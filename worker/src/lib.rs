@@ -1,12 +1,14 @@
-//! The reelfarm worker: runs render segments with a candle model and stitches sequences,
-//! taking assignments from the scheduler over gRPC and writing results to the object store.
+//! The reelfarm worker: takes assignments from the leading scheduler over gRPC, renders
+//! segments with a model runtime (`reelfarm-models`' seam; `reelfarm-tiny` built in) and
+//! stitches sequences (`reelfarm-stitch`), reading and writing the object store. Owns the
+//! agent, segment and stitch execution, the GPU inventory and the memory meter; never the
+//! farm's decisions.
 
 pub mod agent;
 pub mod health;
 pub mod inventory;
 pub mod memory_meter;
-pub mod model;
-pub mod scenes;
+pub mod runtimes;
 pub mod segment;
 pub mod stitch_task;
 pub mod task;

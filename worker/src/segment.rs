@@ -11,7 +11,7 @@ use reelfarm_common::{keys, pb, unix_now_s};
 use reelfarm_stitch::Sidecar;
 use reelfarm_stitch::color::SegmentSampler;
 use reelfarm_media::frame::RgbFrame;
-use crate::model::{GenerateRequest, ModelRuntime};
+use reelfarm_models::{GenerateRequest, ModelRuntime};
 use crate::task::{Phases, Progress, TaskFailure};
 use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
 
@@ -208,7 +208,7 @@ mod tests {
 
     use super::*;
     use reelfarm_stitch::color::{EDGE_FRAME_SAMPLES, LabSamples, lab_at, sample_grid};
-    use crate::model::tiny::TinyModel;
+    use reelfarm_tiny::TinyModel;
     use reelfarm_media::video::Mp4Reader;
 
     fn task(join: pb::JoinKind, lead_frames: u64, condition_key: &str) -> pb::SegmentTask {
@@ -221,7 +221,7 @@ mod tests {
             fps: 8,
             timeline_frames: 9,
             lead_frames,
-            render_frames: reelfarm_common::models::REELFARM_TINY
+            render_frames: reelfarm_models::catalog::reelfarm_tiny()
                 .aligned_render_frames(lead_frames + 9),
             steps: 2,
             guidance: 4.0,

@@ -49,9 +49,9 @@ impl From<reelfarm_media::video::VideoError> for TaskFailure {
     }
 }
 
-impl From<crate::model::ModelError> for TaskFailure {
-    fn from(error: crate::model::ModelError) -> Self {
-        use crate::model::ModelError;
+impl From<reelfarm_models::ModelError> for TaskFailure {
+    fn from(error: reelfarm_models::ModelError) -> Self {
+        use reelfarm_models::ModelError;
         let reason = match &error {
             ModelError::Cancelled => pb::FailureReason::Cancelled,
             ModelError::OutOfMemory(_) => pb::FailureReason::OutOfMemory,

@@ -4,8 +4,12 @@
 
 use super::*;
 
-/// The API message goes through the same validation as a spec file.
-pub fn sequence_from_pb(spec: pb::SequenceSpec) -> Result<Sequence, SpecError> {
+/// The API message goes through the same validation as a spec file; `known_models` are the
+/// ids of the farm's model catalog.
+pub fn sequence_from_pb(
+    spec: pb::SequenceSpec,
+    known_models: &[String],
+) -> Result<Sequence, SpecError> {
     let shots = spec
         .shots
         .into_iter()
@@ -58,7 +62,7 @@ pub fn sequence_from_pb(spec: pb::SequenceSpec) -> Result<Sequence, SpecError> {
             .priority
             .map(|priority| Scalar::Integer(i64::from(priority))),
     };
-    validate(doc, &|_| {
+    validate(doc, Some(known_models), &|_| {
         Err("references travel as image bytes over the API".to_string())
     })
 }

@@ -9,6 +9,8 @@ pub mod prompts;
 pub mod render;
 
 use rand::{Rng, SeedableRng};
+
+use crate::CameraPath;
 use rand_chacha::ChaCha8Rng;
 
 /// One attribute of a scene: a closed set of values with stable names.
@@ -82,6 +84,41 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, values: &[T]) -> T {
 }
 
 impl Scene {
+    /// What reelfarm-tiny's camera head learns for this scene: its camera move at the scene's speed, as
+    /// a rigid window (the generator's far layers move less; this moves everything alike).
+    pub fn camera_path(&self) -> CameraPath {
+        let speed = self.speed;
+        let still = CameraPath::STILL;
+        match self.camera {
+            Camera::Static => still,
+            Camera::PanLeft => CameraPath {
+                pan_x: -speed,
+                ..still
+            },
+            Camera::PanRight => CameraPath {
+                pan_x: speed,
+                ..still
+            },
+            Camera::TiltUp => CameraPath {
+                pan_y: -speed,
+                ..still
+            },
+            Camera::AerialDescent => CameraPath {
+                pan_y: speed,
+                zoom: 0.3 * speed,
+                ..still
+            },
+            Camera::PushIn => CameraPath {
+                zoom: 1.5 * speed,
+                ..still
+            },
+            Camera::PullOut => CameraPath {
+                zoom: -1.5 * speed,
+                ..still
+            },
+        }
+    }
+
     /// A scene with every attribute and detail drawn from `seed`.
     pub fn random(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use super::TinyConfig;
-use crate::model::ModelError;
+use reelfarm_models::ModelError;
 
 /// candle 0.11 sends element-wise ops of at least 64 Ki elements to its worker pool; chunks
 /// stay just below so those ops run inline on our threads. (It also keeps each overlapping
@@ -252,7 +252,7 @@ impl TokenGrid {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tiny::weights::GaussianRng;
+    use crate::weights::GaussianRng;
 
     #[test]
     fn patchify_round_trips_odd_frame_counts() -> Result<(), ModelError> {

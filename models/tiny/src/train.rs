@@ -27,7 +27,7 @@ use super::sampler::clip_noise;
 use super::text::Tokenizer;
 use super::vae::{LatentGeometry, Vae};
 use super::{TinyConfig, TinyWeights};
-use crate::model::ModelError;
+use reelfarm_models::ModelError;
 use crate::scenes::render::render_frame;
 use crate::scenes::{Camera, Scene, prompts};
 
@@ -167,7 +167,7 @@ fn make_batch(
         } else {
             (
                 prompts::describe_for(&scene, rng.random(), false),
-                CameraPath::of_scene(&scene),
+                scene.camera_path(),
             )
         };
         let plate = Scene {
@@ -592,8 +592,8 @@ pub fn train_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tiny::TinyModel;
-    use crate::model::tiny::weights::GaussianRng;
+    use crate::TinyModel;
+    use crate::weights::GaussianRng;
 
     #[test]
     fn the_training_forward_is_the_inference_forward() -> Result<(), ModelError> {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::TinyModel;
-use crate::model::{GenerateRequest, ModelError, ModelRuntime};
+use reelfarm_models::{GenerateRequest, ModelError, ModelRuntime};
 use crate::scenes::measure::{AttributeProbe, FrameSummary};
 use crate::scenes::{Attribute, Attributes, Camera, Scene, Setting, TimeOfDay, Weather, prompts};
 

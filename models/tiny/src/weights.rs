@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::text::fnv1a;
 use super::{TinyConfig, camera, denoiser, text, vae};
-use crate::model::ModelError;
+use reelfarm_models::ModelError;
 
 /// splitmix64 + Box–Muller. Our own generator rather than candle's (unseedable) or a crate's
 /// (whose streams may change between versions): `from_seed(s)` and a request's noise must stay
@@ -248,6 +248,7 @@ impl TinyWeights {
     }
 
     /// Swaps one tensor for another of the same shape (training writes its results back so).
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
     pub(crate) fn replace(&mut self, name: &str, tensor: Tensor) -> Result<(), ModelError> {
         let current = self.get(name)?;
         if current.dims() != tensor.dims() {

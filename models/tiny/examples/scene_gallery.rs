@@ -1,6 +1,6 @@
 //! Writes a PNG grid of procedural scenes (first and last frame of a 3 s clip) for eyeballing the generator.
 use reelfarm_media::frame::RgbFrame;
-use reelfarm_worker::scenes::{Scene, prompts, render::render_frame};
+use reelfarm_tiny::scenes::{Scene, prompts, render::render_frame};
 
 fn main() {
     let (w, h) = (212u32, 120u32);

@@ -26,7 +26,7 @@
 //!   unconditional (negative or empty prompt) predictions, first-frame conditioning by
 //!   replacing the plate cells under the first window in latent frame 0 with the noised
 //!   encoding of the picture at every step (and exactly it at the end).
-//! - Weights: `TinyModel::shipped()` (built into the binary from `worker/weights/`), made by
+//! - Weights: `TinyModel::shipped()` (built into the binary from `models/tiny/weights/`), made by
 //!   `train::train` with its defaults; `eval.rs` measures whether they follow held-out prompts.
 //!
 //! Speed on the 2-core dev machine is the design constraint (the `#[ignore]`d benchmarks in
@@ -38,10 +38,14 @@
 mod camera;
 mod clip;
 mod denoiser;
+#[cfg(feature = "train")]
 pub mod eval;
 mod layout;
 mod sampler;
+#[cfg(feature = "train")]
+pub mod scenes;
 pub mod text;
+#[cfg(feature = "train")]
 pub mod train;
 mod vae;
 mod weights;
@@ -60,11 +64,11 @@ use self::sampler::SamplingPlan;
 use self::text::{TextEncoder, Tokenizer};
 use self::vae::{LatentGeometry, Vae};
 pub use self::weights::TinyWeights;
-use super::{GenerateRequest, GeneratedClip, ModelError, ModelRuntime};
+use reelfarm_models::{GenerateRequest, GeneratedClip, MemoryModel, ModelError, ModelRuntime, SegmentShape};
 
 /// Where the shipped weights live in the source tree (`reelfarm train-tiny` rewrites them).
-pub const SHIPPED_WEIGHTS_NAME: &str = "worker/weights/reelfarm-tiny.safetensors";
-const SHIPPED_WEIGHTS: &[u8] = include_bytes!("../../../weights/reelfarm-tiny.safetensors");
+pub const SHIPPED_WEIGHTS_NAME: &str = "models/tiny/weights/reelfarm-tiny.safetensors";
+const SHIPPED_WEIGHTS: &[u8] = include_bytes!("../weights/reelfarm-tiny.safetensors");
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TinyConfig {
@@ -147,6 +151,8 @@ impl TinyConfig {
 }
 
 pub struct TinyModel {
+    /// The catalog id it serves (`reelfarm-tiny`, or a catalog file's entry).
+    id: String,
     config: TinyConfig,
     weights: TinyWeights,
     tokenizer: Tokenizer,
@@ -155,6 +161,8 @@ pub struct TinyModel {
     denoiser: Denoiser,
     vae: Vae,
     memory_limit_bytes: Option<u64>,
+    /// The catalog's estimator for this model (`reelfarm_models::memory`).
+    memory: MemoryModel,
 }
 
 impl TinyModel {
@@ -188,8 +196,9 @@ impl TinyModel {
     pub fn from_weights(config: TinyConfig, weights: TinyWeights) -> Result<Self, ModelError> {
         config.validate()?;
         Ok(Self {
+            id: Self::ID.to_string(),
             tokenizer: Tokenizer::new(config.vocab_size, config.max_tokens)
-                .with_vocabulary(crate::scenes::prompts::vocabulary()),
+                .with_vocabulary(text::VOCABULARY.to_vec()),
             text: TextEncoder::new(&weights, &config)?,
             camera: CameraHead::new(&weights)?,
             denoiser: Denoiser::new(&weights, &config)?,
@@ -197,6 +206,7 @@ impl TinyModel {
             config,
             weights,
             memory_limit_bytes: None,
+            memory: reelfarm_models::memory::REELFARM_TINY_MEMORY,
         })
     }
 
@@ -204,11 +214,37 @@ impl TinyModel {
         self.weights.save_safetensors(path)
     }
 
-    /// Requests whose `memory_estimate_bytes` exceeds `limit` fail with `OutOfMemory` up front
-    /// instead of being killed half-way.
+    /// Requests whose estimate (the catalog's estimator) exceeds `limit` fail with
+    /// `OutOfMemory` up front instead of being killed half-way.
     pub fn with_memory_limit(mut self, limit: Option<u64>) -> Self {
         self.memory_limit_bytes = limit;
         self
+    }
+
+    /// Serves catalog entry `id` (a tiny model with its own weights) instead of reelfarm-tiny.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Estimates with the coefficients of this model's catalog entry (a catalog file may
+    /// give a tiny model of another size its own).
+    pub fn with_memory_model(mut self, memory: MemoryModel) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// Peak bytes `request` needs by the catalog's estimator.
+    pub fn memory_estimate_bytes(&self, request: &GenerateRequest) -> u64 {
+        self.memory.estimate_bytes(
+            self.config.temporal_stride as u32,
+            &SegmentShape {
+                width: request.width,
+                height: request.height,
+                frames: u64::from(request.frames),
+                tiled_decode: false,
+            },
+        )
     }
 
     /// The camera move the model reads from `prompt` (before a clip's length limits it).
@@ -242,64 +278,14 @@ impl TinyModel {
     }
 }
 
-// Memory model behind `memory_estimate_bytes`, in units of the request's own tensors.
-// Measured peak RSS growth (tests.rs benchmarks, one at a time, prompts that pan; glibc
-// malloc, 2 cores): 35 MiB for 848×480×241, 173 MiB for 1920×1080×241 and 276 MiB for
-// 1920×1080×481; the formula, which allows for the largest camera plate, gives 60, 230 and
-// 408 MiB.
 /// Latent frames sampled before and after the clip and then dropped: one token frame each
 /// side. The denoiser's temporal convolutions see zeros past the ends, and the trained model's
 /// first and last token frames came out washed out towards grey; with the margin those frames
 /// are interior ones.
 const TEMPORAL_MARGIN: usize = 2;
-/// Token buffers (rows × hidden f32) alive at the worst moment of a block: the input stream,
-/// the activated buffer, the next stream and its chunk pieces, and freed buffers that glibc
-/// keeps in its per-thread arenas.
-const STREAM_COPIES: u64 = 6;
-/// Latent-sized tensors alive at once: noise, the current latent, its patchified copy, the
-/// two clean predictions, the flattened step inputs and their result, the clip's colours.
-const LATENT_COPIES: u64 = 8;
-/// Per output pixel while frames are decoded: the frame's bytes, the u8 bands before they
-/// are joined, and one frame the caller still holds (3 bytes each).
-const DECODE_BYTES_PER_PIXEL: u64 = 9;
-/// Thread stacks, the text encoder, small per-step tensors.
-const FIXED_OVERHEAD: u64 = 8 << 20;
-
 impl ModelRuntime for TinyModel {
     fn id(&self) -> &str {
-        Self::ID
-    }
-
-    /// weights + STREAM_COPIES × token buffer + LATENT_COPIES × latent +
-    /// DECODE_BYTES_PER_PIXEL × frame pixels + FIXED_OVERHEAD. The two CFG predictions
-    /// run one after the other, so only one set of token buffers is alive. Calibrated against
-    /// measured peak RSS growth: at or above it, and within ~3× of it.
-    fn memory_estimate_bytes(&self, width: u32, height: u32, frames: u32) -> u64 {
-        let geometry = LatentGeometry::new(&self.config, width, height, frames);
-        let patch = self.config.patch_size;
-        // The largest plate a camera move may need (`camera::PLATE_GROWTH`): latent cells
-        // rounded up by a patch, and tokens with their zero border.
-        let (plate_height, plate_width) = (
-            geometry.latent_height + patch,
-            geometry.latent_width + patch,
-        );
-        let plate_tokens = camera::PLATE_GROWTH
-            * (plate_height / patch + 2) as f64
-            * (plate_width / patch + 2) as f64;
-        let sampled_frames = geometry.latent_frames + 2 * TEMPORAL_MARGIN;
-        let token_rows =
-            (sampled_frames.div_ceil(self.config.temporal_patch) + 2) as f64 * plate_tokens;
-        let stream_bytes = (token_rows * (self.config.hidden_channels * 4) as f64) as u64;
-        let latent_bytes = (camera::PLATE_GROWTH
-            * (plate_height * plate_width) as f64
-            * (sampled_frames * self.config.latent_channels * 4) as f64)
-            as u64;
-        let frame_pixels = u64::from(width) * u64::from(height);
-        self.weights.byte_size()
-            + STREAM_COPIES * stream_bytes
-            + LATENT_COPIES * latent_bytes
-            + DECODE_BYTES_PER_PIXEL * frame_pixels
-            + FIXED_OVERHEAD
+        &self.id
     }
 
     fn generate(
@@ -310,7 +296,7 @@ impl ModelRuntime for TinyModel {
     ) -> Result<GeneratedClip, ModelError> {
         request.validate()?;
         if let Some(limit) = self.memory_limit_bytes {
-            let needed = self.memory_estimate_bytes(request.width, request.height, request.frames);
+            let needed = self.memory_estimate_bytes(request);
             if needed > limit {
                 return Err(ModelError::OutOfMemory(format!(
                     "{}x{}x{} needs about {} MiB, the limit is {} MiB",

@@ -297,7 +297,7 @@ pub fn describe(scene: &Scene, seed: u64) -> String {
 
 /// True for the prompts kept out of training (about one in eight), decided by their text.
 pub fn is_held_out(prompt: &str) -> bool {
-    crate::model::tiny::text::fnv1a(prompt.to_lowercase().as_bytes()).is_multiple_of(8)
+    crate::text::fnv1a(prompt.to_lowercase().as_bytes()).is_multiple_of(8)
 }
 
 /// A prompt for `scene` on the chosen side of the split: phrasings are redrawn until one lands
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn the_readme_lists_every_word_the_model_knows() {
-        let readme = include_str!("../../../README.md").to_lowercase();
+        let readme = include_str!("../../../../README.md").to_lowercase();
         let section = &readme[readme
             .find("## the demo model")
             .expect("demo model section")..];
@@ -387,5 +387,15 @@ mod tests {
         ] {
             assert!(vocabulary.contains(&word), "{word}");
         }
+    }
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    /// The runtime's tokenizer keeps exactly the words this generator writes.
+    #[test]
+    fn the_model_vocabulary_is_the_generators() {
+        let words = super::vocabulary();
+        assert_eq!(crate::text::VOCABULARY, words.as_slice());
     }
 }

@@ -14,7 +14,7 @@ use super::TinyConfig;
 use super::camera::PositionMap;
 use super::layout::{TokenGrid, map_chunks};
 use super::weights::{Init, TensorSpec, TinyWeights};
-use crate::model::ModelError;
+use reelfarm_models::ModelError;
 
 struct Block {
     modulation_weight: Tensor,
@@ -363,7 +363,7 @@ impl Denoiser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tiny::weights::GaussianRng;
+    use crate::weights::GaussianRng;
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
         let count = shape.iter().product();

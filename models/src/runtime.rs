@@ -1,7 +1,5 @@
 //! The seam between the worker and whatever generates pixels: one request type, one error type and one trait, so a model can be swapped without touching scheduling, encoding or stitching.
 
-pub mod tiny;
-
 use std::sync::atomic::AtomicBool;
 
 use reelfarm_media::frame::RgbFrame;
@@ -115,6 +113,7 @@ pub enum ModelError {
     Internal(String),
 }
 
+#[cfg(feature = "candle")]
 impl From<candle_core::Error> for ModelError {
     fn from(error: candle_core::Error) -> Self {
         ModelError::Internal(format!("tensor operation failed: {error}"))
@@ -123,9 +122,6 @@ impl From<candle_core::Error> for ModelError {
 
 pub trait ModelRuntime: Send + Sync {
     fn id(&self) -> &str;
-    /// Peak bytes one request needs (weights + activations incl. the CFG batch + decoder
-    /// buffers + margin), so the scheduler can refuse or queue work before it starts.
-    fn memory_estimate_bytes(&self, width: u32, height: u32, frames: u32) -> u64;
     /// Renders a clip; `on_step(done, total)` after every denoising step, and `cancel` is
     /// checked before every step (then the result is `ModelError::Cancelled`).
     fn generate(

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use super::denoiser::Denoiser;
 use super::layout::{TokenGrid, map_elementwise};
 use super::weights::GaussianRng;
-use crate::model::ModelError;
+use reelfarm_models::ModelError;
 
 /// `steps + 1` flow times from 1 to 0. `shift` > 1 spends more steps at high noise, where the
 /// layout of the picture is decided (the SD3 / Wan "shifted" schedule).

@@ -6,7 +6,7 @@ use super::camera::CameraRig;
 use super::layout::{CHUNK_ELEMENTS, map_chunks};
 use super::vae::LatentGeometry;
 use reelfarm_media::frame::RgbFrame;
-use crate::model::{ClipDecoder, ModelError};
+use reelfarm_models::{ClipDecoder, ModelError};
 
 /// Bilinear sampling of the cells under a window (`start`, `len` in cells) onto `target_len`
 /// pixels; over the whole grid (0, cells) cell centres sit at (c + 0.5)·target_len/cells, the
@@ -213,7 +213,7 @@ impl ClipDecoder for TinyClip {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tiny::TinyConfig;
+    use crate::TinyConfig;
 
     #[test]
     fn taps_stay_inside_the_grid() {
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn a_moving_camera_films_the_plate_through_its_window() -> Result<(), ModelError> {
-        use crate::model::tiny::CameraPath;
+        use crate::CameraPath;
         // A plate whose brightness grows to the right, filmed by a camera panning right for
         // 2 s: the middle of the frame brightens as the window slides over the plate.
         let geometry = LatentGeometry::new(&TinyConfig::default(), 128, 64, 49);

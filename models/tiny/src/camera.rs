@@ -10,8 +10,7 @@ use candle_core::{Device, Tensor};
 
 use super::TinyConfig;
 use super::weights::{Init, TensorSpec, TinyWeights};
-use crate::model::ModelError;
-use crate::scenes::{Camera, Scene};
+use reelfarm_models::ModelError;
 
 /// Values the camera head predicts: pan x, pan y, zoom.
 pub(crate) const CAMERA_VALUES: usize = 3;
@@ -23,9 +22,10 @@ const HEAD_SCALE: f32 = 10.0;
 const MAX_TRAVEL: f32 = 0.5;
 /// Most a window zooms over one clip (natural log): 2×, beyond which the plate's cells show.
 const MAX_ZOOM: f32 = std::f32::consts::LN_2;
-/// Bound on a plate's area for the memory estimate: at most this times (frame width + patch)
-/// × (frame height + patch) cells, the worst case being a diagonal move of half the travel on
-/// each axis, (1 + MAX_TRAVEL/2)².
+/// Bound on a plate's area: at most this times (frame width + patch) × (frame height + patch)
+/// cells, the worst case being a diagonal move of half the travel on each axis,
+/// (1 + MAX_TRAVEL/2)². The catalog's memory coefficients for reelfarm-tiny allow for it.
+#[cfg(all(test, feature = "train"))]
 pub(crate) const PLATE_GROWTH: f64 =
     (1.0 + MAX_TRAVEL as f64 / 2.0) * (1.0 + MAX_TRAVEL as f64 / 2.0);
 
@@ -47,41 +47,7 @@ impl CameraPath {
         zoom: 0.0,
     };
 
-    /// What the head learns for a generator scene: its camera move at the scene's speed, as
-    /// a rigid window (the generator's far layers move less; this moves everything alike).
-    pub fn of_scene(scene: &Scene) -> Self {
-        let speed = scene.speed;
-        let still = Self::STILL;
-        match scene.camera {
-            Camera::Static => still,
-            Camera::PanLeft => Self {
-                pan_x: -speed,
-                ..still
-            },
-            Camera::PanRight => Self {
-                pan_x: speed,
-                ..still
-            },
-            Camera::TiltUp => Self {
-                pan_y: -speed,
-                ..still
-            },
-            Camera::AerialDescent => Self {
-                pan_y: speed,
-                zoom: 0.3 * speed,
-                ..still
-            },
-            Camera::PushIn => Self {
-                zoom: 1.5 * speed,
-                ..still
-            },
-            Camera::PullOut => Self {
-                zoom: -1.5 * speed,
-                ..still
-            },
-        }
-    }
-
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
     pub(crate) fn head_target(&self) -> [f32; CAMERA_VALUES] {
         [self.pan_x, self.pan_y, self.zoom].map(|value| value * HEAD_SCALE)
     }
@@ -140,6 +106,7 @@ pub(crate) struct PositionMap {
 
 impl PositionMap {
     /// The frame itself: tokens spread evenly over −1..1.
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
     pub(crate) fn frame(grid_height: usize, grid_width: usize) -> Self {
         Self {
             y_offset: -1.0,
@@ -208,6 +175,7 @@ impl CameraRig {
     }
 
     #[cfg(test)]
+    #[cfg_attr(not(feature = "train"), allow(dead_code))]
     pub(crate) fn path(&self) -> CameraPath {
         self.path
     }
@@ -346,10 +314,10 @@ impl CameraHead {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "train"))]
 mod tests {
     use super::*;
-    use crate::scenes::{Attribute, Setting, TimeOfDay, Weather};
+    use crate::scenes::{Attribute, Camera, Scene, Setting, TimeOfDay, Weather};
 
     fn scene(camera: Camera) -> Scene {
         Scene::with_attributes(TimeOfDay::Noon, Setting::Sea, Weather::Clear, camera, 3)
@@ -384,7 +352,7 @@ mod tests {
         for camera in Camera::ALL.iter().copied() {
             for seconds in [0.5f32, 3.0, 10.0, 20.0] {
                 let rig =
-                    CameraRig::new(CameraPath::of_scene(&scene(camera)), seconds, (54, 30), 2);
+                    CameraRig::new(scene(camera).camera_path(), seconds, (54, 30), 2);
                 let (width, height) = rig.plate();
                 assert_eq!((width % 2, height % 2), (0, 0));
                 assert!(
@@ -411,7 +379,7 @@ mod tests {
     #[test]
     fn windows_move_the_way_the_camera_does() {
         let moved = |camera: Camera| {
-            let rig = CameraRig::new(CameraPath::of_scene(&scene(camera)), 3.0, (54, 30), 2);
+            let rig = CameraRig::new(scene(camera).camera_path(), 3.0, (54, 30), 2);
             let (start, end) = (rig.window(0.0), rig.window(3.0));
             (
                 end.left + end.width / 2.0 - start.left - start.width / 2.0,
@@ -443,10 +411,10 @@ mod tests {
         assert!((path.pan_x.abs() + path.pan_y.abs()) * 20.0 <= MAX_TRAVEL + 1e-6);
         assert!((path.zoom * 20.0 - MAX_ZOOM).abs() < 1e-6);
         assert!(CameraPath::from_head(&[f32::NAN, 1.0, f32::INFINITY]).pan_x == 0.0);
-        let target = CameraPath::of_scene(&scene(Camera::PanRight)).head_target();
+        let target = scene(Camera::PanRight).camera_path().head_target();
         assert_eq!(
             CameraPath::from_head(&target),
-            CameraPath::of_scene(&scene(Camera::PanRight))
+            scene(Camera::PanRight).camera_path()
         );
     }
 
@@ -457,7 +425,7 @@ mod tests {
             .reshape((channels, height, width))?;
         // Panning left: the frame at 0 s is the plate's right end, copied cell for cell.
         let rig = CameraRig::new(
-            CameraPath::of_scene(&scene(Camera::PanLeft)),
+            scene(Camera::PanLeft).camera_path(),
             3.0,
             (54, 30),
             2,
@@ -476,7 +444,7 @@ mod tests {
         assert_eq!(mask.narrow(2, 0, left)?.sum_all()?.to_scalar::<f32>()?, 0.0);
         // Pulling out starts zoomed in: the picture shrinks into the middle of the plate.
         let rig = CameraRig::new(
-            CameraPath::of_scene(&scene(Camera::PullOut)),
+            scene(Camera::PullOut).camera_path(),
             3.0,
             (54, 30),
             2,

@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 
 use super::TinyConfig;
 use super::weights::{Init, TensorSpec, TinyWeights};
-use crate::model::ModelError;
+use reelfarm_models::ModelError;
 
 /// Token 0 never comes from a word, so an empty prompt still has something to attend to.
 pub const PAD_TOKEN: u32 = 0;
@@ -314,3 +314,25 @@ mod tests {
         Ok(())
     }
 }
+
+/// Every word reelfarm-tiny was trained on (what `scenes::prompts` can write), sorted; its
+/// tokenizer drops any other word. A test holds it equal to the generator's vocabulary.
+pub const VOCABULARY: &[&str] = &[
+    "35mm", "4k", "a", "aerial", "after", "afternoon", "air", "alpine", "an", "and", "at",
+    "back", "beautiful", "blizzard", "blue", "bright", "broad", "by", "calm", "camera",
+    "cinematic", "city", "clear", "clouded", "cloudless", "clouds", "cloudy", "crisp", "dark",
+    "dawn", "daybreak", "daylight", "dense", "descending", "descends", "descent", "desert",
+    "dolly", "downpour", "downtown", "dramatic", "drizzle", "drone", "dune", "dunes", "dusk",
+    "early", "epic", "establishing", "evening", "evergreen", "falling", "film", "first", "fog",
+    "foggy", "forest", "frozen", "glacier", "gloomy", "golden", "grain", "grey", "haze",
+    "heavy", "holds", "hour", "icy", "in", "jagged", "keeps", "late", "left", "light", "locked",
+    "midday", "midnight", "mist", "misty", "moody", "moonlight", "morning", "mountain",
+    "mountains", "night", "noon", "ocean", "of", "off", "open", "out", "over", "overcast",
+    "pan", "panning", "pans", "peaks", "photorealistic", "pine", "pines", "plain", "pull",
+    "pulling", "pulls", "push", "pushes", "pushing", "rain", "rainstorm", "rainy", "range",
+    "ridges", "right", "rocky", "rolling", "sand", "sea", "shot", "sky", "skyline",
+    "skyscrapers", "slow", "slowly", "snow", "snowfall", "snowfield", "snowflakes", "snowing",
+    "soft", "stars", "static", "still", "sun", "sundown", "sunrise", "sunset", "the", "thick",
+    "tilt", "tilting", "tilts", "to", "towers", "tripod", "tundra", "twilight", "under", "up",
+    "upward", "urban", "valley", "warm", "waves", "white", "wide", "with", "woods", "zoom",
+];

@@ -8,7 +8,7 @@ use super::clip::{TinyClip, bands};
 use super::layout::{CHUNK_ELEMENTS, map_chunks};
 use super::weights::{Init, TensorSpec, TinyWeights};
 use reelfarm_media::frame::RgbFrame;
-use crate::model::ModelError;
+use reelfarm_models::ModelError;
 
 /// Hidden channels of the decoder's learned refinement (zero-initialised, so a no-op until trained).
 const REFINE_CHANNELS: usize = 16;
@@ -277,7 +277,7 @@ impl Vae {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ClipDecoder;
+    use reelfarm_models::ClipDecoder;
 
     #[test]
     fn area_rows_sum_to_one() {
@@ -303,7 +303,7 @@ mod tests {
         assert!(vae.refine_active);
         let geometry = LatentGeometry::new(&config, 64, 64, 9);
         let latent = Tensor::from_vec(
-            super::super::weights::GaussianRng::new(4).gaussians(
+            crate::weights::GaussianRng::new(4).gaussians(
                 geometry.latent_frames * 4 * geometry.latent_height * geometry.latent_width,
                 1.0,
             ),

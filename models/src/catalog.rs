@@ -1,0 +1,437 @@
+//! The model catalog: one entry per model with everything the farm needs to know without
+//! loading it — backend, native rate, window, temporal stride, default steps and guidance,
+//! the coefficients of the one memory estimator, and where the weights live. Built-in entries
+//! plus a TOML file given by configuration (`--models FILE`) that adds models.
+//!
+//! ```toml
+//! # A model of the built-in kind with other weights: every setting not given is the base's.
+//! [[model]]
+//! id = "coastline-tiny"
+//! base = "reelfarm-tiny"
+//! weights = "/models/coastline-tiny.safetensors"
+//! draft_steps = 12
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::memory::{
+    MemoryModel, REELFARM_TINY_MEMORY, SegmentShape, WAN_2_1_1_3B_MEMORY, WAN_2_1_14B_MEMORY,
+    WAN_2_2_5B_MEMORY,
+};
+
+/// The built-in demo model every worker can run.
+pub const REELFARM_TINY: &str = "reelfarm-tiny";
+
+/// How a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backend {
+    /// reelfarm-tiny's candle runtime, on CPU or GPU workers.
+    Tiny,
+    /// A published model the placement simulator renders; no worker serves it.
+    Simulated,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tiny => "tiny",
+            Backend::Simulated => "simulated",
+        }
+    }
+}
+
+/// Everything about one model that planning, placement and workers need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntry {
+    pub id: String,
+    pub backend: Backend,
+    /// The frame rate the model renders at; `None`: any rate (the sequence's).
+    pub native_fps: Option<u32>,
+    /// Longest clip one inference renders.
+    pub window_seconds: f64,
+    /// Shortest window a split shot may use (a shot shorter than this stays whole).
+    pub min_window_seconds: f64,
+    /// Frames per latent frame: rendered frame counts are `stride * n + 1`.
+    pub temporal_stride: u32,
+    pub draft_steps: u32,
+    pub final_steps: u32,
+    pub guidance: f32,
+    pub memory: MemoryModel,
+    /// Where the weights live (a local file or directory); `None`: the backend's own
+    /// (reelfarm-tiny's are built into the binary).
+    pub weights: Option<String>,
+}
+
+impl ModelEntry {
+    /// Smallest `stride * n + 1` frame count that holds `frames`.
+    pub fn aligned_render_frames(&self, frames: u64) -> u64 {
+        let stride = u64::from(self.temporal_stride.max(1));
+        if frames <= 1 {
+            return 1;
+        }
+        (frames - 1).div_ceil(stride) * stride + 1
+    }
+
+    /// Peak bytes of one segment: the one estimator (`memory`), margin included.
+    pub fn memory_estimate_bytes(&self, shape: &SegmentShape) -> u64 {
+        self.memory.estimate_bytes(self.temporal_stride, shape)
+    }
+
+    /// Compute seconds of one segment on a speed-1.0 GPU.
+    pub fn work_seconds(&self, shape: &SegmentShape, steps: u32) -> f64 {
+        self.memory.work_seconds(self.temporal_stride, shape, steps)
+    }
+
+    /// Seconds to make the model resident on a device.
+    pub fn load_seconds(&self) -> f64 {
+        self.memory.load_seconds()
+    }
+}
+
+/// reelfarm-tiny as built in: 20 s windows of any frame rate, 8 draft and 24 final steps.
+pub fn reelfarm_tiny() -> ModelEntry {
+    ModelEntry {
+        id: REELFARM_TINY.to_string(),
+        backend: Backend::Tiny,
+        native_fps: None,
+        window_seconds: 20.0,
+        min_window_seconds: 10.0,
+        temporal_stride: 4,
+        draft_steps: 8,
+        final_steps: 24,
+        guidance: 2.0,
+        memory: REELFARM_TINY_MEMORY,
+        weights: None,
+    }
+}
+
+/// The published models the placement simulator's pool renders (`Backend::Simulated`): Wan
+/// 2.1 1.3B and 14B, Wan 2.2 5B, in 5 s windows (81 frames at 16 fps), 20 draft and 50 final
+/// steps (the reference's), guidance 5.
+pub fn simulated_models() -> Vec<ModelEntry> {
+    let wan = |id: &str, memory: MemoryModel| ModelEntry {
+        id: id.to_string(),
+        backend: Backend::Simulated,
+        native_fps: None,
+        window_seconds: 5.0,
+        min_window_seconds: 2.5,
+        temporal_stride: 4,
+        draft_steps: 20,
+        final_steps: 50,
+        guidance: 5.0,
+        memory,
+        weights: None,
+    };
+    vec![
+        wan("sim-wan2.1-1.3b", WAN_2_1_1_3B_MEMORY),
+        wan("sim-wan2.2-5b", WAN_2_2_5B_MEMORY),
+        wan("sim-wan2.1-14b", WAN_2_1_14B_MEMORY),
+    ]
+}
+
+/// One problem in a catalog file, naming the entry and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {path}: {reason}")]
+pub struct CatalogError {
+    pub origin: String,
+    pub path: String,
+    pub reason: String,
+}
+
+/// A model id the catalog does not hold, with the ones it does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown model {id:?}; available: {}", known.join(", "))]
+pub struct UnknownModel {
+    pub id: String,
+    pub known: Vec<String>,
+}
+
+/// The models a farm knows, by id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalog {
+    entries: BTreeMap<String, ModelEntry>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog::builtin()
+    }
+}
+
+impl Catalog {
+    /// The built-in entries: reelfarm-tiny.
+    pub fn builtin() -> Catalog {
+        Catalog::from_entries([reelfarm_tiny()])
+    }
+
+    pub fn from_entries(entries: impl IntoIterator<Item = ModelEntry>) -> Catalog {
+        Catalog {
+            entries: entries
+                .into_iter()
+                .map(|entry| (entry.id.clone(), entry))
+                .collect(),
+        }
+    }
+
+    /// The built-in entries plus those of a catalog file.
+    pub fn builtin_with_file(path: &Path) -> Result<Catalog, CatalogError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| CatalogError {
+            origin: origin.clone(),
+            path: "file".into(),
+            reason: format!("cannot read: {error}"),
+        })?;
+        let mut catalog = Catalog::builtin();
+        catalog.add_toml(&text, &origin)?;
+        Ok(catalog)
+    }
+
+    /// Adds the `[[model]]` entries of a catalog file's text; `origin` names it in errors.
+    pub fn add_toml(&mut self, text: &str, origin: &str) -> Result<(), CatalogError> {
+        let error = |path: String, reason: String| CatalogError {
+            origin: origin.to_string(),
+            path,
+            reason,
+        };
+        if text.len() > MAX_FILE_BYTES {
+            return Err(error(
+                "file".into(),
+                format!("is {} bytes; a catalog file is at most {MAX_FILE_BYTES}", text.len()),
+            ));
+        }
+        let file: CatalogFile = toml::from_str(text).map_err(|e| {
+            error(
+                "file".into(),
+                e.message().to_string() + &e.span().map_or(String::new(), |s| {
+                    format!(" (at byte {})", s.start)
+                }),
+            )
+        })?;
+        if file.model.len() > MAX_ENTRIES {
+            return Err(error(
+                "model".into(),
+                format!("{} entries; at most {MAX_ENTRIES}", file.model.len()),
+            ));
+        }
+        for (index, doc) in file.model.into_iter().enumerate() {
+            let entry = self
+                .resolve(doc)
+                .map_err(|(field, reason)| error(format!("model[{index}].{field}"), reason))?;
+            if self.entries.contains_key(&entry.id) {
+                return Err(error(
+                    format!("model[{index}].id"),
+                    format!("{:?} is already in the catalog", entry.id),
+                ));
+            }
+            self.entries.insert(entry.id.clone(), entry);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ModelEntry> {
+        self.entries.get(id)
+    }
+
+    /// The entry for `id`, or an error listing the known ids.
+    pub fn require(&self, id: &str) -> Result<&ModelEntry, UnknownModel> {
+        self.get(id).ok_or_else(|| UnknownModel {
+            id: id.to_string(),
+            known: self.ids(),
+        })
+    }
+
+    /// Known ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &ModelEntry> {
+        self.entries.values()
+    }
+
+    /// A file entry made whole: the base's settings under the entry's own, then checked.
+    fn resolve(&self, doc: EntryDoc) -> Result<ModelEntry, (String, String)> {
+        let field = |name: &str| name.to_string();
+        check_id(&doc.id).map_err(|reason| (field("id"), reason))?;
+        let base = match &doc.base {
+            Some(base) => Some(self.get(base).cloned().ok_or_else(|| {
+                (
+                    field("base"),
+                    format!("unknown model {base:?}; available: {}", self.ids().join(", ")),
+                )
+            })?),
+            None => None,
+        };
+        let missing = |name: &str| {
+            (
+                field(name),
+                "is required (or give `base` to copy it from a known model)".to_string(),
+            )
+        };
+        let backend = match doc.backend.as_deref() {
+            Some("tiny") => Backend::Tiny,
+            Some(other) => {
+                return Err((
+                    field("backend"),
+                    format!("unknown backend {other:?}; available: tiny"),
+                ));
+            }
+            None => base.as_ref().map(|b| b.backend).ok_or_else(|| missing("backend"))?,
+        };
+        if backend != Backend::Tiny {
+            return Err((
+                field("base"),
+                format!("{} models run only in the simulator", backend.name()),
+            ));
+        }
+        let pick = |value: Option<f64>, of_base: Option<f64>, name: &str| {
+            value.or(of_base).ok_or_else(|| missing(name))
+        };
+        let entry = ModelEntry {
+            id: doc.id,
+            backend,
+            native_fps: doc.native_fps.or(base.as_ref().and_then(|b| b.native_fps)),
+            window_seconds: pick(
+                doc.window_seconds,
+                base.as_ref().map(|b| b.window_seconds),
+                "window_seconds",
+            )?,
+            min_window_seconds: pick(
+                doc.min_window_seconds,
+                base.as_ref().map(|b| b.min_window_seconds),
+                "min_window_seconds",
+            )?,
+            temporal_stride: doc
+                .temporal_stride
+                .or(base.as_ref().map(|b| b.temporal_stride))
+                .ok_or_else(|| missing("temporal_stride"))?,
+            draft_steps: doc
+                .draft_steps
+                .or(base.as_ref().map(|b| b.draft_steps))
+                .ok_or_else(|| missing("draft_steps"))?,
+            final_steps: doc
+                .final_steps
+                .or(base.as_ref().map(|b| b.final_steps))
+                .ok_or_else(|| missing("final_steps"))?,
+            guidance: doc
+                .guidance
+                .or(base.as_ref().map(|b| b.guidance))
+                .ok_or_else(|| missing("guidance"))?,
+            memory: doc
+                .memory
+                .or(base.as_ref().map(|b| b.memory))
+                .ok_or_else(|| missing("memory"))?,
+            weights: doc.weights.or(base.and_then(|b| b.weights)),
+        };
+        check_entry(&entry)?;
+        Ok(entry)
+    }
+}
+
+const MAX_FILE_BYTES: usize = 1 << 20;
+const MAX_ENTRIES: usize = 1000;
+
+fn check_id(id: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
+    if id.is_empty() || id.len() > 64 || !id.chars().all(allowed) {
+        return Err(format!(
+            "{id:?} must be 1-64 characters of a-z, 0-9, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
+    let fail = |name: &str, reason: String| Err((name.to_string(), reason));
+    if let Some(fps) = entry.native_fps {
+        // Retiming native-rate output to the sequence's rate arrives with the first model
+        // that needs it; reelfarm-tiny renders at any rate.
+        return fail(
+            "native_fps",
+            format!("{fps}: the {} backend renders at the sequence's rate; leave it out", entry.backend.name()),
+        );
+    }
+    if !(entry.window_seconds.is_finite() && (1.0..=600.0).contains(&entry.window_seconds)) {
+        return fail(
+            "window_seconds",
+            format!("must be within 1..=600, got {}", entry.window_seconds),
+        );
+    }
+    if !(entry.min_window_seconds.is_finite()
+        && entry.min_window_seconds > 0.0
+        && entry.min_window_seconds <= entry.window_seconds / 2.0)
+    {
+        return fail(
+            "min_window_seconds",
+            format!(
+                "must be above 0 and at most half the window ({}), got {}",
+                entry.window_seconds / 2.0,
+                entry.min_window_seconds
+            ),
+        );
+    }
+    if !(1..=64).contains(&entry.temporal_stride) {
+        return fail(
+            "temporal_stride",
+            format!("must be within 1..=64, got {}", entry.temporal_stride),
+        );
+    }
+    for (name, steps) in [("draft_steps", entry.draft_steps), ("final_steps", entry.final_steps)] {
+        if !(1..=200).contains(&steps) {
+            return fail(name, format!("must be within 1..=200, got {steps}"));
+        }
+    }
+    if !(entry.guidance.is_finite() && (0.0..=100.0).contains(&entry.guidance)) {
+        return fail(
+            "guidance",
+            format!("must be within 0..=100, got {}", entry.guidance),
+        );
+    }
+    if let Some(weights) = &entry.weights {
+        if weights.starts_with("s3://") {
+            return fail(
+                "weights",
+                "s3:// locations are not fetched yet; copy the file to the workers and give its path"
+                    .to_string(),
+            );
+        }
+        if weights.is_empty() || weights.len() > 4096 {
+            return fail("weights", "must be a path of 1-4096 characters".to_string());
+        }
+    }
+    entry
+        .memory
+        .validate()
+        .map_err(|(name, reason)| (format!("memory.{name}"), reason))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(default)]
+    model: Vec<EntryDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryDoc {
+    id: String,
+    base: Option<String>,
+    backend: Option<String>,
+    native_fps: Option<u32>,
+    window_seconds: Option<f64>,
+    min_window_seconds: Option<f64>,
+    temporal_stride: Option<u32>,
+    draft_steps: Option<u32>,
+    final_steps: Option<u32>,
+    guidance: Option<f32>,
+    memory: Option<MemoryModel>,
+    weights: Option<String>,
+}
+
+#[cfg(test)]
+#[path = "catalog_tests.rs"]
+mod tests;

@@ -1,0 +1,176 @@
+//! The catalog as a person writes it: built-ins, file entries on a base, and errors that
+//! name the entry, the field and what to do.
+
+use super::*;
+
+fn with(text: &str) -> Result<Catalog, CatalogError> {
+    let mut catalog = Catalog::builtin();
+    catalog.add_toml(text, "models.toml")?;
+    Ok(catalog)
+}
+
+fn error_of(text: &str) -> String {
+    with(text).unwrap_err().to_string()
+}
+
+#[test]
+fn the_builtin_catalog_holds_reelfarm_tiny() {
+    let catalog = Catalog::builtin();
+    assert_eq!(catalog.ids(), [REELFARM_TINY]);
+    let tiny = catalog.require(REELFARM_TINY).unwrap();
+    assert_eq!(tiny.backend, Backend::Tiny);
+    assert_eq!((tiny.window_seconds, tiny.draft_steps, tiny.final_steps), (20.0, 8, 24));
+    let unknown = catalog.require("wan-2.1").unwrap_err();
+    assert_eq!(
+        unknown.to_string(),
+        "unknown model \"wan-2.1\"; available: reelfarm-tiny"
+    );
+}
+
+#[test]
+fn aligned_render_frames_is_stride_n_plus_one_and_minimal() {
+    let tiny = reelfarm_tiny();
+    for frames in 1..200u64 {
+        let aligned = tiny.aligned_render_frames(frames);
+        assert_eq!(aligned % 4, 1, "{frames} -> {aligned}");
+        assert!(aligned >= frames && aligned - frames < 4, "{frames} -> {aligned}");
+    }
+}
+
+#[test]
+fn a_file_entry_copies_its_base_and_overrides_what_it_names() {
+    let catalog = with(
+        r#"
+        [[model]]
+        id = "coastline-tiny"
+        base = "reelfarm-tiny"
+        weights = "/models/coastline-tiny.safetensors"
+        draft_steps = 12
+        "#,
+    )
+    .unwrap();
+    assert_eq!(catalog.ids(), ["coastline-tiny", "reelfarm-tiny"]);
+    let entry = catalog.get("coastline-tiny").unwrap();
+    assert_eq!(entry.draft_steps, 12);
+    assert_eq!(entry.final_steps, 24);
+    assert_eq!(entry.backend, Backend::Tiny);
+    assert_eq!(entry.memory, reelfarm_tiny().memory);
+    assert_eq!(entry.weights.as_deref(), Some("/models/coastline-tiny.safetensors"));
+}
+
+#[test]
+fn a_full_entry_needs_every_setting_and_memory_coefficients() {
+    let full = r#"
+        [[model]]
+        id = "my-tiny"
+        backend = "tiny"
+        window_seconds = 12
+        min_window_seconds = 6
+        temporal_stride = 4
+        draft_steps = 6
+        final_steps = 20
+        guidance = 3.0
+        [model.memory]
+        fixed_bytes = 2e7
+        bytes_per_token = 500
+        guidance_branches = 1
+        downsample = 16
+        extra_latent_frames = 4
+        decode_bytes_per_pixel = 12
+        weights_bytes = 6e6
+        seconds_per_token_step = 1e-6
+        "#;
+    let catalog = with(full).unwrap();
+    let entry = catalog.get("my-tiny").unwrap();
+    assert_eq!(entry.window_seconds, 12.0);
+    assert_eq!(entry.memory.bytes_per_token, 500.0);
+    assert_eq!(entry.memory.margin, 0.0);
+    assert!(
+        error_of(&full.replace("draft_steps = 6\n", ""))
+            .contains("model[0].draft_steps: is required (or give `base`")
+    );
+}
+
+#[test]
+fn file_errors_name_the_entry_and_the_field() {
+    let cases = [
+        (
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\ndraft_steps = 0\n",
+            "models.toml: model[0].draft_steps: must be within 1..=200, got 0",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbase = \"nope\"\n",
+            "models.toml: model[0].base: unknown model \"nope\"; available: reelfarm-tiny",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbackend = \"sora\"\n",
+            "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny",
+        ),
+        (
+            "[[model]]\nid = \"reelfarm-tiny\"\nbase = \"reelfarm-tiny\"\n",
+            "models.toml: model[0].id: \"reelfarm-tiny\" is already in the catalog",
+        ),
+        (
+            "[[model]]\nid = \"Bad Id\"\nbase = \"reelfarm-tiny\"\n",
+            "models.toml: model[0].id: \"Bad Id\" must be 1-64 characters",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nweights = \"s3://b/w.safetensors\"\n",
+            "models.toml: model[0].weights: s3:// locations are not fetched yet",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nnative_fps = 16\n",
+            "models.toml: model[0].native_fps: 16: the tiny backend renders at the sequence's rate",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nmin_window_seconds = 15\n",
+            "models.toml: model[0].min_window_seconds: must be above 0 and at most half the window",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nwindow = 5\n",
+            "models.toml: file: unknown field `window`",
+        ),
+        ("[[model]]\nid = 5\n", "models.toml: file: invalid type"),
+    ];
+    for (text, expected) in cases {
+        let message = error_of(text);
+        assert!(message.starts_with(expected), "{message}\nexpected: {expected}");
+    }
+    let bad_memory = "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n[model.memory]\nfixed_bytes = -1\nbytes_per_token = 1\nguidance_branches = 1\ndownsample = 16\ndecode_bytes_per_pixel = 1\nweights_bytes = 1\nseconds_per_token_step = 1\n";
+    assert!(error_of(bad_memory).starts_with("models.toml: model[0].memory.fixed_bytes:"));
+}
+
+#[test]
+fn a_later_entry_may_build_on_an_earlier_one() {
+    let catalog = with(
+        "[[model]]\nid = \"a\"\nbase = \"reelfarm-tiny\"\nfinal_steps = 30\n\n[[model]]\nid = \"b\"\nbase = \"a\"\n",
+    )
+    .unwrap();
+    assert_eq!(catalog.get("b").unwrap().final_steps, 30);
+}
+
+#[test]
+fn an_empty_file_adds_nothing_and_a_missing_one_says_so() {
+    assert_eq!(with("").unwrap(), Catalog::builtin());
+    let missing = Catalog::builtin_with_file(Path::new("/nonexistent/models.toml")).unwrap_err();
+    assert!(
+        missing.to_string().starts_with("/nonexistent/models.toml: file: cannot read"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn simulated_models_land_on_the_published_figures_and_are_not_served() {
+    let catalog = Catalog::from_entries(simulated_models());
+    let small = catalog.require("sim-wan2.1-1.3b").unwrap();
+    assert_eq!(small.backend, Backend::Simulated);
+    let shape = SegmentShape {
+        width: 832,
+        height: 480,
+        frames: small.aligned_render_frames(80),
+        tiled_decode: false,
+    };
+    assert_eq!(shape.frames, 81);
+    let gb = small.memory_estimate_bytes(&shape) as f64 / 1e9;
+    assert!((gb - 8.2).abs() < 0.2, "{gb} GB");
+}

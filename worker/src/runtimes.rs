@@ -1,0 +1,97 @@
+//! The model runtimes a worker serves, made from its catalog: every entry whose backend this
+//! worker runs, loaded once at start and kept resident between segments. The worker registers
+//! their ids, so placement sends it only what it can render.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use reelfarm_common::metrics;
+use reelfarm_models::{Backend, Catalog, ModelRuntime, REELFARM_TINY};
+use reelfarm_tiny::TinyModel;
+
+use crate::Error;
+
+/// Loads a runtime for every catalog entry this worker can run. `tiny_weights` replaces the
+/// built-in reelfarm-tiny weights (`--weights`); other tiny entries name their own file.
+pub fn load_runtimes(
+    catalog: &Catalog,
+    tiny_weights: Option<&Path>,
+) -> Result<Vec<Arc<dyn ModelRuntime>>, Error> {
+    let mut runtimes: Vec<Arc<dyn ModelRuntime>> = Vec::new();
+    for entry in catalog.entries() {
+        match entry.backend {
+            Backend::Tiny => {
+                let loading = Instant::now();
+                let weights = match (entry.id.as_str(), tiny_weights) {
+                    (REELFARM_TINY, Some(path)) => Some(path.to_path_buf()),
+                    _ => entry.weights.as_ref().map(Into::into),
+                };
+                let model = match &weights {
+                    Some(path) => TinyModel::load(path).map_err(|error| {
+                        Error::InvalidArgument(format!(
+                            "model {}: weights {}: {error}",
+                            entry.id,
+                            path.display()
+                        ))
+                    })?,
+                    None => TinyModel::shipped().map_err(|error| {
+                        Error::Internal(format!("the built-in reelfarm-tiny weights: {error}"))
+                    })?,
+                };
+                let model = model
+                    .with_id(entry.id.clone())
+                    .with_memory_model(entry.memory);
+                metrics::worker().model_load_seconds.record(
+                    loading.elapsed().as_secs_f64(),
+                    &[metrics::label("model", entry.id.clone())],
+                );
+                runtimes.push(Arc::new(model));
+            }
+            // Only the placement simulator renders these.
+            Backend::Simulated => {}
+        }
+    }
+    Ok(runtimes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tiny_entry_gets_a_runtime_under_its_own_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("other.safetensors");
+        TinyModel::from_seed(3).unwrap().save(&weights).unwrap();
+        let mut catalog = Catalog::builtin();
+        catalog
+            .add_toml(
+                &format!(
+                    "[[model]]\nid = \"other-tiny\"\nbase = \"reelfarm-tiny\"\nweights = {:?}\n",
+                    weights.display().to_string()
+                ),
+                "models.toml",
+            )
+            .unwrap();
+        let runtimes = load_runtimes(&catalog, None).unwrap();
+        let ids: Vec<&str> = runtimes.iter().map(|r| r.id()).collect();
+        assert_eq!(ids, ["other-tiny", REELFARM_TINY]);
+    }
+
+    #[test]
+    fn missing_weights_name_the_model_and_the_file() {
+        let mut catalog = Catalog::builtin();
+        catalog
+            .add_toml(
+                "[[model]]\nid = \"lost\"\nbase = \"reelfarm-tiny\"\nweights = \"/nonexistent/w.safetensors\"\n",
+                "models.toml",
+            )
+            .unwrap();
+        let error = load_runtimes(&catalog, None).err().unwrap().to_string();
+        assert!(
+            error.starts_with("model lost: weights /nonexistent/w.safetensors:"),
+            "{error}"
+        );
+    }
+}
