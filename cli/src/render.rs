@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::{pb, spec};
 use reelfarm_models::Catalog;
-use reelfarm_scheduler::farm::UNPLACEABLE_PREFIX;
+use reelfarm_core::farm::UNPLACEABLE_PREFIX;
 use reelfarm_tiny::TinyModel;
 
 use crate::embedded::EmbeddedFarm;

@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use reelfarm_scheduler::placement::{
+use reelfarm_core::placement::{
     Assignment, GpuState, Policy, ReadyQueue, ReadySegment, RunningCounts,
 };
-use reelfarm_scheduler::sim::{SimResult, reference_trace, simulate};
+use reelfarm_core::sim::{SimResult, reference_trace, simulate};
 use serde::Serialize;
 
 /// `fifo`, `pack`, `full` or `all`.

@@ -3,7 +3,7 @@
 
 use reelfarm_common::sequence::Sequence;
 use reelfarm_models::Catalog;
-use reelfarm_scheduler::planner::{self, Join};
+use reelfarm_core::planner::{self, Join};
 
 /// Prints the plan of a sequence already validated against `catalog`.
 pub fn print_plan(sequence: &Sequence, catalog: &Catalog) {

@@ -15,6 +15,7 @@ pub enum Error {
     Internal(String),
 }
 
+#[cfg(feature = "io")]
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();

@@ -1,24 +1,32 @@
-//! Shared by every reelfarm crate: the generated gRPC code, the sequence spec and its
-//! validation, the object store and telemetry setup.
+//! Shared by every reelfarm crate: the protocol's messages, the sequence spec and its
+//! validation. With the `io` feature (processes, not the pure farm core): the gRPC services,
+//! the object store (local and S3), leader discovery, health, metrics and traces.
 
+#[cfg(feature = "io")]
 pub mod blob;
 pub mod error;
 pub mod gpu_class;
+#[cfg(feature = "io")]
 pub mod health;
 pub mod keys;
+#[cfg(feature = "io")]
 pub mod leader;
+#[cfg(feature = "io")]
 pub mod metrics;
+#[cfg(feature = "io")]
 pub mod s3;
 pub mod sequence;
 pub mod spec;
+#[cfg(feature = "io")]
 pub mod telemetry;
+#[cfg(feature = "io")]
 pub mod trace_context;
 
 pub use error::Error;
 
-/// Code generated from `proto/reelfarm/v1`.
+/// Code generated from `proto/reelfarm/v1`: messages, and with `io` the gRPC services.
 pub mod pb {
-    tonic::include_proto!("reelfarm.v1");
+    include!(concat!(env!("OUT_DIR"), "/reelfarm.v1.rs"));
 }
 
 /// Seconds since the Unix epoch as a float, the unit every timing in the protocol uses.

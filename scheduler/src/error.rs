@@ -37,6 +37,18 @@ impl From<reelfarm_common::Error> for Error {
     }
 }
 
+impl From<reelfarm_core::Error> for Error {
+    fn from(error: reelfarm_core::Error) -> Self {
+        use reelfarm_core::Error as Core;
+        match error {
+            Core::InvalidArgument(message) => Error::InvalidArgument(message),
+            Core::NotFound(message) => Error::NotFound(message),
+            Core::FailedPrecondition(message) => Error::FailedPrecondition(message),
+            Core::Internal(message) => Error::Internal(message),
+        }
+    }
+}
+
 impl From<reelfarm_common::spec::SpecError> for Error {
     fn from(error: reelfarm_common::spec::SpecError) -> Self {
         Error::InvalidArgument(error.to_string())

@@ -8,8 +8,8 @@ use opentelemetry::global::BoxedSpan;
 use reelfarm_common::metrics::{self, label};
 use reelfarm_common::trace_context;
 
-use crate::farm::{FailureClass, Farm, FarmEvent, SequenceId, SequenceState, TaskState};
-use crate::records::{sequence_state_name, task_state_name};
+use reelfarm_core::farm::{FailureClass, Farm, FarmEvent, SequenceId, SequenceState, TaskState};
+use reelfarm_core::records::{sequence_state_name, task_state_name};
 
 /// Open `sequence` spans by sequence, ended when the sequence ends.
 pub(crate) type SequenceSpans = HashMap<SequenceId, BoxedSpan>;

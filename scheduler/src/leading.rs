@@ -14,9 +14,9 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::Error;
-use crate::farm::{Action, Farm, SequenceId, WorkerId};
+use reelfarm_core::farm::{Action, Farm, SequenceId, WorkerId};
 use crate::farm_telemetry;
-use crate::records::{self, Durable};
+use reelfarm_core::records::{self, Durable};
 use crate::state::{Leadership, MemoryState, StateStore};
 
 pub struct SchedulerConfig {
@@ -38,7 +38,7 @@ impl SchedulerConfig {
             store,
             state: Arc::new(MemoryState::new()),
             advertise_url: None,
-            max_attempts: crate::farm::DEFAULT_MAX_ATTEMPTS,
+            max_attempts: reelfarm_core::farm::DEFAULT_MAX_ATTEMPTS,
             catalog: Arc::new(Catalog::builtin()),
         }
     }
@@ -235,7 +235,7 @@ impl Shared {
     async fn expire_worker(&self, worker: String) {
         let result = self
             .apply(|farm| {
-                if farm.workers.get(&worker).is_some_and(|record| record.connected) {
+                if farm.worker(&worker).is_some_and(|record| record.connected) {
                     return Ok(((), Vec::new()));
                 }
                 let running = farm.running_assignments(&worker);
@@ -268,7 +268,7 @@ impl Shared {
                 .await?;
         }
         let orphans = farm.orphaned_workers();
-        let (sequences, workers) = (farm.sequences.len(), farm.workers.len());
+        let (sequences, workers) = (farm.sequence_count(), farm.worker_count());
         let durable = Durable::from_loaded(&loaded.records, &loaded.revisions);
         *self.lead.lock().await = Some(Lead {
             farm,

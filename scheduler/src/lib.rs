@@ -1,18 +1,12 @@
-//! The reelfarm scheduler: plans sequences into segments, keeps their state, places them on
-//! workers and serves the public and worker gRPC APIs.
+//! The reelfarm scheduler: the farm core (`reelfarm-core`: planner, placement, the farm's
+//! state machine) wrapped in what a process needs around it — the public and worker gRPC
+//! services, leader election, the durable state store (etcd, or memory for one process) and
+//! the farm's telemetry. Decisions live in the core; this crate carries them out.
 
 pub mod error;
-pub mod estimator;
-pub mod farm;
 mod farm_telemetry;
 mod leading;
-pub mod placement;
-pub mod planner;
-mod ready_queue;
-pub mod records;
 pub mod service;
-pub mod sim;
-pub mod snapshot;
 pub mod state;
 
 pub use error::Error;

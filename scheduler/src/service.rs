@@ -18,10 +18,10 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::Error;
-use crate::farm::FailureClass;
+use reelfarm_core::farm::FailureClass;
 use crate::leading::{SchedulerConfig, Shared, lead_until_shutdown, lock};
-use crate::records::{DeviceDoc, WorkerDoc};
-use crate::{planner, snapshot};
+use reelfarm_core::records::{DeviceDoc, WorkerDoc};
+use reelfarm_core::{planner, snapshot};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -125,8 +125,8 @@ impl SequenceService for Api {
             .0
             .apply(|farm| {
                 let (sequence_id, created) = farm.submit(id, key, sequence, plan, unix_now_s());
-                if created && let Some(record) = farm.sequences.get_mut(&sequence_id) {
-                    record.traceparent = traceparent.clone();
+                if created {
+                    farm.set_traceparent(&sequence_id, traceparent.clone());
                 }
                 Ok(((sequence_id, created), Vec::new()))
             })
@@ -252,7 +252,7 @@ impl SequenceService for Api {
                 let ids = farm.drain_worker(&worker)?;
                 let statuses = ids
                     .iter()
-                    .filter_map(|id| farm.workers.get(id))
+                    .filter_map(|id| farm.worker(id))
                     .map(snapshot::worker_status)
                     .collect::<Vec<_>>();
                 Ok((statuses, Vec::new()))

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{LeaderToken, Leadership, Loaded, StateStore, Write};
 use crate::Error;
-use crate::records::{LEADER, WORKERS};
+use reelfarm_core::records::{LEADER, WORKERS};
 
 /// etcd refuses transactions with more operations than its `--max-txn-ops` (128 by default).
 const MAX_TXN_OPS: usize = 120;

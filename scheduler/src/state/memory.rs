@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{LeaderToken, Leadership, Loaded, StateStore, Write};
 use crate::Error;
-use crate::records::WORKERS;
+use reelfarm_core::records::WORKERS;
 
 #[derive(Default)]
 struct Inner {

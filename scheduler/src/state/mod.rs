@@ -19,14 +19,7 @@ pub mod memory;
 pub use etcd::{EtcdSettings, EtcdState};
 pub use memory::MemoryState;
 
-/// One conditional write: `value: None` deletes. `expected_revision` is the key's revision
-/// when it was last read or written (0: the key must not exist).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Write {
-    pub key: String,
-    pub value: Option<Vec<u8>>,
-    pub expected_revision: i64,
-}
+pub use reelfarm_core::records::Write;
 
 /// Proof of leadership, passed to every write. `lost` turns true when it ends.
 #[derive(Clone)]

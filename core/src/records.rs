@@ -114,7 +114,7 @@ pub struct WorkerDoc {
     pub devices: Vec<DeviceDoc>,
 }
 
-pub(crate) fn task_state_name(state: TaskState) -> &'static str {
+pub fn task_state_name(state: TaskState) -> &'static str {
     match state {
         TaskState::Blocked => "blocked",
         TaskState::Ready => "ready",
@@ -137,7 +137,7 @@ fn task_state_from(name: &str) -> Result<TaskState, Error> {
     })
 }
 
-pub(crate) fn sequence_state_name(state: SequenceState) -> &'static str {
+pub fn sequence_state_name(state: SequenceState) -> &'static str {
     match state {
         SequenceState::Queued => "queued",
         SequenceState::Rendering => "rendering",
@@ -456,6 +456,16 @@ fn restore_assignments(farm: &mut Farm, id: &SequenceId) {
     }
 }
 
+/// One conditional write of a record: `value: None` deletes. `expected_revision` is the key's
+/// revision when it was last read or written (0: the key must not exist). The state store
+/// (etcd, or memory) applies a transition's writes atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub expected_revision: i64,
+}
+
 /// What the state store holds, as last written: turns a transition's changed sequences into
 /// the conditional writes that make them durable.
 #[derive(Debug, Default)]
@@ -485,7 +495,7 @@ impl Durable {
         &self,
         farm: &Farm,
         changed: impl IntoIterator<Item = &'a SequenceId>,
-    ) -> Vec<crate::state::Write> {
+    ) -> Vec<Write> {
         let mut writes = Vec::new();
         for id in changed {
             for (key, value) in sequence_records(farm, id) {
@@ -493,7 +503,7 @@ impl Durable {
                 if stored.is_some_and(|(bytes, _)| *bytes == value) {
                     continue;
                 }
-                writes.push(crate::state::Write {
+                writes.push(Write {
                     expected_revision: stored.map_or(0, |(_, revision)| *revision),
                     key,
                     value: Some(value),
@@ -503,7 +513,7 @@ impl Durable {
         writes
     }
 
-    pub fn committed(&mut self, writes: Vec<crate::state::Write>, revisions: &[i64]) {
+    pub fn committed(&mut self, writes: Vec<Write>, revisions: &[i64]) {
         for (write, &revision) in writes.into_iter().zip(revisions) {
             match write.value {
                 Some(value) => {

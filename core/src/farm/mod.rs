@@ -301,6 +301,25 @@ impl Farm {
         self.workers.values()
     }
 
+    pub fn worker(&self, id: &str) -> Option<&WorkerRecord> {
+        self.workers.get(id)
+    }
+
+    pub fn sequence_count(&self) -> usize {
+        self.sequences.len()
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Records the W3C trace context of a sequence's span, so workers' spans join it.
+    pub fn set_traceparent(&mut self, id: &str, traceparent: String) {
+        if let Some(record) = self.sequences.get_mut(id) {
+            record.traceparent = traceparent;
+        }
+    }
+
     pub fn sequence_for_key(&self, idempotency_key: &str) -> Option<&SequenceId> {
         self.idempotency_keys.get(idempotency_key)
     }
@@ -635,17 +654,13 @@ impl Farm {
 /// Models a device is assumed to keep loaded.
 const RESIDENT_MODELS: usize = 2;
 
-#[path = "farm_failures.rs"]
 mod failures;
 pub use failures::FailureClass;
 
-#[path = "farm_placement.rs"]
 mod placing;
 pub(crate) use placing::PlacementState;
 
-#[path = "farm_workers.rs"]
 mod workers;
 
 #[cfg(test)]
-#[path = "farm_tests.rs"]
 mod tests;

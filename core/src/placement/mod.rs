@@ -24,7 +24,10 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-pub use crate::ready_queue::ReadyQueue;
+mod full;
+mod ready_queue;
+
+pub use self::ready_queue::ReadyQueue;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -319,5 +322,4 @@ pub(crate) fn expected_finish(segment: &ReadySegment, gpu: &GpuState) -> f64 {
 }
 
 #[cfg(test)]
-#[path = "placement_tests.rs"]
 mod tests;
