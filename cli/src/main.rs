@@ -95,29 +95,46 @@ Example:
         #[arg(long, env = "REELFARM_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Compare placement policies on a simulated 64-GPU pool (the real placement code).
+    /// Run the farm core on a simulated GPU pool and compare placement policies.
     #[command(long_about = "\
-Run the reference trace through a discrete-event model of a GPU pool, driving the real
-placement and memory-estimate code: 64 GPUs (32 x 24 GB at speed 1.0, 24 x 80 GB at 2.2,
-8 x 80 GB at 3.5) and 200 sequences of 60-180 s arriving over an hour (drafts and finals of
-three model sizes, continuity chains, model loads, compute shared by co-running segments,
-out-of-memory failures when true peaks exceed a GPU). For each policy it prints makespan,
-its lower bound, mean GPU busy fraction, OOM count and p50/p95 sequence completion time.
+Run the farm core itself (planner, placement, memory estimator with its corrections, the
+out-of-memory ladder, fair share, durable records) on a discrete-event model of a GPU pool:
+workers register simulated GPUs, sequences are planned and submitted, and each finished or
+failed segment is reported back as a worker would. The pool's physics are the simulator's:
+compute shared by co-running segments up to what each can use, model loads, out-of-memory
+failures when true peaks (hidden from the farm) exceed a GPU.
+
+Without --gpus/--segments: the reference trace, 64 GPUs (32 x 24 GB at speed 1.0, 24 x 80 GB
+at 2.2, 8 x 80 GB at 3.5) and 200 sequences of 60-180 s arriving over an hour. With them: a
+simulated day of many owners' sequences on N GPUs, arriving until M segments.
+
+Per policy it prints makespan and its lower bound, GPU busy fraction, OOMs, p50/p95 sequence
+completion, the farm's decisions per second and p99 decision time (wall clock), state writes
+per segment and peak memory.
 
 Policies: fifo (one segment per GPU, first fit: a plain nvidia.com/gpu: 1 pod per segment),
-pack (memory packing only), full (packing, model affinity, critical path, large-GPU
-protection, fair share).
+pack (memory packing only), full (what the farm runs: packing, model affinity, critical path,
+large-GPU protection, fair share).
 
-Example:
-  reelfarm sim --policy all")]
+Examples:
+  reelfarm sim --policy all
+  reelfarm sim --gpus 10000 --segments 200000 --policy full --json")]
     Sim {
         /// fifo, pack, full or all.
         #[arg(long, default_value = "all")]
         policy: String,
-        /// Seed of the reference trace.
+        /// Seed of the trace.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// A JSON list: policy, makespan_s, lower_bound_s, busy, ooms, p50_s, p95_s, ...
+        /// GPUs of a simulated day (with --segments).
+        #[arg(long, requires = "segments")]
+        gpus: Option<usize>,
+        /// Segments of a simulated day (with --gpus).
+        #[arg(long, requires = "gpus")]
+        segments: Option<usize>,
+        /// A JSON list, one record per policy: policy, makespan_s, lower_bound_s, busy, ooms,
+        /// p50_s, p95_s, decisions_per_s, decision_p99_ms, state_writes_per_segment,
+        /// peak_rss_bytes, ...
         #[arg(long)]
         json: bool,
     },
@@ -305,14 +322,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             reelfarm_cli::validate::print_plan(&load_spec(&spec, None, Some(&catalog))?, &catalog)
         }
         Command::Client(command) => reelfarm_cli::client::run(command).await?,
-        Command::Sim { policy, seed, json } => {
-            let results =
-                tokio::task::spawn_blocking(move || reelfarm_cli::sim::run_sim(&policy, seed))
-                    .await??;
+        Command::Sim {
+            policy,
+            seed,
+            gpus,
+            segments,
+            json,
+        } => {
+            let scale = gpus.zip(segments);
+            reelfarm_cli::sim::policies(&policy)?;
+            let (trace, results) = tokio::task::spawn_blocking(move || {
+                let trace = reelfarm_cli::sim::trace(scale, seed)?;
+                let results = reelfarm_cli::sim::run_sim(&policy, &trace, &mut |line| {
+                    eprintln!("{line}")
+                })?;
+                anyhow::Ok((trace, results))
+            })
+            .await??;
             if json {
                 println!("{}", serde_json::to_string(&results)?);
             } else {
-                reelfarm_cli::sim::print_sim(&results);
+                reelfarm_cli::sim::print_sim(&trace, &results);
             }
         }
         Command::TrainTiny(args) => {

@@ -1,5 +1,5 @@
-//! `reelfarm sim` and `reelfarm bench placement`: the placement policies on the simulated
-//! reference pool, and how fast one placement decision is on a large farm.
+//! `reelfarm sim` and `reelfarm bench placement`: the farm core on a simulated pool (the
+//! reference hour, or a day at scale), and how fast the placement queue alone decides.
 
 use std::time::Instant;
 
@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use reelfarm_core::placement::{
     Assignment, GpuState, Policy, ReadyQueue, ReadySegment, RunningCounts,
 };
-use reelfarm_core::sim::{SimResult, reference_trace, simulate};
+use reelfarm_core::sim::{SimResult, Trace, day_trace, reference_trace, simulate};
 use serde::Serialize;
 
 /// `fifo`, `pack`, `full` or `all`.
@@ -21,24 +21,78 @@ pub fn policies(name: &str) -> Result<Vec<Policy>> {
     }
 }
 
-pub fn run_sim(policy: &str, seed: u64) -> Result<Vec<SimResult>> {
-    let policies = policies(policy)?;
-    let trace = reference_trace(seed);
-    Ok(policies.into_iter().map(|p| simulate(&trace, p)).collect())
+/// The trace a `reelfarm sim` runs: the reference pool, or a simulated day at scale.
+pub fn trace(scale: Option<(usize, usize)>, seed: u64) -> Result<Trace> {
+    match scale {
+        None => Ok(reference_trace(seed)),
+        Some((gpus, segments)) => {
+            if !(1..=1_000_000).contains(&gpus) {
+                bail!("--gpus: must be between 1 and 1000000, got {gpus}");
+            }
+            if !(1..=10_000_000).contains(&segments) {
+                bail!("--segments: must be between 1 and 10000000, got {segments}");
+            }
+            Ok(day_trace(gpus, segments, seed))
+        }
+    }
 }
 
-pub fn print_sim(results: &[SimResult]) {
+/// Runs each policy on the trace, through the farm core; peak memory is this process's,
+/// reset before each policy (Linux `clear_refs`; left out where that is not possible).
+pub fn run_sim(
+    policy: &str,
+    trace: &Trace,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<SimResult>> {
+    let policies = policies(policy)?;
+    let started = Instant::now();
+    let mut clock = move || started.elapsed().as_secs_f64();
+    let mut results = Vec::new();
+    for policy in policies {
+        progress(&format!("simulating {} ...", policy.name()));
+        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        let (mut result, _) = simulate(trace, policy, &mut clock, false);
+        if reset {
+            result.peak_rss_bytes = peak_rss_bytes();
+        }
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// The process's peak resident set since start or the last reset (`VmHWM`).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+pub fn print_sim(trace: &Trace, results: &[SimResult]) {
     println!(
-        "reference pool: 64 GPUs (32 x 24 GB @1.0, 24 x 80 GB @2.2, 8 x 80 GB @3.5), 200 sequences over an hour ({} segments)",
+        "{} ({} segments), through the farm core",
+        trace.description,
         results.first().map_or(0, |r| r.segments)
     );
     println!(
-        "{:<6} {:>11} {:>13} {:>8} {:>6} {:>6} {:>9} {:>9}",
-        "policy", "makespan_s", "lower_bound_s", "/bound", "busy", "ooms", "p50_s", "p95_s"
+        "{:<6} {:>11} {:>13} {:>7} {:>5} {:>5} {:>9} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8}",
+        "policy",
+        "makespan_s",
+        "lower_bound_s",
+        "/bound",
+        "busy",
+        "ooms",
+        "p50_s",
+        "p95_s",
+        "decisions/s",
+        "p99_ms",
+        "writes/s",
+        "rss_mib",
+        "wall_s"
     );
     for r in results {
         println!(
-            "{:<6} {:>11.0} {:>13.0} {:>8.3} {:>6.2} {:>6} {:>9.0} {:>9.0}",
+            "{:<6} {:>11.0} {:>13.0} {:>7.3} {:>5.2} {:>5} {:>9.0} {:>9.0} {:>11.0} {:>8.3} {:>8.2} {:>8} {:>8.1}",
             r.policy,
             r.makespan_s,
             r.lower_bound_s,
@@ -46,9 +100,16 @@ pub fn print_sim(results: &[SimResult]) {
             r.busy,
             r.ooms,
             r.p50_s,
-            r.p95_s
+            r.p95_s,
+            r.decisions_per_s,
+            r.decision_p99_ms,
+            r.state_writes_per_segment,
+            r.peak_rss_bytes
+                .map_or("-".to_string(), |b| format!("{}", b >> 20)),
+            r.wall_s,
         );
     }
+    println!("(writes/s: state writes per segment; p99_ms: the 99th percentile of one farm dispatch)");
     if let (Some(fifo), Some(full)) = (
         results.iter().find(|r| r.policy == "fifo"),
         results.iter().find(|r| r.policy == "full"),
@@ -57,6 +118,15 @@ pub fn print_sim(results: &[SimResult]) {
             "full is {:.2}x faster than fifo (goal 1.3x), {:.3}x its lower bound (goal 1.05x)",
             fifo.makespan_s / full.makespan_s,
             full.makespan_s / full.lower_bound_s
+        );
+    }
+    if let Some(full) = results.iter().find(|r| r.policy == "full") {
+        let gib = full.peak_rss_bytes.map(|b| b as f64 / f64::from(1u32 << 30));
+        println!(
+            "full: {:.2} state writes per segment (goal <= 6), decision p99 {:.3} ms (goal < 10), peak memory {} (goal < 4 GiB)",
+            full.state_writes_per_segment,
+            full.decision_p99_ms,
+            gib.map_or("not measured".to_string(), |g| format!("{g:.2} GiB"))
         );
     }
 }

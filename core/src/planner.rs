@@ -68,6 +68,8 @@ pub struct PlannedSegment {
     /// Compute seconds on a speed-1.0 GPU, by the same estimator: placement's critical path
     /// and expected finish times.
     pub work_seconds: f64,
+    /// Compute of the continuity chain that waits for this segment (its successors, in turn).
+    pub chain_work_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +163,7 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
                 memory_estimate_bytes: 0,
                 low_memory_estimate_bytes: 0,
                 work_seconds: 0.0,
+                chain_work_seconds: 0.0,
             });
             let segment = segments.last_mut().expect("just pushed");
             let shape = SegmentShape {
@@ -176,6 +179,13 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
             });
             segment.work_seconds = model.work_seconds(&shape, steps);
             start += timeline_frames;
+        }
+    }
+    // Chains are linear (a segment continues at most the one before it): sum them backwards.
+    for index in (0..segments.len()).rev() {
+        if let Some(previous) = segments[index].continues_from {
+            segments[previous].chain_work_seconds =
+                segments[index].work_seconds + segments[index].chain_work_seconds;
         }
     }
     Plan {

@@ -15,7 +15,7 @@
 //! a write of one key. Progress (step counts) is not durable: it is refreshed by the next
 //! report after a takeover.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 use reelfarm_common::sequence::{Reference, Sequence};
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::farm::{
-    AssignmentRecord, DeviceRecord, Farm, SequenceId, SequenceRecord, SequenceState, TaskRecord,
+    AssignmentRecord, DeviceRecord, Farm, FarmEvent, SequenceId, SequenceRecord, SequenceState, TaskRecord,
     TaskRef, TaskState, WorkerRecord,
 };
 use crate::planner;
@@ -227,11 +227,7 @@ pub fn sequence_records(farm: &Farm, id: &str) -> BTreeMap<String, Vec<u8>> {
     let Some(record) = farm.sequences.get(id) else {
         return records;
     };
-    let idempotency_key = farm
-        .idempotency_keys
-        .iter()
-        .find(|(_, sequence)| sequence.as_str() == id)
-        .map(|(key, _)| key.clone());
+    let idempotency_key = record.idempotency_key.clone();
     let doc = SequenceDoc {
         submit_order: record.submit_order,
         state: sequence_state_name(record.state).to_string(),
@@ -381,6 +377,7 @@ pub fn restore(
         if let Some(key) = &doc.idempotency_key {
             farm.idempotency_keys.insert(key.clone(), id.to_string());
         }
+        let idempotency_key = doc.idempotency_key.clone();
         farm.next_submit_order = farm.next_submit_order.max(doc.submit_order + 1);
         let record = SequenceRecord {
             id: id.to_string(),
@@ -404,6 +401,7 @@ pub fn restore(
                 })
                 .collect(),
             traceparent: doc.traceparent,
+            idempotency_key,
         };
         farm.sequences.insert(id.to_string(), record);
         restore_assignments(&mut farm, &id.to_string());
@@ -466,6 +464,14 @@ pub struct Write {
     pub expected_revision: i64,
 }
 
+/// What a transition leaves to do once its dispatch ran (`Durable::settle`).
+#[derive(Debug)]
+pub struct Settled {
+    pub events: Vec<FarmEvent>,
+    pub changed: BTreeSet<SequenceId>,
+    pub writes: Vec<Write>,
+}
+
 /// What the state store holds, as last written: turns a transition's changed sequences into
 /// the conditional writes that make them durable.
 #[derive(Debug, Default)]
@@ -511,6 +517,20 @@ impl Durable {
             }
         }
         writes
+    }
+
+    /// After a transition and the dispatch that follows it: what happened (for metrics), the
+    /// sequences whose status changed (for watchers) and the writes that make it durable. The
+    /// leader commits the writes before it carries out any action; the simulator counts them.
+    pub fn settle(&self, farm: &mut Farm) -> Settled {
+        let events = farm.take_events();
+        let changed = farm.take_changed();
+        let writes = self.writes(farm, &changed);
+        Settled {
+            events,
+            changed,
+            writes,
+        }
     }
 
     pub fn committed(&mut self, writes: Vec<Write>, revisions: &[i64]) {

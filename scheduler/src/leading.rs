@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::Error;
 use reelfarm_core::farm::{Action, Farm, SequenceId, WorkerId};
 use crate::farm_telemetry;
-use reelfarm_core::records::{self, Durable};
+use reelfarm_core::records::{self, Durable, Settled};
 use crate::state::{Leadership, MemoryState, StateStore};
 
 pub struct SchedulerConfig {
@@ -149,9 +149,11 @@ impl Shared {
         reelfarm_common::metrics::scheduler()
             .decision_seconds
             .record(placing.elapsed().as_secs_f64(), &[]);
-        let events = lead.farm.take_events();
-        let changed = lead.farm.take_changed();
-        let writes = lead.durable.writes(&lead.farm, &changed);
+        let Settled {
+            events,
+            changed,
+            writes,
+        } = lead.durable.settle(&mut lead.farm);
         if !writes.is_empty() {
             match self.state.commit(&lead.leadership, writes.clone()).await {
                 Ok(revisions) => lead.durable.committed(writes, &revisions),

@@ -8,6 +8,7 @@ use reelfarm_common::pb;
 use reelfarm_common::sequence::Sequence;
 
 use crate::Error;
+use crate::placement::Policy;
 use crate::planner::Plan;
 
 pub type SequenceId = String;
@@ -126,6 +127,8 @@ pub struct SequenceRecord {
     pub phases: Vec<pb::TimedPhase>,
     /// W3C trace context of the sequence's span ("" when tracing is off).
     pub traceparent: String,
+    /// The key it was submitted with, if any (a retried submit returns this sequence).
+    pub idempotency_key: Option<String>,
 }
 
 impl SequenceRecord {
@@ -238,6 +241,8 @@ pub struct Farm {
     pub(crate) max_attempts: u32,
     changed: Changes,
     pub(crate) placement: PlacementState,
+    /// `Full` in the farm; the simulator compares the others.
+    policy: Policy,
     events: Vec<FarmEvent>,
 }
 
@@ -273,8 +278,15 @@ impl Farm {
             max_attempts: max_attempts.max(1),
             changed: Changes::default(),
             placement: PlacementState::default(),
+            policy: Policy::Full,
             events: Vec::new(),
         }
+    }
+
+    /// The same farm deciding with another placement policy (the simulator's comparison).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// What happened since the last call, for metrics.
@@ -367,6 +379,7 @@ impl Farm {
             error: None,
             phases: Vec::new(),
             traceparent: String::new(),
+            idempotency_key: idempotency_key.clone(),
         };
         self.next_submit_order += 1;
         if let Some(key) = idempotency_key {
@@ -543,9 +556,18 @@ impl Farm {
 
     /// Ends an outstanding assignment: its device is free and its task no longer points at it.
     fn release(&mut self, assignment_id: &str) -> Option<AssignmentRecord> {
-        let assignment = self.assignments.remove(assignment_id)?;
+        let assignment = self.remove_assignment(assignment_id)?;
         self.free_device(assignment_id, &assignment);
         self.clear_task_assignment(assignment_id, &assignment);
+        Some(assignment)
+    }
+
+    /// Drops an assignment from the books (and from placement's running counts).
+    pub(super) fn remove_assignment(&mut self, assignment_id: &str) -> Option<AssignmentRecord> {
+        let assignment = self.assignments.remove(assignment_id)?;
+        if let Some(running) = self.placement.running.as_mut() {
+            running.ended(assignment_id);
+        }
         Some(assignment)
     }
 
@@ -571,6 +593,7 @@ impl Farm {
             .reserved_bytes
             .saturating_sub(assignment.reserved_bytes);
         device.running.retain(|id| id != assignment_id);
+        self.refresh_device(&assignment.worker.clone(), assignment.device_slot);
     }
 
     fn assign(
@@ -637,6 +660,18 @@ impl Farm {
                 reserved_bytes,
             },
         );
+        self.refresh_device(&worker_id, slot);
+        if self.placement.running.is_some() {
+            let record = &self.sequences[id];
+            let owner = self
+                .placement
+                .ids
+                .owner(record.sequence.owner.as_deref(), record.submit_order);
+            let sequence = record.submit_order as u32;
+            if let Some(running) = self.placement.running.as_mut() {
+                running.started(&assignment_id, sequence, owner);
+            }
+        }
         self.changed.insert(id.to_string());
         let record = &self.sequences[id];
         let reference = pb::AssignmentRef {
@@ -655,6 +690,7 @@ impl Farm {
 const RESIDENT_MODELS: usize = 2;
 
 mod failures;
+mod pool;
 pub use failures::FailureClass;
 
 mod placing;

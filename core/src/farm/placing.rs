@@ -3,62 +3,44 @@
 //! measured peaks and out-of-memory failures teach the estimator. Part of the `farm` state
 //! machine; pure like the rest of it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use reelfarm_models::SegmentShape;
 
 use crate::estimator::{CorrectionKey, Corrections};
-use crate::placement::{GpuState, Policy, ReadyQueue, ReadySegment, Reason, RunningCounts};
+use crate::placement::{ReadyQueue, ReadySegment, permanent_reason};
 
+use super::pool::{Ids, Pool, Running, STITCH_MODEL};
 use super::{
     Action, Farm, STITCH_MEMORY_ESTIMATE_BYTES, SequenceId, SequenceRecord, TaskRef, TaskState,
-    UNPLACEABLE_PREFIX, WorkerId,
+    UNPLACEABLE_PREFIX,
 };
 
 /// Stitching is short and finishes a sequence: it goes before segments of equal standing.
 const STITCH_WORK_SECONDS: f64 = 5.0;
-/// The model index every worker serves: stitching.
-const STITCH_MODEL: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
 pub(crate) struct PlacementState {
     queue: ReadyQueue,
     tasks: HashMap<usize, (SequenceId, TaskRef)>,
-    keys: HashMap<(SequenceId, TaskRef), usize>,
+    /// Queue keys by task; ordered, so one sequence's tasks are a range.
+    keys: BTreeMap<(SequenceId, TaskRef), usize>,
     next_key: usize,
     corrections: Corrections,
-    models: Vec<String>,
-    owners: HashMap<String, u32>,
+    pub(super) ids: Ids,
+    /// Kept between dispatches (`pool.rs`); `None` after the workers changed.
+    pub(super) pool: Option<Pool>,
+    pub(super) running: Option<Running>,
 }
 
-/// Named owners are numbered from here; a sequence without one is its own owner and takes
-/// its submit order, below this.
-const NAMED_OWNER_BASE: u32 = 1 << 31;
-
 impl PlacementState {
-    fn model_index(&mut self, model: &str) -> u32 {
-        match self.models.iter().position(|m| m == model) {
-            Some(index) => index as u32,
-            None => {
-                self.models.push(model.to_string());
-                (self.models.len() - 1) as u32
-            }
-        }
-    }
-
-    /// Fair-share identity: the named owner, or the sequence itself.
     fn owner_index(&mut self, record: &SequenceRecord) -> u32 {
-        match &record.sequence.owner {
-            None => record.submit_order as u32 & (NAMED_OWNER_BASE - 1),
-            Some(name) => {
-                let next = NAMED_OWNER_BASE + self.owners.len() as u32;
-                *self.owners.entry(name.clone()).or_insert(next)
-            }
-        }
+        self.ids
+            .owner(record.sequence.owner.as_deref(), record.submit_order)
     }
 
     fn correction_key(&mut self, record: &SequenceRecord, index: usize) -> CorrectionKey {
-        let model = self.model_index(&record.sequence.model);
+        let model = self.ids.model(&record.sequence.model);
         let planned = &record.plan.segments[index];
         CorrectionKey::new(
             model,
@@ -96,12 +78,8 @@ impl PlacementState {
     }
 
     fn forget(&mut self, id: &SequenceId) {
-        let keys: Vec<usize> = self
-            .keys
-            .iter()
-            .filter(|((sequence, _), _)| sequence == id)
-            .map(|(_, &key)| key)
-            .collect();
+        let range = (id.clone(), TaskRef::Segment(0))..=(id.clone(), TaskRef::Stitch);
+        let keys: Vec<usize> = self.keys.range(range).map(|(_, &key)| key).collect();
         for key in keys {
             self.queue.remove(key);
             if let Some(task) = self.tasks.remove(&key) {
@@ -139,10 +117,10 @@ impl PlacementState {
                     reserve_bytes,
                     cold_extra_bytes,
                     min_gpu_bytes: record.segments[index].min_gpu_bytes,
-                    model: self.model_index(&record.sequence.model),
-                    work_seconds: work_seconds(record, index),
+                    model: self.ids.model(&record.sequence.model),
+                    work_seconds: record.plan.segments[index].work_seconds,
                     max_speed: f64::INFINITY,
-                    chain_seconds_behind: chain_seconds_behind(record, index),
+                    chain_seconds_behind: record.plan.segments[index].chain_work_seconds,
                     load_seconds: record.plan.load_seconds,
                     enqueued,
                 }
@@ -175,26 +153,6 @@ fn formula_bytes(record: &SequenceRecord, index: usize) -> u64 {
     }
 }
 
-fn work_seconds(record: &SequenceRecord, index: usize) -> f64 {
-    record.plan.segments[index].work_seconds
-}
-
-/// Compute of the continuity chain that waits for this segment (its successors, in turn).
-fn chain_seconds_behind(record: &SequenceRecord, index: usize) -> f64 {
-    let mut total = 0.0;
-    let mut current = index;
-    while let Some(next) = record
-        .plan
-        .segments
-        .iter()
-        .position(|planned| planned.continues_from == Some(current))
-    {
-        total += work_seconds(record, next);
-        current = next;
-    }
-    total
-}
-
 impl Farm {
     /// Places ready tasks with the full policy: several per device while their reservations
     /// fit, the model's resident devices first, critical path and fair share between
@@ -222,41 +180,46 @@ impl Farm {
                 fresh.push((id.clone(), task));
             }
         }
-        let (mut gpus, slots) = self.gpu_states();
-        let running = self.running_counts();
-        let assignments = self
-            .placement
-            .queue
-            .place(Policy::Full, &mut gpus, &running);
-        let mut actions = Vec::new();
-        for assignment in assignments {
-            let Some((id, task)) = self.placement.tasks.remove(&assignment.segment) else {
+        self.pool();
+        self.running();
+        let placement = &mut self.placement;
+        let pool = placement.pool.as_mut().expect("built above");
+        let running = &placement.running.as_ref().expect("built above").counts;
+        let decided = placement.queue.place(self.policy, &mut pool.gpus, running);
+        let mut chosen = Vec::with_capacity(decided.len());
+        for assignment in decided {
+            let Some((id, task)) = placement.tasks.remove(&assignment.segment) else {
                 continue;
             };
-            self.placement.keys.remove(&(id.clone(), task));
-            let (worker, slot) = slots[assignment.gpu].clone();
-            actions.push(self.assign(&id, task, worker, slot, assignment.reserved_bytes));
+            placement.keys.remove(&(id.clone(), task));
+            let (worker, slot) = pool.slots[assignment.gpu].clone();
+            chosen.push((id, task, worker, slot, assignment.reserved_bytes));
+        }
+        let mut actions = Vec::with_capacity(chosen.len());
+        for (id, task, worker, slot, reserved_bytes) in chosen {
+            actions.push(self.assign(&id, task, worker, slot, reserved_bytes));
         }
         // Tasks queued just now that no registered device can ever hold say so.
         for (id, task) in fresh {
-            let Some(&key) = self.placement.keys.get(&(id.clone(), task)) else {
+            let placement = &self.placement;
+            let Some(segment) = placement
+                .keys
+                .get(&(id.clone(), task))
+                .and_then(|&key| placement.queue.get(key))
+            else {
                 continue;
             };
-            let Some(reason) = self.placement.queue.reason(key, &gpus, Policy::Full) else {
+            let totals = placement.pool.as_ref().map_or(&[][..], |pool| &pool.totals[..]);
+            let Some(reason) = permanent_reason(segment, totals) else {
                 continue;
             };
-            if matches!(
-                reason,
-                Reason::TooLarge { .. } | Reason::NeedsLargerClass { .. }
-            ) {
-                let text = reason.to_string();
-                debug_assert!(text.starts_with(UNPLACEABLE_PREFIX));
-                if let Some(record) = self.sequences.get_mut(&id) {
-                    let record_task = record.task_mut(task);
-                    if record_task.error.as_deref() != Some(text.as_str()) {
-                        record_task.error = Some(text);
-                        self.changed.watch.insert(id.clone());
-                    }
+            let text = reason.to_string();
+            debug_assert!(text.starts_with(UNPLACEABLE_PREFIX));
+            if let Some(record) = self.sequences.get_mut(&id) {
+                let record_task = record.task_mut(task);
+                if record_task.error.as_deref() != Some(text.as_str()) {
+                    record_task.error = Some(text);
+                    self.changed.watch.insert(id.clone());
                 }
             }
         }
@@ -265,6 +228,7 @@ impl Farm {
 
     /// Registered workers change the pool: every queued task is placed and explained again.
     pub(crate) fn pool_changed(&mut self) {
+        self.placement.pool = None;
         let live: Vec<SequenceId> = self
             .sequences
             .values()
@@ -272,63 +236,5 @@ impl Farm {
             .map(|record| record.id.clone())
             .collect();
         self.changed.requeue.extend(live);
-    }
-
-    /// The devices of connected workers as placement sees them, with where each one is.
-    fn gpu_states(&mut self) -> (Vec<GpuState>, Vec<(WorkerId, usize)>) {
-        let mut gpus = Vec::new();
-        let mut slots = Vec::new();
-        for worker in self
-            .workers
-            .values()
-            .filter(|worker| worker.connected && !worker.draining)
-        {
-            let mut serves: Vec<u32> = worker
-                .models
-                .iter()
-                .map(|model| self.placement.model_index(model))
-                .collect();
-            serves.push(STITCH_MODEL);
-            for (slot, device) in worker.devices.iter().enumerate() {
-                let speed = if device.device.speed > 0.0 {
-                    device.device.speed
-                } else {
-                    1.0
-                };
-                gpus.push(GpuState {
-                    total_bytes: device.device.memory_total_bytes,
-                    reserved_bytes: device.reserved_bytes,
-                    speed,
-                    // Running tasks share the device's speed with a newcomer.
-                    busy_speed: if device.running.is_empty() {
-                        0.0
-                    } else {
-                        speed
-                    },
-                    running: device.running.len() as u32,
-                    resident_models: device
-                        .resident_models
-                        .iter()
-                        .map(|model| self.placement.model_index(model))
-                        .collect(),
-                    serves: Some(serves.clone()),
-                });
-                slots.push((worker.id.clone(), slot));
-            }
-        }
-        (gpus, slots)
-    }
-
-    fn running_counts(&mut self) -> RunningCounts {
-        let mut counts = RunningCounts::default();
-        for assignment in self.assignments.values() {
-            if let Some(record) = self.sequences.get(&assignment.sequence_id) {
-                let sequence = record.submit_order as u32;
-                let owner = self.placement.owner_index(record);
-                *counts.by_sequence.entry(sequence).or_default() += 1;
-                *counts.by_owner.entry(owner).or_default() += 1;
-            }
-        }
-        counts
     }
 }

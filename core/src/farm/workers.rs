@@ -172,7 +172,7 @@ impl Farm {
             .collect();
         let mut actions = Vec::new();
         for assignment_id in lost {
-            if let Some(assignment) = self.assignments.remove(&assignment_id) {
+            if let Some(assignment) = self.remove_assignment(&assignment_id) {
                 self.clear_task_assignment(&assignment_id, &assignment);
                 actions.extend(self.end_attempt(
                     &assignment,

@@ -239,6 +239,31 @@ pub(crate) fn reason(segment: &ReadySegment, pool: &PoolSummary, policy: Policy)
     }
 }
 
+/// Why a segment can never be placed on a pool whose device totals are `largest_first`
+/// (sorted, largest first): it needs more than any GPU has, or a larger class than there is.
+/// `None` when some GPU is large enough, however busy. Reservations never change totals, so
+/// the farm keeps them sorted between decisions and this costs a binary search.
+pub fn permanent_reason(segment: &ReadySegment, largest_first: &[u64]) -> Option<Reason> {
+    let largest = largest_first.first().copied().unwrap_or(0);
+    let needs = segment.min_gpu_bytes.max(segment.reserve_bytes);
+    let eligible = largest_first.partition_point(|&total| total >= needs);
+    if largest_first.is_empty() {
+        None
+    } else if segment.reserve_bytes > largest {
+        Some(Reason::TooLarge {
+            needs: segment.reserve_bytes,
+            largest,
+        })
+    } else if eligible == 0 {
+        Some(Reason::NeedsLargerClass {
+            min_bytes: segment.min_gpu_bytes,
+            largest,
+        })
+    } else {
+        None
+    }
+}
+
 /// Running segments per owner and per sequence, for fair share across decisions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunningCounts {
