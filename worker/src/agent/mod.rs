@@ -1,13 +1,16 @@
 //! The worker's connection to the scheduler: find the leader, register the devices, take
 //! commands from the stream, run each assignment, and report progress, results and failures
-//! with the assignment's fencing token, following the leader through failovers.
+//! with the assignment's fencing token, following the leader through failovers. What to do
+//! when is decided by `machine::Agent` (pure, unit-tested); this module does the I/O.
+
+pub mod machine;
 
 use reelfarm_common::trace_context;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reelfarm_common::blob::BlobStore;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
@@ -17,6 +20,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::Error;
+use self::machine::{Agent, Effect, Event};
 use crate::inventory::Inventory;
 use crate::memory_meter::PeakMeter;
 use reelfarm_models::ModelRuntime;
@@ -45,12 +49,13 @@ const DELIVERY_PATIENCE: Duration = Duration::from_secs(300);
 
 /// How often fresh device readings go to the scheduler.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the agent checks its deadlines (draining, handing back).
+const TICK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What runs here, by assignment id.
 type Running = Arc<Mutex<HashMap<String, RunningTask>>>;
 
 struct RunningTask {
-    reference: pb::AssignmentRef,
     cancel: Arc<AtomicBool>,
     device_index: u32,
     meter: Arc<PeakMeter>,
@@ -158,8 +163,10 @@ async fn open_session(
     }
 }
 
-/// Serves assignments until `shutdown` resolves. A lost scheduler is not the end: the worker
-/// finds the leader again and registers with what it still runs.
+/// Serves assignments until `shutdown` resolves and the agent has wound down. A lost
+/// scheduler is not the end: the worker finds the leader again and registers with what it
+/// still runs. The decisions are `machine::Agent`'s; this loop turns I/O into its events and
+/// carries its effects out.
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -178,106 +185,69 @@ pub async fn run(
     // At start a missing scheduler is an error; later it is a reconnect.
     link.client(config.connect_timeout).await?;
     let running: Running = Arc::default();
-    let models: Arc<Vec<Arc<dyn ModelRuntime>>> = Arc::new(config.models);
+    let models: Arc<Vec<Arc<dyn ModelRuntime>>> = Arc::new(config.models.clone());
     let model_ids: Vec<String> = models.iter().map(|model| model.id().to_string()).collect();
-    tokio::pin!(shutdown);
-    let mut registered_before = false;
-    // After SIGTERM: no new work, the stream stays open while running tasks finish.
-    let mut draining: Option<tokio::time::Instant> = None;
     let handing_back = Arc::new(AtomicBool::new(false));
-    'sessions: loop {
-        if draining.is_some() {
-            break 'sessions;
-        }
-        let devices = read_devices(&config.inventory, &running);
-        crate::worker_metrics::record_devices(
-            &config.name,
-            &devices,
-            &reserved_by_device(&running),
-        );
-        let registration = pb::RegisterWorkerRequest {
-            name: config.name.clone(),
-            devices,
-            models: model_ids.clone(),
-            worker_id: worker_id.clone(),
-            running: lock(&running)
-                .values()
-                .map(|task| task.reference.clone())
-                .collect(),
-        };
-        let session = tokio::select! {
-            _ = &mut shutdown => break 'sessions,
-            session = open_session(&link, registration) => session,
-        };
-        let (generation, mut commands) = match session {
-            Ok(session) => session,
-            Err(error) => {
-                warn!(%error, "no scheduler to work for yet; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => break 'sessions,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue 'sessions,
-                }
-            }
-        };
-        if registered_before {
-            info!(worker = %worker_id, running = lock(&running).len(), "registered again");
-        } else {
-            info!(worker = %worker_id, "worker ready");
-            registered_before = true;
-        }
-        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        heartbeat.tick().await;
-        loop {
-            let message = tokio::select! {
-                _ = &mut shutdown, if draining.is_none() => {
-                    let running = lock(&running).len();
-                    if running == 0 {
-                        break 'sessions;
-                    }
-                    info!(
-                        worker = %worker_id,
-                        running,
-                        patience_s = config.drain_timeout.as_secs_f64(),
-                        "shutting down: draining, running tasks finish first"
+    let (ended, mut ended_tasks) = mpsc::unbounded_channel::<String>();
+    tokio::pin!(shutdown);
+    let mut shutdown_seen = false;
+    let mut registered_before = false;
+    let mut session: Option<(u64, tonic::Streaming<pb::WorkerCommand>)> = None;
+    let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(TICK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut agent = Agent::new(config.drain_timeout);
+    let mut effects: VecDeque<Effect> = agent.start().into();
+    loop {
+        while let Some(effect) = effects.pop_front() {
+            match effect {
+                Effect::OpenSession { running: still_running } => {
+                    let devices = read_devices(&config.inventory, &running);
+                    crate::worker_metrics::record_devices(
+                        &config.name,
+                        &devices,
+                        &reserved_by_device(&running),
                     );
-                    draining = Some(tokio::time::Instant::now() + config.drain_timeout);
-                    drain_self(&link, &worker_id).await;
-                    continue;
-                }
-                _ = tokio::time::sleep(Duration::from_millis(200)), if draining.is_some() => {
-                    if lock(&running).is_empty()
-                        || draining.is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
-                    {
-                        break 'sessions;
-                    }
-                    continue;
-                }
-                _ = heartbeat.tick() => {
-                    let request = pb::HeartbeatRequest {
+                    let registration = pb::RegisterWorkerRequest {
+                        name: config.name.clone(),
+                        devices,
+                        models: model_ids.clone(),
                         worker_id: worker_id.clone(),
-                        devices: {
-                            let devices = read_devices(&config.inventory, &running);
-                            crate::worker_metrics::record_devices(
-                                &config.name,
-                                &devices,
-                                &reserved_by_device(&running),
-                            );
-                            devices
+                        running: still_running,
+                    };
+                    let event = tokio::select! {
+                        _ = &mut shutdown, if !shutdown_seen => {
+                            shutdown_seen = true;
+                            Event::ShutdownRequested
+                        }
+                        opened = open_session(&link, registration) => match opened {
+                            Ok(opened) => {
+                                session = Some(opened);
+                                if registered_before {
+                                    info!(worker = %worker_id, running = agent.running(), "registered again");
+                                } else {
+                                    info!(worker = %worker_id, "worker ready");
+                                    registered_before = true;
+                                }
+                                Event::Connected
+                            }
+                            Err(error) => {
+                                warn!(%error, "no scheduler to work for yet; retrying");
+                                Event::ConnectFailed
+                            }
                         },
                     };
-                    // Best effort: a missed heartbeat only leaves older readings shown.
-                    if let Ok((_, mut client)) = link.client(Duration::from_secs(1)).await {
-                        let _ = client.heartbeat(request).await;
-                    }
-                    continue;
+                    effects.extend(agent.handle(event, Instant::now()));
                 }
-                message = commands.message() => message,
-            };
-            match message {
-                Ok(Some(pb::WorkerCommand {
-                    command: Some(pb::worker_command::Command::Assign(assignment)),
-                })) => {
+                Effect::RetryAfter(delay) => retry = Some(Box::pin(tokio::time::sleep(delay))),
+                Effect::Start(assignment) => {
+                    // The agent starts only assignments with a fencing token.
+                    let Some(task) = register_task(&running, &assignment) else {
+                        continue;
+                    };
                     let context = Context {
                         link: link.clone(),
                         store: config.store.clone(),
@@ -285,45 +255,103 @@ pub async fn run(
                         running: running.clone(),
                         devices: config.inventory.devices(),
                         handing_back: handing_back.clone(),
+                        ended: ended.clone(),
                     };
-                    tokio::spawn(execute(assignment, context));
+                    tokio::spawn(execute(*assignment, task, context));
                 }
-                Ok(Some(pb::WorkerCommand {
-                    command: Some(pb::worker_command::Command::Cancel(cancel)),
-                })) => {
-                    let id = cancel
-                        .assignment
-                        .map(|reference| reference.assignment_id)
-                        .unwrap_or_default();
-                    if let Some(task) = lock(&running).get(&id) {
-                        info!(assignment = %id, "cancelling");
+                Effect::CancelTask { assignment_id } => {
+                    if let Some(task) = lock(&running).get(&assignment_id) {
+                        info!(assignment = %assignment_id, "cancelling");
                         task.cancel.store(true, Ordering::Relaxed);
                     }
                 }
-                Ok(Some(_)) => warn!("ignoring an empty command"),
-                Ok(None) | Err(_) => {
-                    warn!(worker = %worker_id, "lost the scheduler's command stream; finding the leader again");
-                    link.broken(generation).await;
-                    continue 'sessions;
+                Effect::SendHeartbeat => {
+                    let devices = read_devices(&config.inventory, &running);
+                    crate::worker_metrics::record_devices(
+                        &config.name,
+                        &devices,
+                        &reserved_by_device(&running),
+                    );
+                    let request = pb::HeartbeatRequest {
+                        worker_id: worker_id.clone(),
+                        devices,
+                    };
+                    // Best effort: a missed heartbeat only leaves older readings shown.
+                    if let Ok((_, mut client)) = link.client(Duration::from_secs(1)).await {
+                        let _ = client.heartbeat(request).await;
+                    }
                 }
+                Effect::DrainSelf => {
+                    info!(
+                        worker = %worker_id,
+                        running = agent.running(),
+                        patience_s = config.drain_timeout.as_secs_f64(),
+                        "shutting down: draining, running tasks finish first"
+                    );
+                    drain_self(&link, &worker_id).await;
+                }
+                Effect::HandBack => {
+                    // What still runs goes back to the queue now rather than when this
+                    // worker's lease runs out.
+                    warn!(worker = %worker_id, running = agent.running(), "handing back unfinished tasks");
+                    handing_back.store(true, Ordering::Relaxed);
+                    for task in lock(&running).values() {
+                        task.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                Effect::Stop => {}
             }
         }
-    }
-    // What still runs goes back to the queue now rather than when this worker's lease
-    // runs out.
-    let left = lock(&running).len();
-    if left > 0 {
-        warn!(worker = %worker_id, running = left, "handing back unfinished tasks");
-        handing_back.store(true, Ordering::Relaxed);
-        for task in lock(&running).values() {
-            task.cancel.store(true, Ordering::Relaxed);
+        if agent.is_stopped() {
+            return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !lock(&running).is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let event = tokio::select! {
+            _ = &mut shutdown, if !shutdown_seen => {
+                shutdown_seen = true;
+                Event::ShutdownRequested
+            }
+            message = next_command(&mut session), if session.is_some() => match message {
+                Ok(Some(pb::WorkerCommand {
+                    command: Some(pb::worker_command::Command::Assign(assignment)),
+                })) => Event::Assign(Box::new(assignment)),
+                Ok(Some(pb::WorkerCommand {
+                    command: Some(pb::worker_command::Command::Cancel(cancel)),
+                })) => match cancel.assignment {
+                    Some(reference) => Event::Cancel(reference),
+                    None => continue,
+                },
+                Ok(Some(_)) => {
+                    warn!("ignoring an empty command");
+                    continue;
+                }
+                Ok(None) | Err(_) => {
+                    warn!(worker = %worker_id, "lost the scheduler's command stream; finding the leader again");
+                    if let Some((generation, _)) = session.take() {
+                        link.broken(generation).await;
+                    }
+                    Event::StreamLost
+                }
+            },
+            Some(assignment_id) = ended_tasks.recv() => Event::TaskEnded { assignment_id },
+            _ = heartbeat.tick() => Event::HeartbeatDue,
+            _ = tick.tick() => Event::Tick,
+            _ = async { if let Some(sleep) = retry.as_mut() { sleep.await } }, if retry.is_some() => {
+                retry = None;
+                Event::RetryDue
+            }
+        };
+        effects.extend(agent.handle(event, Instant::now()));
     }
-    Ok(())
+}
+
+/// The next message on the open session's command stream.
+async fn next_command(
+    session: &mut Option<(u64, tonic::Streaming<pb::WorkerCommand>)>,
+) -> Result<Option<pb::WorkerCommand>, tonic::Status> {
+    match session.as_mut() {
+        Some((_, stream)) => stream.message().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Asks the leader to place nothing more here (best effort: the stream closing after the
@@ -343,6 +371,8 @@ async fn drain_self(link: &Link, worker_id: &str) {
 }
 
 struct Context {
+    /// Tells the agent a task is over (its id), once its result or failure is handed in.
+    ended: mpsc::UnboundedSender<String>,
     link: Arc<Link>,
     store: Arc<dyn BlobStore>,
     models: Arc<Vec<Arc<dyn ModelRuntime>>>,
@@ -352,17 +382,17 @@ struct Context {
     handing_back: Arc<AtomicBool>,
 }
 
-async fn execute(assignment: pb::Assignment, context: Context) {
-    let Some(reference) = assignment.assignment.clone() else {
-        warn!("assignment without a fencing token ignored");
-        return;
-    };
+/// Puts a task on the books before it starts, so a cancel that follows at once finds it.
+fn register_task(
+    running: &Running,
+    assignment: &pb::Assignment,
+) -> Option<(pb::AssignmentRef, Arc<AtomicBool>, Arc<PeakMeter>)> {
+    let reference = assignment.assignment.clone()?;
     let cancel = Arc::new(AtomicBool::new(false));
     let meter = Arc::new(PeakMeter::start());
-    lock(&context.running).insert(
+    lock(running).insert(
         reference.assignment_id.clone(),
         RunningTask {
-            reference: reference.clone(),
             cancel: cancel.clone(),
             device_index: assignment.device_index,
             meter: meter.clone(),
@@ -372,6 +402,14 @@ async fn execute(assignment: pb::Assignment, context: Context) {
             },
         },
     );
+    Some((reference, cancel, meter))
+}
+
+async fn execute(
+    assignment: pb::Assignment,
+    (reference, cancel, meter): (pb::AssignmentRef, Arc<AtomicBool>, Arc<PeakMeter>),
+    context: Context,
+) {
     let segment_labels = match &assignment.task {
         Some(pb::assignment::Task::Segment(task)) => Some((
             crate::worker_metrics::model_labels(task),
@@ -464,6 +502,7 @@ async fn execute(assignment: pb::Assignment, context: Context) {
         }
     }
     lock(&context.running).remove(&reference.assignment_id);
+    let _agent_gone = context.ended.send(reference.assignment_id);
 }
 
 /// A device without a driver to fail allocations (the CPU's budget, a simulated GPU) runs
