@@ -1,5 +1,6 @@
 # reelfarm worker: built with the cuda feature on the CUDA toolkit, run on the CUDA runtime
 # (cuBLAS, cuRAND, NVRTC); the NVIDIA device plugin mounts the driver and libnvidia-ml.
+# Without the `train` feature: the trainer and scene generator stay out of the image.
 # Build from the repository root (CUDA_COMPUTE_CAP: 90 for H100/H200, 89 for L4, 80 for A100):
 #   docker build -f docker/worker.Dockerfile --build-arg CUDA_COMPUTE_CAP=90 \
 #       -t ghcr.io/reelfarm/reelfarm-worker:0.1.0 .
@@ -15,7 +16,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/root/.cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p reelfarm --features cuda && cp target/release/reelfarm /reelfarm
+    cargo build --release --locked -p reelfarm --no-default-features --features cuda \
+    && cp target/release/reelfarm /reelfarm
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu22.04
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin reelfarm

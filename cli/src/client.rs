@@ -17,8 +17,8 @@ use reelfarm_common::{pb, spec};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::input::{InputError, load_spec};
 use crate::progress::ProgressView;
-use crate::render::{InputError, load_spec};
 use listing::{format_seconds, sequence_state_name};
 
 /// Said with every error that means no scheduler answered.

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reelfarm_cli::render::{
-    InputError, RenderOptions, load_catalog, load_spec, print_summary, render,
-};
+use reelfarm_cli::input::{InputError, load_catalog, load_spec};
+#[cfg(feature = "worker")]
+use reelfarm_cli::render::{RenderOptions, print_summary, render};
 
 /// Counts the heap, so workers can report each task's measured peak memory on the CPU.
+#[cfg(feature = "worker")]
 #[global_allocator]
 static HEAP_COUNTER: reelfarm_worker::memory_meter::CountingAllocator =
     reelfarm_worker::memory_meter::CountingAllocator;
@@ -35,6 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[cfg(feature = "worker")]
     /// Render a sequence on this machine (embedded scheduler and CPU workers) into one MP4.
     #[command(long_about = "\
 Render a sequence on this machine: an in-process scheduler and N CPU workers talk gRPC over
@@ -74,6 +76,7 @@ Example:
         #[arg(long, env = "REELFARM_CONFIG")]
         config: Option<PathBuf>,
     },
+    #[cfg(feature = "worker")]
     /// Run a worker: take segments from the leading scheduler and render them.
     #[command(long_about = "\
 Run a worker of the distributed farm: it finds the leading scheduler among --scheduler URLs,
@@ -106,7 +109,8 @@ failures when true peaks (hidden from the farm) exceed a GPU.
 
 Without --gpus/--segments: the reference trace, 64 GPUs (32 x 24 GB at speed 1.0, 24 x 80 GB
 at 2.2, 8 x 80 GB at 3.5) and 200 sequences of 60-180 s arriving over an hour. With them: a
-simulated day of many owners' sequences on N GPUs, arriving until M segments.
+farm at scale: N GPUs and many owners' sequences until M segments, their work offered at
+90 % of the pool's speed (long continuity chains still leave GPUs idle between arrivals).
 
 Per policy it prints makespan and its lower bound, GPU busy fraction, OOMs, p50/p95 sequence
 completion, the farm's decisions per second and p99 decision time (wall clock), state writes
@@ -126,10 +130,10 @@ Examples:
         /// Seed of the trace.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// GPUs of a simulated day (with --segments).
+        /// GPUs of a farm at scale (with --segments).
         #[arg(long, requires = "segments")]
         gpus: Option<usize>,
-        /// Segments of a simulated day (with --gpus).
+        /// Segments of a farm at scale (with --gpus).
         #[arg(long, requires = "gpus")]
         segments: Option<usize>,
         /// A JSON list, one record per policy: policy, makespan_s, lower_bound_s, busy, ooms,
@@ -138,6 +142,7 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    #[cfg(feature = "train")]
     /// Train reelfarm-tiny on procedural scenes (reproduces the shipped weights).
     #[command(long_about = "\
 Train reelfarm-tiny, the built-in demo model, on clips from the procedural scene generator
@@ -152,7 +157,8 @@ Use the result with --weights (render, worker, eval-tiny) or REELFARM_TINY_WEIGH
 
 Example:
   cargo run --release -p reelfarm -- train-tiny -o reelfarm-tiny.safetensors")]
-    TrainTiny(reelfarm_cli::tiny::TrainArgs),
+    TrainTiny(reelfarm_cli::train::TrainArgs),
+    #[cfg(feature = "train")]
     /// Measure how well reelfarm-tiny follows prompts it never saw in training.
     #[command(long_about = "\
 Render held-out generator prompts (never used in training) with the trained weights and with
@@ -164,7 +170,7 @@ render identical frames and that another seed differs.
 
 Example:
   cargo run --release -p reelfarm -- eval-tiny --json")]
-    EvalTiny(reelfarm_cli::tiny::EvalArgs),
+    EvalTiny(reelfarm_cli::train::EvalArgs),
     /// Benchmarks that print ratios and where time went (not for tests).
     Bench {
         #[command(subcommand)]
@@ -172,6 +178,7 @@ Example:
     },
 }
 
+#[cfg(feature = "worker")]
 #[derive(clap::Args)]
 struct RenderArgs {
     /// The sequence spec (YAML or JSON); see README "Sequence spec".
@@ -186,6 +193,7 @@ struct RenderArgs {
     quiet: bool,
 }
 
+#[cfg(feature = "worker")]
 #[derive(clap::Args)]
 struct FarmArgs {
     /// CPU workers in the embedded farm; independent shots render in parallel.
@@ -209,9 +217,11 @@ struct FarmArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    #[cfg(feature = "worker")]
     /// Time one reelfarm-tiny draft segment (480p, 24 fps, 10 s): seconds per segment and
     /// per denoising step, and the ratio to the 10 s budget.
     Tiny(reelfarm_cli::tiny::BenchTinyArgs),
+    #[cfg(feature = "worker")]
     /// Render a sequence at draft settings and print where the wall time went.
     Render {
         spec: PathBuf,
@@ -227,6 +237,7 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    #[cfg(feature = "worker")]
     /// Stitch synthetic segments of a long 1080p sequence with colour matching on and off,
     /// and time ffmpeg (libx264 veryfast) re-encoding the same segments without matching.
     #[command(long_about = "\
@@ -255,10 +266,12 @@ Example:
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The long-running processes log what they do; the one-shot verbs stay quiet.
-    let serving = matches!(
-        cli.command,
-        Command::Scheduler { .. } | Command::Worker { .. }
-    );
+    let serving = match cli.command {
+        Command::Scheduler { .. } => true,
+        #[cfg(feature = "worker")]
+        Command::Worker { .. } => true,
+        _ => false,
+    };
     // They install their own logging with metrics and traces (`serve.rs`).
     if !serving {
         reelfarm_common::telemetry::init("warn", false);
@@ -292,6 +305,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(feature = "worker")]
         Command::Render(args) => {
             let options = RenderOptions {
                 spec: args.spec,
@@ -311,6 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry,
             config,
         } => reelfarm_cli::serve::run_scheduler(args, store, telemetry, config).await?,
+        #[cfg(feature = "worker")]
         Command::Worker {
             args,
             store,
@@ -333,9 +348,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             reelfarm_cli::sim::policies(&policy)?;
             let (trace, results) = tokio::task::spawn_blocking(move || {
                 let trace = reelfarm_cli::sim::trace(scale, seed)?;
-                let results = reelfarm_cli::sim::run_sim(&policy, &trace, &mut |line| {
-                    eprintln!("{line}")
-                })?;
+                let results =
+                    reelfarm_cli::sim::run_sim(&policy, &trace, &mut |line| eprintln!("{line}"))?;
                 anyhow::Ok((trace, results))
             })
             .await??;
@@ -345,12 +359,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 reelfarm_cli::sim::print_sim(&trace, &results);
             }
         }
+        #[cfg(feature = "train")]
         Command::TrainTiny(args) => {
-            tokio::task::spawn_blocking(move || reelfarm_cli::tiny::run_train(&args)).await??
+            tokio::task::spawn_blocking(move || reelfarm_cli::train::run_train(&args)).await??
         }
+        #[cfg(feature = "train")]
         Command::EvalTiny(args) => {
-            tokio::task::spawn_blocking(move || reelfarm_cli::tiny::run_eval(&args)).await??
+            tokio::task::spawn_blocking(move || reelfarm_cli::train::run_eval(&args)).await??
         }
+        #[cfg(feature = "worker")]
         Command::Bench {
             bench: BenchCommand::Tiny(args),
         } => {
@@ -373,6 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 reelfarm_cli::sim::print_bench(&bench);
             }
         }
+        #[cfg(feature = "worker")]
         Command::Bench {
             bench:
                 BenchCommand::Stitch {
@@ -391,6 +409,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 reelfarm_cli::bench_stitch::print(&bench);
             }
         }
+        #[cfg(feature = "worker")]
         Command::Bench {
             bench: BenchCommand::Render { spec, farm, json },
         } => {

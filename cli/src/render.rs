@@ -8,26 +8,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::{pb, spec};
-use reelfarm_models::Catalog;
 use reelfarm_core::farm::UNPLACEABLE_PREFIX;
-use reelfarm_tiny::TinyModel;
 
 use crate::embedded::EmbeddedFarm;
+pub use crate::input::{InputError, check_output, load_catalog, load_spec};
 use crate::outputs::{deliveries, retarget_timeline, write_atomically};
 use crate::progress::ProgressView;
 use crate::report::{Breakdown, breakdown};
-
-/// A problem with what the user typed or wrote: printed as is, exit code 2.
-#[derive(Debug)]
-pub struct InputError(pub Vec<String>);
-
-impl std::fmt::Display for InputError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.join("\n"))
-    }
-}
-
-impl std::error::Error for InputError {}
 
 pub struct RenderOptions {
     pub spec: PathBuf,
@@ -53,77 +40,6 @@ pub struct RenderOutcome {
 /// `out.mp4` → `out.report.json`.
 pub fn report_path(output: &Path) -> PathBuf {
     crate::outputs::sibling(output, "report.json")
-}
-
-/// The built-in model catalog plus a `--models` file; a bad file is an input error.
-pub fn load_catalog(models: Option<&Path>) -> Result<Catalog> {
-    match models {
-        None => Ok(Catalog::builtin()),
-        Some(path) => Catalog::builtin_with_file(path)
-            .map_err(|error| InputError(vec![format!("--models: {error}")]).into()),
-    }
-}
-
-/// Loads and validates the spec, or explains every problem in it. With a catalog the model
-/// must be in it; without (a client of a remote farm) the scheduler checks it.
-pub fn load_spec(
-    path: &Path,
-    steps: Option<u32>,
-    catalog: Option<&Catalog>,
-) -> Result<reelfarm_common::sequence::Sequence> {
-    let known = catalog.map(Catalog::ids);
-    let mut sequence = spec::load_spec_file(path, known.as_deref()).map_err(|error| {
-        InputError(
-            error
-                .errors
-                .iter()
-                .map(|e| format!("{}: {e}", path.display()))
-                .collect(),
-        )
-    })?;
-    if let Some(steps) = steps {
-        if !(spec::STEPS_RANGE.0..=spec::STEPS_RANGE.1).contains(&steps) {
-            return Err(InputError(vec![format!(
-                "--steps: must be between {} and {}, got {steps}",
-                spec::STEPS_RANGE.0,
-                spec::STEPS_RANGE.1
-            )])
-            .into());
-        }
-        sequence.steps = Some(steps);
-    }
-    Ok(sequence)
-}
-
-/// The weights at `path`, or the built-in ones.
-pub fn load_tiny(weights: Option<&Path>) -> Result<TinyModel> {
-    Ok(match weights {
-        Some(path) => TinyModel::load(path)
-            .with_context(|| format!("loading reelfarm-tiny weights from {}", path.display()))?,
-        None => TinyModel::shipped().context("loading the built-in reelfarm-tiny weights")?,
-    })
-}
-
-pub fn check_output(output: &Path) -> Result<()> {
-    let parent = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        return Err(InputError(vec![format!(
-            "-o/--output: directory {} does not exist; create it first",
-            parent.display()
-        )])
-        .into());
-    }
-    if output.is_dir() {
-        return Err(InputError(vec![format!(
-            "-o/--output: {} is a directory; give a file name like out.mp4",
-            output.display()
-        )])
-        .into());
-    }
-    Ok(())
 }
 
 pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {

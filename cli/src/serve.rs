@@ -8,20 +8,20 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use reelfarm_common::blob::{BlobStore, LocalBlobStore};
+#[cfg(feature = "worker")]
 use reelfarm_common::leader;
 use reelfarm_common::s3::S3BlobStore;
 use reelfarm_scheduler::SchedulerConfig;
 use reelfarm_scheduler::state::{EtcdSettings, EtcdState, MemoryState, StateStore};
-use reelfarm_worker::WorkerConfig;
-use reelfarm_worker::inventory::Inventory;
 use tracing::warn;
 
 use reelfarm_common::blob::MeteredBlobStore;
 use reelfarm_common::telemetry::{self, Telemetry};
 
+#[cfg(feature = "worker")]
+use crate::config::WorkerArgs;
 use crate::config::{
-    SchedulerArgs, StoreArgs, StoreChoice, TelemetryArgs, WorkerArgs, read_config_file, seconds,
-    store_choice,
+    SchedulerArgs, StoreArgs, StoreChoice, TelemetryArgs, read_config_file, seconds, store_choice,
 };
 
 /// The object store the settings name, with its traffic metered.
@@ -100,7 +100,7 @@ pub async fn run_scheduler(
     if max_attempts == 0 {
         anyhow::bail!("--max-attempts: must be at least 1");
     }
-    let catalog = crate::render::load_catalog(args.models.as_deref())?;
+    let catalog = crate::input::load_catalog(args.models.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     let state: Arc<dyn StateStore> = match args.etcd {
         Some(endpoints) if !endpoints.is_empty() => {
@@ -149,6 +149,7 @@ pub async fn run_scheduler(
     Ok(())
 }
 
+#[cfg(feature = "worker")]
 fn host_name() -> Option<String> {
     std::env::var("HOSTNAME")
         .ok()
@@ -157,6 +158,7 @@ fn host_name() -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
+#[cfg(feature = "worker")]
 pub async fn run_worker(
     flags: WorkerArgs,
     store_flags: StoreArgs,
@@ -180,9 +182,10 @@ pub async fn run_worker(
     let connect_timeout = seconds(args.connect_timeout, 30.0, "connect-timeout")?;
     let drain_timeout = seconds(args.drain_timeout, 25.0, "drain-timeout")?;
     let (inventory, inventory_line) =
-        Inventory::discover(args.simulate_gpus.as_deref()).map_err(anyhow::Error::msg)?;
+        reelfarm_worker::inventory::Inventory::discover(args.simulate_gpus.as_deref())
+            .map_err(anyhow::Error::msg)?;
     let devices = inventory.devices();
-    let catalog = crate::render::load_catalog(args.models.as_deref())?;
+    let catalog = crate::input::load_catalog(args.models.as_deref())?;
     let models = reelfarm_worker::runtimes::load_runtimes(&catalog, args.weights.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     eprintln!(
@@ -192,7 +195,7 @@ pub async fn run_worker(
         endpoints.join(",")
     );
     eprintln!("reelfarm worker {name}: {inventory_line}");
-    let config = WorkerConfig {
+    let config = reelfarm_worker::WorkerConfig {
         scheduler_urls: endpoints,
         name,
         store,

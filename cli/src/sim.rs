@@ -1,5 +1,5 @@
 //! `reelfarm sim` and `reelfarm bench placement`: the farm core on a simulated pool (the
-//! reference hour, or a day at scale), and how fast the placement queue alone decides.
+//! reference hour, or a farm at scale), and how fast the placement queue alone decides.
 
 use std::time::Instant;
 
@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use reelfarm_core::placement::{
     Assignment, GpuState, Policy, ReadyQueue, ReadySegment, RunningCounts,
 };
-use reelfarm_core::sim::{SimResult, Trace, day_trace, reference_trace, simulate};
+use reelfarm_core::sim::{SimResult, Trace, reference_trace, scale_trace, simulate};
 use serde::Serialize;
 
 /// `fifo`, `pack`, `full` or `all`.
@@ -21,7 +21,7 @@ pub fn policies(name: &str) -> Result<Vec<Policy>> {
     }
 }
 
-/// The trace a `reelfarm sim` runs: the reference pool, or a simulated day at scale.
+/// The trace a `reelfarm sim` runs: the reference pool, or a farm at scale.
 pub fn trace(scale: Option<(usize, usize)>, seed: u64) -> Result<Trace> {
     match scale {
         None => Ok(reference_trace(seed)),
@@ -32,7 +32,7 @@ pub fn trace(scale: Option<(usize, usize)>, seed: u64) -> Result<Trace> {
             if !(1..=10_000_000).contains(&segments) {
                 bail!("--segments: must be between 1 and 10000000, got {segments}");
             }
-            Ok(day_trace(gpus, segments, seed))
+            Ok(scale_trace(gpus, segments, seed))
         }
     }
 }
@@ -109,7 +109,9 @@ pub fn print_sim(trace: &Trace, results: &[SimResult]) {
             r.wall_s,
         );
     }
-    println!("(writes/s: state writes per segment; p99_ms: the 99th percentile of one farm dispatch)");
+    println!(
+        "(writes/s: state writes per segment; p99_ms: the 99th percentile of one farm dispatch)"
+    );
     if let (Some(fifo), Some(full)) = (
         results.iter().find(|r| r.policy == "fifo"),
         results.iter().find(|r| r.policy == "full"),
@@ -121,7 +123,9 @@ pub fn print_sim(trace: &Trace, results: &[SimResult]) {
         );
     }
     if let Some(full) = results.iter().find(|r| r.policy == "full") {
-        let gib = full.peak_rss_bytes.map(|b| b as f64 / f64::from(1u32 << 30));
+        let gib = full
+            .peak_rss_bytes
+            .map(|b| b as f64 / f64::from(1u32 << 30));
         println!(
             "full: {:.2} state writes per segment (goal <= 6), decision p99 {:.3} ms (goal < 10), peak memory {} (goal < 4 GiB)",
             full.state_writes_per_segment,

@@ -2,8 +2,8 @@
 //! continuity chains before spending GPU time.
 
 use reelfarm_common::sequence::Sequence;
-use reelfarm_models::Catalog;
 use reelfarm_core::planner::{self, Join};
+use reelfarm_models::Catalog;
 
 /// Prints the plan of a sequence already validated against `catalog`.
 pub fn print_plan(sequence: &Sequence, catalog: &Catalog) {

@@ -294,3 +294,106 @@ fn client_help_teaches_the_scheduler_setting_and_an_example() {
         );
     }
 }
+
+#[test]
+fn a_catalog_file_adds_a_model_a_spec_can_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("studio-tiny.safetensors");
+    std::fs::copy(
+        repo_root().join("models/tiny/weights/reelfarm-tiny.safetensors"),
+        &weights,
+    )
+    .unwrap();
+    let catalog = dir.path().join("models.toml");
+    let write_catalog = |draft_steps: u32, weights: &Path| {
+        std::fs::write(
+            &catalog,
+            format!(
+                "[[model]]\nid = \"studio-tiny\"\nbase = \"reelfarm-tiny\"\nweights = {:?}\ndraft_steps = {draft_steps}\n",
+                weights.display().to_string()
+            ),
+        )
+        .unwrap();
+    };
+    write_catalog(3, &weights);
+    let spec = write_spec(
+        dir.path(),
+        "model: studio-tiny\nfps: 8\nshots:\n  - {prompt: a calm sea at dawn, duration: 2}\n",
+    );
+    let models = catalog.to_string_lossy().into_owned();
+
+    // Without the catalog the model is unknown, and the error lists what there is.
+    let unknown = reelfarm(&["validate", &spec], dir.path());
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("model: unknown model \"studio-tiny\"; available: reelfarm-tiny"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
+    // With it, the plan takes the entry's draft steps and the render its weights.
+    let plan = reelfarm(&["validate", &spec, "--models", &models], dir.path());
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.status.success() && text.contains("model studio-tiny"),
+        "{text}"
+    );
+    assert!(
+        text.contains("s000-00")
+            && text
+                .lines()
+                .any(|l| l.contains("s000-00") && l.contains(" 3 ")),
+        "{text}"
+    );
+    let out = dir.path().join("studio.mp4");
+    let render = reelfarm(
+        &[
+            "render",
+            &spec,
+            "-o",
+            out.to_str().unwrap(),
+            "--models",
+            &models,
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(
+        render.status.success(),
+        "{}",
+        String::from_utf8_lossy(&render.stderr)
+    );
+    assert_eq!(probe::probe(&out).frames, 16);
+
+    // A bad entry is refused naming the file, the entry and the field.
+    write_catalog(0, &weights);
+    let bad = reelfarm(&["validate", &spec, "--models", &models], dir.path());
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("--models: ")
+            && stderr.contains("model[0].draft_steps: must be within 1..=200, got 0"),
+        "{stderr}"
+    );
+
+    // Weights that are not there fail the render before anything starts, naming them.
+    write_catalog(3, &dir.path().join("gone.safetensors"));
+    let missing = reelfarm(
+        &[
+            "render",
+            &spec,
+            "-o",
+            out.to_str().unwrap(),
+            "--models",
+            &models,
+        ],
+        dir.path(),
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("model studio-tiny: weights ") && stderr.contains("gone.safetensors"),
+        "{stderr}"
+    );
+}

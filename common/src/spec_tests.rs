@@ -57,7 +57,10 @@ fn the_model_must_be_in_the_catalog_and_errors_list_the_known_ids() {
     let named = |model: &str| {
         format!("model: {model}\nshots:\n  - prompt: a desert at noon\n    duration: 5\n")
     };
-    assert_eq!(check(&named("coastline-tiny")).unwrap().model, "coastline-tiny");
+    assert_eq!(
+        check(&named("coastline-tiny")).unwrap().model,
+        "coastline-tiny"
+    );
     assert_eq!(
         error_of(&named("wan-9")),
         "model: unknown model \"wan-9\"; available: reelfarm-tiny, coastline-tiny"

@@ -1,8 +1,8 @@
 //! Planner properties: exact timeline, window limits, chains, determinism.
 
 use proptest::prelude::*;
-use reelfarm_models::catalog::reelfarm_tiny;
 use reelfarm_common::sequence::{Aspect, Resolution, Shot};
+use reelfarm_models::catalog::reelfarm_tiny;
 
 use super::*;
 

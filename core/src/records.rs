@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::farm::{
-    AssignmentRecord, DeviceRecord, Farm, FarmEvent, SequenceId, SequenceRecord, SequenceState, TaskRecord,
-    TaskRef, TaskState, WorkerRecord,
+    AssignmentRecord, DeviceRecord, Farm, FarmEvent, SequenceId, SequenceRecord, SequenceState,
+    TaskRecord, TaskRef, TaskState, WorkerRecord,
 };
 use crate::planner;
 
@@ -550,8 +550,8 @@ impl Durable {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use reelfarm_models::catalog::reelfarm_tiny;
     use reelfarm_common::sequence::{Aspect, Pass, Resolution, Shot, Transition};
+    use reelfarm_models::catalog::reelfarm_tiny;
 
     use super::*;
     use crate::farm::{Action, FailureClass};

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use reelfarm_media::frame::RgbFrame;
-use reelfarm_media::video::{EncodeSettings, Mp4Reader, Mp4Writer, Quality, decode_png, encode_png};
+use reelfarm_media::video::{
+    EncodeSettings, Mp4Reader, Mp4Writer, Quality, decode_png, encode_png,
+};
 
 struct Counting;
 
@@ -119,7 +121,14 @@ fn mutated(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
         (0..len, any::<u8>()).prop_map(|(at, byte)| (0, at, u32::from(byte))),
         (
             0..len,
-            prop_oneof![Just(0u32), Just(1), Just(7), Just(u32::MAX), Just(0x7FFF_FFFF), any::<u32>()]
+            prop_oneof![
+                Just(0u32),
+                Just(1),
+                Just(7),
+                Just(u32::MAX),
+                Just(0x7FFF_FFFF),
+                any::<u32>()
+            ]
         )
             .prop_map(|(at, value)| (1, at, value)),
         (0..len).prop_map(|at| (2, at, 0)),
@@ -160,7 +169,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

@@ -199,15 +199,18 @@ impl Catalog {
         if text.len() > MAX_FILE_BYTES {
             return Err(error(
                 "file".into(),
-                format!("is {} bytes; a catalog file is at most {MAX_FILE_BYTES}", text.len()),
+                format!(
+                    "is {} bytes; a catalog file is at most {MAX_FILE_BYTES}",
+                    text.len()
+                ),
             ));
         }
         let file: CatalogFile = toml::from_str(text).map_err(|e| {
             error(
                 "file".into(),
-                e.message().to_string() + &e.span().map_or(String::new(), |s| {
-                    format!(" (at byte {})", s.start)
-                }),
+                e.message().to_string()
+                    + &e.span()
+                        .map_or(String::new(), |s| format!(" (at byte {})", s.start)),
             )
         })?;
         if file.model.len() > MAX_ENTRIES {
@@ -260,7 +263,10 @@ impl Catalog {
             Some(base) => Some(self.get(base).cloned().ok_or_else(|| {
                 (
                     field("base"),
-                    format!("unknown model {base:?}; available: {}", self.ids().join(", ")),
+                    format!(
+                        "unknown model {base:?}; available: {}",
+                        self.ids().join(", ")
+                    ),
                 )
             })?),
             None => None,
@@ -279,7 +285,10 @@ impl Catalog {
                     format!("unknown backend {other:?}; available: tiny"),
                 ));
             }
-            None => base.as_ref().map(|b| b.backend).ok_or_else(|| missing("backend"))?,
+            None => base
+                .as_ref()
+                .map(|b| b.backend)
+                .ok_or_else(|| missing("backend"))?,
         };
         if backend != Backend::Tiny {
             return Err((
@@ -351,7 +360,10 @@ fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
         // that needs it; reelfarm-tiny renders at any rate.
         return fail(
             "native_fps",
-            format!("{fps}: the {} backend renders at the sequence's rate; leave it out", entry.backend.name()),
+            format!(
+                "{fps}: the {} backend renders at the sequence's rate; leave it out",
+                entry.backend.name()
+            ),
         );
     }
     if !(entry.window_seconds.is_finite() && (1.0..=600.0).contains(&entry.window_seconds)) {
@@ -379,7 +391,10 @@ fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
             format!("must be within 1..=64, got {}", entry.temporal_stride),
         );
     }
-    for (name, steps) in [("draft_steps", entry.draft_steps), ("final_steps", entry.final_steps)] {
+    for (name, steps) in [
+        ("draft_steps", entry.draft_steps),
+        ("final_steps", entry.final_steps),
+    ] {
         if !(1..=200).contains(&steps) {
             return fail(name, format!("must be within 1..=200, got {steps}"));
         }
@@ -421,11 +436,15 @@ struct EntryDoc {
     id: String,
     base: Option<String>,
     backend: Option<String>,
+    #[serde(default, deserialize_with = "whole::optional")]
     native_fps: Option<u32>,
     window_seconds: Option<f64>,
     min_window_seconds: Option<f64>,
+    #[serde(default, deserialize_with = "whole::optional")]
     temporal_stride: Option<u32>,
+    #[serde(default, deserialize_with = "whole::optional")]
     draft_steps: Option<u32>,
+    #[serde(default, deserialize_with = "whole::optional")]
     final_steps: Option<u32>,
     guidance: Option<f32>,
     memory: Option<MemoryModel>,
@@ -435,3 +454,35 @@ struct EntryDoc {
 #[cfg(test)]
 #[path = "catalog_tests.rs"]
 mod tests;
+
+/// Whole numbers written as `12` or `12.0`: Helm's `toToml` turns every number of a chart's
+/// values into a float.
+pub(crate) mod whole {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Integer(i64),
+        Float(f64),
+    }
+
+    pub(crate) fn number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        match Number::deserialize(deserializer)? {
+            Number::Integer(value) => u32::try_from(value)
+                .map_err(|_| D::Error::custom(format!("{value} is not a count (0..=4294967295)"))),
+            Number::Float(value)
+                if value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&value) =>
+            {
+                Ok(value as u32)
+            }
+            Number::Float(value) => Err(D::Error::custom(format!("{value} is not a whole number"))),
+        }
+    }
+
+    pub(crate) fn optional<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<u32>, D::Error> {
+        number(deserializer).map(Some)
+    }
+}

@@ -19,7 +19,10 @@ fn the_builtin_catalog_holds_reelfarm_tiny() {
     assert_eq!(catalog.ids(), [REELFARM_TINY]);
     let tiny = catalog.require(REELFARM_TINY).unwrap();
     assert_eq!(tiny.backend, Backend::Tiny);
-    assert_eq!((tiny.window_seconds, tiny.draft_steps, tiny.final_steps), (20.0, 8, 24));
+    assert_eq!(
+        (tiny.window_seconds, tiny.draft_steps, tiny.final_steps),
+        (20.0, 8, 24)
+    );
     let unknown = catalog.require("wan-2.1").unwrap_err();
     assert_eq!(
         unknown.to_string(),
@@ -33,7 +36,10 @@ fn aligned_render_frames_is_stride_n_plus_one_and_minimal() {
     for frames in 1..200u64 {
         let aligned = tiny.aligned_render_frames(frames);
         assert_eq!(aligned % 4, 1, "{frames} -> {aligned}");
-        assert!(aligned >= frames && aligned - frames < 4, "{frames} -> {aligned}");
+        assert!(
+            aligned >= frames && aligned - frames < 4,
+            "{frames} -> {aligned}"
+        );
     }
 }
 
@@ -55,7 +61,10 @@ fn a_file_entry_copies_its_base_and_overrides_what_it_names() {
     assert_eq!(entry.final_steps, 24);
     assert_eq!(entry.backend, Backend::Tiny);
     assert_eq!(entry.memory, reelfarm_tiny().memory);
-    assert_eq!(entry.weights.as_deref(), Some("/models/coastline-tiny.safetensors"));
+    assert_eq!(
+        entry.weights.as_deref(),
+        Some("/models/coastline-tiny.safetensors")
+    );
 }
 
 #[test]
@@ -134,10 +143,30 @@ fn file_errors_name_the_entry_and_the_field() {
     ];
     for (text, expected) in cases {
         let message = error_of(text);
-        assert!(message.starts_with(expected), "{message}\nexpected: {expected}");
+        assert!(
+            message.starts_with(expected),
+            "{message}\nexpected: {expected}"
+        );
     }
     let bad_memory = "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n[model.memory]\nfixed_bytes = -1\nbytes_per_token = 1\nguidance_branches = 1\ndownsample = 16\ndecode_bytes_per_pixel = 1\nweights_bytes = 1\nseconds_per_token_step = 1\n";
     assert!(error_of(bad_memory).starts_with("models.toml: model[0].memory.fixed_bytes:"));
+}
+
+#[test]
+fn whole_numbers_may_be_written_as_floats_as_helm_renders_them() {
+    let catalog = with(
+        "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\ndraft_steps = 12.0\ntemporal_stride = 4\n",
+    )
+    .unwrap();
+    assert_eq!(catalog.get("x").unwrap().draft_steps, 12);
+    assert!(
+        error_of("[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\ndraft_steps = 12.5\n")
+            .contains("12.5 is not a whole number")
+    );
+    assert!(
+        error_of("[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\ndraft_steps = -3\n")
+            .contains("-3 is not a count")
+    );
 }
 
 #[test]
@@ -154,7 +183,9 @@ fn an_empty_file_adds_nothing_and_a_missing_one_says_so() {
     assert_eq!(with("").unwrap(), Catalog::builtin());
     let missing = Catalog::builtin_with_file(Path::new("/nonexistent/models.toml")).unwrap_err();
     assert!(
-        missing.to_string().starts_with("/nonexistent/models.toml: file: cannot read"),
+        missing
+            .to_string()
+            .starts_with("/nonexistent/models.toml: file: cannot read"),
         "{missing}"
     );
 }

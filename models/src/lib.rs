@@ -14,6 +14,4 @@ pub mod runtime;
 pub use catalog::{Backend, Catalog, CatalogError, ModelEntry, REELFARM_TINY, UnknownModel};
 pub use memory::{MemoryModel, SegmentShape};
 #[cfg(feature = "runtime")]
-pub use runtime::{
-    ClipDecoder, GenerateRequest, GeneratedClip, ModelError, ModelRuntime,
-};
+pub use runtime::{ClipDecoder, GenerateRequest, GeneratedClip, ModelError, ModelRuntime};

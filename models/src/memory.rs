@@ -38,11 +38,13 @@ pub struct MemoryModel {
     pub bytes_per_token: f64,
     /// Guidance branches alive at once: 2 when conditional and unconditional run batched, 1
     /// when they run one after the other.
+    #[serde(deserialize_with = "crate::catalog::whole::number")]
     pub guidance_branches: u32,
     /// Output pixels per latent token along each side (VAE stride × patch size).
+    #[serde(deserialize_with = "crate::catalog::whole::number")]
     pub downsample: u32,
     /// Latent frames computed beyond the clip's own (margins the sampler adds).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::catalog::whole::number")]
     pub extra_latent_frames: u32,
     /// Decoder bytes per output pixel of one decoded chunk, untiled.
     pub decode_bytes_per_pixel: f64,
@@ -87,7 +89,11 @@ impl MemoryModel {
         let activations = self.tokens(temporal_stride, shape)
             * self.bytes_per_token
             * f64::from(self.guidance_branches.max(1));
-        let tiles = if shape.tiled_decode { DECODE_TILES } else { 1.0 };
+        let tiles = if shape.tiled_decode {
+            DECODE_TILES
+        } else {
+            1.0
+        };
         let decoder = pixels * self.decode_bytes_per_pixel / tiles;
         let clip = pixels * shape.frames as f64 * self.clip_bytes_per_pixel_frame;
         ((self.fixed_bytes + activations + decoder + clip) * (1.0 + self.margin)) as u64
@@ -109,17 +115,26 @@ impl MemoryModel {
             ("fixed_bytes", self.fixed_bytes),
             ("bytes_per_token", self.bytes_per_token),
             ("decode_bytes_per_pixel", self.decode_bytes_per_pixel),
-            ("clip_bytes_per_pixel_frame", self.clip_bytes_per_pixel_frame),
+            (
+                "clip_bytes_per_pixel_frame",
+                self.clip_bytes_per_pixel_frame,
+            ),
             ("weights_bytes", self.weights_bytes),
             ("seconds_per_token_step", self.seconds_per_token_step),
         ];
         for (name, value) in finite_non_negative {
             if !value.is_finite() || !(0.0..=1e15).contains(&value) {
-                return Err((name, format!("must be a number within 0..=1e15, got {value}")));
+                return Err((
+                    name,
+                    format!("must be a number within 0..=1e15, got {value}"),
+                ));
             }
         }
         if !self.margin.is_finite() || !(0.0..=10.0).contains(&self.margin) {
-            return Err(("margin", format!("must be within 0..=10, got {}", self.margin)));
+            return Err((
+                "margin",
+                format!("must be within 0..=10, got {}", self.margin),
+            ));
         }
         if !(1..=2).contains(&self.guidance_branches) {
             return Err((
@@ -227,19 +242,26 @@ mod tests {
     #[test]
     fn the_wan_coefficients_land_on_their_published_calibration_points() {
         let small = WAN_2_1_1_3B_MEMORY.estimate_bytes(4, &shape(832, 480, 81)) as f64 / GB;
-        assert!((small - 8.2).abs() / 8.2 < 0.02, "Wan 1.3B 480p: {small:.2} GB");
+        assert!(
+            (small - 8.2).abs() / 8.2 < 0.02,
+            "Wan 1.3B 480p: {small:.2} GB"
+        );
         let large = WAN_2_1_14B_MEMORY.estimate_bytes(4, &shape(1280, 720, 81)) as f64 / GB;
-        assert!((large - 69.0).abs() / 69.0 < 0.02, "Wan 14B 720p: {large:.2} GB");
+        assert!(
+            (large - 69.0).abs() / 69.0 < 0.02,
+            "Wan 14B 720p: {large:.2} GB"
+        );
     }
 
     #[test]
     fn the_tiny_coefficients_cover_its_measured_peaks_within_two_times() {
-        for (width, height, frames, measured_mib) in
-            [(848, 480, 241, 35.0), (1920, 1080, 241, 173.0), (1920, 1080, 481, 276.0)]
-        {
-            let estimate = REELFARM_TINY_MEMORY.estimate_bytes(4, &shape(width, height, frames))
-                as f64
-                / MIB;
+        for (width, height, frames, measured_mib) in [
+            (848, 480, 241, 35.0),
+            (1920, 1080, 241, 173.0),
+            (1920, 1080, 481, 276.0),
+        ] {
+            let estimate =
+                REELFARM_TINY_MEMORY.estimate_bytes(4, &shape(width, height, frames)) as f64 / MIB;
             assert!(
                 estimate >= measured_mib && estimate <= 2.0 * measured_mib,
                 "{width}x{height}x{frames}: estimate {estimate:.0} MiB, measured {measured_mib} MiB"

@@ -7,17 +7,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use reelfarm_common::blob::BlobStore;
-use reelfarm_models::Catalog;
 use reelfarm_common::{pb, unix_now_s};
+use reelfarm_models::Catalog;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 use tracing::{info, warn};
 
 use crate::Error;
-use reelfarm_core::farm::{Action, Farm, SequenceId, WorkerId};
 use crate::farm_telemetry;
-use reelfarm_core::records::{self, Durable, Settled};
 use crate::state::{Leadership, MemoryState, StateStore};
+use reelfarm_core::farm::{Action, Farm, SequenceId, WorkerId};
+use reelfarm_core::records::{self, Durable, Settled};
 
 pub struct SchedulerConfig {
     /// Where reference images go and where workers find segments.

@@ -18,8 +18,8 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::Error;
-use reelfarm_core::farm::FailureClass;
 use crate::leading::{SchedulerConfig, Shared, lead_until_shutdown, lock};
+use reelfarm_core::farm::FailureClass;
 use reelfarm_core::records::{DeviceDoc, WorkerDoc};
 use reelfarm_core::{planner, snapshot};
 

@@ -301,9 +301,9 @@ pub fn stitch<W: std::io::Write + std::io::Seek>(
             }
         }
         drop(receiver);
-        let produced = decoding.join().map_err(|_| {
-            StitchError::Internal("the stitch's decoding thread panicked".into())
-        })?;
+        let produced = decoding
+            .join()
+            .map_err(|_| StitchError::Internal("the stitch's decoding thread panicked".into()))?;
         if let Some(error) = encode_error {
             return Err(error.into());
         }

@@ -28,14 +28,7 @@ fn segment(levels: &[u8]) -> Bytes {
     Bytes::from(writer.finish().unwrap().into_inner())
 }
 
-fn input(
-    id: &str,
-    join: Join,
-    lead: u64,
-    timeline: u64,
-    level: u8,
-    lead_level: u8,
-) -> StitchInput {
+fn input(id: &str, join: Join, lead: u64, timeline: u64, level: u8, lead_level: u8) -> StitchInput {
     let mut levels = vec![lead_level; lead as usize];
     levels.extend(std::iter::repeat_n(level, timeline as usize));
     StitchInput {

@@ -6,6 +6,7 @@ requests/limits/probes everywhere, pinned images, hardened pods, the dashboard a
 rules shipped as the files are, a misspelled values key refused). Exit 0 when all hold."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,12 +103,46 @@ def check_manifests(docs, label, app_version):
     return docs
 
 
+def check_models(docs, values):
+    """The catalog reaches schedulers and workers as one file; workers mount the weights."""
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-models")]
+    check(len(maps) == 1, "two-pools: one models ConfigMap expected")
+    if not maps:
+        return
+    text = maps[0]["data"]["models.toml"]
+    check("[[model]]" in text and 'id = "coastline-tiny"' in text, f"two-pools: models.toml is {text!r}")
+    out = os.environ.get("REELFARM_CHART_MODELS_OUT")
+    if out:
+        Path(out).write_text(text)
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        pod, pod_containers = containers(doc)
+        name = doc["metadata"]["name"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        check(volumes.get("models", {}).get("configMap", {}).get("name") == maps[0]["metadata"]["name"],
+              f"two-pools: {name} does not mount the models ConfigMap")
+        for container in pod_containers:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+            check(env.get("REELFARM_MODELS") == mounts.get("models", {}).get("mountPath", "-") + "/models.toml",
+                  f"two-pools: {name}: REELFARM_MODELS {env.get('REELFARM_MODELS')} is not the mounted file")
+            if "-worker-" in name:
+                check(mounts.get("weights", {}).get("mountPath") == values["models"].get("mountPath", "/models")
+                      and mounts["weights"].get("readOnly") is True,
+                      f"two-pools: {name} does not mount the weights read-only")
+                check(volumes.get("weights", {}).get("persistentVolumeClaim", {}).get("claimName") == "reelfarm-weights",
+                      f"two-pools: {name}: weights volume {volumes.get('weights')}")
+
+
 def main():
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     lint(None, "defaults")
     docs = check_manifests(render(None, "defaults"), "defaults", app_version)
     check(not any(d["apiVersion"].startswith(CRD_GROUPS) for d in docs),
           "defaults: custom resources rendered though their options are off")
+    check(not any(d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-models") for d in docs),
+          "defaults: a models ConfigMap without models")
 
     example = yaml.safe_load((ROOT / "helm" / "examples" / "two-pools.yaml").read_text())
     lint(example, "two-pools")
@@ -118,6 +153,7 @@ def main():
     kinds = {d["kind"] for d in docs}
     for kind in ("ScaledObject", "ServiceMonitor", "PodMonitor", "PrometheusRule"):
         check(kind in kinds, f"two-pools: no {kind}")
+    check_models(docs, example)
     rules = [d for d in docs if d["kind"] == "PrometheusRule"]
     if rules:
         shipped = yaml.safe_load((CHART / "alerts" / "reelfarm.rules.yaml").read_text())

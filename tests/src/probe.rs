@@ -72,7 +72,11 @@ pub fn top_level_boxes(path: &Path) -> Vec<String> {
             size => size as usize,
         };
         boxes.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
-        assert!(size >= 8, "box of size {size} at byte {at} of {}", path.display());
+        assert!(
+            size >= 8,
+            "box of size {size} at byte {at} of {}",
+            path.display()
+        );
         at += size;
     }
     boxes

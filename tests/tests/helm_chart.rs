@@ -2,7 +2,8 @@
 //! `tests/helm/check_chart.py` (helm-python-sdk and kubernetes-validate, installed by
 //! `.ci/run`): strict lint and render for the default values and the two-pool example, every
 //! manifest valid, GPU requests, requests/limits/probes, pinned images, the dashboard and
-//! alert rules as shipped, and a misspelled values key refused.
+//! alert rules as shipped, a misspelled values key refused, and the model catalog the chart
+//! renders from its values read by reelfarm's own catalog parser.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,8 +11,11 @@ use std::process::Command;
 #[test]
 fn the_chart_lints_renders_and_validates_for_both_value_sets() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models.toml");
     let output = Command::new("python3")
         .arg("tests/helm/check_chart.py")
+        .env("REELFARM_CHART_MODELS_OUT", &models)
         .current_dir(&root)
         .output()
         .expect("python3 runs");
@@ -25,4 +29,12 @@ fn the_chart_lints_renders_and_validates_for_both_value_sets() {
         "chart checks failed (pip install helm-python-sdk kubernetes-validate; .ci/run does):\n{text}"
     );
     assert!(text.contains("chart checks: 0 failure(s)"), "{text}");
+    // What the two-pool example's values render is a catalog file reelfarm accepts.
+    let catalog = reelfarm_models::Catalog::builtin_with_file(&models).unwrap();
+    let entry = catalog.require("coastline-tiny").unwrap();
+    assert_eq!(entry.draft_steps, 12);
+    assert_eq!(
+        entry.weights.as_deref(),
+        Some("/models/coastline-tiny.safetensors")
+    );
 }

@@ -1,14 +1,16 @@
 //! `reelfarm sim` as a person runs it: the three policies on the reference trace, in JSON,
-//! through the farm core; a simulated day at scale with its speed, writes and memory fields.
+//! through the farm core; a farm at scale with its decision speed, writes and memory fields.
 
 use std::process::Command;
 
 use reelfarm_tests::cluster::reelfarm_binary;
 
-#[test]
-fn the_simulated_pool_ranks_the_policies() {
+/// `reelfarm sim ARGS --json`'s records; the command must succeed.
+fn sim_json(args: &[&str]) -> Vec<serde_json::Value> {
     let output = Command::new(reelfarm_binary())
-        .args(["sim", "--policy", "all", "--json"])
+        .arg("sim")
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     assert!(
@@ -17,7 +19,12 @@ fn the_simulated_pool_ranks_the_policies() {
         String::from_utf8_lossy(&output.stderr)
     );
     let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let results = results.as_array().unwrap();
+    results.as_array().unwrap().clone()
+}
+
+#[test]
+fn the_simulated_pool_ranks_the_policies() {
+    let results = sim_json(&["--policy", "all"]);
     let policies: Vec<&str> = results
         .iter()
         .map(|r| r["policy"].as_str().unwrap())
@@ -51,24 +58,19 @@ fn the_simulated_pool_ranks_the_policies() {
     // fast card each segment can really use (README "Placement ... and the simulator").
     assert!(get("full", "makespan_s") * 1.3 <= get("fifo", "makespan_s"));
     assert!(get("full", "makespan_s") <= get("full", "lower_bound_s") * 1.15);
-    for field in ["decisions_per_s", "decision_p99_ms", "state_writes_per_segment"] {
+    for field in [
+        "decisions_per_s",
+        "decision_p99_ms",
+        "state_writes_per_segment",
+    ] {
         assert!(get("full", field) > 0.0, "{field}");
     }
 }
 
 #[test]
-fn a_simulated_day_reports_decision_speed_state_writes_and_memory() {
-    let output = Command::new(reelfarm_binary())
-        .args(["sim", "--gpus", "200", "--segments", "4000", "--policy", "full", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let full = &results.as_array().unwrap()[0];
+fn a_farm_at_scale_reports_decision_speed_state_writes_and_memory() {
+    let results = sim_json(&["--gpus", "200", "--segments", "4000", "--policy", "full"]);
+    let full = &results[0];
     assert_eq!(full["policy"], "full");
     assert_eq!(full["gpus"], 200);
     assert!(full["segments"].as_u64().unwrap() >= 4000);
@@ -76,13 +78,16 @@ fn a_simulated_day_reports_decision_speed_state_writes_and_memory() {
     assert!(full["decisions_per_s"].as_f64().unwrap() > 0.0);
     assert!(full["decision_p99_ms"].as_f64().unwrap() > 0.0);
     let writes = full["state_writes_per_segment"].as_f64().unwrap();
-    assert!((1.0..=6.0).contains(&writes), "{writes} state writes per segment");
+    assert!(
+        (1.0..=6.0).contains(&writes),
+        "{writes} state writes per segment"
+    );
     // Read from /proc/self/status on Linux.
     assert!(full["peak_rss_bytes"].as_u64().unwrap() > 1 << 20);
 }
 
 #[test]
-fn a_day_needs_both_its_size_flags() {
+fn a_farm_at_scale_needs_both_its_size_flags() {
     let output = Command::new(reelfarm_binary())
         .args(["sim", "--gpus", "200"])
         .output()

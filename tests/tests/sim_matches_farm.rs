@@ -36,7 +36,7 @@ fn task_name(assignment: &pb::Assignment) -> String {
 async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
     // Eight GPUs (four L4, three A100, one H100) and five sequences (133 segments): enough
     // to queue, pack, and run 1080p finals out of memory on whole L4 cards four times.
-    let trace = sim::day_trace(8, 100, 10);
+    let trace = sim::scale_trace(8, 100, 10);
     let (_, log) = sim::simulate(&trace, Policy::Full, &mut || 0.0, true);
     let ooms = log
         .iter()
@@ -179,7 +179,10 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
                 }
                 _ => (0, false),
             };
-            references.insert((sequence, task.clone(), reference.attempt), reference.clone());
+            references.insert(
+                (sequence, task.clone(), reference.attempt),
+                reference.clone(),
+            );
             got.push(Logged::Assigned {
                 sequence,
                 task,

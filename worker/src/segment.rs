@@ -8,12 +8,12 @@ use std::sync::Arc;
 use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{keys, pb, unix_now_s};
 
+use crate::task::{Phases, Progress, TaskFailure};
+use reelfarm_media::frame::RgbFrame;
+use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
+use reelfarm_models::{GenerateRequest, ModelRuntime};
 use reelfarm_stitch::Sidecar;
 use reelfarm_stitch::color::SegmentSampler;
-use reelfarm_media::frame::RgbFrame;
-use reelfarm_models::{GenerateRequest, ModelRuntime};
-use crate::task::{Phases, Progress, TaskFailure};
-use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
 
 pub struct SegmentResult {
     pub video_key: String,
@@ -207,9 +207,9 @@ mod tests {
     use reelfarm_common::blob::LocalBlobStore;
 
     use super::*;
+    use reelfarm_media::video::Mp4Reader;
     use reelfarm_stitch::color::{EDGE_FRAME_SAMPLES, LabSamples, lab_at, sample_grid};
     use reelfarm_tiny::TinyModel;
-    use reelfarm_media::video::Mp4Reader;
 
     fn task(join: pb::JoinKind, lead_frames: u64, condition_key: &str) -> pb::SegmentTask {
         pb::SegmentTask {

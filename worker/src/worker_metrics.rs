@@ -10,8 +10,8 @@ use reelfarm_common::metrics::{self, label};
 use reelfarm_common::pb;
 use reelfarm_common::trace_context;
 
-use reelfarm_stitch::seams::JoinMetrics;
 use crate::task::Phases;
+use reelfarm_stitch::seams::JoinMetrics;
 
 /// `model` and `resolution` (`480p`: the short side) of a segment.
 pub(crate) fn model_labels(task: &pb::SegmentTask) -> [KeyValue; 2] {

@@ -14,8 +14,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::{Client, DownloadArgs};
+use crate::input::check_output;
 use crate::outputs::{deliveries, retarget_timeline, write_atomically};
-use crate::render::check_output;
 
 pub(super) async fn download(args: DownloadArgs) -> Result<()> {
     if args.report {

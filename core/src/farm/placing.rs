@@ -209,7 +209,10 @@ impl Farm {
             else {
                 continue;
             };
-            let totals = placement.pool.as_ref().map_or(&[][..], |pool| &pool.totals[..]);
+            let totals = placement
+                .pool
+                .as_ref()
+                .map_or(&[][..], |pool| &pool.totals[..]);
             let Some(reason) = permanent_reason(segment, totals) else {
                 continue;
             };

@@ -132,7 +132,8 @@ impl Farm {
                 for (slot, device) in worker.devices.iter().enumerate() {
                     pool.index
                         .insert((worker.id.clone(), slot), pool.gpus.len());
-                    pool.gpus.push(gpu_state(&mut placement.ids, worker, device));
+                    pool.gpus
+                        .push(gpu_state(&mut placement.ids, worker, device));
                     pool.slots.push((worker.id.clone(), slot));
                 }
             }
@@ -201,7 +202,15 @@ impl Farm {
             .map(|(worker, device)| gpu_state(&mut ids, worker, device))
             .collect();
         self.placement.ids = ids;
-        let kept = &self.placement.pool.as_ref().expect("checked after a build").gpus;
-        debug_assert_eq!(kept, &fresh, "the kept pool drifted from the device records");
+        let kept = &self
+            .placement
+            .pool
+            .as_ref()
+            .expect("checked after a build")
+            .gpus;
+        debug_assert_eq!(
+            kept, &fresh,
+            "the kept pool drifted from the device records"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! State-machine rules: dependencies, fencing, retries, cancellation, idempotency, memory.
 
-use reelfarm_models::catalog::reelfarm_tiny;
 use reelfarm_common::sequence::{Aspect, Pass, Resolution, Shot, Transition};
+use reelfarm_models::catalog::reelfarm_tiny;
 
 use super::*;
 use crate::planner;

@@ -12,7 +12,11 @@ use super::{
 };
 
 impl ReadyQueue {
-    pub(super) fn place_full(&mut self, gpus: &mut [GpuState], running: &RunningCounts) -> Vec<Assignment> {
+    pub(super) fn place_full(
+        &mut self,
+        gpus: &mut [GpuState],
+        running: &RunningCounts,
+    ) -> Vec<Assignment> {
         // The largest memory of the GPUs that are not the largest class: work needing more
         // than that only fits the large GPUs.
         let largest = gpus.iter().map(|g| g.total_bytes).max().unwrap_or(0);

@@ -217,7 +217,13 @@ impl ReadyQueue {
             .collect()
     }
 
-    pub(super) fn take(&mut self, key: usize, gpus: &mut [GpuState], gpu: usize, bytes: u64) -> Assignment {
+    pub(super) fn take(
+        &mut self,
+        key: usize,
+        gpus: &mut [GpuState],
+        gpu: usize,
+        bytes: u64,
+    ) -> Assignment {
         let segment = self.remove(key).expect("placed segments are queued");
         occupy(&mut gpus[gpu], &segment, bytes);
         Assignment {

@@ -32,7 +32,12 @@ pub(super) struct Job {
 }
 
 impl Job {
-    pub(super) fn segment(reference: pb::AssignmentRef, work: f64, cap: f64, true_peak: u64) -> Self {
+    pub(super) fn segment(
+        reference: pb::AssignmentRef,
+        work: f64,
+        cap: f64,
+        true_peak: u64,
+    ) -> Self {
         Job {
             reference,
             stitch: false,
@@ -237,7 +242,10 @@ mod tests {
     fn water_filling_caps_small_segments_and_shares_the_rest() {
         assert_eq!(water_fill(3.5, &[1.0]), vec![1.0]);
         let rates = water_fill(3.5, &[1.0, 4.0]);
-        assert!((rates[0] - 1.0).abs() < 1e-9 && (rates[1] - 2.5).abs() < 1e-9, "{rates:?}");
+        assert!(
+            (rates[0] - 1.0).abs() < 1e-9 && (rates[1] - 2.5).abs() < 1e-9,
+            "{rates:?}"
+        );
         let rates = water_fill(2.0, &[4.0, 4.0]);
         assert!((rates[0] - 1.0).abs() < 1e-9, "{rates:?}");
     }
@@ -254,7 +262,11 @@ mod tests {
         assert_eq!(gpu.take_ended().len(), 1);
         gpu.start(Job::segment(reference("b"), 4.0, 4.0, 10), "m", 5.0);
         assert_eq!(gpu.next_event(), Some(12.0));
-        assert!((gpu.busy_seconds - 5.0).abs() < 1e-9, "{}", gpu.busy_seconds);
+        assert!(
+            (gpu.busy_seconds - 5.0).abs() < 1e-9,
+            "{}",
+            gpu.busy_seconds
+        );
     }
 
     #[test]

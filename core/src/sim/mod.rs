@@ -26,7 +26,7 @@ use crate::placement::Policy;
 use crate::planner::{self, Plan};
 use crate::records::Durable;
 use gpus::{Gpu, Job};
-pub use trace::{Trace, day_trace, reference_trace};
+pub use trace::{Trace, reference_trace, scale_trace};
 
 /// A stitch decodes, grades and encodes at about this many frames per second on a worker.
 const STITCH_FRAMES_PER_SECOND: f64 = 50.0;
@@ -205,12 +205,28 @@ impl Run<'_> {
                 let Some(reference) = assignment.assignment.clone() else {
                     return;
                 };
-                let Some(&gpu) = self.gpu_of.get(&(worker.clone(), assignment.device_index))
-                else {
+                let Some(&gpu) = self.gpu_of.get(&(worker.clone(), assignment.device_index)) else {
                     return;
                 };
                 self.placements += 1;
                 let (sequence, task) = parse_assignment(&reference.assignment_id);
+                if let Some(log) = &mut self.log {
+                    let (reserved_bytes, low_memory) = match &assignment.task {
+                        Some(pb::assignment::Task::Segment(segment)) => {
+                            (segment.memory_estimate_bytes, segment.low_memory)
+                        }
+                        _ => (0, false),
+                    };
+                    log.push(Logged::Assigned {
+                        sequence,
+                        task,
+                        attempt: reference.attempt,
+                        worker: worker.clone(),
+                        device: assignment.device_index,
+                        reserved_bytes,
+                        low_memory,
+                    });
+                }
                 let trace_sequence = &self.trace.sequences[sequence];
                 self.gpus[gpu].advance(now);
                 match assignment.task {
@@ -227,17 +243,6 @@ impl Run<'_> {
                             * workload.true_work_ratio;
                         let peak = (model.memory_estimate_bytes(&shape) as f64
                             * workload.true_memory_ratio) as u64;
-                        if let Some(log) = &mut self.log {
-                            log.push(Logged::Assigned {
-                                sequence,
-                                task: task.clone(),
-                                attempt: reference.attempt,
-                                worker: worker.clone(),
-                                device: assignment.device_index,
-                                reserved_bytes: task_message.memory_estimate_bytes,
-                                low_memory: task_message.low_memory,
-                            });
-                        }
                         self.gpus[gpu].start(
                             Job::segment(reference, work, workload.max_speed, peak),
                             &model.id,
@@ -245,17 +250,6 @@ impl Run<'_> {
                         );
                     }
                     Some(pb::assignment::Task::Stitch(stitch)) => {
-                        if let Some(log) = &mut self.log {
-                            log.push(Logged::Assigned {
-                                sequence,
-                                task: task.clone(),
-                                attempt: reference.attempt,
-                                worker: worker.clone(),
-                                device: assignment.device_index,
-                                reserved_bytes: 0,
-                                low_memory: false,
-                            });
-                        }
                         let frames: u64 = stitch.parts.iter().map(|p| p.timeline_frames).sum();
                         let seconds = frames as f64 / STITCH_FRAMES_PER_SECOND;
                         self.gpus[gpu].start(Job::stitch(reference, seconds), "", 0.0);
@@ -288,8 +282,11 @@ impl Run<'_> {
 
     fn schedule(&mut self, gpu: usize) {
         if let Some(at) = self.gpus[gpu].next_event() {
-            self.heap
-                .push(Reverse((at.max(0.0).to_bits(), self.gpus[gpu].version, gpu)));
+            self.heap.push(Reverse((
+                at.max(0.0).to_bits(),
+                self.gpus[gpu].version,
+                gpu,
+            )));
         }
     }
 
@@ -383,7 +380,11 @@ pub fn lower_bound_s(trace: &Trace, plans: &[Plan]) -> f64 {
         .zip(&above)
         .map(|(&size, &work)| {
             let speed: f64 = gpus.iter().filter(|g| g.0 > size).map(|g| g.1).sum();
-            if work > 0.0 { work / speed.max(1e-9) } else { 0.0 }
+            if work > 0.0 {
+                work / speed.max(1e-9)
+            } else {
+                0.0
+            }
         })
         .fold(0.0, f64::max);
     (total / capacity.max(1e-9)).max(by_size).max(chains)

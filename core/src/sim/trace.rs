@@ -3,9 +3,7 @@
 //! real peak and compute stray from the catalog's estimate, and how much of a fast GPU it can
 //! use), and sequences arriving over time. Traces are pure functions of a seed.
 
-use reelfarm_common::sequence::{
-    Aspect, ColorMatch, Pass, Resolution, Sequence, Shot, Transition,
-};
+use reelfarm_common::sequence::{Aspect, ColorMatch, Pass, Resolution, Sequence, Shot, Transition};
 use reelfarm_models::catalog::simulated_models;
 use reelfarm_models::{Catalog, ModelEntry};
 
@@ -17,8 +15,8 @@ pub const SIM_FPS: u32 = 16;
 /// A reference trace: 200 sequences arriving over an hour.
 const REFERENCE_SEQUENCES: usize = 200;
 const REFERENCE_ARRIVAL_SECONDS: f64 = 3600.0;
-/// A scaled trace offers work at this fraction of the pool's speed: busy, with a queue that
-/// comes and goes, not an idle pool nor one buried for good.
+/// A scale trace offers work at this fraction of the pool's speed: neither an idle pool nor
+/// one buried for good (continuity chains still leave GPUs idle while they wait).
 const OFFERED_LOAD: f64 = 0.9;
 /// GPUs per worker (one node).
 const GPUS_PER_WORKER: usize = 8;
@@ -130,11 +128,51 @@ pub fn reference_workloads() -> Vec<Workload> {
         share,
     };
     vec![
-        workload("1.3b-480p-draft", "sim-wan2.1-1.3b", Resolution::P480, Pass::Draft, 1.05, 1.0, 0.4),
-        workload("5b-480p-draft", "sim-wan2.2-5b", Resolution::P480, Pass::Draft, 1.12, 1.6, 0.2),
-        workload("5b-720p-final", "sim-wan2.2-5b", Resolution::P720, Pass::Final, 1.12, 2.5, 0.2),
-        workload("14b-720p-final", "sim-wan2.1-14b", Resolution::P720, Pass::Final, 0.98, 4.0, 0.1),
-        workload("1.3b-1080p-final", "sim-wan2.1-1.3b", Resolution::P1080, Pass::Final, 1.05, 2.5, 0.1),
+        workload(
+            "1.3b-480p-draft",
+            "sim-wan2.1-1.3b",
+            Resolution::P480,
+            Pass::Draft,
+            1.05,
+            1.0,
+            0.4,
+        ),
+        workload(
+            "5b-480p-draft",
+            "sim-wan2.2-5b",
+            Resolution::P480,
+            Pass::Draft,
+            1.12,
+            1.6,
+            0.2,
+        ),
+        workload(
+            "5b-720p-final",
+            "sim-wan2.2-5b",
+            Resolution::P720,
+            Pass::Final,
+            1.12,
+            2.5,
+            0.2,
+        ),
+        workload(
+            "14b-720p-final",
+            "sim-wan2.1-14b",
+            Resolution::P720,
+            Pass::Final,
+            0.98,
+            4.0,
+            0.1,
+        ),
+        workload(
+            "1.3b-1080p-final",
+            "sim-wan2.1-1.3b",
+            Resolution::P1080,
+            Pass::Final,
+            1.05,
+            2.5,
+            0.1,
+        ),
     ]
 }
 
@@ -152,7 +190,13 @@ fn pick_workload(rng: &mut Rng, workloads: &[Workload]) -> usize {
 
 /// A sequence of 60–180 s in shots of 5–20 s; after the first, a third of the shots continue
 /// the one before.
-fn sequence(rng: &mut Rng, index: usize, workload: &Workload, owner: String, priority: i32) -> Sequence {
+fn sequence(
+    rng: &mut Rng,
+    index: usize,
+    workload: &Workload,
+    owner: String,
+    priority: i32,
+) -> Sequence {
     let mut seconds = (60.0 + rng.unit() * 120.0).round();
     let mut shots = Vec::new();
     while seconds >= 5.0 {
@@ -238,8 +282,8 @@ pub fn reference_trace(seed: u64) -> Trace {
 /// A farm at scale: `gpus` GPUs (half L4, three eighths A100, an eighth H100) and sequences
 /// of many owners (one per 40 sequences, at least 12; a twentieth rushed at priority 1, a
 /// twentieth at -1) until they plan to at least `segments` segments, arriving uniformly over
-/// the time the pool needs for them at 90 % of its speed (at least an hour), so it stays busy.
-pub fn day_trace(gpus: usize, segments: usize, seed: u64) -> Trace {
+/// the time the pool needs for their work at 90 % of its speed (at least an hour).
+pub fn scale_trace(gpus: usize, segments: usize, seed: u64) -> Trace {
     let mut rng = Rng::new(seed);
     let workloads = reference_workloads();
     let catalog = Catalog::from_entries(simulated_models());
@@ -263,7 +307,13 @@ pub fn day_trace(gpus: usize, segments: usize, seed: u64) -> Trace {
         } else {
             0
         };
-        let sequence = sequence(&mut rng, index, &workloads[workload], String::new(), priority);
+        let sequence = sequence(
+            &mut rng,
+            index,
+            &workloads[workload],
+            String::new(),
+            priority,
+        );
         let model = catalog
             .get(workloads[workload].model)
             .expect("workloads name catalog models");

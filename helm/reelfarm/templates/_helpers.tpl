@@ -68,3 +68,24 @@ runAsGroup: 10001
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/* Where the catalog file is mounted, and the env var that points reelfarm at it. */}}
+{{- define "reelfarm.modelsEnv" -}}
+{{- if .Values.models.catalog }}
+- name: REELFARM_MODELS
+  value: /etc/reelfarm/models/models.toml
+{{- end }}
+{{- end -}}
+
+{{- define "reelfarm.modelsMount" -}}
+{{- if .Values.models.catalog }}
+- {name: models, mountPath: /etc/reelfarm/models, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "reelfarm.modelsVolume" -}}
+{{- if .Values.models.catalog }}
+- name: models
+  configMap: {name: {{ include "reelfarm.fullname" . }}-models}
+{{- end }}
+{{- end -}}

@@ -295,8 +295,15 @@ mod tests {
     fn faststart_keeps_offsets_absolute_after_existing_bytes() {
         let fast = written(5, true, b"prefix");
         assert_eq!(&fast[..6], b"prefix");
-        assert_eq!(top_level_boxes(&fast[6..]), ["ftyp", "moov", "free", "mdat"]);
-        let find = |needle: &[u8]| fast.windows(needle.len()).position(|w| w == needle).unwrap();
+        assert_eq!(
+            top_level_boxes(&fast[6..]),
+            ["ftyp", "moov", "free", "mdat"]
+        );
+        let find = |needle: &[u8]| {
+            fast.windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap()
+        };
         // The first chunk offset points just past the moved `mdat` header, counted from the
         // start of the whole stream (the prefix included), as `finish` counts it.
         let stco = find(b"stco");
@@ -311,7 +318,11 @@ mod tests {
         std::fs::write(file.path(), &fast).unwrap();
         let Some(report) = ffprobe(
             file.path(),
-            &["-count_frames", "-show_entries", "stream=nb_read_frames,width,height"],
+            &[
+                "-count_frames",
+                "-show_entries",
+                "stream=nb_read_frames,width,height",
+            ],
         ) else {
             return;
         };

@@ -351,8 +351,7 @@ mod tests {
     fn windows_stay_on_the_plate_and_start_on_the_frame() {
         for camera in Camera::ALL.iter().copied() {
             for seconds in [0.5f32, 3.0, 10.0, 20.0] {
-                let rig =
-                    CameraRig::new(scene(camera).camera_path(), seconds, (54, 30), 2);
+                let rig = CameraRig::new(scene(camera).camera_path(), seconds, (54, 30), 2);
                 let (width, height) = rig.plate();
                 assert_eq!((width % 2, height % 2), (0, 0));
                 assert!(
@@ -424,12 +423,7 @@ mod tests {
         let picture = Tensor::arange(0f32, (channels * height * width) as f32, &Device::Cpu)?
             .reshape((channels, height, width))?;
         // Panning left: the frame at 0 s is the plate's right end, copied cell for cell.
-        let rig = CameraRig::new(
-            scene(Camera::PanLeft).camera_path(),
-            3.0,
-            (54, 30),
-            2,
-        );
+        let rig = CameraRig::new(scene(Camera::PanLeft).camera_path(), 3.0, (54, 30), 2);
         let (values, mask) = rig.place_first_frame(&picture)?;
         let left = rig.window(0.0).left as usize;
         assert!(left > 0);
@@ -443,12 +437,7 @@ mod tests {
         assert_eq!(mask.sum_all()?.to_scalar::<f32>()?, (height * width) as f32);
         assert_eq!(mask.narrow(2, 0, left)?.sum_all()?.to_scalar::<f32>()?, 0.0);
         // Pulling out starts zoomed in: the picture shrinks into the middle of the plate.
-        let rig = CameraRig::new(
-            scene(Camera::PullOut).camera_path(),
-            3.0,
-            (54, 30),
-            2,
-        );
+        let rig = CameraRig::new(scene(Camera::PullOut).camera_path(), 3.0, (54, 30), 2);
         let (_, mask) = rig.place_first_frame(&picture)?;
         let covered = mask.sum_all()?.to_scalar::<f32>()?;
         assert!(covered > 0.0 && covered < (height * width) as f32 * 0.8);

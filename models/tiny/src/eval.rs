@@ -6,9 +6,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::TinyModel;
-use reelfarm_models::{GenerateRequest, ModelError, ModelRuntime};
 use crate::scenes::measure::{AttributeProbe, FrameSummary};
 use crate::scenes::{Attribute, Attributes, Camera, Scene, Setting, TimeOfDay, Weather, prompts};
+use reelfarm_models::{GenerateRequest, ModelError, ModelRuntime};
 
 /// What `evaluate` renders; the defaults are what `reelfarm eval-tiny` reports.
 #[derive(Clone, Debug, PartialEq)]

@@ -64,7 +64,9 @@ use self::sampler::SamplingPlan;
 use self::text::{TextEncoder, Tokenizer};
 use self::vae::{LatentGeometry, Vae};
 pub use self::weights::TinyWeights;
-use reelfarm_models::{GenerateRequest, GeneratedClip, MemoryModel, ModelError, ModelRuntime, SegmentShape};
+use reelfarm_models::{
+    GenerateRequest, GeneratedClip, MemoryModel, ModelError, ModelRuntime, SegmentShape,
+};
 
 /// Where the shipped weights live in the source tree (`reelfarm train-tiny` rewrites them).
 pub const SHIPPED_WEIGHTS_NAME: &str = "models/tiny/weights/reelfarm-tiny.safetensors";

@@ -27,9 +27,9 @@ use super::sampler::clip_noise;
 use super::text::Tokenizer;
 use super::vae::{LatentGeometry, Vae};
 use super::{TinyConfig, TinyWeights};
-use reelfarm_models::ModelError;
 use crate::scenes::render::render_frame;
 use crate::scenes::{Camera, Scene, prompts};
+use reelfarm_models::ModelError;
 
 /// One cosine cycle of training: `steps` steps from a short warm-up to `learning_rate` and a
 /// cosine decay to a tenth of it, with a fresh AdamW and its own scenes.

@@ -27,7 +27,9 @@ pub enum Event {
     Assign(Box<pb::Assignment>),
     Cancel(pb::AssignmentRef),
     /// A task is over: its result or failure was handed in (or given up on).
-    TaskEnded { assignment_id: String },
+    TaskEnded {
+        assignment_id: String,
+    },
     HeartbeatDue,
     /// SIGTERM (Kubernetes evicting the pod) or the embedded farm stopping.
     ShutdownRequested,
@@ -39,12 +41,16 @@ pub enum Event {
 pub enum Effect {
     /// Register (with the assignments still running, so the leader keeps them) and open the
     /// command stream; answers with `Connected` or `ConnectFailed`.
-    OpenSession { running: Vec<pb::AssignmentRef> },
+    OpenSession {
+        running: Vec<pb::AssignmentRef>,
+    },
     /// Answers with `RetryDue` after the delay.
     RetryAfter(Duration),
     Start(Box<pb::Assignment>),
     /// Tell a running task to stop (it reports itself cancelled).
-    CancelTask { assignment_id: String },
+    CancelTask {
+        assignment_id: String,
+    },
     SendHeartbeat,
     /// Ask the leader to place nothing more on this worker.
     DrainSelf,
@@ -61,9 +67,13 @@ enum Phase {
     Connecting,
     Serving,
     /// Shutting down: no new work asked for, running tasks finish until the deadline.
-    Draining { deadline: Instant },
+    Draining {
+        deadline: Instant,
+    },
     /// Running tasks were told to stop and report back; exits when they have or at the deadline.
-    HandingBack { deadline: Instant },
+    HandingBack {
+        deadline: Instant,
+    },
     Stopped,
 }
 
@@ -106,7 +116,10 @@ impl Agent {
 
     /// Whether the agent is winding down (draining or handing back).
     pub fn draining(&self) -> bool {
-        matches!(self.phase, Phase::Draining { .. } | Phase::HandingBack { .. })
+        matches!(
+            self.phase,
+            Phase::Draining { .. } | Phase::HandingBack { .. }
+        )
     }
 
     fn open_session(&self) -> Effect {
@@ -173,7 +186,9 @@ impl Agent {
             Event::TaskEnded { assignment_id } => {
                 self.running.remove(&assignment_id);
                 match self.phase {
-                    Phase::Draining { .. } | Phase::HandingBack { .. } if self.running.is_empty() => {
+                    Phase::Draining { .. } | Phase::HandingBack { .. }
+                        if self.running.is_empty() =>
+                    {
                         self.stop()
                     }
                     _ => Vec::new(),
@@ -196,9 +211,7 @@ impl Agent {
                 }
                 // No leader to hand results to: hand back what runs.
                 Phase::Serving | Phase::Connecting => self.hand_back(now),
-                Phase::Draining { .. } | Phase::HandingBack { .. } | Phase::Stopped => {
-                    Vec::new()
-                }
+                Phase::Draining { .. } | Phase::HandingBack { .. } | Phase::Stopped => Vec::new(),
             },
             Event::Tick => match self.phase {
                 Phase::Draining { deadline } if now >= deadline => self.hand_back(now),

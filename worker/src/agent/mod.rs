@@ -19,14 +19,14 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
-use crate::Error;
 use self::machine::{Agent, Effect, Event};
+use crate::Error;
 use crate::inventory::Inventory;
 use crate::memory_meter::PeakMeter;
-use reelfarm_models::ModelRuntime;
 use crate::segment::run_segment;
 use crate::stitch_task::run_stitch;
 use crate::task::{Progress, TaskFailure};
+use reelfarm_models::ModelRuntime;
 
 pub struct WorkerConfig {
     /// One scheduler URL (a Kubernetes Service) or every scheduler's; the worker follows
@@ -204,7 +204,9 @@ pub async fn run(
     loop {
         while let Some(effect) = effects.pop_front() {
             match effect {
-                Effect::OpenSession { running: still_running } => {
+                Effect::OpenSession {
+                    running: still_running,
+                } => {
                     let devices = read_devices(&config.inventory, &running);
                     crate::worker_metrics::record_devices(
                         &config.name,

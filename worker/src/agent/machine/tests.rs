@@ -48,11 +48,21 @@ fn shutdown_with_nothing_running_stops_at_once() {
 #[test]
 fn a_drain_lets_running_tasks_finish_and_then_stops() {
     let (mut agent, now) = serving(&["a", "b"]);
-    assert_eq!(agent.handle(Event::ShutdownRequested, now), [Effect::DrainSelf]);
+    assert_eq!(
+        agent.handle(Event::ShutdownRequested, now),
+        [Effect::DrainSelf]
+    );
     assert!(agent.draining());
     // Still connected: heartbeats go on, results can be handed in.
-    assert_eq!(agent.handle(Event::HeartbeatDue, now), [Effect::SendHeartbeat]);
-    assert!(agent.handle(Event::Tick, now + Duration::from_secs(10)).is_empty());
+    assert_eq!(
+        agent.handle(Event::HeartbeatDue, now),
+        [Effect::SendHeartbeat]
+    );
+    assert!(
+        agent
+            .handle(Event::Tick, now + Duration::from_secs(10))
+            .is_empty()
+    );
     assert!(agent.handle(ended("a"), now).is_empty());
     assert_eq!(agent.handle(ended("b"), now), [Effect::Stop]);
 }
@@ -75,13 +85,21 @@ fn handing_back_gives_up_waiting_after_its_patience() {
     agent.handle(Event::ShutdownRequested, now);
     let deadline = now + Duration::from_secs(25);
     assert_eq!(agent.handle(Event::Tick, deadline), [Effect::HandBack]);
-    assert!(agent.handle(Event::Tick, deadline + Duration::from_secs(5)).is_empty());
+    assert!(
+        agent
+            .handle(Event::Tick, deadline + Duration::from_secs(5))
+            .is_empty()
+    );
     assert_eq!(
         agent.handle(Event::Tick, deadline + HAND_BACK_PATIENCE),
         [Effect::Stop]
     );
     // Nothing new starts while handing back.
-    assert!(agent.handle(Event::Assign(assignment("late")), now).is_empty());
+    assert!(
+        agent
+            .handle(Event::Assign(assignment("late")), now)
+            .is_empty()
+    );
 }
 
 #[test]
@@ -115,7 +133,10 @@ fn a_failover_reconnects_registering_what_still_runs() {
         [Effect::OpenSession { running: vec![] }]
     );
     assert!(agent.handle(Event::Connected, now).is_empty());
-    assert_eq!(agent.handle(Event::HeartbeatDue, now), [Effect::SendHeartbeat]);
+    assert_eq!(
+        agent.handle(Event::HeartbeatDue, now),
+        [Effect::SendHeartbeat]
+    );
     // The new leader's work starts as before.
     assert_eq!(
         agent.handle(Event::Assign(assignment("c")), now),
@@ -127,7 +148,10 @@ fn a_failover_reconnects_registering_what_still_runs() {
 fn shutdown_without_a_leader_hands_back_what_runs() {
     let (mut agent, now) = serving(&["a"]);
     agent.handle(Event::StreamLost, now);
-    assert_eq!(agent.handle(Event::ShutdownRequested, now), [Effect::HandBack]);
+    assert_eq!(
+        agent.handle(Event::ShutdownRequested, now),
+        [Effect::HandBack]
+    );
     assert_eq!(agent.handle(ended("a"), now), [Effect::Stop]);
 }
 
@@ -140,7 +164,11 @@ fn cancel_stops_only_a_task_that_runs_here() {
             assignment_id: "a".into()
         }]
     );
-    assert!(agent.handle(Event::Cancel(reference("other")), now).is_empty());
+    assert!(
+        agent
+            .handle(Event::Cancel(reference("other")), now)
+            .is_empty()
+    );
     assert_eq!(agent.running(), 1, "a cancelled task runs until it reports");
     agent.handle(ended("a"), now);
     assert_eq!(agent.running(), 0);
