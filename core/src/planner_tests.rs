@@ -199,7 +199,7 @@ proptest! {
             prop_assert!(seconds <= reelfarm_tiny().window_seconds + 1.0 / fps, "{} s", seconds);
             let shot = &sequence.shots[segment.shot_index as usize];
             if shot.duration_seconds > reelfarm_tiny().window_seconds {
-                prop_assert!(seconds >= reelfarm_tiny().min_window_seconds - 1.0 / fps, "{} s", seconds);
+                prop_assert!(seconds >= reelfarm_tiny().window_seconds / 2.0 - 1.0 / fps, "{} s", seconds);
             }
             prop_assert_eq!(segment.render_frames % 4, 1);
             prop_assert!(segment.render_frames >= segment.lead_frames + segment.timeline_frames);

@@ -50,10 +50,9 @@ pub struct ModelEntry {
     pub backend: Backend,
     /// The frame rate the model renders at; `None`: any rate (the sequence's).
     pub native_fps: Option<u32>,
-    /// Longest clip one inference renders.
+    /// Longest clip one inference renders. A longer shot splits into the fewest equal
+    /// windows, so each is longer than half of this.
     pub window_seconds: f64,
-    /// Shortest window a split shot may use (a shot shorter than this stays whole).
-    pub min_window_seconds: f64,
     /// Frames per latent frame: rendered frame counts are `stride * n + 1`.
     pub temporal_stride: u32,
     pub draft_steps: u32,
@@ -98,7 +97,6 @@ pub fn reelfarm_tiny() -> ModelEntry {
         backend: Backend::Tiny,
         native_fps: None,
         window_seconds: 20.0,
-        min_window_seconds: 10.0,
         temporal_stride: 4,
         draft_steps: 8,
         final_steps: 24,
@@ -117,7 +115,6 @@ pub fn simulated_models() -> Vec<ModelEntry> {
         backend: Backend::Simulated,
         native_fps: None,
         window_seconds: 5.0,
-        min_window_seconds: 2.5,
         temporal_stride: 4,
         draft_steps: 20,
         final_steps: 50,
@@ -205,7 +202,7 @@ impl Catalog {
                 ),
             ));
         }
-        let file: CatalogFile = toml::from_str(text).map_err(|e| {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
             error(
                 "file".into(),
                 e.message().to_string()
@@ -213,13 +210,41 @@ impl Catalog {
                         .map_or(String::new(), |s| format!(" (at byte {})", s.start)),
             )
         })?;
-        if file.model.len() > MAX_ENTRIES {
+        let models = match table.remove("model") {
+            None => Vec::new(),
+            Some(toml::Value::Array(models)) => models,
+            Some(_) => {
+                return Err(error(
+                    "model".into(),
+                    "must be a list of [[model]] tables".into(),
+                ));
+            }
+        };
+        if let Some(key) = table.keys().next() {
             return Err(error(
-                "model".into(),
-                format!("{} entries; at most {MAX_ENTRIES}", file.model.len()),
+                key.clone(),
+                "unknown key; a catalog file holds only [[model]] tables".into(),
             ));
         }
-        for (index, doc) in file.model.into_iter().enumerate() {
+        if models.len() > MAX_ENTRIES {
+            return Err(error(
+                "model".into(),
+                format!("{} entries; at most {MAX_ENTRIES}", models.len()),
+            ));
+        }
+        for (index, value) in models.into_iter().enumerate() {
+            // One entry at a time, so a wrong type names its field, not a byte offset.
+            let doc: EntryDoc = serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    String::new()
+                } else {
+                    format!(".{path}")
+                };
+                let reason = e.into_inner().to_string();
+                let reason = reason.lines().next().unwrap_or_default().to_string();
+                error(format!("model[{index}]{field}"), reason)
+            })?;
             let entry = self
                 .resolve(doc)
                 .map_err(|(field, reason)| error(format!("model[{index}].{field}"), reason))?;
@@ -308,11 +333,6 @@ impl Catalog {
                 base.as_ref().map(|b| b.window_seconds),
                 "window_seconds",
             )?,
-            min_window_seconds: pick(
-                doc.min_window_seconds,
-                base.as_ref().map(|b| b.min_window_seconds),
-                "min_window_seconds",
-            )?,
             temporal_stride: doc
                 .temporal_stride
                 .or(base.as_ref().map(|b| b.temporal_stride))
@@ -329,10 +349,13 @@ impl Catalog {
                 .guidance
                 .or(base.as_ref().map(|b| b.guidance))
                 .ok_or_else(|| missing("guidance"))?,
-            memory: doc
-                .memory
-                .or(base.as_ref().map(|b| b.memory))
-                .ok_or_else(|| missing("memory"))?,
+            memory: match (doc.memory, base.as_ref()) {
+                (Some(memory), base) => memory
+                    .over(base.map(|b| b.memory))
+                    .map_err(|name| missing(&format!("memory.{name}")))?,
+                (None, Some(base)) => base.memory,
+                (None, None) => return Err(missing("memory")),
+            },
             weights: doc.weights.or(base.and_then(|b| b.weights)),
         };
         check_entry(&entry)?;
@@ -370,19 +393,6 @@ fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
         return fail(
             "window_seconds",
             format!("must be within 1..=600, got {}", entry.window_seconds),
-        );
-    }
-    if !(entry.min_window_seconds.is_finite()
-        && entry.min_window_seconds > 0.0
-        && entry.min_window_seconds <= entry.window_seconds / 2.0)
-    {
-        return fail(
-            "min_window_seconds",
-            format!(
-                "must be above 0 and at most half the window ({}), got {}",
-                entry.window_seconds / 2.0,
-                entry.min_window_seconds
-            ),
         );
     }
     if !(1..=64).contains(&entry.temporal_stride) {
@@ -425,13 +435,6 @@ fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CatalogFile {
-    #[serde(default)]
-    model: Vec<EntryDoc>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct EntryDoc {
     id: String,
     base: Option<String>,
@@ -439,7 +442,6 @@ struct EntryDoc {
     #[serde(default, deserialize_with = "whole::optional")]
     native_fps: Option<u32>,
     window_seconds: Option<f64>,
-    min_window_seconds: Option<f64>,
     #[serde(default, deserialize_with = "whole::optional")]
     temporal_stride: Option<u32>,
     #[serde(default, deserialize_with = "whole::optional")]
@@ -447,8 +449,56 @@ struct EntryDoc {
     #[serde(default, deserialize_with = "whole::optional")]
     final_steps: Option<u32>,
     guidance: Option<f32>,
-    memory: Option<MemoryModel>,
+    memory: Option<MemoryDoc>,
     weights: Option<String>,
+}
+
+/// A `[model.memory]` table: the coefficients it gives, over the base's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryDoc {
+    fixed_bytes: Option<f64>,
+    bytes_per_token: Option<f64>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    guidance_branches: Option<u32>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    downsample: Option<u32>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    extra_latent_frames: Option<u32>,
+    decode_bytes_per_pixel: Option<f64>,
+    clip_bytes_per_pixel_frame: Option<f64>,
+    margin: Option<f64>,
+    weights_bytes: Option<f64>,
+    seconds_per_token_step: Option<f64>,
+}
+
+impl MemoryDoc {
+    /// The coefficients given here over `base`'s; without a base, the ones that have no
+    /// default must be given (`Err` names the first missing).
+    fn over(self, base: Option<MemoryModel>) -> Result<MemoryModel, &'static str> {
+        macro_rules! field {
+            ($name:ident) => {
+                self.$name
+                    .or(base.map(|b| b.$name))
+                    .ok_or(stringify!($name))?
+            };
+            ($name:ident, $default:expr) => {
+                self.$name.or(base.map(|b| b.$name)).unwrap_or($default)
+            };
+        }
+        Ok(MemoryModel {
+            fixed_bytes: field!(fixed_bytes),
+            bytes_per_token: field!(bytes_per_token),
+            guidance_branches: field!(guidance_branches),
+            downsample: field!(downsample),
+            extra_latent_frames: field!(extra_latent_frames, 0),
+            decode_bytes_per_pixel: field!(decode_bytes_per_pixel),
+            clip_bytes_per_pixel_frame: field!(clip_bytes_per_pixel_frame, 0.0),
+            margin: field!(margin, 0.0),
+            weights_bytes: field!(weights_bytes),
+            seconds_per_token_step: field!(seconds_per_token_step),
+        })
+    }
 }
 
 #[cfg(test)]

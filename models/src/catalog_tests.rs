@@ -74,7 +74,6 @@ fn a_full_entry_needs_every_setting_and_memory_coefficients() {
         id = "my-tiny"
         backend = "tiny"
         window_seconds = 12
-        min_window_seconds = 6
         temporal_stride = 4
         draft_steps = 6
         final_steps = 20
@@ -132,14 +131,33 @@ fn file_errors_name_the_entry_and_the_field() {
             "models.toml: model[0].native_fps: 16: the tiny backend renders at the sequence's rate",
         ),
         (
-            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nmin_window_seconds = 15\n",
-            "models.toml: model[0].min_window_seconds: must be above 0 and at most half the window",
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\ndraft_steps = \"12\"\n",
+            "models.toml: model[0].draft_steps: ",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n[model.memory]\nmargn = 1\n",
+            "models.toml: model[0].memory.margn: unknown field `margn`, expected one of",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n[model.memory]\nfixed_bytes = 0\nbytes_per_token = 0\ndecode_bytes_per_pixel = 0\n",
+            "models.toml: model[0].memory.fixed_bytes: must be at least 1000000",
+        ),
+        (
+            "[[model]]\nid = \"x\"\nbackend = \"tiny\"\nwindow_seconds = 10\ntemporal_stride = 4\ndraft_steps = 4\nfinal_steps = 8\nguidance = 2\n[model.memory]\nfixed_bytes = 2e7\n",
+            "models.toml: model[0].memory.bytes_per_token: is required",
+        ),
+        (
+            "models = 3\n",
+            "models.toml: models: unknown key; a catalog file holds only [[model]] tables",
         ),
         (
             "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nwindow = 5\n",
-            "models.toml: file: unknown field `window`",
+            "models.toml: model[0].window: unknown field `window`",
         ),
-        ("[[model]]\nid = 5\n", "models.toml: file: invalid type"),
+        (
+            "[[model]]\nid = 5\n",
+            "models.toml: model[0].id: invalid type",
+        ),
     ];
     for (text, expected) in cases {
         let message = error_of(text);
@@ -166,6 +184,22 @@ fn whole_numbers_may_be_written_as_floats_as_helm_renders_them() {
     assert!(
         error_of("[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\ndraft_steps = -3\n")
             .contains("-3 is not a count")
+    );
+}
+
+#[test]
+fn a_partial_memory_table_changes_only_what_it_names() {
+    let catalog =
+        with("[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n[model.memory]\nmargin = 0.5\n")
+            .unwrap();
+    let memory = catalog.get("x").unwrap().memory;
+    assert_eq!(memory.margin, 0.5);
+    assert_eq!(
+        MemoryModel {
+            margin: 0.0,
+            ..memory
+        },
+        reelfarm_tiny().memory
     );
 }
 

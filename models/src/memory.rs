@@ -26,6 +26,9 @@ pub const DECODE_TILES: f64 = 4.0;
 /// the GPU. One figure for every model, so load times are comparable.
 pub const LOAD_BYTES_PER_SECOND: f64 = 1e9;
 
+/// The least `fixed_bytes` a model may claim.
+const MIN_FIXED_BYTES: f64 = 1e6;
+
 /// The coefficients of one model in the estimator. Every field is per model; see the module
 /// documentation for the formula.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -111,6 +114,17 @@ impl MemoryModel {
 
     /// Checks what a catalog file may get wrong; `Err` names the coefficient.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        // Every model holds its weights: an estimate of nothing would let placement stack
+        // segments on a GPU without limit, and no measured peak could correct a zero.
+        if !(self.fixed_bytes >= MIN_FIXED_BYTES) {
+            return Err((
+                "fixed_bytes",
+                format!(
+                    "must be at least {MIN_FIXED_BYTES:.0} (the weights alone), got {}",
+                    self.fixed_bytes
+                ),
+            ));
+        }
         let finite_non_negative = [
             ("fixed_bytes", self.fixed_bytes),
             ("bytes_per_token", self.bytes_per_token),

@@ -429,7 +429,8 @@ impl Farm {
         }
         task.progress_done = done;
         task.progress_total = total;
-        self.changed.insert(assignment.sequence_id);
+        // Watchers see it; placement has nothing to redo (nothing became ready).
+        self.changed.watch.insert(assignment.sequence_id);
         Ok(false)
     }
 

@@ -156,7 +156,9 @@ impl Agent {
                         self.phase = Phase::Connecting;
                         vec![self.open_session()]
                     }
-                    // Draining needs the stream to hand results in; without it, hand back now.
+                    // Draining keeps the session so the leader sends no new work and the
+                    // worker's lease stays alive; without it the leader may already count this
+                    // worker gone, so hand back now rather than finish work it re-placed.
                     Phase::Draining { .. } => self.hand_back(now),
                     Phase::HandingBack { .. } | Phase::Stopped => Vec::new(),
                 }
@@ -165,14 +167,20 @@ impl Agent {
                 let Some(reference) = assignment.assignment.clone() else {
                     return Vec::new();
                 };
-                if matches!(self.phase, Phase::HandingBack { .. })
-                    || self.running.contains_key(&reference.assignment_id)
-                {
+                if self.running.contains_key(&reference.assignment_id) {
                     return Vec::new();
                 }
-                self.running
-                    .insert(reference.assignment_id.clone(), reference);
-                vec![Effect::Start(assignment)]
+                let id = reference.assignment_id.clone();
+                self.running.insert(id.clone(), reference);
+                match self.phase {
+                    // Too late to render: start it stopped, so it reports itself handed back
+                    // at once instead of waiting for this worker's lease to run out.
+                    Phase::HandingBack { .. } => vec![
+                        Effect::Start(assignment),
+                        Effect::CancelTask { assignment_id: id },
+                    ],
+                    _ => vec![Effect::Start(assignment)],
+                }
             }
             Event::Cancel(reference) => {
                 if self.running.contains_key(&reference.assignment_id) {

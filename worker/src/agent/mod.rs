@@ -51,6 +51,8 @@ const DELIVERY_PATIENCE: Duration = Duration::from_secs(300);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the agent checks its deadlines (draining, handing back).
 const TICK_INTERVAL: Duration = Duration::from_millis(200);
+/// How long telling the leader that this worker drains may take.
+const DRAIN_CALL_PATIENCE: Duration = Duration::from_secs(3);
 
 /// What runs here, by assignment id.
 type Running = Arc<Mutex<HashMap<String, RunningTask>>>;
@@ -165,7 +167,7 @@ async fn open_session(
 
 /// Serves assignments until `shutdown` resolves and the agent has wound down. A lost
 /// scheduler is not the end: the worker finds the leader again and registers with what it
-/// still runs. The decisions are `machine::Agent`'s; this loop turns I/O into its events and
+/// still runs. The decisions are `machine::Agent`'s; `Driver` turns I/O into its events and
 /// carries its effects out.
 pub async fn run(
     config: WorkerConfig,
@@ -184,165 +186,228 @@ pub async fn run(
     });
     // At start a missing scheduler is an error; later it is a reconnect.
     link.client(config.connect_timeout).await?;
-    let running: Running = Arc::default();
-    let models: Arc<Vec<Arc<dyn ModelRuntime>>> = Arc::new(config.models.clone());
-    let model_ids: Vec<String> = models.iter().map(|model| model.id().to_string()).collect();
-    let handing_back = Arc::new(AtomicBool::new(false));
-    let (ended, mut ended_tasks) = mpsc::unbounded_channel::<String>();
-    tokio::pin!(shutdown);
-    let mut shutdown_seen = false;
-    let mut registered_before = false;
-    let mut session: Option<(u64, tonic::Streaming<pb::WorkerCommand>)> = None;
-    let mut retry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let (ended, ended_tasks) = mpsc::unbounded_channel::<String>();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    let mut agent = Agent::new(config.drain_timeout);
-    let mut effects: VecDeque<Effect> = agent.start().into();
+    let mut driver = Driver {
+        agent: Agent::new(config.drain_timeout),
+        model_ids: config.models.iter().map(|m| m.id().to_string()).collect(),
+        models: Arc::new(config.models.clone()),
+        config,
+        worker_id,
+        link,
+        running: Arc::default(),
+        handing_back: Arc::new(AtomicBool::new(false)),
+        ended,
+        ended_tasks,
+        session: None,
+        retry_at: None,
+        shutdown_seen: false,
+        registered_before: false,
+    };
+    tokio::pin!(shutdown);
+    let mut effects: VecDeque<Effect> = driver.agent.start().into();
     loop {
         while let Some(effect) = effects.pop_front() {
-            match effect {
-                Effect::OpenSession {
-                    running: still_running,
-                } => {
-                    let devices = read_devices(&config.inventory, &running);
-                    crate::worker_metrics::record_devices(
-                        &config.name,
-                        &devices,
-                        &reserved_by_device(&running),
-                    );
-                    let registration = pb::RegisterWorkerRequest {
-                        name: config.name.clone(),
-                        devices,
-                        models: model_ids.clone(),
-                        worker_id: worker_id.clone(),
-                        running: still_running,
-                    };
-                    let event = tokio::select! {
-                        _ = &mut shutdown, if !shutdown_seen => {
-                            shutdown_seen = true;
-                            Event::ShutdownRequested
-                        }
-                        opened = open_session(&link, registration) => match opened {
-                            Ok(opened) => {
-                                session = Some(opened);
-                                if registered_before {
-                                    info!(worker = %worker_id, running = agent.running(), "registered again");
-                                } else {
-                                    info!(worker = %worker_id, "worker ready");
-                                    registered_before = true;
-                                }
-                                Event::Connected
-                            }
-                            Err(error) => {
-                                warn!(%error, "no scheduler to work for yet; retrying");
-                                Event::ConnectFailed
-                            }
-                        },
-                    };
-                    effects.extend(agent.handle(event, Instant::now()));
-                }
-                Effect::RetryAfter(delay) => retry = Some(Box::pin(tokio::time::sleep(delay))),
-                Effect::Start(assignment) => {
-                    // The agent starts only assignments with a fencing token.
-                    let Some(task) = register_task(&running, &assignment) else {
-                        continue;
-                    };
-                    let context = Context {
-                        link: link.clone(),
-                        store: config.store.clone(),
-                        models: models.clone(),
-                        running: running.clone(),
-                        devices: config.inventory.devices(),
-                        handing_back: handing_back.clone(),
-                        ended: ended.clone(),
-                    };
-                    tokio::spawn(execute(*assignment, task, context));
-                }
-                Effect::CancelTask { assignment_id } => {
-                    if let Some(task) = lock(&running).get(&assignment_id) {
-                        info!(assignment = %assignment_id, "cancelling");
-                        task.cancel.store(true, Ordering::Relaxed);
-                    }
-                }
-                Effect::SendHeartbeat => {
-                    let devices = read_devices(&config.inventory, &running);
-                    crate::worker_metrics::record_devices(
-                        &config.name,
-                        &devices,
-                        &reserved_by_device(&running),
-                    );
-                    let request = pb::HeartbeatRequest {
-                        worker_id: worker_id.clone(),
-                        devices,
-                    };
-                    // Best effort: a missed heartbeat only leaves older readings shown.
-                    if let Ok((_, mut client)) = link.client(Duration::from_secs(1)).await {
-                        let _ = client.heartbeat(request).await;
-                    }
-                }
-                Effect::DrainSelf => {
-                    info!(
-                        worker = %worker_id,
-                        running = agent.running(),
-                        patience_s = config.drain_timeout.as_secs_f64(),
-                        "shutting down: draining, running tasks finish first"
-                    );
-                    drain_self(&link, &worker_id).await;
-                }
-                Effect::HandBack => {
-                    // What still runs goes back to the queue now rather than when this
-                    // worker's lease runs out.
-                    warn!(worker = %worker_id, running = agent.running(), "handing back unfinished tasks");
-                    handing_back.store(true, Ordering::Relaxed);
-                    for task in lock(&running).values() {
-                        task.cancel.store(true, Ordering::Relaxed);
-                    }
-                }
-                Effect::Stop => {}
+            if let Some(event) = driver.carry_out(effect, &mut shutdown).await {
+                effects.extend(driver.agent.handle(event, Instant::now()));
             }
         }
-        if agent.is_stopped() {
+        if driver.agent.is_stopped() {
             return Ok(());
         }
-        let event = tokio::select! {
-            _ = &mut shutdown, if !shutdown_seen => {
-                shutdown_seen = true;
-                Event::ShutdownRequested
-            }
-            message = next_command(&mut session), if session.is_some() => match message {
-                Ok(Some(pb::WorkerCommand {
-                    command: Some(pb::worker_command::Command::Assign(assignment)),
-                })) => Event::Assign(Box::new(assignment)),
-                Ok(Some(pb::WorkerCommand {
-                    command: Some(pb::worker_command::Command::Cancel(cancel)),
-                })) => match cancel.assignment {
-                    Some(reference) => Event::Cancel(reference),
-                    None => continue,
-                },
-                Ok(Some(_)) => {
-                    warn!("ignoring an empty command");
-                    continue;
-                }
-                Ok(None) | Err(_) => {
-                    warn!(worker = %worker_id, "lost the scheduler's command stream; finding the leader again");
-                    if let Some((generation, _)) = session.take() {
-                        link.broken(generation).await;
+        let event = driver
+            .next_event(&mut shutdown, &mut heartbeat, &mut tick)
+            .await;
+        effects.extend(driver.agent.handle(event, Instant::now()));
+    }
+}
+
+/// The agent with the worker's I/O around it.
+struct Driver {
+    agent: Agent,
+    config: WorkerConfig,
+    worker_id: String,
+    link: Arc<Link>,
+    running: Running,
+    models: Arc<Vec<Arc<dyn ModelRuntime>>>,
+    model_ids: Vec<String>,
+    /// Set once the agent hands work back: cancelled tasks report themselves lost.
+    handing_back: Arc<AtomicBool>,
+    ended: mpsc::UnboundedSender<String>,
+    ended_tasks: mpsc::UnboundedReceiver<String>,
+    session: Option<(u64, tonic::Streaming<pb::WorkerCommand>)>,
+    /// When to try opening a session again, after one failed.
+    retry_at: Option<tokio::time::Instant>,
+    shutdown_seen: bool,
+    registered_before: bool,
+}
+
+impl Driver {
+    /// Carries one effect out; opening a session answers with an event.
+    async fn carry_out(
+        &mut self,
+        effect: Effect,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Event> {
+        match effect {
+            Effect::OpenSession { running } => {
+                let registration = pb::RegisterWorkerRequest {
+                    name: self.config.name.clone(),
+                    devices: self.devices(),
+                    models: self.model_ids.clone(),
+                    worker_id: self.worker_id.clone(),
+                    running,
+                };
+                let opened = tokio::select! {
+                    _ = shutdown.as_mut(), if !self.shutdown_seen => {
+                        self.shutdown_seen = true;
+                        return Some(Event::ShutdownRequested);
                     }
-                    Event::StreamLost
-                }
-            },
-            Some(assignment_id) = ended_tasks.recv() => Event::TaskEnded { assignment_id },
-            _ = heartbeat.tick() => Event::HeartbeatDue,
-            _ = tick.tick() => Event::Tick,
-            _ = async { if let Some(sleep) = retry.as_mut() { sleep.await } }, if retry.is_some() => {
-                retry = None;
-                Event::RetryDue
+                    opened = open_session(&self.link, registration) => opened,
+                };
+                Some(match opened {
+                    Ok(session) => {
+                        self.session = Some(session);
+                        if self.registered_before {
+                            info!(worker = %self.worker_id, running = self.agent.running(), "registered again");
+                        } else {
+                            info!(worker = %self.worker_id, "worker ready");
+                            self.registered_before = true;
+                        }
+                        Event::Connected
+                    }
+                    Err(error) => {
+                        warn!(%error, "no scheduler to work for yet; retrying");
+                        Event::ConnectFailed
+                    }
+                })
             }
-        };
-        effects.extend(agent.handle(event, Instant::now()));
+            Effect::RetryAfter(delay) => {
+                self.retry_at = Some(tokio::time::Instant::now() + delay);
+                None
+            }
+            Effect::Start(assignment) => {
+                // The agent starts only assignments with a fencing token.
+                let task = register_task(&self.running, &assignment)?;
+                let context = Context {
+                    link: self.link.clone(),
+                    store: self.config.store.clone(),
+                    models: self.models.clone(),
+                    running: self.running.clone(),
+                    devices: self.config.inventory.devices(),
+                    handing_back: self.handing_back.clone(),
+                    ended: self.ended.clone(),
+                };
+                tokio::spawn(execute(*assignment, task, context));
+                None
+            }
+            Effect::CancelTask { assignment_id } => {
+                if let Some(task) = lock(&self.running).get(&assignment_id) {
+                    info!(assignment = %assignment_id, "cancelling");
+                    task.cancel.store(true, Ordering::Relaxed);
+                }
+                None
+            }
+            Effect::SendHeartbeat => {
+                let request = pb::HeartbeatRequest {
+                    worker_id: self.worker_id.clone(),
+                    devices: self.devices(),
+                };
+                // Best effort: a missed heartbeat only leaves older readings shown.
+                if let Ok((_, mut client)) = self.link.client(Duration::from_secs(1)).await {
+                    let _ = client.heartbeat(request).await;
+                }
+                None
+            }
+            Effect::DrainSelf => {
+                info!(
+                    worker = %self.worker_id,
+                    running = self.agent.running(),
+                    patience_s = self.config.drain_timeout.as_secs_f64(),
+                    "shutting down: draining, running tasks finish first"
+                );
+                drain_self(&self.link, &self.worker_id).await;
+                None
+            }
+            Effect::HandBack => {
+                // What still runs goes back to the queue now rather than when this worker's
+                // lease runs out.
+                warn!(worker = %self.worker_id, running = self.agent.running(), "handing back unfinished tasks");
+                self.handing_back.store(true, Ordering::Relaxed);
+                for task in lock(&self.running).values() {
+                    task.cancel.store(true, Ordering::Relaxed);
+                }
+                None
+            }
+            Effect::Stop => None,
+        }
+    }
+
+    /// The devices with fresh readings, recorded as metrics on the way.
+    fn devices(&self) -> Vec<pb::Device> {
+        let devices = read_devices(&self.config.inventory, &self.running);
+        crate::worker_metrics::record_devices(
+            &self.config.name,
+            &devices,
+            &reserved_by_device(&self.running),
+        );
+        devices
+    }
+
+    /// Waits for the next thing that happens to the worker.
+    async fn next_event(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        heartbeat: &mut tokio::time::Interval,
+        tick: &mut tokio::time::Interval,
+    ) -> Event {
+        loop {
+            let retry_at = self.retry_at;
+            tokio::select! {
+                _ = shutdown.as_mut(), if !self.shutdown_seen => {
+                    self.shutdown_seen = true;
+                    return Event::ShutdownRequested;
+                }
+                message = next_command(&mut self.session), if self.session.is_some() => {
+                    match message {
+                        Ok(Some(pb::WorkerCommand {
+                            command: Some(pb::worker_command::Command::Assign(assignment)),
+                        })) => return Event::Assign(Box::new(assignment)),
+                        Ok(Some(pb::WorkerCommand {
+                            command: Some(pb::worker_command::Command::Cancel(cancel)),
+                        })) => {
+                            if let Some(reference) = cancel.assignment {
+                                return Event::Cancel(reference);
+                            }
+                        }
+                        Ok(Some(_)) => warn!("ignoring an empty command"),
+                        Ok(None) | Err(_) => {
+                            warn!(worker = %self.worker_id, "lost the scheduler's command stream; finding the leader again");
+                            if let Some((generation, _)) = self.session.take() {
+                                self.link.broken(generation).await;
+                            }
+                            return Event::StreamLost;
+                        }
+                    }
+                }
+                Some(assignment_id) = self.ended_tasks.recv() => {
+                    return Event::TaskEnded { assignment_id };
+                }
+                _ = heartbeat.tick() => return Event::HeartbeatDue,
+                _ = tick.tick() => return Event::Tick,
+                _ = async move {
+                    if let Some(at) = retry_at {
+                        tokio::time::sleep_until(at).await;
+                    }
+                }, if retry_at.is_some() => {
+                    self.retry_at = None;
+                    return Event::RetryDue;
+                }
+            }
+        }
     }
 }
 
@@ -367,8 +432,11 @@ async fn drain_self(link: &Link, worker_id: &str) {
     };
     let mut client =
         reelfarm_common::pb::sequence_service_client::SequenceServiceClient::new(channel);
-    if let Err(status) = client.drain_worker(request).await {
-        warn!(%status, "could not tell the scheduler this worker drains");
+    // Bounded: a hung call must not hold up the drain's own deadline.
+    match tokio::time::timeout(DRAIN_CALL_PATIENCE, client.drain_worker(request)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => warn!(%status, "could not tell the scheduler this worker drains"),
+        Err(_) => warn!("the scheduler did not answer the drain in time"),
     }
 }
 
