@@ -116,7 +116,7 @@ impl MemoryModel {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         // Every model holds its weights: an estimate of nothing would let placement stack
         // segments on a GPU without limit, and no measured peak could correct a zero.
-        if !(self.fixed_bytes >= MIN_FIXED_BYTES) {
+        if self.fixed_bytes.is_nan() || self.fixed_bytes < MIN_FIXED_BYTES {
             return Err((
                 "fixed_bytes",
                 format!(
