@@ -125,6 +125,12 @@ pub struct WorkerArgs {
     /// that it can run, with the weights each entry names. See README "Models".
     #[arg(long, env = "REELFARM_MODELS")]
     pub models: Option<PathBuf>,
+    /// Run Wan's text encoder (umT5-XXL, 11 GB in bf16) on the CPU from host memory, so Wan
+    /// fits 24 GB cards; the catalog's Wan memory estimates assume it. `false` on 40 GB+
+    /// cards encodes prompts faster (then add 11.4e9 to the entry's memory.fixed_bytes)
+    /// [default: true].
+    #[arg(long, env = "REELFARM_TEXT_ENCODER_ON_CPU")]
+    pub text_encoder_on_cpu: Option<bool>,
     /// Seconds to wait for a leading scheduler at start [default: 30].
     #[arg(long, env = "REELFARM_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<f64>,
@@ -142,8 +148,8 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
-        layer!(self, lower; scheduler, name, simulate_gpus, weights, models, connect_timeout,
-            drain_timeout, health_listen)
+        layer!(self, lower; scheduler, name, simulate_gpus, weights, models, text_encoder_on_cpu,
+            connect_timeout, drain_timeout, health_listen)
     }
 }
 

@@ -25,3 +25,5 @@ pub mod tiny;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod validate;
+#[cfg(feature = "worker")]
+pub mod wan;

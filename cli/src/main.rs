@@ -222,6 +222,23 @@ enum BenchCommand {
     /// per denoising step, and the ratio to the 10 s budget.
     Tiny(reelfarm_cli::tiny::BenchTinyArgs),
     #[cfg(feature = "worker")]
+    /// One sampling step of the Wan 2.1 1.3B transformer (both guidance branches) at a small
+    /// size: seconds per step and peak memory, and the ratio to the reference when its Python
+    /// is given.
+    #[command(long_about = "\
+One sampling step of the Wan 2.1 T2V 1.3B transformer (both guidance branches, batched, text
+padded to 512) at a size this machine can run, with random weights of the published shape
+(--random-weights, nothing to download) or a checkpoint's (--weights DIR). Prints parameters,
+seconds per step and peak resident memory. With --reference PYTHON (a Python with torch and
+diffusers, see tools/wan_parity.py) it times the same step in diffusers and prints the ratio.
+Runs on the first CUDA device in bf16 when built with --features cuda, else on the CPU in f32.
+
+Examples:
+  cargo run --release -p reelfarm -- bench wan --random-weights
+  cargo run --release -p reelfarm -- bench wan --random-weights --reference venv/bin/python --json
+  reelfarm bench wan --random-weights --width 832 --height 480 --frames 81   # on a GPU node")]
+    Wan(reelfarm_cli::wan::BenchWanArgs),
+    #[cfg(feature = "worker")]
     /// Render a sequence at draft settings and print where the wall time went.
     Render {
         spec: PathBuf,
@@ -366,6 +383,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "train")]
         Command::EvalTiny(args) => {
             tokio::task::spawn_blocking(move || reelfarm_cli::train::run_eval(&args)).await??
+        }
+        #[cfg(feature = "worker")]
+        Command::Bench {
+            bench: BenchCommand::Wan(args),
+        } => {
+            let json = args.json;
+            let bench =
+                tokio::task::spawn_blocking(move || reelfarm_cli::wan::run_bench(&args)).await??;
+            if json {
+                println!("{}", serde_json::to_string(&bench)?);
+            } else {
+                reelfarm_cli::wan::print_bench(&bench);
+            }
         }
         #[cfg(feature = "worker")]
         Command::Bench {

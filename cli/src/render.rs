@@ -58,6 +58,18 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
     let started = Instant::now();
     let runtimes = reelfarm_worker::runtimes::load_runtimes(&catalog, options.weights.as_deref())
         .map_err(|error| InputError(vec![error.to_string()]))?;
+    if !runtimes
+        .iter()
+        .any(|runtime| runtime.id() == sequence.model)
+    {
+        return Err(InputError(vec![format!(
+            "model {}: no weights configured on this machine; re-declare it in a catalog file \
+             given with --models, e.g. `[[model]]` `id = \"{}\"` `weights = \"/path/to/checkpoint\"` \
+             (README \"Running Wan 2.1\")",
+            sequence.model, sequence.model
+        )])
+        .into());
+    }
     let temporary = tempfile::Builder::new()
         .prefix("reelfarm-")
         .tempdir()

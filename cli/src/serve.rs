@@ -186,7 +186,12 @@ pub async fn run_worker(
             .map_err(anyhow::Error::msg)?;
     let devices = inventory.devices();
     let catalog = crate::input::load_catalog(args.models.as_deref())?;
-    let models = reelfarm_worker::runtimes::load_runtimes(&catalog, args.weights.as_deref())?;
+    let wan = reelfarm_worker::runtimes::WanOptions {
+        text_encoder_on_cpu: args.text_encoder_on_cpu.unwrap_or(true),
+        ..reelfarm_worker::runtimes::WanOptions::best_available()
+    };
+    let models =
+        reelfarm_worker::runtimes::load_runtimes_with(&catalog, args.weights.as_deref(), &wan)?;
     let store = open_store(store_flags.or(file.store)).await?;
     eprintln!(
         "reelfarm worker {name}: {} device(s), store {}, schedulers {}",

@@ -326,8 +326,9 @@ fn a_catalog_file_adds_a_model_a_spec_can_name() {
     let unknown = reelfarm(&["validate", &spec], dir.path());
     assert_eq!(unknown.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&unknown.stderr)
-            .contains("model: unknown model \"studio-tiny\"; available: reelfarm-tiny"),
+        String::from_utf8_lossy(&unknown.stderr).contains(
+            "model: unknown model \"studio-tiny\"; available: reelfarm-tiny, wan2.1-t2v-1.3b"
+        ),
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );

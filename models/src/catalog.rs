@@ -30,6 +30,8 @@ pub const REELFARM_TINY: &str = "reelfarm-tiny";
 pub enum Backend {
     /// reelfarm-tiny's candle runtime, on CPU or GPU workers.
     Tiny,
+    /// Wan 2.1 text-to-video (reelfarm-wan, candle) from a diffusers checkpoint directory.
+    Wan,
     /// A published model the placement simulator renders; no worker serves it.
     Simulated,
 }
@@ -38,6 +40,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Tiny => "tiny",
+            Backend::Wan => "wan",
             Backend::Simulated => "simulated",
         }
     }
@@ -106,6 +109,29 @@ pub fn reelfarm_tiny() -> ModelEntry {
     }
 }
 
+/// Catalog id of Wan 2.1 T2V 1.3B.
+pub const WAN_2_1_T2V_1_3B: &str = "wan2.1-t2v-1.3b";
+
+/// Wan 2.1 T2V 1.3B as the reference runs it: 16 fps, 81-frame (5 s) windows, 50 final steps
+/// at guidance 5. Draft: 20 steps, 2.5× less work than a final; the order-2 UniPC sampler
+/// keeps composition and motion there, which is what a draft is looked at for. No weights
+/// until configured (a catalog file re-declaring this id with `weights = "DIR"`): workers
+/// without them do not serve it.
+pub fn wan_2_1_t2v_1_3b() -> ModelEntry {
+    ModelEntry {
+        id: WAN_2_1_T2V_1_3B.to_string(),
+        backend: Backend::Wan,
+        native_fps: Some(16),
+        window_seconds: 5.0,
+        temporal_stride: 4,
+        draft_steps: 20,
+        final_steps: 50,
+        guidance: 5.0,
+        memory: WAN_2_1_1_3B_MEMORY,
+        weights: None,
+    }
+}
+
 /// The published models the placement simulator's pool renders (`Backend::Simulated`): Wan
 /// 2.1 1.3B and 14B, Wan 2.2 5B, in 5 s windows (81 frames at 16 fps), 20 draft and 50 final
 /// steps (the reference's), guidance 5.
@@ -159,9 +185,9 @@ impl Default for Catalog {
 }
 
 impl Catalog {
-    /// The built-in entries: reelfarm-tiny.
+    /// The built-in entries: reelfarm-tiny and Wan 2.1 T2V 1.3B.
     pub fn builtin() -> Catalog {
-        Catalog::from_entries([reelfarm_tiny()])
+        Catalog::from_entries([reelfarm_tiny(), wan_2_1_t2v_1_3b()])
     }
 
     pub fn from_entries(entries: impl IntoIterator<Item = ModelEntry>) -> Catalog {
@@ -232,6 +258,7 @@ impl Catalog {
                 format!("{} entries; at most {MAX_ENTRIES}", models.len()),
             ));
         }
+        let mut redeclared_ids: Vec<String> = Vec::new();
         for (index, value) in models.into_iter().enumerate() {
             // One entry at a time, so a wrong type names its field, not a byte offset.
             let doc: EntryDoc = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -245,9 +272,35 @@ impl Catalog {
                 let reason = reason.lines().next().unwrap_or_default().to_string();
                 error(format!("model[{index}]{field}"), reason)
             })?;
-            let entry = self
-                .resolve(doc)
-                .map_err(|(field, reason)| error(format!("model[{index}].{field}"), reason))?;
+            // A file may re-declare a built-in model once (to say where its weights are, or
+            // change a setting): the built-in is then its base.
+            let redeclared =
+                doc.base.is_none() && is_builtin(&doc.id) && !redeclared_ids.contains(&doc.id);
+            if !redeclared && self.entries.contains_key(&doc.id) {
+                return Err(error(
+                    format!("model[{index}].id"),
+                    format!("{:?} is already in the catalog", doc.id),
+                ));
+            }
+            let doc = if redeclared {
+                redeclared_ids.push(doc.id.clone());
+                EntryDoc {
+                    base: Some(doc.id.clone()),
+                    ..doc
+                }
+            } else {
+                doc
+            };
+            let entry = if redeclared {
+                let builtin = Catalog::builtin();
+                builtin.resolve(doc)
+            } else {
+                self.resolve(doc)
+            }
+            .map_err(|(field, reason)| error(format!("model[{index}].{field}"), reason))?;
+            if redeclared {
+                self.entries.remove(&entry.id);
+            }
             if self.entries.contains_key(&entry.id) {
                 return Err(error(
                     format!("model[{index}].id"),
@@ -304,10 +357,11 @@ impl Catalog {
         };
         let backend = match doc.backend.as_deref() {
             Some("tiny") => Backend::Tiny,
+            Some("wan") => Backend::Wan,
             Some(other) => {
                 return Err((
                     field("backend"),
-                    format!("unknown backend {other:?}; available: tiny"),
+                    format!("unknown backend {other:?}; available: tiny, wan"),
                 ));
             }
             None => base
@@ -315,7 +369,7 @@ impl Catalog {
                 .map(|b| b.backend)
                 .ok_or_else(|| missing("backend"))?,
         };
-        if backend != Backend::Tiny {
+        if backend == Backend::Simulated {
             return Err((
                 field("base"),
                 format!("{} models run only in the simulator", backend.name()),
@@ -363,6 +417,10 @@ impl Catalog {
     }
 }
 
+fn is_builtin(id: &str) -> bool {
+    Catalog::builtin().get(id).is_some()
+}
+
 const MAX_FILE_BYTES: usize = 1 << 20;
 const MAX_ENTRIES: usize = 1000;
 
@@ -378,16 +436,20 @@ fn check_id(id: &str) -> Result<(), String> {
 
 fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
     let fail = |name: &str, reason: String| Err((name.to_string(), reason));
-    if let Some(fps) = entry.native_fps {
-        // Retiming native-rate output to the sequence's rate arrives with the first model
-        // that needs it; reelfarm-tiny renders at any rate.
-        return fail(
-            "native_fps",
-            format!(
-                "{fps}: the {} backend renders at the sequence's rate; leave it out",
-                entry.backend.name()
-            ),
-        );
+    match (entry.backend, entry.native_fps) {
+        (Backend::Tiny, Some(fps)) => {
+            return fail(
+                "native_fps",
+                format!(
+                    "{fps}: the {} backend renders at the sequence's rate; leave it out",
+                    entry.backend.name()
+                ),
+            );
+        }
+        (_, Some(fps)) if !(8..=60).contains(&fps) => {
+            return fail("native_fps", format!("must be within 8..=60, got {fps}"));
+        }
+        _ => {}
     }
     if !(entry.window_seconds.is_finite() && (1.0..=600.0).contains(&entry.window_seconds)) {
         return fail(

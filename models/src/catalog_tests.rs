@@ -14,9 +14,16 @@ fn error_of(text: &str) -> String {
 }
 
 #[test]
-fn the_builtin_catalog_holds_reelfarm_tiny() {
+fn the_builtin_catalog_holds_reelfarm_tiny_and_wan() {
     let catalog = Catalog::builtin();
-    assert_eq!(catalog.ids(), [REELFARM_TINY]);
+    assert_eq!(catalog.ids(), [REELFARM_TINY, WAN_2_1_T2V_1_3B]);
+    let wan = catalog.require(WAN_2_1_T2V_1_3B).unwrap();
+    assert_eq!(wan.backend, Backend::Wan);
+    assert_eq!(wan.native_fps, Some(16));
+    // 81 frames at 16 fps per window, as the reference renders.
+    assert_eq!(wan.window_seconds * 16.0 + 1.0, 81.0);
+    assert_eq!((wan.final_steps, wan.guidance), (50, 5.0));
+    assert_eq!(wan.weights, None);
     let tiny = catalog.require(REELFARM_TINY).unwrap();
     assert_eq!(tiny.backend, Backend::Tiny);
     assert_eq!(
@@ -26,7 +33,7 @@ fn the_builtin_catalog_holds_reelfarm_tiny() {
     let unknown = catalog.require("wan-2.1").unwrap_err();
     assert_eq!(
         unknown.to_string(),
-        "unknown model \"wan-2.1\"; available: reelfarm-tiny"
+        "unknown model \"wan-2.1\"; available: reelfarm-tiny, wan2.1-t2v-1.3b"
     );
 }
 
@@ -55,7 +62,10 @@ fn a_file_entry_copies_its_base_and_overrides_what_it_names() {
         "#,
     )
     .unwrap();
-    assert_eq!(catalog.ids(), ["coastline-tiny", "reelfarm-tiny"]);
+    assert_eq!(
+        catalog.ids(),
+        ["coastline-tiny", "reelfarm-tiny", WAN_2_1_T2V_1_3B]
+    );
     let entry = catalog.get("coastline-tiny").unwrap();
     assert_eq!(entry.draft_steps, 12);
     assert_eq!(entry.final_steps, 24);
@@ -64,6 +74,36 @@ fn a_file_entry_copies_its_base_and_overrides_what_it_names() {
     assert_eq!(
         entry.weights.as_deref(),
         Some("/models/coastline-tiny.safetensors")
+    );
+}
+
+#[test]
+fn a_file_redeclares_a_builtin_once_to_say_where_its_weights_are() {
+    let catalog = with(
+        "[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/models/Wan2.1-T2V-1.3B-Diffusers\"\ndraft_steps = 12\n",
+    )
+    .unwrap();
+    let wan = catalog.require(WAN_2_1_T2V_1_3B).unwrap();
+    assert_eq!(
+        wan.weights.as_deref(),
+        Some("/models/Wan2.1-T2V-1.3B-Diffusers")
+    );
+    assert_eq!(wan.draft_steps, 12);
+    assert_eq!(
+        (wan.backend, wan.native_fps, wan.final_steps),
+        (Backend::Wan, Some(16), 50)
+    );
+    let twice = "[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/a\"\n\n[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/b\"\n";
+    assert_eq!(
+        error_of(twice),
+        "models.toml: model[1].id: \"wan2.1-t2v-1.3b\" is already in the catalog"
+    );
+    // A wan entry of its own, on the built-in's settings.
+    let catalog = with("[[model]]\nid = \"wan-mine\"\nbase = \"wan2.1-t2v-1.3b\"\nweights = \"/w\"\nnative_fps = 24\n").unwrap();
+    assert_eq!(catalog.require("wan-mine").unwrap().native_fps, Some(24));
+    assert!(
+        error_of("[[model]]\nid = \"w\"\nbase = \"wan2.1-t2v-1.3b\"\nnative_fps = 100\n")
+            .contains("model[0].native_fps: must be within 8..=60, got 100")
     );
 }
 
@@ -108,11 +148,11 @@ fn file_errors_name_the_entry_and_the_field() {
         ),
         (
             "[[model]]\nid = \"x\"\nbase = \"nope\"\n",
-            "models.toml: model[0].base: unknown model \"nope\"; available: reelfarm-tiny",
+            "models.toml: model[0].base: unknown model \"nope\"; available: reelfarm-tiny, wan2.1-t2v-1.3b",
         ),
         (
             "[[model]]\nid = \"x\"\nbackend = \"sora\"\n",
-            "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny",
+            "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny, wan",
         ),
         (
             "[[model]]\nid = \"reelfarm-tiny\"\nbase = \"reelfarm-tiny\"\n",

@@ -8,10 +8,13 @@
 
 pub mod catalog;
 pub mod memory;
+pub mod retime;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 
-pub use catalog::{Backend, Catalog, CatalogError, ModelEntry, REELFARM_TINY, UnknownModel};
+pub use catalog::{
+    Backend, Catalog, CatalogError, ModelEntry, REELFARM_TINY, UnknownModel, WAN_2_1_T2V_1_3B,
+};
 pub use memory::{MemoryModel, SegmentShape};
 #[cfg(feature = "runtime")]
 pub use runtime::{ClipDecoder, GenerateRequest, GeneratedClip, ModelError, ModelRuntime};

@@ -26,6 +26,9 @@ pub struct GenerateRequest {
     /// The clip must start from this picture (the previous segment's last frame or a user
     /// reference); any size, it is resized to cover the output frame.
     pub first_frame: Option<RgbFrame>,
+    /// The last rung of the out-of-memory ladder: render in the model's lower-memory mode
+    /// (Wan: the tiled VAE decode); models without one ignore it.
+    pub low_memory: bool,
 }
 
 impl Default for GenerateRequest {
@@ -42,6 +45,7 @@ impl Default for GenerateRequest {
             guidance: 2.0,
             seed: 0,
             first_frame: None,
+            low_memory: false,
         }
     }
 }

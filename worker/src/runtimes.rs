@@ -1,14 +1,18 @@
 //! The model runtimes a worker serves, made from its catalog: every entry whose backend this
 //! worker runs, loaded once at start and kept resident between segments. The worker registers
-//! their ids, so placement sends it only what it can render.
+//! their ids, so placement sends it only what it can render. A Wan entry without weights is
+//! not served (the built-in catalog names Wan 2.1 before anyone has downloaded it); one whose
+//! weights are named but unreadable stops the worker with the files it expected.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use reelfarm_common::metrics;
-use reelfarm_models::{Backend, Catalog, ModelRuntime, REELFARM_TINY};
+use reelfarm_models::{Backend, Catalog, ModelEntry, ModelRuntime, REELFARM_TINY};
 use reelfarm_tiny::TinyModel;
+pub use reelfarm_wan::runtime::WanOptions;
+use reelfarm_wan::runtime::WanRuntime;
 
 use crate::Error;
 
@@ -17,6 +21,15 @@ use crate::Error;
 pub fn load_runtimes(
     catalog: &Catalog,
     tiny_weights: Option<&Path>,
+) -> Result<Vec<Arc<dyn ModelRuntime>>, Error> {
+    load_runtimes_with(catalog, tiny_weights, &WanOptions::best_available())
+}
+
+/// `load_runtimes` with the device and memory options Wan models run with.
+pub fn load_runtimes_with(
+    catalog: &Catalog,
+    tiny_weights: Option<&Path>,
+    wan: &WanOptions,
 ) -> Result<Vec<Arc<dyn ModelRuntime>>, Error> {
     let mut runtimes: Vec<Arc<dyn ModelRuntime>> = Vec::new();
     for entry in catalog.entries() {
@@ -48,11 +61,41 @@ pub fn load_runtimes(
                 );
                 runtimes.push(Arc::new(model));
             }
+            Backend::Wan => {
+                if let Some(runtime) = load_wan(entry, wan)? {
+                    runtimes.push(runtime);
+                }
+            }
             // Only the placement simulator renders these.
             Backend::Simulated => {}
         }
     }
     Ok(runtimes)
+}
+
+fn load_wan(
+    entry: &ModelEntry,
+    options: &WanOptions,
+) -> Result<Option<Arc<dyn ModelRuntime>>, Error> {
+    let Some(weights) = &entry.weights else {
+        tracing::info!(model = %entry.id, "not served: no weights configured (see README \"Running Wan 2.1\")");
+        return Ok(None);
+    };
+    let loading = Instant::now();
+    let options = WanOptions {
+        native_fps: entry.native_fps.unwrap_or(options.native_fps),
+        ..options.clone()
+    };
+    let runtime =
+        WanRuntime::load(entry.id.clone(), Path::new(weights), &options).map_err(|error| {
+            Error::InvalidArgument(format!("model {}: weights {weights}: {error}", entry.id))
+        })?;
+    metrics::worker().model_load_seconds.record(
+        loading.elapsed().as_secs_f64(),
+        &[metrics::label("model", entry.id.clone())],
+    );
+    tracing::info!(model = %entry.id, seconds = loading.elapsed().as_secs_f64(), "model loaded");
+    Ok(Some(Arc::new(runtime)))
 }
 
 #[cfg(test)]

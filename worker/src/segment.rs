@@ -118,6 +118,7 @@ fn render_and_encode(
         guidance: task.guidance,
         seed: task.seed,
         first_frame,
+        low_memory: task.low_memory,
     };
     let steps = u64::from(request.steps);
     let model_start = unix_now_s();

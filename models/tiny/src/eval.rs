@@ -165,6 +165,7 @@ pub fn evaluate(
         guidance: options.guidance,
         seed,
         first_frame: None,
+        low_memory: false,
     };
     let cases_in = held_out_scenes(options.prompts, options.seed);
     let mut cases = Vec::with_capacity(cases_in.len());

@@ -27,9 +27,9 @@ impl From<WanError> for ModelError {
         match error {
             WanError::Cancelled => ModelError::Cancelled,
             WanError::InvalidRequest(message) => ModelError::InvalidRequest(message),
-            WanError::MissingFile { .. } | WanError::InvalidFile { .. } | WanError::InvalidWeights(_) => {
-                ModelError::InvalidWeights(error.to_string())
-            }
+            WanError::MissingFile { .. }
+            | WanError::InvalidFile { .. }
+            | WanError::InvalidWeights(_) => ModelError::InvalidWeights(error.to_string()),
             WanError::Tensor(error) => {
                 let message = error.to_string();
                 if message.contains("out of memory") || message.contains("OUT_OF_MEMORY") {

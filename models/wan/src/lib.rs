@@ -15,7 +15,16 @@
 //! - `pipeline` and `runtime`: sampling with classifier-free guidance and first-frame
 //!   conditioning, behind the worker's `ModelRuntime` seam.
 
+pub mod bench;
 pub mod error;
+pub mod frames;
+pub mod noise;
+pub mod pipeline;
+pub mod runtime;
+pub mod scheduler;
+pub mod transformer;
+pub mod umt5;
+pub mod vae;
 pub mod weights;
 
 pub use error::WanError;

@@ -89,7 +89,9 @@ impl Checkpoint {
 
     /// The component's `config.json`, parsed into the component's own config type.
     pub fn config<T: DeserializeOwned>(&self, component: Component) -> Result<T> {
-        read_json(&existing(self.root.join(component.dir()).join("config.json"))?)
+        read_json(&existing(
+            self.root.join(component.dir()).join("config.json"),
+        )?)
     }
 
     /// The component's safetensors files: the single file, or every shard its index names.
@@ -126,41 +128,36 @@ impl Checkpoint {
             .collect()
     }
 
-    /// Every tensor of the component, converted to `dtype` on `device`.
-    pub fn tensors(
-        &self,
-        component: Component,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<HashMap<String, Tensor>> {
+    /// Every tensor of the component as stored (bf16, f16 or f32), in host memory.
+    pub fn tensors(&self, component: Component) -> Result<HashMap<String, Tensor>> {
         let mut all = HashMap::new();
         for file in self.weight_files(component)? {
-            let tensors = candle_core::safetensors::load(&file, device).map_err(|error| {
+            let tensors = candle_core::safetensors::load(&file, &Device::Cpu).map_err(|error| {
                 WanError::InvalidFile {
                     path: file.clone(),
                     reason: format!("not a readable safetensors file: {error}"),
                 }
             })?;
             for (name, tensor) in tensors {
-                let tensor = match tensor.dtype() {
-                    DType::F32 | DType::F16 | DType::BF16 => tensor.to_dtype(dtype)?,
-                    other => {
-                        return Err(WanError::InvalidFile {
-                            path: file.clone(),
-                            reason: format!(
-                                "tensor {name} is stored as {other:?}; expected bf16, f16 or f32"
-                            ),
-                        });
-                    }
-                };
+                if !matches!(tensor.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+                    return Err(WanError::InvalidFile {
+                        path: file.clone(),
+                        reason: format!(
+                            "tensor {name} is stored as {:?}; expected bf16, f16 or f32",
+                            tensor.dtype()
+                        ),
+                    });
+                }
                 all.insert(name, tensor);
             }
         }
         Ok(all)
     }
 
-    /// A `VarBuilder` over the component's tensors; a tensor asked for with the wrong shape
-    /// or not there fails with its name.
+    /// A `VarBuilder` over the component's tensors: each tensor moves to `device` and converts
+    /// to the builder's dtype as a layer asks for it (so a GPU never holds the stored and the
+    /// converted copy of the whole model at once); a tensor asked for with the wrong shape or
+    /// not there fails with its name.
     pub fn var_builder(
         &self,
         component: Component,
@@ -168,7 +165,7 @@ impl Checkpoint {
         device: &Device,
     ) -> Result<VarBuilder<'static>> {
         Ok(VarBuilder::from_tensors(
-            self.tensors(component, dtype, device)?,
+            self.tensors(component)?,
             dtype,
             device,
         ))
@@ -201,10 +198,59 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
         .map_err(|error| invalid(error.to_string()))?
         .len();
     if length > LIMIT {
-        return Err(invalid(format!("{length} bytes; a config is at most {LIMIT}")));
+        return Err(invalid(format!(
+            "{length} bytes; a config is at most {LIMIT}"
+        )));
     }
     let text = std::fs::read_to_string(path).map_err(|error| invalid(error.to_string()))?;
     serde_json::from_str(&text).map_err(|error| invalid(format!("not the expected JSON: {error}")))
+}
+
+/// A `VarBuilder` backend that hands out zero-cost broadcast zeros and records every tensor a
+/// model asks for, so the real 1.3B or 14B shape can be built and checked against the published
+/// checkpoint's names and shapes without its memory.
+#[derive(Clone, Default)]
+pub struct ShapeRecorder {
+    asked: std::sync::Arc<std::sync::Mutex<Vec<NamedShape>>>,
+}
+
+/// A tensor's name and dims.
+pub type NamedShape = (String, Vec<usize>);
+
+impl ShapeRecorder {
+    pub fn var_builder(&self, dtype: DType) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, Device::Cpu)
+    }
+
+    /// Every (name, shape) asked for so far, in order.
+    pub fn asked(&self) -> Vec<NamedShape> {
+        self.asked.lock().expect("recorder lock").clone()
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ShapeRecorder {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.asked
+            .lock()
+            .expect("recorder lock")
+            .push((name.to_string(), shape.dims().to_vec()));
+        Tensor::zeros((), dtype, device)?.broadcast_as(shape)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: a shape recorder only answers requests that give a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +294,10 @@ mod tests {
             .weight_files(Component::TextEncoder)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("model-00001-of-00002.safetensors: missing"), "{error}");
+        assert!(
+            error.contains("model-00001-of-00002.safetensors: missing"),
+            "{error}"
+        );
         write(&te.join("model-00001-of-00002.safetensors"), "");
         write(&te.join("model-00002-of-00002.safetensors"), "");
         let files = checkpoint.weight_files(Component::TextEncoder).unwrap();
@@ -280,12 +329,19 @@ mod tests {
         candle_core::safetensors::save(&stored, vae.join("diffusion_pytorch_model.safetensors"))
             .unwrap();
         let checkpoint = Checkpoint::open(dir.path()).unwrap();
-        let loaded = checkpoint
-            .tensors(Component::Vae, DType::F32, &Device::Cpu)
+        let vb = checkpoint
+            .var_builder(Component::Vae, DType::F32, &Device::Cpu)
             .unwrap();
         for name in ["a", "b"] {
-            assert_eq!(loaded[name].dtype(), DType::F32);
-            assert_eq!(loaded[name].to_vec1::<f32>().unwrap(), vec![1.5, -2.25, 3.0]);
+            let loaded = vb.get(3, name).unwrap();
+            assert_eq!(loaded.dtype(), DType::F32);
+            assert_eq!(loaded.to_vec1::<f32>().unwrap(), vec![1.5, -2.25, 3.0]);
         }
+        assert!(
+            vb.get(4, "a")
+                .unwrap_err()
+                .to_string()
+                .contains("shape mismatch for a")
+        );
     }
 }

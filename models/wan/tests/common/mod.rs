@@ -48,21 +48,45 @@ pub fn assert_close_within(what: &str, actual: &Tensor, expected: &Tensor, relat
         actual.dims(),
         expected.dims()
     );
-    let a = actual.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let e = expected.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let a = actual
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let e = expected
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
     let (worst, error) = a
         .iter()
         .zip(&e)
         .map(|(a, e)| (a - e).abs())
         .enumerate()
-        .fold((0, 0f32), |(wi, we), (i, d)| if d > we || d.is_nan() { (i, d) } else { (wi, we) });
-    assert!(scale > 0.0, "{what}: the reference output is all zeros, which proves nothing");
+        .fold((0, 0f32), |(wi, we), (i, d)| {
+            if d > we || d.is_nan() {
+                (i, d)
+            } else {
+                (wi, we)
+            }
+        });
+    assert!(
+        scale > 0.0,
+        "{what}: the reference output is all zeros, which proves nothing"
+    );
     assert!(
         error <= relative * scale,
         "{what}: max abs error {error:.3e} at element {worst} ({} vs {}) exceeds {relative:e} × scale {scale:.3e}",
         a[worst],
         e[worst]
     );
-    eprintln!("{what}: max abs error {error:.3e} = {:.2e} of scale {scale:.3e}", error / scale);
+    eprintln!(
+        "{what}: max abs error {error:.3e} = {:.2e} of scale {scale:.3e}",
+        error / scale
+    );
 }
