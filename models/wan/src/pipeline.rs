@@ -11,6 +11,7 @@
 //! method; models trained for it (Wan 2.2 TI2V) instead give frame 0 timestep 0.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
@@ -87,7 +88,13 @@ pub struct Pipeline {
     pub vae: WanVae,
     pub scheduler: SchedulerConfig,
     pub device: Device,
+    /// Recent prompts' embeddings on `device`: the windows of a shot share their prompt and
+    /// negative, and umT5-XXL on the CPU takes seconds per prompt.
+    embeds: Mutex<Vec<(String, Tensor)>>,
 }
+
+/// Prompts whose embeddings stay cached (8 MB each at 512 × 4096 in f32).
+const CACHED_PROMPTS: usize = 16;
 
 /// What a step reports: `(done, total)`.
 pub type OnStep<'a> = &'a mut dyn FnMut(u32, u32);
@@ -118,6 +125,7 @@ impl Pipeline {
             vae,
             scheduler,
             device: options.device.clone(),
+            embeds: Mutex::new(Vec::new()),
         })
     }
 
@@ -174,7 +182,7 @@ impl Pipeline {
         } else {
             vec![sampling.prompt.as_str()]
         };
-        let embeds = self.text.prompt_embeds(&prompts)?.to_device(&self.device)?;
+        let embeds = self.prompt_embeds(&prompts)?;
         let text = self.transformer.project_text(&embeds)?;
         let noise = match &sampling.noise {
             Some(noise) => {
@@ -236,6 +244,41 @@ impl Pipeline {
             latents = hold_first_frame(&latents, condition, &noise, 0.0)?;
         }
         Ok(latents)
+    }
+
+    /// `[B, text_len, d]` on the pipeline's device, from the cache where it can.
+    pub fn prompt_embeds(&self, prompts: &[&str]) -> Result<Tensor> {
+        let mut cache = self
+            .embeds
+            .lock()
+            .map_err(|_| WanError::InvalidRequest("prompt cache poisoned".into()))?;
+        let missing: Vec<&str> = prompts
+            .iter()
+            .copied()
+            .filter(|prompt| !cache.iter().any(|(cached, _)| cached == prompt))
+            .collect();
+        if !missing.is_empty() {
+            let encoded = self.text.prompt_embeds(&missing)?.to_device(&self.device)?;
+            for (index, prompt) in missing.iter().enumerate() {
+                cache.push((prompt.to_string(), encoded.narrow(0, index, 1)?));
+            }
+        }
+        let mut rows = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let at = cache
+                .iter()
+                .position(|(cached, _)| cached == prompt)
+                .expect("cached above");
+            // Most recently used last; the oldest go first.
+            let entry = cache.remove(at);
+            rows.push(entry.1.clone());
+            cache.push(entry);
+        }
+        let excess = cache
+            .len()
+            .saturating_sub(CACHED_PROMPTS.max(prompts.len()));
+        cache.drain(..excess);
+        Ok(Tensor::cat(&rows, 0)?)
     }
 
     /// Normalised latents to frames `[F, H, W, 3]` in [0, 1] (f32, CPU).

@@ -8,6 +8,7 @@
 pub mod blocks;
 pub mod coders;
 pub mod conv3d;
+pub mod im2col;
 #[cfg(test)]
 mod tests;
 pub mod tiling;

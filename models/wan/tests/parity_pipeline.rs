@@ -42,7 +42,6 @@ fn two_guided_steps_from_noise_to_frames_match_the_reference() {
     let io = common::load("pipeline");
     let pipeline = tiny(spec["max_sequence_length"].as_u64().unwrap() as usize);
     let embeds = pipeline
-        .text
         .prompt_embeds(&[
             spec["prompt"].as_str().unwrap(),
             spec["negative_prompt"].as_str().unwrap(),
@@ -57,6 +56,23 @@ fn two_guided_steps_from_noise_to_frames_match_the_reference() {
         "negative embeds",
         &embeds.narrow(0, 1, 1).unwrap(),
         &io["negative_prompt_embeds"],
+    );
+    // Again, from the cache, in the other order.
+    let again = pipeline
+        .prompt_embeds(&[
+            spec["negative_prompt"].as_str().unwrap(),
+            spec["prompt"].as_str().unwrap(),
+        ])
+        .unwrap();
+    common::assert_close(
+        "cached negative",
+        &again.narrow(0, 0, 1).unwrap(),
+        &io["negative_prompt_embeds"],
+    );
+    common::assert_close(
+        "cached prompt",
+        &again.narrow(0, 1, 1).unwrap(),
+        &io["prompt_embeds"],
     );
 
     let sampling = Sampling {

@@ -2,10 +2,14 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
 use reelfarm_wan::vae::{Tiling, VaeConfig, WanVae};
 use reelfarm_wan::weights::{Checkpoint, Component};
 
@@ -92,6 +96,40 @@ fn decode_matches_diffusers() {
     })
     .unwrap();
     assert_eq!(chunks, [1, 4, 4], "frames per latent frame");
+
+    // A batch of two decodes each latent as alone.
+    let pair = Tensor::cat(&[latent, &(latent * 0.5).unwrap()], 0).unwrap();
+    let both = vae.decode(&pair).unwrap();
+    assert_close(
+        "decode of a batch, first",
+        &both.get(0).unwrap().unsqueeze(0).unwrap(),
+        get(&t, "decoded"),
+    );
+    let half = vae.decode(&(latent * 0.5).unwrap()).unwrap();
+    assert_close(
+        "decode of a batch, second",
+        &both.get(1).unwrap().unsqueeze(0).unwrap(),
+        &half,
+    );
+}
+
+#[test]
+fn decoder_only_vae_decodes_the_same() {
+    let t = tensors();
+    let root = fixture_dir()
+        .map(|d| d.join("tiny"))
+        .unwrap_or_else(common::tiny_checkpoint);
+    let checkpoint = Checkpoint::open(root).unwrap();
+    let config: VaeConfig = checkpoint.config(Component::Vae).unwrap();
+    let vb = checkpoint
+        .var_builder(Component::Vae, DType::F32, &Device::Cpu)
+        .unwrap();
+    let vae = WanVae::new_decoder_only(&config, vb).unwrap();
+    let video = vae.decode(get(&t, "latent")).unwrap();
+    assert_close("decoder-only decode(latent)", &video, get(&t, "decoded"));
+    let error = vae.encode(get(&t, "image")).unwrap_err().to_string();
+    assert!(error.contains("without its encoder"), "{error}");
+    assert_eq!((vae.latent_frames(81), vae.video_frames(21)), (21, 81));
 }
 
 #[test]
@@ -141,8 +179,6 @@ fn latent_normalisation_is_the_pipelines() {
     let normalised = vae.normalize(&z).unwrap();
     let back = vae.denormalize(&normalised).unwrap();
     assert_close("denormalize(normalize(z))", &back, &z);
-    let values = z.to_vec3::<f32>().ok();
-    assert!(values.is_none(), "5-D");
     let zs = z.flatten_from(2).unwrap().to_vec3::<f32>().unwrap();
     let ns = normalised
         .flatten_from(2)
@@ -185,6 +221,76 @@ fn latent_normalisation_is_the_pipelines() {
     assert_eq!(config.latents_std, VaeConfig::default().latents_std);
 }
 
+/// A `VarBuilder` backend over `published/shapes.json` that hands out zeros of the listed
+/// shape (a name or shape not listed is an error) and records what was asked for.
+struct PublishedShapes {
+    shapes: BTreeMap<String, Vec<usize>>,
+    requested: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl SimpleBackend for PublishedShapes {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let Some(shape) = self.shapes.get(name) else {
+            candle_core::bail!("{name} is not a tensor of the published VAE")
+        };
+        if shape.as_slice() != s.dims() {
+            candle_core::bail!("{name}: asked for {:?}, published {shape:?}", s.dims())
+        }
+        self.requested.lock().unwrap().insert(name.to_string());
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: unchecked access")
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+}
+
+#[test]
+fn published_layout_is_read_tensor_for_tensor() {
+    let path = common::fixtures().join("published/shapes.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shapes: BTreeMap<String, Vec<usize>> =
+        serde_json::from_value(all["vae"]["tensors"].clone()).unwrap();
+    let params: usize = shapes.values().map(|s| s.iter().product::<usize>()).sum();
+    assert_eq!(Some(params as u64), all["vae"]["params"].as_u64());
+    let requested = Arc::new(Mutex::new(BTreeSet::new()));
+    let backend = PublishedShapes {
+        shapes: shapes.clone(),
+        requested: requested.clone(),
+    };
+    let vb = VarBuilder::from_backend(Box::new(backend), DType::BF16, Device::Cpu);
+    let config: VaeConfig = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("published/vae_config.json")).unwrap(),
+    )
+    .unwrap();
+    WanVae::new(&config, vb).unwrap();
+    let requested = requested.lock().unwrap();
+    let unread: Vec<&String> = shapes
+        .keys()
+        .filter(|name| !requested.contains(*name))
+        .collect();
+    assert!(
+        unread.is_empty(),
+        "published tensors never read: {unread:?}"
+    );
+    eprintln!(
+        "published VAE: {} tensors, {params} parameters, all read with their shapes",
+        shapes.len()
+    );
+}
+
 #[test]
 fn published_config_parses_to_the_defaults() {
     let path = common::fixtures().join("published/vae_config.json");
@@ -192,4 +298,36 @@ fn published_config_parses_to_the_defaults() {
     let config: VaeConfig = serde_json::from_str(&text).unwrap();
     assert_eq!(config, VaeConfig::default());
     assert_eq!((config.spatial_stride(), config.temporal_stride()), (8, 4));
+}
+
+/// `VAE_BENCH=T,h,w` (default 2,16,16): decode a random latent of that size with the fixture
+/// checkpoint (or `REELFARM_WAN_FIXTURES`'s) and print the time per latent frame.
+#[test]
+#[ignore = "timing; run with --ignored --nocapture"]
+fn bench_decode() {
+    let size: Vec<usize> = std::env::var("VAE_BENCH")
+        .unwrap_or_else(|_| "2,16,16".into())
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let vae = tiny_vae();
+    let latent =
+        Tensor::randn(0f32, 1f32, (1, 16, size[0], size[1], size[2]), &Device::Cpu).unwrap();
+    let start = Instant::now();
+    let mut last = start;
+    vae.decode_streaming(&latent, |frames| {
+        eprintln!(
+            "{:?} after {:.2}s",
+            frames.dims(),
+            last.elapsed().as_secs_f64()
+        );
+        last = Instant::now();
+        Ok(())
+    })
+    .unwrap();
+    eprintln!(
+        "decode {:?}: {:.2}s",
+        latent.dims(),
+        start.elapsed().as_secs_f64()
+    );
 }

@@ -1,9 +1,10 @@
 //! The VAE's building blocks (channel RMS norm, residual block, single-head spatial attention, the four resamplers) on frames-major `[B, T, C, H, W]` activations, with the diffusers cache semantics of each site.
 
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor};
 use candle_nn::VarBuilder;
 
-use super::conv3d::{CausalConv3d, Conv2d, FeatCache, Slot, carry_frames};
+use super::conv3d::{CausalConv3d, FeatCache, Slot, carry_frames};
+use super::im2col::Conv2d;
 use crate::error::{Result, WanError};
 
 /// `WanRMS_norm` without bias: `x / max(||x||_2 over channels, 1e-12) * sqrt(C) * gamma`.
@@ -25,13 +26,22 @@ impl RmsNorm {
         Ok(Self { gain })
     }
 
-    /// Normalises over dimension `channel_dim`, the gain broadcast along it.
+    /// Normalises over dimension `channel_dim`, the gain broadcast along it. Half-precision
+    /// inputs are normalised in f32 and rounded back before the gain, as diffusers does.
     pub fn forward(&self, x: &Tensor, channel_dim: usize) -> Result<Tensor> {
-        let norm = x.sqr()?.sum_keepdim(channel_dim)?.sqrt()?.maximum(1e-12)?;
+        let dtype = x.dtype();
+        let half = matches!(dtype, DType::BF16 | DType::F16);
+        let xf = if half {
+            x.to_dtype(DType::F32)?
+        } else {
+            x.clone()
+        };
+        let norm = xf.sqr()?.sum_keepdim(channel_dim)?.sqrt()?.maximum(1e-12)?;
+        let normalized = xf.broadcast_div(&norm)?.to_dtype(dtype)?;
         let mut shape = vec![1; x.rank()];
         shape[channel_dim] = self.gain.elem_count();
         let gain = self.gain.reshape(shape)?;
-        Ok(x.broadcast_div(&norm)?.broadcast_mul(&gain)?)
+        Ok(normalized.broadcast_mul(&gain)?)
     }
 }
 

@@ -1,37 +1,27 @@
-//! The causal 3D convolution candle lacks, built from conv2d calls (one per temporal tap) over frames-major activations, plus the per-site feature cache that carries the last frames of one chunk into the next.
+//! The causal 3D convolution candle lacks (`WanCausalConv3d`), over frames-major activations, and the per-site feature cache that carries the last frames of one chunk into the next.
 //!
-//! Activations inside the VAE are kept frames-major, `[B, T, C, H, W]`, so that a run of frames
-//! is a plain `[B*T, C, H, W]` batch for conv2d without a transpose. A kernel
-//! `[Cout, Cin, kt, kh, kw]` applied to a time-padded input is the sum over its `kt` taps of a
-//! conv2d of the frames `k, k+s, k+2s, ...` with the tap's `[Cout, Cin, kh, kw]` slice.
+//! Activations inside the VAE are kept frames-major, `[B, T, C, H, W]`, so a run of frames is
+//! a plain batch for the im2col engine ([`super::im2col`]) without a transpose.
 //!
 //! Causality follows `WanCausalConv3d`: a conv built with padding `(pt, ph, pw)` pads `ph`/`pw`
 //! symmetrically in space and `2*pt` zero frames in front in time (none behind). Frames cached
 //! from the previous chunk replace that many of the front zeros.
 
-use candle_core::{D, Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::im2col::FoldedConv;
 use crate::error::{Result, WanError};
 
 /// How many trailing frames a conv site keeps for the next chunk (diffusers' `CACHE_T`).
 pub const CACHE_T: usize = 2;
 
-/// Upper bound on the im2col buffer of one conv2d call on a GPU (elements). candle's CUDA
-/// conv2d materialises `N*Hout*Wout*Cin*kh*kw` values; bigger calls are split over frames and
-/// then over output rows. The CPU conv2d tiles its im2col itself and is never split.
-pub const GPU_IM2COL_BUDGET: usize = 1 << 28;
-
-/// A `WanCausalConv3d`: weights split per temporal tap, time stride `stride_t`, spatial stride 1.
+/// A `WanCausalConv3d`: time stride `stride_t`, spatial stride 1.
 #[derive(Clone, Debug)]
 pub struct CausalConv3d {
-    taps: Vec<Tensor>,
-    bias: Tensor,
-    out_channels: usize,
+    conv: FoldedConv,
     front_pad: usize,
-    spatial_pad: usize,
     stride_t: usize,
-    im2col_budget: Option<usize>,
 }
 
 impl CausalConv3d {
@@ -57,40 +47,27 @@ impl CausalConv3d {
         stride_t: usize,
         padding: (usize, usize, usize),
     ) -> Result<Self> {
-        let (out_channels, _, kt, _, _) = weight.dims5()?;
         let (pt, ph, pw) = padding;
-        if ph != pw || stride_t == 0 || kt == 0 {
+        if ph != pw || stride_t == 0 {
             return Err(WanError::InvalidWeights(format!(
-                "causal conv3d with padding {padding:?}, stride {stride_t}, {kt} taps is not supported"
+                "causal conv3d with padding {padding:?} and time stride {stride_t} is not supported"
             )));
         }
-        let taps = (0..kt)
-            .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let im2col_budget = match weight.device() {
-            Device::Cpu => None,
-            _ => Some(GPU_IM2COL_BUDGET),
-        };
         Ok(Self {
-            taps,
-            bias: bias.reshape((1, out_channels, 1, 1))?,
-            out_channels,
+            conv: FoldedConv::new(weight, bias, ph)?,
             front_pad: 2 * pt,
-            spatial_pad: ph,
             stride_t,
-            im2col_budget,
         })
     }
 
-    /// Splits conv2d calls whose im2col buffer would exceed `budget` elements (tests force
-    /// small budgets on the CPU to exercise the split).
-    pub fn with_im2col_budget(mut self, budget: Option<usize>) -> Self {
-        self.im2col_budget = budget;
+    /// Bounds the im2col buffer (elements); tests force small budgets to exercise the bands.
+    pub fn with_im2col_budget(mut self, budget: usize) -> Self {
+        self.conv = self.conv.with_budget(budget);
         self
     }
 
     pub fn out_channels(&self) -> usize {
-        self.out_channels
+        self.conv.out_channels()
     }
 
     /// Number of zero frames a chunk without cache gets in front.
@@ -112,34 +89,17 @@ impl CausalConv3d {
         if front > 0 {
             x = x.pad_with_zeros(1, front, 0)?;
         }
-        let (b, t, c, h, w) = x.dims5()?;
-        let kt = self.taps.len();
-        if t < kt {
+        let (b, t, _, _, _) = x.dims5()?;
+        if t < self.conv.temporal_taps() {
             return Err(WanError::InvalidRequest(format!(
-                "causal conv3d over {t} frames (with padding) needs at least {kt}"
+                "causal conv3d over {t} frames (with padding) needs at least {}",
+                self.conv.temporal_taps()
             )));
         }
-        let t_out = (t - kt) / self.stride_t + 1;
-        let mut acc: Option<Tensor> = None;
-        for (k, tap) in self.taps.iter().enumerate() {
-            let frames = if self.stride_t == 1 {
-                x.narrow(1, k, t_out)?
-            } else {
-                let picked = (0..t_out)
-                    .map(|j| x.narrow(1, k + j * self.stride_t, 1))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::cat(&picked, 1)?
-            };
-            let frames = frames.reshape((b * t_out, c, h, w))?;
-            let y = conv2d_bounded(&frames, tap, self.spatial_pad, 1, self.im2col_budget)?;
-            acc = Some(match acc {
-                None => y,
-                Some(acc) => (acc + y)?,
-            });
-        }
-        let y = acc.expect("at least one tap").broadcast_add(&self.bias)?;
-        let (_, co, ho, wo) = y.dims4()?;
-        Ok(y.reshape((b, t_out, co, ho, wo))?)
+        let outs = (0..b)
+            .map(|i| self.conv.forward_frames(&x.get(i)?, self.stride_t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&outs, 0)?)
     }
 
     /// The diffusers cached call at a conv site: runs with the site's cached frames and
@@ -172,63 +132,6 @@ pub fn carry_frames(x: &Tensor, previous: Option<&Tensor>) -> Result<Tensor> {
         _ => tail,
     };
     Ok(keep.force_contiguous()?)
-}
-
-/// conv2d over `[N, C, H, W]`, split over N and then over output rows when the im2col buffer
-/// of one call would exceed `budget` elements.
-pub fn conv2d_bounded(
-    x: &Tensor,
-    kernel: &Tensor,
-    padding: usize,
-    stride: usize,
-    budget: Option<usize>,
-) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (_, _, kh, kw) = kernel.dims4()?;
-    let (ho, wo) = (
-        (h + 2 * padding - kh) / stride + 1,
-        (w + 2 * padding - kw) / stride + 1,
-    );
-    let row_cost = wo * c * kh * kw;
-    let frame_cost = ho * row_cost;
-    let budget = match budget {
-        Some(budget) if n * frame_cost > budget && kh * kw > 1 => budget,
-        _ => return Ok(x.conv2d(kernel, padding, stride, 1, 1)?),
-    };
-    if frame_cost <= budget {
-        let per_call = (budget / frame_cost).max(1);
-        let parts = (0..n)
-            .step_by(per_call)
-            .map(|start| {
-                let len = per_call.min(n - start);
-                x.narrow(0, start, len)?
-                    .conv2d(kernel, padding, stride, 1, 1)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        return Ok(Tensor::cat(&parts, 0)?);
-    }
-    // One frame is already too big: pad once, then convolve bands of output rows.
-    let rows_per_call = (budget / row_cost).max(1);
-    let padded = x
-        .pad_with_zeros(D::Minus2, padding, padding)?
-        .pad_with_zeros(D::Minus1, padding, padding)?;
-    let mut frames = Vec::with_capacity(n);
-    for i in 0..n {
-        let frame = padded.narrow(0, i, 1)?;
-        let bands = (0..ho)
-            .step_by(rows_per_call)
-            .map(|r0| {
-                let rows = rows_per_call.min(ho - r0);
-                let in_rows = (rows - 1) * stride + kh;
-                frame
-                    .narrow(2, r0 * stride, in_rows)?
-                    .contiguous()?
-                    .conv2d(kernel, 0, stride, 1, 1)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        frames.push(Tensor::cat(&bands, 2)?);
-    }
-    Ok(Tensor::cat(&frames, 0)?)
 }
 
 /// One diffusers `feat_cache` entry.
@@ -286,56 +189,5 @@ impl FeatCache {
                 _ => 0,
             })
             .sum()
-    }
-}
-
-/// A plain conv2d with bias (the spatial convs of the resamplers, the attention projections).
-#[derive(Clone, Debug)]
-pub struct Conv2d {
-    weight: Tensor,
-    bias: Tensor,
-    padding: usize,
-    stride: usize,
-    im2col_budget: Option<usize>,
-}
-
-impl Conv2d {
-    pub fn new(
-        vb: VarBuilder,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        padding: usize,
-        stride: usize,
-    ) -> Result<Self> {
-        let weight = vb.get((out_channels, in_channels, kernel, kernel), "weight")?;
-        let bias = vb
-            .get(out_channels, "bias")?
-            .reshape((1, out_channels, 1, 1))?;
-        let im2col_budget = match weight.device() {
-            Device::Cpu => None,
-            _ => Some(GPU_IM2COL_BUDGET),
-        };
-        Ok(Self {
-            weight,
-            bias,
-            padding,
-            stride,
-            im2col_budget,
-        })
-    }
-}
-
-impl Conv2d {
-    /// `x`: `[N, Cin, H, W]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d_bounded(
-            x,
-            &self.weight,
-            self.padding,
-            self.stride,
-            self.im2col_budget,
-        )?;
-        Ok(y.broadcast_add(&self.bias)?)
     }
 }

@@ -8,6 +8,7 @@ use candle_nn::VarBuilder;
 use super::VaeConfig;
 use super::blocks::{Resample, ResampleMode};
 use super::conv3d::{CausalConv3d, FeatCache};
+use super::im2col::Conv2d;
 use super::tiling::blend;
 
 /// Deterministic values in [-1, 1).
@@ -126,16 +127,18 @@ fn assert_near(what: &str, actual: &Tensor, expected: &Tensor) {
     assert!(d <= 1e-5, "{what}: max abs diff {d:e}");
 }
 
+/// (kernel, padding, time stride, cached frames, im2col budget)
+type ConvCase = (
+    (usize, usize, usize),
+    (usize, usize, usize),
+    usize,
+    usize,
+    Option<usize>,
+);
+
 #[test]
 fn causal_conv3d_matches_the_naive_loop() {
-    // (kernel, padding, stride_t, cache frames, im2col budget)
-    let cases: &[(
-        (usize, usize, usize),
-        (usize, usize, usize),
-        usize,
-        usize,
-        Option<usize>,
-    )] = &[
+    let cases: &[ConvCase] = &[
         ((3, 3, 3), (1, 1, 1), 1, 0, None),
         ((3, 3, 3), (1, 1, 1), 1, 1, None),
         ((3, 3, 3), (1, 1, 1), 1, 2, None),
@@ -143,9 +146,10 @@ fn causal_conv3d_matches_the_naive_loop() {
         ((3, 1, 1), (0, 0, 0), 2, 0, None),
         ((1, 1, 1), (0, 0, 0), 1, 0, None),
         ((2, 3, 3), (1, 0, 0), 1, 0, None),
-        // Split over frames, then over rows (one frame's im2col is 4*5*3*9 = 540 values).
-        ((3, 3, 3), (1, 1, 1), 1, 0, Some(1200)),
-        ((3, 3, 3), (1, 1, 1), 1, 1, Some(150)),
+        // Bands of rows (a row of the im2col buffer is Tp*C*9*Wp = 7*3*9*7 values).
+        ((3, 3, 3), (1, 1, 1), 1, 0, Some(2 * 7 * 3 * 9 * 7)),
+        ((3, 3, 3), (1, 1, 1), 1, 1, Some(1)),
+        ((3, 1, 1), (0, 0, 0), 2, 0, Some(1)),
     ];
     for (i, &(kernel, padding, stride, cached, budget)) in cases.iter().enumerate() {
         let (kt, kh, kw) = kernel;
@@ -154,9 +158,10 @@ fn causal_conv3d_matches_the_naive_loop() {
         let weight = tensor(&[co, ci, kt, kh, kw], 20 + i as u64);
         let bias = tensor(&[co], 30 + i as u64);
         let cache = (cached > 0).then(|| tensor(&[b, ci, cached, h, w], 40 + i as u64));
-        let conv = CausalConv3d::from_weights(&weight, &bias, stride, padding)
-            .unwrap()
-            .with_im2col_budget(budget);
+        let mut conv = CausalConv3d::from_weights(&weight, &bias, stride, padding).unwrap();
+        if let Some(budget) = budget {
+            conv = conv.with_im2col_budget(budget);
+        }
         let got = conv
             .forward(&swap_ct(&x), cache.as_ref().map(swap_ct).as_ref())
             .unwrap();
@@ -354,50 +359,76 @@ fn config_defaults_are_the_classes() {
 }
 
 #[test]
-#[ignore]
+fn conv2d_engines_match_candle() {
+    let x = tensor(&[3, 4, 7, 6], 90);
+    for (kernel, padding, stride, budget) in [
+        (3, 1, 1, None),
+        (1, 0, 1, None),
+        (3, 1, 1, Some(50)),
+        (3, 0, 2, None),
+        (3, 0, 2, Some(100)),
+        (3, 0, 2, Some(1)),
+    ] {
+        let weight = tensor(&[5, 4, kernel, kernel], 91);
+        let bias = tensor(&[5], 92);
+        let mut conv = Conv2d::from_weights(&weight, &bias, padding, stride).unwrap();
+        if let Some(budget) = budget {
+            conv = conv.with_budget(budget);
+        }
+        let expected = x
+            .conv2d(&weight, padding, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, 5, 1, 1)).unwrap())
+            .unwrap();
+        assert_near(
+            &format!("conv2d k{kernel} p{padding} s{stride} budget {budget:?}"),
+            &conv.forward(&x).unwrap(),
+            &expected,
+        );
+    }
+}
+
+#[test]
+#[ignore = "timing on a 96-channel layer; run with --ignored --nocapture"]
 fn bench_conv() {
-    let (c, t, h, w) = (96, 4, 120, 208);
+    let (c, t, h, w) = (96usize, 4usize, 120usize, 208usize);
     let weight = tensor(&[c, c, 3, 3, 3], 1);
     let bias = tensor(&[c], 2);
     let conv = CausalConv3d::from_weights(&weight, &bias, 1, (1, 1, 1)).unwrap();
     let x = tensor(&[1, t, c, h, w], 3);
     let cache = tensor(&[1, 2, c, h, w], 4);
-    for _ in 0..2 {
+    let flops = 2.0 * (c * c * 27 * t * h * w) as f64;
+    for _ in 0..3 {
         let s = std::time::Instant::now();
         let y = conv.forward(&x, Some(&cache)).unwrap();
-        eprintln!("per-tap {:?} {:.3}s", y.dims(), s.elapsed().as_secs_f64());
+        let dt = s.elapsed().as_secs_f64();
+        eprintln!(
+            "causal conv3d {:?} {dt:.3}s {:.1} GFLOP/s",
+            y.dims(),
+            flops / dt / 1e9
+        );
     }
-    // folded
-    let wf = weight
-        .permute((0, 2, 1, 3, 4))
-        .unwrap()
-        .reshape((c, 3 * c, 3, 3))
-        .unwrap()
-        .contiguous()
-        .unwrap();
-    for _ in 0..2 {
+    for budget in [1usize << 23, 1 << 24, 1 << 26, 1 << 28] {
+        let conv = conv.clone().with_im2col_budget(budget);
         let s = std::time::Instant::now();
-        let xp = Tensor::cat(&[&cache, &x], 1).unwrap();
-        let parts: Vec<Tensor> = (0..3).map(|k| xp.narrow(1, k, t).unwrap()).collect();
-        let folded = Tensor::cat(&parts, 2)
-            .unwrap()
-            .reshape((t, 3 * c, h, w))
-            .unwrap();
-        let y = folded.conv2d(&wf, 1, 1, 1, 1).unwrap();
-        eprintln!("folded {:?} {:.3}s", y.dims(), s.elapsed().as_secs_f64());
+        let _ = conv.forward(&x, Some(&cache)).unwrap();
+        eprintln!("budget {budget}: {:.3}s", s.elapsed().as_secs_f64());
     }
-    let x4 = x.reshape((t, c, h, w)).unwrap();
-    let w4 = weight
-        .narrow(2, 0, 1)
-        .unwrap()
-        .squeeze(2)
-        .unwrap()
-        .contiguous()
-        .unwrap();
+    let xp = Tensor::cat(&[&cache, &x], 1).unwrap().squeeze(0).unwrap();
     let s = std::time::Instant::now();
-    let _ = x4.conv2d(&w4, 1, 1, 1, 1).unwrap();
-    eprintln!("one conv2d {:.3}s", s.elapsed().as_secs_f64());
-    let s = std::time::Instant::now();
-    let _ = (&x4 + &x4).unwrap();
-    eprintln!("one add {:.3}s", s.elapsed().as_secs_f64());
+    for k in 0..3 {
+        let tap = weight
+            .narrow(2, k, 1)
+            .unwrap()
+            .squeeze(2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let _ = xp
+            .narrow(0, k, t)
+            .unwrap()
+            .conv2d(&tap, 1, 1, 1, 1)
+            .unwrap();
+    }
+    eprintln!("candle conv2d per tap {:.3}s", s.elapsed().as_secs_f64());
 }
