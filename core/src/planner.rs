@@ -166,10 +166,11 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
                 chain_work_seconds: 0.0,
             });
             let segment = segments.last_mut().expect("just pushed");
+            // A model with its own rate renders (and holds in memory) its native frames.
             let shape = SegmentShape {
                 width,
                 height,
-                frames: segment.render_frames,
+                frames: model.model_frames(segment.render_frames, sequence.fps),
                 tiled_decode: false,
             };
             segment.memory_estimate_bytes = model.memory_estimate_bytes(&shape);

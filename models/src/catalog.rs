@@ -77,6 +77,18 @@ impl ModelEntry {
         (frames - 1).div_ceil(stride) * stride + 1
     }
 
+    /// Frames the model renders for `frames` at the sequence's `fps`: its native-rate count
+    /// when it has one (`retime`), else `frames`.
+    pub fn model_frames(&self, frames: u64, fps: u32) -> u64 {
+        match self.native_fps {
+            Some(native) if native != fps && fps > 0 => {
+                let frames = u32::try_from(frames).unwrap_or(u32::MAX);
+                u64::from(crate::retime::native_frames(frames, fps, native, self.temporal_stride))
+            }
+            _ => frames,
+        }
+    }
+
     /// Peak bytes of one segment: the one estimator (`memory`), margin included.
     pub fn memory_estimate_bytes(&self, shape: &SegmentShape) -> u64 {
         self.memory.estimate_bytes(self.temporal_stride, shape)

@@ -24,6 +24,10 @@ fn the_builtin_catalog_holds_reelfarm_tiny_and_wan() {
     assert_eq!(wan.window_seconds * 16.0 + 1.0, 81.0);
     assert_eq!((wan.final_steps, wan.guidance), (50, 5.0));
     assert_eq!(wan.weights, None);
+    // 5 s at 24 fps (121 frames) is 81 frames at its own 16 fps; tiny renders what it is asked.
+    assert_eq!(wan.model_frames(121, 24), 81);
+    assert_eq!(wan.model_frames(81, 16), 81);
+    assert_eq!(catalog.require(REELFARM_TINY).unwrap().model_frames(121, 24), 121);
     let tiny = catalog.require(REELFARM_TINY).unwrap();
     assert_eq!(tiny.backend, Backend::Tiny);
     assert_eq!(
