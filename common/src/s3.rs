@@ -1,6 +1,7 @@
 //! The S3 backend of `BlobStore`, for farms whose workers do not share a disk: any
 //! S3-compatible server (AWS, MinIO, s3s) behind the same trait as the local directory, with
 //! a CRC32C of every object kept in its metadata so a corrupt read is caught, not rendered.
+//! `objects.rs` reads whole trees (model checkpoints): paged listings, streamed downloads.
 
 use std::fmt;
 use std::time::Duration;
@@ -20,6 +21,9 @@ use bytes::Bytes;
 
 use crate::Error;
 use crate::blob::{BlobStore, check_key};
+
+mod objects;
+pub use objects::{Downloaded, ObjectInfo};
 
 /// Bodies at or above this size go up as a multipart upload of parts this large.
 pub const MULTIPART_PART_BYTES: usize = 8 * 1024 * 1024;
@@ -95,12 +99,30 @@ pub struct S3BlobStore {
     prefix: String,
     /// The endpoint URL, or `AWS (region)`, for messages.
     endpoint: String,
+    /// Where the bucket name came from, for "create it or fix ..." messages.
+    bucket_origin: &'static str,
 }
 
 impl S3BlobStore {
     /// Builds the client and checks once that the bucket is there and the keys open it, so a
     /// misconfigured farm fails at start with a message saying what to fix.
     pub async fn connect(settings: S3Settings) -> Result<Self, Error> {
+        Self::connect_as(settings, "--bucket").await
+    }
+
+    /// The same endpoint, region, addressing, credentials and timeouts as `settings` (a
+    /// worker's store), but another bucket and no key prefix: for objects named by an
+    /// `s3://bucket/...` location rather than by the farm's store.
+    pub async fn connect_to_bucket(settings: &S3Settings, bucket: &str) -> Result<Self, Error> {
+        let settings = S3Settings {
+            bucket: bucket.to_string(),
+            prefix: String::new(),
+            ..settings.clone()
+        };
+        Self::connect_as(settings, "the s3:// location").await
+    }
+
+    async fn connect_as(settings: S3Settings, bucket_origin: &'static str) -> Result<Self, Error> {
         let region = RegionProviderChain::first_try(settings.region.clone().map(Region::new))
             .or_default_provider()
             .or_else(Region::new(DEFAULT_REGION));
@@ -143,6 +165,7 @@ impl S3BlobStore {
             bucket: settings.bucket,
             prefix: settings.prefix.trim_matches('/').to_string(),
             endpoint,
+            bucket_origin,
         };
 
         // One attempt, bounded as a whole: at start a clear error now beats retrying a typo.
@@ -167,8 +190,8 @@ impl S3BlobStore {
             Ok(_) => Ok(store),
             Err(error) if status_of(&error) == Some(404) => {
                 Err(Error::FailedPrecondition(format!(
-                    "bucket {:?} does not exist at {}; create it or fix --bucket",
-                    store.bucket, store.endpoint
+                    "bucket {:?} does not exist at {}; create it or fix {}",
+                    store.bucket, store.endpoint, store.bucket_origin
                 )))
             }
             Err(error) => Err(store.sdk_error("checking", None, error)),
@@ -223,8 +246,8 @@ impl S3BlobStore {
             )),
             Some(404) if error.code() == Some("NoSuchBucket") => {
                 Error::FailedPrecondition(format!(
-                    "bucket {:?} does not exist at {}; create it or fix --bucket",
-                    self.bucket, self.endpoint
+                    "bucket {:?} does not exist at {}; create it or fix {}",
+                    self.bucket, self.endpoint, self.bucket_origin
                 ))
             }
             status => Error::Unavailable(format!(
@@ -465,6 +488,7 @@ mod tests {
             bucket: "frames".into(),
             prefix: prefix.into(),
             endpoint: "http://127.0.0.1:9000".into(),
+            bucket_origin: "--bucket",
         }
     }
 

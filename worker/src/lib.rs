@@ -12,6 +12,7 @@ pub mod runtimes;
 pub mod segment;
 pub mod stitch_task;
 pub mod task;
+pub mod weights_cache;
 mod worker_metrics;
 
 pub use agent::{WorkerConfig, run};
