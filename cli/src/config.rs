@@ -131,6 +131,10 @@ pub struct WorkerArgs {
     /// [default: true].
     #[arg(long, env = "REELFARM_TEXT_ENCODER_ON_CPU")]
     pub text_encoder_on_cpu: Option<bool>,
+    /// Where `s3://` model weights are mirrored (local disk: ~29 GB for Wan 2.1 1.3B), fetched
+    /// once, verified, and refreshed only where S3 changed [default: ~/.cache/reelfarm/weights].
+    #[arg(long, env = "REELFARM_WEIGHTS_CACHE")]
+    pub weights_cache: Option<PathBuf>,
     /// Seconds to wait for a leading scheduler at start [default: 30].
     #[arg(long, env = "REELFARM_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<f64>,
@@ -149,7 +153,7 @@ impl WorkerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; scheduler, name, simulate_gpus, weights, models, text_encoder_on_cpu,
-            connect_timeout, drain_timeout, health_listen)
+            weights_cache, connect_timeout, drain_timeout, health_listen)
     }
 }
 

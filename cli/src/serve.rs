@@ -60,6 +60,18 @@ async fn start_telemetry(
     Ok(telemetry)
 }
 
+/// `$XDG_CACHE_HOME/reelfarm/weights`, else `~/.cache/reelfarm/weights`, else a directory under
+/// the system's temporary directory.
+fn default_weights_cache() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("reelfarm").join("weights")
+}
+
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
 pub async fn termination() {
     #[cfg(unix)]
@@ -186,13 +198,26 @@ pub async fn run_worker(
             .map_err(anyhow::Error::msg)?;
     let devices = inventory.devices();
     let catalog = crate::input::load_catalog(args.models.as_deref())?;
+    // s3:// checkpoints come from the same S3 as the store (another bucket may be named).
+    let store_args = store_flags.or(file.store);
+    let s3 = match crate::config::store_choice(store_args.clone())? {
+        crate::config::StoreChoice::S3(settings) => Some(settings),
+        crate::config::StoreChoice::Local(_) => None,
+    };
+    let weights_cache = args
+        .weights_cache
+        .clone()
+        .unwrap_or_else(default_weights_cache);
+    let catalog = reelfarm_worker::weights_cache::localize(&catalog, &weights_cache, s3.as_ref())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
     let wan = reelfarm_worker::runtimes::WanOptions {
         text_encoder_on_cpu: args.text_encoder_on_cpu.unwrap_or(true),
         ..reelfarm_worker::runtimes::WanOptions::best_available()
     };
     let models =
         reelfarm_worker::runtimes::load_runtimes_with(&catalog, args.weights.as_deref(), &wan)?;
-    let store = open_store(store_flags.or(file.store)).await?;
+    let store = open_store(store_args).await?;
     eprintln!(
         "reelfarm worker {name}: {} device(s), store {}, schedulers {}",
         devices.len(),

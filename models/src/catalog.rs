@@ -83,7 +83,12 @@ impl ModelEntry {
         match self.native_fps {
             Some(native) if native != fps && fps > 0 => {
                 let frames = u32::try_from(frames).unwrap_or(u32::MAX);
-                u64::from(crate::retime::native_frames(frames, fps, native, self.temporal_stride))
+                u64::from(crate::retime::native_frames(
+                    frames,
+                    fps,
+                    native,
+                    self.temporal_stride,
+                ))
             }
             _ => frames,
         }
@@ -490,12 +495,24 @@ fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
         );
     }
     if let Some(weights) = &entry.weights {
-        if weights.starts_with("s3://") {
-            return fail(
-                "weights",
-                "s3:// locations are not fetched yet; copy the file to the workers and give its path"
-                    .to_string(),
-            );
+        if let Some(rest) = weights.strip_prefix("s3://") {
+            if entry.backend != Backend::Wan {
+                return fail(
+                    "weights",
+                    "s3:// locations are checkpoint directories that workers mirror (Wan); \
+                     copy a tiny weights file to the workers and give its path"
+                        .to_string(),
+                );
+            }
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() || prefix.trim_matches('/').is_empty() {
+                return fail(
+                    "weights",
+                    format!(
+                        "{weights:?}: give s3://BUCKET/PREFIX, the folder that holds model_index.json"
+                    ),
+                );
+            }
         }
         if weights.is_empty() || weights.len() > 4096 {
             return fail("weights", "must be a path of 1-4096 characters".to_string());

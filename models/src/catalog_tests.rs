@@ -27,7 +27,13 @@ fn the_builtin_catalog_holds_reelfarm_tiny_and_wan() {
     // 5 s at 24 fps (121 frames) is 81 frames at its own 16 fps; tiny renders what it is asked.
     assert_eq!(wan.model_frames(121, 24), 81);
     assert_eq!(wan.model_frames(81, 16), 81);
-    assert_eq!(catalog.require(REELFARM_TINY).unwrap().model_frames(121, 24), 121);
+    assert_eq!(
+        catalog
+            .require(REELFARM_TINY)
+            .unwrap()
+            .model_frames(121, 24),
+        121
+    );
     let tiny = catalog.require(REELFARM_TINY).unwrap();
     assert_eq!(tiny.backend, Backend::Tiny);
     assert_eq!(
@@ -168,7 +174,7 @@ fn file_errors_name_the_entry_and_the_field() {
         ),
         (
             "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nweights = \"s3://b/w.safetensors\"\n",
-            "models.toml: model[0].weights: s3:// locations are not fetched yet",
+            "models.toml: model[0].weights: s3:// locations are checkpoint directories that workers mirror (Wan)",
         ),
         (
             "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nnative_fps = 16\n",

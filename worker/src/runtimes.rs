@@ -81,6 +81,13 @@ fn load_wan(
         tracing::info!(model = %entry.id, "not served: no weights configured (see README \"Running Wan 2.1\")");
         return Ok(None);
     };
+    if weights.starts_with("s3://") {
+        return Err(Error::InvalidArgument(format!(
+            "model {}: weights {weights}: s3:// checkpoints are mirrored by `reelfarm worker` \
+             (with its S3 store settings); here, download it to a directory and give that path",
+            entry.id
+        )));
+    }
     let loading = Instant::now();
     let options = WanOptions {
         native_fps: entry.native_fps.unwrap_or(options.native_fps),

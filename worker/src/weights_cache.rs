@@ -32,6 +32,39 @@ use disk::{crc32c_of, io_error, lock, sweep_partials};
 use location::{Location, RESERVED};
 use manifest::{Decision, FileEntry, LocalFile, Manifest};
 
+/// `catalog` with the `s3://` weights of every entry replaced by the local mirror (fetched or
+/// refreshed now), so the runtimes load from disk; entries with local or no weights are as
+/// they were.
+pub async fn localize(
+    catalog: &reelfarm_models::Catalog,
+    cache_dir: &Path,
+    s3: Option<&S3Settings>,
+) -> Result<reelfarm_models::Catalog, Error> {
+    let mut entries = Vec::new();
+    for entry in catalog.entries() {
+        let mut entry = entry.clone();
+        if let Some(location) = entry.weights.as_deref().filter(|w| w.starts_with("s3://")) {
+            let started = Instant::now();
+            let resolved = resolve(location, cache_dir, s3).await.map_err(|error| {
+                Error::InvalidArgument(format!("model {}: weights {location}: {error}", entry.id))
+            })?;
+            tracing::info!(
+                model = %entry.id,
+                %location,
+                path = %resolved.path.display(),
+                files = resolved.files,
+                fetched_files = resolved.fetched_files,
+                fetched_bytes = resolved.fetched_bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "weights mirrored"
+            );
+            entry.weights = Some(resolved.path.display().to_string());
+        }
+        entries.push(entry);
+    }
+    Ok(reelfarm_models::Catalog::from_entries(entries))
+}
+
 /// Objects downloaded at once.
 const FETCH_CONCURRENCY: usize = 4;
 /// How often a running fetch logs its progress.
