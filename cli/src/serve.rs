@@ -60,6 +60,42 @@ async fn start_telemetry(
     Ok(telemetry)
 }
 
+/// A Wan runtime renders on the worker's first CUDA device: refuse what would put it
+/// elsewhere without saying so (several GPUs placed on as one, or a GPU node on the CPU).
+fn check_wan_devices(
+    catalog: &reelfarm_models::Catalog,
+    inventory: &reelfarm_worker::inventory::Inventory,
+    wan: &reelfarm_worker::runtimes::WanOptions,
+) -> Result<()> {
+    let served = catalog
+        .entries()
+        .filter(|entry| entry.backend == reelfarm_models::Backend::Wan && entry.weights.is_some())
+        .map(|entry| entry.id.clone())
+        .collect::<Vec<_>>();
+    let gpus = match inventory {
+        reelfarm_worker::inventory::Inventory::Nvml(_) => inventory.devices().len(),
+        reelfarm_worker::inventory::Inventory::Fixed(_) => 0,
+    };
+    if served.is_empty() || gpus == 0 {
+        return Ok(());
+    }
+    if gpus > 1 {
+        anyhow::bail!(
+            "{}: Wan renders on one GPU per worker, and this worker sees {gpus}; run one worker \
+             per GPU (the chart's gpusPerPod: 1, or CUDA_VISIBLE_DEVICES=N reelfarm worker ...)",
+            served.join(", ")
+        );
+    }
+    if !wan.device.is_cuda() {
+        anyhow::bail!(
+            "{}: this worker sees an NVIDIA GPU but cannot render on it (built without \
+             --features cuda, or CUDA failed to start); Wan would run on the CPU",
+            served.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// `$XDG_CACHE_HOME/reelfarm/weights`, else `~/.cache/reelfarm/weights`, else a directory under
 /// the system's temporary directory.
 fn default_weights_cache() -> std::path::PathBuf {
@@ -198,6 +234,11 @@ pub async fn run_worker(
             .map_err(anyhow::Error::msg)?;
     let devices = inventory.devices();
     let catalog = crate::input::load_catalog(args.models.as_deref())?;
+    let wan = reelfarm_worker::runtimes::WanOptions {
+        text_encoder_on_cpu: args.text_encoder_on_cpu.unwrap_or(true),
+        ..reelfarm_worker::runtimes::WanOptions::best_available()
+    };
+    check_wan_devices(&catalog, &inventory, &wan)?;
     // s3:// checkpoints come from the same S3 as the store (another bucket may be named).
     let store_args = store_flags.or(file.store);
     let s3 = match crate::config::store_choice(store_args.clone())? {
@@ -211,10 +252,6 @@ pub async fn run_worker(
     let catalog = reelfarm_worker::weights_cache::localize(&catalog, &weights_cache, s3.as_ref())
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let wan = reelfarm_worker::runtimes::WanOptions {
-        text_encoder_on_cpu: args.text_encoder_on_cpu.unwrap_or(true),
-        ..reelfarm_worker::runtimes::WanOptions::best_available()
-    };
     let models =
         reelfarm_worker::runtimes::load_runtimes_with(&catalog, args.weights.as_deref(), &wan)?;
     let store = open_store(store_args).await?;

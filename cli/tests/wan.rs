@@ -25,7 +25,7 @@ fn repo_root() -> PathBuf {
 const SPEC: &str = "\
 title: Lighthouse
 model: wan2.1-t2v-1.3b
-fps: 8
+fps: 12
 resolution: 480p
 aspect: \"1:1\"
 shots:
@@ -57,8 +57,8 @@ fn a_wan_spec_renders_through_the_farm_with_weights_from_a_catalog_file() {
 
     // The catalog file re-declares the built-in entry: the tiny checkpoint, 1 s windows so the
     // 2 s shot splits into continuing windows, 2 draft steps, the tiny model's memory, and a
-    // native rate of 8 fps (the real 16 would double the CPU time of this test; retiming
-    // 16 fps to other rates is tested on the runtime).
+    // native rate of 8 fps (the real 16 would double the CPU time of this test), retimed to
+    // the spec's 12.
     let catalog = dir.path().join("models.toml");
     std::fs::write(
         &catalog,
@@ -104,6 +104,6 @@ fn a_wan_spec_renders_through_the_farm_with_weights_from_a_catalog_file() {
         String::from_utf8_lossy(&render.stderr)
     );
     let probed = probe::probe(&out);
-    assert_eq!(probed.frames, 24, "3 s at 8 fps");
+    assert_eq!(probed.frames, 36, "3 s at 12 fps");
     assert_eq!((probed.width, probed.height), (480, 480));
 }

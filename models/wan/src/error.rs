@@ -32,7 +32,16 @@ impl From<WanError> for ModelError {
             | WanError::InvalidWeights(_) => ModelError::InvalidWeights(error.to_string()),
             WanError::Tensor(error) => {
                 let message = error.to_string();
-                if message.contains("out of memory") || message.contains("OUT_OF_MEMORY") {
+                let lower = message.to_ascii_lowercase();
+                if [
+                    "out of memory",
+                    "out_of_memory",
+                    "alloc_failed",
+                    "cannot allocate",
+                ]
+                .iter()
+                .any(|sign| lower.contains(sign))
+                {
                     ModelError::OutOfMemory(message)
                 } else {
                     ModelError::Internal(format!("tensor operation failed: {message}"))
@@ -43,3 +52,12 @@ impl From<WanError> for ModelError {
 }
 
 pub type Result<T, E = WanError> = std::result::Result<T, E>;
+
+/// A tensor error while building `component` from a checkpoint (a tensor missing or of the
+/// wrong shape) is the checkpoint's fault: said as such, naming the component.
+pub fn weights_error(component: &'static str) -> impl Fn(WanError) -> WanError {
+    move |error| match error {
+        WanError::Tensor(error) => WanError::InvalidWeights(format!("{component}: {error}")),
+        other => other,
+    }
+}

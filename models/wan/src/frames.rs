@@ -49,6 +49,64 @@ pub fn picture_tensor(
     Ok(Tensor::from_vec(planes, (1, 3, 1, h, w), device)?)
 }
 
+/// The `crop` window `(x, y, width, height)` of every frame of `video` `[1, 3, F, H, W]` in
+/// [-1, 1] as 8-bit RGB (rounded as the reference's `(x / 2 + 0.5)·255`), converted on the
+/// video's device.
+pub fn video_frames(video: &Tensor, crop: (usize, usize, usize, usize)) -> Result<Vec<RgbFrame>> {
+    let (x, y, width, height) = crop;
+    let levels = ((video
+        .narrow(3, y, height)?
+        .narrow(4, x, width)?
+        .to_dtype(candle_core::DType::F32)?
+        + 1.0)?
+        * 127.5)?
+        .clamp(0f32, 255f32)?;
+    // [1, 3, F, h, w] → [F, h, w, 3], rounded to the nearest level.
+    let levels = (levels.squeeze(0)?.permute((1, 2, 3, 0))? + 0.5)?
+        .floor()?
+        .to_dtype(candle_core::DType::U8)?;
+    let levels = levels.to_device(&Device::Cpu)?;
+    (0..levels.dim(0)?)
+        .map(|f| {
+            let data = levels.get(f)?.flatten_all()?.to_vec1::<u8>()?;
+            Ok(RgbFrame::new(width as u32, height as u32, data))
+        })
+        .collect()
+}
+
+/// `picture`, exactly the size of the render's crop window, placed at `(x, y)` on a
+/// `width`×`height` canvas whose margins repeat its edge pixels: a handoff frame goes back in
+/// at 1:1, so a window boundary shows no zoom where the render is taller than the sequence
+/// (1080 renders at 1088).
+pub fn placed_picture_tensor(
+    picture: &RgbFrame,
+    width: u32,
+    height: u32,
+    x: u32,
+    y: u32,
+    device: &Device,
+) -> Result<Tensor> {
+    let (pw, ph) = (picture.width as i64, picture.height as i64);
+    if pw == 0 || ph == 0 || picture.data.len() != (pw * ph * 3) as usize {
+        return Err(WanError::InvalidRequest(
+            "first frame buffer does not match its size".into(),
+        ));
+    }
+    let (w, h) = (width as usize, height as usize);
+    let mut planes = vec![0f32; 3 * h * w];
+    for row in 0..h {
+        let sy = (row as i64 - i64::from(y)).clamp(0, ph - 1) as usize;
+        for col in 0..w {
+            let sx = (col as i64 - i64::from(x)).clamp(0, pw - 1) as usize;
+            for c in 0..3 {
+                let value = f32::from(picture.data[(sy * pw as usize + sx) * 3 + c]);
+                planes[(c * h + row) * w + col] = value / 127.5 - 1.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(planes, (1, 3, 1, h, w), device)?)
+}
+
 /// Frame `index` of `video` `[F, H, W, 3]` f32 in [0, 1] as 8-bit RGB.
 pub fn rgb_frame(video: &Tensor, index: usize) -> Result<RgbFrame> {
     let (_, height, width, _) = video.dims4()?;
@@ -74,6 +132,36 @@ mod tests {
             / 2.0)
             .unwrap();
         assert_eq!(rgb_frame(&video, 0).unwrap().data, data);
+    }
+
+    #[test]
+    fn a_placed_picture_repeats_its_edges_into_the_margin() {
+        let picture = RgbFrame::new(2, 1, vec![0, 0, 0, 255, 255, 255]);
+        let tensor = placed_picture_tensor(&picture, 4, 2, 1, 0, &Device::Cpu).unwrap();
+        let red = tensor
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(red, [-1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn video_frames_round_to_the_nearest_level_and_crop() {
+        // One frame 1×2 (h×w), values -1 and a level just under 128.
+        let video = Tensor::from_vec(
+            vec![-1f32, 0.003, -1.0, 0.003, -1.0, 0.003],
+            (1, 3, 1, 1, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let frames = video_frames(&video, (1, 0, 1, 1)).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].data, [128, 128, 128]);
     }
 
     #[test]

@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{Result, WanError};
+use crate::error::{Result, WanError, weights_error};
+use crate::frames::video_frames;
 use crate::noise::gaussian;
 use crate::scheduler::{SchedulerConfig, new_sampler};
 use crate::transformer::WanTransformer;
 use crate::umt5::TextEncoder;
 use crate::vae::{Tiling, WanVae};
 use crate::weights::{Checkpoint, Component};
+use reelfarm_media::frame::RgbFrame;
 
 /// Pixels per latent cell side times the transformer's patch: render sizes are multiples of it.
 pub const SIZE_MULTIPLE: u32 = 16;
@@ -112,12 +114,14 @@ impl Pipeline {
         let transformer = WanTransformer::new(
             &checkpoint.config(Component::Transformer)?,
             checkpoint.var_builder(Component::Transformer, options.dtype, &options.device)?,
-        )?;
+        )
+        .map_err(weights_error("transformer"))?;
         // The VAE is small (0.25 GB) and its causal convolutions are sensitive: f32 everywhere.
         let vae = WanVae::new(
             &checkpoint.config(Component::Vae)?,
             checkpoint.var_builder(Component::Vae, DType::F32, &options.device)?,
-        )?;
+        )
+        .map_err(weights_error("vae"))?;
         let scheduler = SchedulerConfig::load(&checkpoint.scheduler_config_file()?)?;
         Ok(Self {
             text,
@@ -175,14 +179,30 @@ impl Pipeline {
         on_step: OnStep,
         cancel: &AtomicBool,
     ) -> Result<Tensor> {
+        self.sample_observed(sampling, on_step, cancel, &mut |_, _| {})
+    }
+
+    /// `sample`, showing `observe(step, latents)` the latents each step's transformer input is
+    /// made of (after first-frame conditioning).
+    pub fn sample_observed(
+        &self,
+        sampling: &Sampling,
+        on_step: OnStep,
+        cancel: &AtomicBool,
+        observe: &mut dyn FnMut(usize, &Tensor),
+    ) -> Result<Tensor> {
         let shape = self.latent_shape(sampling)?;
-        let guided = sampling.guidance != 1.0;
+        // As the reference: guidance at or below 1 runs the conditional branch alone.
+        let guided = sampling.guidance > 1.0;
         let prompts: Vec<&str> = if guided {
             vec![sampling.prompt.as_str(), sampling.negative.as_str()]
         } else {
             vec![sampling.prompt.as_str()]
         };
         let embeds = self.prompt_embeds(&prompts)?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(WanError::Cancelled);
+        }
         let text = self.transformer.project_text(&embeds)?;
         let noise = match &sampling.noise {
             Some(noise) => {
@@ -218,6 +238,7 @@ impl Pipeline {
                 let sigma = sampler.sigmas()[step];
                 latents = hold_first_frame(&latents, condition, &noise, sigma)?;
             }
+            observe(step, &latents);
             let t = sampler.timesteps()[step];
             let batch = prompts.len();
             let input = if guided {
@@ -246,39 +267,92 @@ impl Pipeline {
         Ok(latents)
     }
 
-    /// `[B, text_len, d]` on the pipeline's device, from the cache where it can.
+    /// `[B, text_len, d]` on the pipeline's device, from the cache where it can. The lock is
+    /// not held while encoding, so one segment's new prompt does not stall another's.
     pub fn prompt_embeds(&self, prompts: &[&str]) -> Result<Tensor> {
-        let mut cache = self
-            .embeds
-            .lock()
-            .map_err(|_| WanError::InvalidRequest("prompt cache poisoned".into()))?;
+        let cached = |prompt: &str| -> Option<Tensor> {
+            let cache = self
+                .embeds
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            cache
+                .iter()
+                .find(|(p, _)| p == prompt)
+                .map(|(_, t)| t.clone())
+        };
         let missing: Vec<&str> = prompts
             .iter()
             .copied()
-            .filter(|prompt| !cache.iter().any(|(cached, _)| cached == prompt))
+            .filter(|p| cached(p).is_none())
             .collect();
+        let mut fresh = Vec::new();
         if !missing.is_empty() {
             let encoded = self.text.prompt_embeds(&missing)?.to_device(&self.device)?;
             for (index, prompt) in missing.iter().enumerate() {
-                cache.push((prompt.to_string(), encoded.narrow(0, index, 1)?));
+                fresh.push((prompt.to_string(), encoded.narrow(0, index, 1)?));
             }
         }
+        let mut cache = self
+            .embeds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut rows = Vec::with_capacity(prompts.len());
         for prompt in prompts {
-            let at = cache
-                .iter()
-                .position(|(cached, _)| cached == prompt)
-                .expect("cached above");
+            let row = match fresh.iter().find(|(p, _)| p == prompt) {
+                Some((_, row)) => row.clone(),
+                None => match cache.iter().find(|(p, _)| p == prompt) {
+                    Some((_, row)) => row.clone(),
+                    // Evicted by another segment meanwhile: encode it again.
+                    None => self
+                        .text
+                        .prompt_embeds(&[prompt])?
+                        .to_device(&self.device)?,
+                },
+            };
             // Most recently used last; the oldest go first.
-            let entry = cache.remove(at);
-            rows.push(entry.1.clone());
-            cache.push(entry);
+            cache.retain(|(p, _)| p != prompt);
+            cache.push((prompt.to_string(), row.clone()));
+            rows.push(row);
         }
         let excess = cache
             .len()
             .saturating_sub(CACHED_PROMPTS.max(prompts.len()));
         cache.drain(..excess);
         Ok(Tensor::cat(&rows, 0)?)
+    }
+
+    /// Prompts whose embeddings are cached, oldest first.
+    pub fn cached_prompts(&self) -> Vec<String> {
+        let cache = self
+            .embeds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Normalised latents to 8-bit frames, the `crop` window `(x, y, width, height)` of each,
+    /// decoded latent frame by latent frame (`cancel` is checked between them; the tiled
+    /// decode runs whole) and kept at 8 bits, never as a full-size float clip.
+    pub fn decode_frames(
+        &self,
+        latents: &Tensor,
+        tiling: Option<&Tiling>,
+        crop: (usize, usize, usize, usize),
+        cancel: &AtomicBool,
+    ) -> Result<Vec<RgbFrame>> {
+        let z = self.vae.denormalize(&latents.to_dtype(self.vae.dtype())?)?;
+        let mut frames = Vec::new();
+        match tiling {
+            Some(tiling) => frames.extend(video_frames(&self.vae.decode_tiled(&z, tiling)?, crop)?),
+            None => self.vae.decode_streaming(&z, |chunk| {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(WanError::Cancelled);
+                }
+                frames.extend(video_frames(&chunk, crop)?);
+                Ok(())
+            })?,
+        }
+        Ok(frames)
     }
 
     /// Normalised latents to frames `[F, H, W, 3]` in [0, 1] (f32, CPU).

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use reelfarm_media::frame::RgbFrame;
 use reelfarm_models::retime;
 use reelfarm_models::runtime::{
@@ -11,7 +11,7 @@ use reelfarm_models::runtime::{
 };
 
 use crate::error::Result;
-use crate::frames::{picture_tensor, rgb_frame};
+use crate::frames::{picture_tensor, placed_picture_tensor};
 pub use crate::pipeline::WanOptions;
 use crate::pipeline::{Pipeline, SIZE_MULTIPLE, Sampling};
 use crate::vae::Tiling;
@@ -45,6 +45,7 @@ impl WanRuntime {
         // Render at the next size multiple up and crop the centre back.
         let up = |side: u32| side.div_ceil(SIZE_MULTIPLE) * SIZE_MULTIPLE;
         let (width, height) = (up(request.width), up(request.height));
+        let (x, y) = ((width - request.width) / 2, (height - request.height) / 2);
         let frames = retime::native_frames(
             request.frames,
             request.fps,
@@ -52,6 +53,17 @@ impl WanRuntime {
             self.pipeline.vae.temporal_stride() as u32,
         );
         let first_frame = match &request.first_frame {
+            // A handoff frame of this sequence goes back in 1:1 where it came from.
+            Some(picture) if (picture.width, picture.height) == (request.width, request.height) => {
+                Some(placed_picture_tensor(
+                    picture,
+                    width,
+                    height,
+                    x,
+                    y,
+                    &Device::Cpu,
+                )?)
+            }
             Some(picture) => Some(picture_tensor(picture, width, height, &Device::Cpu)?),
             None => None,
         };
@@ -68,21 +80,18 @@ impl WanRuntime {
             first_frame,
             tiling: request.low_memory.then(Tiling::default),
         };
-        let video = self.pipeline.generate(&sampling, on_step, cancel)?;
-        let video = video
-            .narrow(
-                1,
-                ((height - request.height) / 2) as usize,
-                request.height as usize,
-            )?
-            .narrow(
-                2,
-                ((width - request.width) / 2) as usize,
-                request.width as usize,
-            )?
-            .contiguous()?;
+        let latents = self.pipeline.sample(&sampling, on_step, cancel)?;
+        let crop = (
+            x as usize,
+            y as usize,
+            request.width as usize,
+            request.height as usize,
+        );
+        let frames =
+            self.pipeline
+                .decode_frames(&latents, sampling.tiling.as_ref(), crop, cancel)?;
         let decoder = RenderedFrames {
-            video,
+            frames,
             fps: request.fps,
             native_fps: self.native_fps,
         };
@@ -111,10 +120,10 @@ impl ModelRuntime for WanRuntime {
     }
 }
 
-/// The decoded clip at the native rate; output frame j shows the native frame nearest in time.
+/// The decoded clip at the native rate, 8-bit; output frame j shows the native frame nearest
+/// in time.
 struct RenderedFrames {
-    /// `[native frames, H, W, 3]` f32 in [0, 1], host memory.
-    video: Tensor,
+    frames: Vec<RgbFrame>,
     fps: u32,
     native_fps: u32,
 }
@@ -122,10 +131,18 @@ struct RenderedFrames {
 impl ClipDecoder for RenderedFrames {
     fn decode_frame(&self, index: u32) -> Result<RgbFrame, ModelError> {
         let native = retime::native_index(index, self.fps, self.native_fps) as usize;
-        Ok(rgb_frame(&self.video, native)?)
+        self.frames.get(native).cloned().ok_or_else(|| {
+            ModelError::Internal(format!(
+                "native frame {native} of {} rendered",
+                self.frames.len()
+            ))
+        })
     }
 
     fn resident_bytes(&self) -> u64 {
-        self.video.elem_count() as u64 * 4
+        self.frames
+            .iter()
+            .map(|frame| frame.data.len() as u64)
+            .sum()
     }
 }

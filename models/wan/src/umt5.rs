@@ -75,22 +75,28 @@ impl TextEncoder {
     pub fn prompt_embeds(&self, prompts: &[&str]) -> Result<Tensor> {
         let (ids, mask) = self.tokenizer.encode(prompts, self.max_len)?;
         let lengths: Vec<u32> = mask.sum(1)?.to_vec1()?;
+        // Only up to the longest real prompt: padded keys are masked out and the position bias
+        // is relative, so the real rows come out the same as over all max_len positions, and
+        // the rest are zeros anyway (umT5-XXL over 512 positions is seconds on a CPU).
+        let longest = lengths.iter().copied().max().unwrap_or(1).max(1) as usize;
         let device = self.encoder.device();
-        let hidden = self
-            .encoder
-            .forward(&ids.to_device(device)?, &mask.to_device(device)?)?;
-        trim_to_lengths(&hidden, &lengths)
+        let hidden = self.encoder.forward(
+            &ids.narrow(1, 0, longest)?.to_device(device)?,
+            &mask.narrow(1, 0, longest)?.to_device(device)?,
+        )?;
+        trim_to_lengths(&hidden, &lengths, self.max_len)
     }
 }
 
-/// Row `b` of `hidden` `[B, L, d]` keeps its first `lengths[b]` positions; the rest are zeros.
-fn trim_to_lengths(hidden: &Tensor, lengths: &[u32]) -> Result<Tensor> {
-    let (_, len, width) = hidden.dims3()?;
+/// Row `b` of `hidden` `[B, L, d]` keeps its first `lengths[b]` positions, then zeros up to
+/// `len` positions.
+fn trim_to_lengths(hidden: &Tensor, lengths: &[u32], len: usize) -> Result<Tensor> {
+    let (_, encoded, width) = hidden.dims3()?;
     let rows = lengths
         .iter()
         .enumerate()
         .map(|(row, &kept)| {
-            let kept = (kept as usize).min(len);
+            let kept = (kept as usize).min(encoded).min(len);
             let real = hidden.get(row)?.narrow(0, 0, kept)?;
             if kept == len {
                 return Ok(real);
@@ -112,7 +118,7 @@ mod tests {
             .unwrap()
             .reshape((2, 3, 2))
             .unwrap();
-        let trimmed = trim_to_lengths(&hidden, &[1, 3]).unwrap();
+        let trimmed = trim_to_lengths(&hidden, &[1, 3], 3).unwrap();
         assert_eq!(
             trimmed.to_vec3::<f32>().unwrap(),
             vec![

@@ -125,14 +125,6 @@ fn a_conditioned_clip_starts_on_the_vae_rendering_of_its_picture() {
         ..plain.clone()
     };
     let cancel = AtomicBool::new(false);
-    let frames = pipeline
-        .generate(&conditioned, &mut |_, _| {}, &cancel)
-        .unwrap();
-    let first = frames.narrow(0, 0, 1).unwrap();
-    common::assert_close("first conditioned frame", &first, &round_trip);
-
-    // Without the picture the clip starts elsewhere, and with it the rest still moves on.
-    let free = pipeline.generate(&plain, &mut |_, _| {}, &cancel).unwrap();
     let difference = |a: &Tensor, b: &Tensor| {
         (a - b)
             .unwrap()
@@ -143,6 +135,47 @@ fn a_conditioned_clip_starts_on_the_vae_rendering_of_its_picture() {
             .to_scalar::<f32>()
             .unwrap()
     };
+    let frames = pipeline
+        .generate(&conditioned, &mut |_, _| {}, &cancel)
+        .unwrap();
+    let first = frames.narrow(0, 0, 1).unwrap();
+    common::assert_close("first conditioned frame", &first, &round_trip);
+
+    // The hold is in the loop, not only at the end: every step's transformer input has latent
+    // frame 0 at (1 − σᵢ)·z + σᵢ·n₀, the level of the other frames.
+    let noise =
+        reelfarm_wan::noise::gaussian(5, &pipeline.latent_shape(&plain).unwrap(), &Device::Cpu)
+            .unwrap();
+    let held = Sampling {
+        noise: Some(noise.clone()),
+        ..conditioned.clone()
+    };
+    let z = pipeline.vae.normalize(&encoded).unwrap();
+    let sigmas = reelfarm_wan::scheduler::new_sampler(&pipeline.scheduler, held.steps as usize)
+        .unwrap()
+        .sigmas()
+        .to_vec();
+    let mut observed = 0;
+    pipeline
+        .sample_observed(&held, &mut |_, _| {}, &cancel, &mut |step, latents| {
+            let sigma = sigmas[step];
+            let expected = ((&z * (1.0 - sigma)).unwrap()
+                + (noise.narrow(2, 0, 1).unwrap() * sigma).unwrap())
+            .unwrap();
+            common::assert_close(
+                &format!("frame 0 entering step {step}"),
+                &latents.narrow(2, 0, 1).unwrap(),
+                &expected,
+            );
+            // The other frames are the sampler's, not the picture's.
+            assert!(difference(&latents.narrow(2, 1, 1).unwrap(), &expected) > 0.01);
+            observed += 1;
+        })
+        .unwrap();
+    assert_eq!(observed, held.steps);
+
+    // Without the picture the clip starts elsewhere, and with it the rest still moves on.
+    let free = pipeline.generate(&plain, &mut |_, _| {}, &cancel).unwrap();
     assert!(difference(&free.narrow(0, 0, 1).unwrap(), &round_trip) > 0.05);
     assert!(difference(&frames.narrow(0, 8, 1).unwrap(), &round_trip) > 0.05);
 }
@@ -159,4 +192,28 @@ fn a_set_cancel_flag_stops_before_the_first_step() {
         )
         .unwrap_err();
     assert!(matches!(error, reelfarm_wan::WanError::Cancelled));
+}
+
+#[test]
+fn the_prompt_cache_keeps_the_sixteen_most_recent() {
+    let pipeline = tiny(16);
+    let prompts: Vec<String> = (0..18).map(|i| format!("prompt number {i}")).collect();
+    for prompt in &prompts {
+        pipeline.prompt_embeds(&[prompt]).unwrap();
+    }
+    // 0 and 1 were evicted; using 2 again makes it the most recent, so the next new prompt
+    // evicts 3, not 2.
+    let again = pipeline.prompt_embeds(&[&prompts[2]]).unwrap();
+    pipeline.prompt_embeds(&["one more"]).unwrap();
+    let cached = pipeline.cached_prompts();
+    assert_eq!(cached.len(), 16);
+    assert_eq!(cached.last().map(String::as_str), Some("one more"));
+    assert!(cached.contains(&prompts[2]) && cached.contains(&prompts[4]));
+    assert!(
+        !cached.contains(&prompts[0])
+            && !cached.contains(&prompts[1])
+            && !cached.contains(&prompts[3])
+    );
+    let fresh = pipeline.text.prompt_embeds(&[&prompts[2]]).unwrap();
+    common::assert_close("cached row", &again, &fresh);
 }

@@ -50,3 +50,26 @@ fn a_forward_on_a_first_frame_conditioned_latent_matches_the_reference() {
         .unwrap();
     common::assert_close("conditioned transformer output", &out, &io["output_cond"]);
 }
+
+#[test]
+fn a_bf16_forward_stays_near_the_reference() {
+    // bf16 keeps 8 bits of mantissa (relative rounding ~4e-3 per op); through 2 blocks the
+    // reference's own bf16 run lands about 1e-2 of scale off its f32 output. This catches a
+    // dtype mix-up (an op that fails or a tensor left in the wrong precision), not ulps.
+    let checkpoint = Checkpoint::open(common::tiny_checkpoint()).unwrap();
+    let config: TransformerConfig = checkpoint.config(Component::Transformer).unwrap();
+    let vb = checkpoint
+        .var_builder(Component::Transformer, DType::BF16, &Device::Cpu)
+        .unwrap();
+    let model = WanTransformer::new(&config, vb).unwrap();
+    let io = common::load("transformer");
+    let out = model
+        .forward(
+            &io["hidden_states"],
+            &io["timestep"],
+            &io["encoder_hidden_states"],
+        )
+        .unwrap();
+    assert_eq!(out.dtype(), DType::F32);
+    common::assert_close_within("bf16 transformer output", &out, &io["output"], 2e-2);
+}

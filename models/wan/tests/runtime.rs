@@ -49,7 +49,7 @@ fn ten_seconds_at_24_fps_are_240_frames_from_a_16_fps_render() {
         (240, 32, 32, 1)
     );
     // 161 native frames stay resident; output frames 1 and 2 both show native frame 1.
-    assert_eq!(clip.resident_bytes(), 161 * 32 * 32 * 3 * 4);
+    assert_eq!(clip.resident_bytes(), 161 * 32 * 32 * 3);
     assert_eq!(clip.frame(1), clip.frame(2));
     assert_ne!(clip.frame(0), clip.frame(1));
 }
@@ -70,6 +70,46 @@ fn sizes_off_the_16_pixel_grid_render_larger_and_crop() {
         .unwrap();
     let frame = clip.frame(4);
     assert_eq!((frame.width, frame.height, clip.len()), (40, 26, 5));
+}
+
+#[test]
+fn an_off_grid_size_is_the_centre_of_the_render_one_size_up() {
+    let model = runtime();
+    let cancel = AtomicBool::new(false);
+    let whole = model
+        .generate(
+            &GenerateRequest {
+                width: 48,
+                height: 32,
+                ..request(5, 16)
+            },
+            &mut |_, _| {},
+            &cancel,
+        )
+        .unwrap();
+    let cropped = model
+        .generate(
+            &GenerateRequest {
+                width: 40,
+                height: 26,
+                ..request(5, 16)
+            },
+            &mut |_, _| {},
+            &cancel,
+        )
+        .unwrap();
+    for index in [0, 4] {
+        let (big, small) = (whole.frame(index), cropped.frame(index));
+        for y in 0..26 {
+            for x in 0..40 {
+                assert_eq!(
+                    small.pixel(x, y),
+                    big.pixel(x + 4, y + 3),
+                    "frame {index} at {x},{y}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

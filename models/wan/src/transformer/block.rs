@@ -87,17 +87,23 @@ impl Attention {
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (batch, heads, queries, head_dim) = q.dims4()?;
     let keys = k.dim(2)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
+    // The scale goes on q ([L, d]) rather than on the scores ([L, L]).
+    let q = (q * (1.0 / (head_dim as f64).sqrt()))?;
     let kt = k.transpose(2, 3)?.contiguous()?;
     let per_query = batch * heads * keys * 4;
     let chunk = (SCORE_BUDGET_BYTES / per_query.max(1)).clamp(1, queries);
+    // CUDA's softmax accumulates half-precision rows in f32 itself; elsewhere, convert.
+    let in_f32 = !q.device().is_cuda();
     let mut outputs = Vec::with_capacity(queries.div_ceil(chunk));
     for start in (0..queries).step_by(chunk) {
         let length = chunk.min(queries - start);
-        let q = q.narrow(2, start, length)?;
-        let scores = (q.matmul(&kt)? * scale)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
-        outputs.push(weights.to_dtype(v.dtype())?.matmul(v)?);
+        let scores = q.narrow(2, start, length)?.matmul(&kt)?;
+        let weights = if in_f32 {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        outputs.push(weights.matmul(v)?);
     }
     Ok(Tensor::cat(&outputs, 2)?)
 }

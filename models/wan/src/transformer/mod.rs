@@ -144,14 +144,16 @@ impl TransformerConfig {
                 ),
             );
         }
-        if self.patch_size.contains(&0)
-            || self.num_attention_heads == 0
+        if self.patch_size.contains(&0) {
+            return unsupported("patch_size", "every patch side must be at least 1".into());
+        }
+        if self.num_attention_heads == 0
             || !self.attention_head_dim.is_multiple_of(2)
             || !self.freq_dim.is_multiple_of(2)
         {
             return unsupported(
-                "patch_size",
-                "patch sizes, heads, an even head dim and an even freq_dim must be non-zero".into(),
+                "num_attention_heads",
+                "heads must be at least 1, and attention_head_dim and freq_dim even".into(),
             );
         }
         Ok(())
@@ -202,6 +204,8 @@ pub struct WanTransformer {
     proj_out: Linear,
     dtype: DType,
     device: Device,
+    /// The RoPE tables of the last latent grid (every step of a clip uses the same).
+    rope: std::sync::Mutex<Option<([usize; 3], Tensor, Tensor)>>,
 }
 
 impl WanTransformer {
@@ -243,6 +247,7 @@ impl WanTransformer {
             dtype: vb.dtype(),
             device: vb.device().clone(),
             config: config.clone(),
+            rope: std::sync::Mutex::new(None),
         })
     }
 
@@ -314,7 +319,7 @@ impl WanTransformer {
             .forward(&candle_nn::ops::silu(&temb.to_dtype(self.dtype)?)?)?
             .to_dtype(DType::F32)?
             .reshape((batch, 6, d))?;
-        let (cos, sin) = rope::tables(self.config.attention_head_dim, grid, &self.device)?;
+        let (cos, sin) = self.rope_tables(grid)?;
         let mut x = x;
         for block in &self.blocks {
             x = block.forward(&x, &text.0, &time, (&cos, &sin))?;
@@ -331,6 +336,21 @@ impl WanTransformer {
                 .contiguous()?
                 .reshape((batch, out, frames, height, width))?,
         )
+    }
+
+    fn rope_tables(&self, grid: [usize; 3]) -> Result<(Tensor, Tensor)> {
+        let mut cached = self
+            .rope
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, cos, sin)) = cached.as_ref() {
+            if *at == grid {
+                return Ok((cos.clone(), sin.clone()));
+            }
+        }
+        let (cos, sin) = rope::tables(self.config.attention_head_dim, grid, &self.device)?;
+        *cached = Some((grid, cos.clone(), sin.clone()));
+        Ok((cos, sin))
     }
 
     /// `time_embedder(sinusoid(t))` in f32, `[B, dim]`; the sinusoid puts cosines first.
