@@ -343,10 +343,10 @@ impl WanTransformer {
             .rope
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((at, cos, sin)) = cached.as_ref() {
-            if *at == grid {
-                return Ok((cos.clone(), sin.clone()));
-            }
+        if let Some((at, cos, sin)) = cached.as_ref()
+            && *at == grid
+        {
+            return Ok((cos.clone(), sin.clone()));
         }
         let (cos, sin) = rope::tables(self.config.attention_head_dim, grid, &self.device)?;
         *cached = Some((grid, cos.clone(), sin.clone()));
