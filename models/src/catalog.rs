@@ -10,6 +10,11 @@
 //! base = "reelfarm-tiny"
 //! weights = "/models/coastline-tiny.safetensors"
 //! draft_steps = 12
+//!
+//! # A built-in re-declared (once, without `base`): its settings under these, same backend.
+//! [[model]]
+//! id = "wan2.1-t2v-1.3b"
+//! weights = "/models/Wan2.1-T2V-1.3B-Diffusers"
 //! ```
 
 use std::collections::BTreeMap;
@@ -140,7 +145,7 @@ pub fn wan_2_1_t2v_1_3b() -> ModelEntry {
         backend: Backend::Wan,
         native_fps: Some(16),
         window_seconds: 5.0,
-        temporal_stride: 4,
+        temporal_stride: WAN_TEMPORAL_STRIDE,
         draft_steps: 20,
         final_steps: 50,
         guidance: 5.0,
@@ -230,102 +235,99 @@ impl Catalog {
     }
 
     /// Adds the `[[model]]` entries of a catalog file's text; `origin` names it in errors.
+    /// Re-declared built-ins go first, so an entry on such a `base` copies the re-declared
+    /// settings wherever it stands in the file; the others follow in file order.
     pub fn add_toml(&mut self, text: &str, origin: &str) -> Result<(), CatalogError> {
-        let error = |path: String, reason: String| CatalogError {
-            origin: origin.to_string(),
-            path,
-            reason,
+        let docs = entry_docs(text, origin)?;
+        let at = |index: usize| {
+            move |(field, reason): (String, String)| CatalogError {
+                origin: origin.to_string(),
+                path: format!("model[{index}].{field}"),
+                reason,
+            }
         };
-        if text.len() > MAX_FILE_BYTES {
-            return Err(error(
-                "file".into(),
+        let (redeclarations, others): (Vec<_>, Vec<_>) = docs
+            .into_iter()
+            .partition(|(_, doc)| doc.redeclares_builtin());
+        let mut redeclared = BTreeMap::new();
+        for (index, doc) in redeclarations {
+            self.redeclare(index, doc, &mut redeclared)
+                .map_err(at(index))?;
+        }
+        for (index, doc) in others {
+            self.add_entry(doc, &redeclared).map_err(at(index))?;
+        }
+        Ok(())
+    }
+
+    /// A built-in re-declared (its id, no `base`): the built-in as shipped is its base, its
+    /// backend stays, and the entry replaces it. `redeclared`: the index of each built-in's
+    /// re-declaration so far (once per file).
+    fn redeclare(
+        &mut self,
+        index: usize,
+        doc: EntryDoc,
+        redeclared: &mut BTreeMap<String, usize>,
+    ) -> Result<(), (String, String)> {
+        if let Some(first) = redeclared.get(&doc.id) {
+            return Err((
+                "id".to_string(),
                 format!(
-                    "is {} bytes; a catalog file is at most {MAX_FILE_BYTES}",
-                    text.len()
+                    "{:?} is re-declared twice (first at model[{first}]); a file re-declares a built-in once",
+                    doc.id
                 ),
             ));
         }
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-            error(
-                "file".into(),
-                e.message().to_string()
-                    + &e.span()
-                        .map_or(String::new(), |s| format!(" (at byte {})", s.start)),
-            )
+        let builtin = Catalog::builtin();
+        let shipped = builtin
+            .get(&doc.id)
+            .expect("a re-declaration names a built-in")
+            .backend;
+        if let Some(name) = &doc.backend
+            && parse_backend(name)? != shipped
+        {
+            return Err((
+                "backend".to_string(),
+                format!(
+                    "{name:?}: a re-declared built-in keeps its backend ({})",
+                    shipped.name()
+                ),
+            ));
+        }
+        redeclared.insert(doc.id.clone(), index);
+        let entry = builtin.resolve(EntryDoc {
+            base: Some(doc.id.clone()),
+            ..doc
         })?;
-        let models = match table.remove("model") {
-            None => Vec::new(),
-            Some(toml::Value::Array(models)) => models,
-            Some(_) => {
-                return Err(error(
-                    "model".into(),
-                    "must be a list of [[model]] tables".into(),
-                ));
-            }
-        };
-        if let Some(key) = table.keys().next() {
-            return Err(error(
-                key.clone(),
-                "unknown key; a catalog file holds only [[model]] tables".into(),
-            ));
-        }
-        if models.len() > MAX_ENTRIES {
-            return Err(error(
-                "model".into(),
-                format!("{} entries; at most {MAX_ENTRIES}", models.len()),
-            ));
-        }
-        let mut redeclared_ids: Vec<String> = Vec::new();
-        for (index, value) in models.into_iter().enumerate() {
-            // One entry at a time, so a wrong type names its field, not a byte offset.
-            let doc: EntryDoc = serde_path_to_error::deserialize(value).map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." {
-                    String::new()
-                } else {
-                    format!(".{path}")
-                };
-                let reason = e.into_inner().to_string();
-                let reason = reason.lines().next().unwrap_or_default().to_string();
-                error(format!("model[{index}]{field}"), reason)
-            })?;
-            // A file may re-declare a built-in model once (to say where its weights are, or
-            // change a setting): the built-in is then its base.
-            let redeclared =
-                doc.base.is_none() && is_builtin(&doc.id) && !redeclared_ids.contains(&doc.id);
-            if !redeclared && self.entries.contains_key(&doc.id) {
-                return Err(error(
-                    format!("model[{index}].id"),
-                    format!("{:?} is already in the catalog", doc.id),
-                ));
-            }
-            let doc = if redeclared {
-                redeclared_ids.push(doc.id.clone());
-                EntryDoc {
-                    base: Some(doc.id.clone()),
-                    ..doc
-                }
-            } else {
-                doc
+        self.entries.insert(entry.id.clone(), entry);
+        Ok(())
+    }
+
+    /// A new model: an id no entry has, made whole on its `base` (if any).
+    fn add_entry(
+        &mut self,
+        doc: EntryDoc,
+        redeclared: &BTreeMap<String, usize>,
+    ) -> Result<(), (String, String)> {
+        // A built-in's id with a `base` (a re-declaration has none).
+        if is_builtin(&doc.id) {
+            let reason = match redeclared.get(&doc.id) {
+                Some(first) => format!(
+                    "{:?} is a built-in re-declared at model[{first}]; a file re-declares a built-in once",
+                    doc.id
+                ),
+                None => format!("{:?} is a built-in: drop `base` to re-declare it", doc.id),
             };
-            let entry = if redeclared {
-                let builtin = Catalog::builtin();
-                builtin.resolve(doc)
-            } else {
-                self.resolve(doc)
-            }
-            .map_err(|(field, reason)| error(format!("model[{index}].{field}"), reason))?;
-            if redeclared {
-                self.entries.remove(&entry.id);
-            }
-            if self.entries.contains_key(&entry.id) {
-                return Err(error(
-                    format!("model[{index}].id"),
-                    format!("{:?} is already in the catalog", entry.id),
-                ));
-            }
-            self.entries.insert(entry.id.clone(), entry);
+            return Err(("base".to_string(), reason));
         }
+        if self.entries.contains_key(&doc.id) {
+            return Err((
+                "id".to_string(),
+                format!("{:?} is already in the catalog", doc.id),
+            ));
+        }
+        let entry = self.resolve(doc)?;
+        self.entries.insert(entry.id.clone(), entry);
         Ok(())
     }
 
@@ -373,14 +375,7 @@ impl Catalog {
             )
         };
         let backend = match doc.backend.as_deref() {
-            Some("tiny") => Backend::Tiny,
-            Some("wan") => Backend::Wan,
-            Some(other) => {
-                return Err((
-                    field("backend"),
-                    format!("unknown backend {other:?}; available: tiny, wan"),
-                ));
-            }
+            Some(name) => parse_backend(name)?,
             None => base
                 .as_ref()
                 .map(|b| b.backend)
@@ -438,6 +433,87 @@ fn is_builtin(id: &str) -> bool {
     Catalog::builtin().get(id).is_some()
 }
 
+/// A file's `backend`: the ones a file may name (not `simulated`).
+fn parse_backend(name: &str) -> Result<Backend, (String, String)> {
+    match name {
+        "tiny" => Ok(Backend::Tiny),
+        "wan" => Ok(Backend::Wan),
+        other => Err((
+            "backend".to_string(),
+            format!("unknown backend {other:?}; available: tiny, wan"),
+        )),
+    }
+}
+
+/// A catalog file's `[[model]]` entries, each with its index in the file.
+fn entry_docs(text: &str, origin: &str) -> Result<Vec<(usize, EntryDoc)>, CatalogError> {
+    let error = |path: String, reason: String| CatalogError {
+        origin: origin.to_string(),
+        path,
+        reason,
+    };
+    if text.len() > MAX_FILE_BYTES {
+        return Err(error(
+            "file".into(),
+            format!(
+                "is {} bytes; a catalog file is at most {MAX_FILE_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        error(
+            "file".into(),
+            e.message().to_string()
+                + &e.span()
+                    .map_or(String::new(), |s| format!(" (at byte {})", s.start)),
+        )
+    })?;
+    let models = match table.remove("model") {
+        None => Vec::new(),
+        Some(toml::Value::Array(models)) => models,
+        Some(_) => {
+            return Err(error(
+                "model".into(),
+                "must be a list of [[model]] tables".into(),
+            ));
+        }
+    };
+    if let Some(key) = table.keys().next() {
+        return Err(error(
+            key.clone(),
+            "unknown key; a catalog file holds only [[model]] tables".into(),
+        ));
+    }
+    if models.len() > MAX_ENTRIES {
+        return Err(error(
+            "model".into(),
+            format!("{} entries; at most {MAX_ENTRIES}", models.len()),
+        ));
+    }
+    models
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| {
+            // One entry at a time, so a wrong type names its field, not a byte offset.
+            let doc: EntryDoc = serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    String::new()
+                } else {
+                    format!(".{path}")
+                };
+                let reason = e.into_inner().to_string();
+                let reason = reason.lines().next().unwrap_or_default().to_string();
+                error(format!("model[{index}]{field}"), reason)
+            })?;
+            Ok((index, doc))
+        })
+        .collect()
+}
+
+/// Frames per latent frame of the Wan VAE: a wan entry cannot change it.
+const WAN_TEMPORAL_STRIDE: u32 = 4;
 const MAX_FILE_BYTES: usize = 1 << 20;
 const MAX_ENTRIES: usize = 1000;
 
@@ -463,10 +539,25 @@ fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
                 ),
             );
         }
+        (Backend::Wan, None) => {
+            return fail(
+                "native_fps",
+                "is required: the wan backend renders at its own rate (Wan 2.1: 16)".to_string(),
+            );
+        }
         (_, Some(fps)) if !(8..=60).contains(&fps) => {
             return fail("native_fps", format!("must be within 8..=60, got {fps}"));
         }
         _ => {}
+    }
+    if entry.backend == Backend::Wan && entry.temporal_stride != WAN_TEMPORAL_STRIDE {
+        return fail(
+            "temporal_stride",
+            format!(
+                "must be {WAN_TEMPORAL_STRIDE} for the wan backend (the Wan VAE's), got {}",
+                entry.temporal_stride
+            ),
+        );
     }
     if !(entry.window_seconds.is_finite() && (1.0..=600.0).contains(&entry.window_seconds)) {
         return fail(
@@ -542,6 +633,13 @@ struct EntryDoc {
     guidance: Option<f32>,
     memory: Option<MemoryDoc>,
     weights: Option<String>,
+}
+
+impl EntryDoc {
+    /// A built-in's id without `base`: the file re-declares that built-in.
+    fn redeclares_builtin(&self) -> bool {
+        self.base.is_none() && is_builtin(&self.id)
+    }
 }
 
 /// A `[model.memory]` table: the coefficients it gives, over the base's.

@@ -103,17 +103,131 @@ fn a_file_redeclares_a_builtin_once_to_say_where_its_weights_are() {
         (wan.backend, wan.native_fps, wan.final_steps),
         (Backend::Wan, Some(16), 50)
     );
-    let twice = "[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/a\"\n\n[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/b\"\n";
-    assert_eq!(
-        error_of(twice),
-        "models.toml: model[1].id: \"wan2.1-t2v-1.3b\" is already in the catalog"
-    );
     // A wan entry of its own, on the built-in's settings.
     let catalog = with("[[model]]\nid = \"wan-mine\"\nbase = \"wan2.1-t2v-1.3b\"\nweights = \"/w\"\nnative_fps = 24\n").unwrap();
     assert_eq!(catalog.require("wan-mine").unwrap().native_fps, Some(24));
     assert!(
         error_of("[[model]]\nid = \"w\"\nbase = \"wan2.1-t2v-1.3b\"\nnative_fps = 100\n")
             .contains("model[0].native_fps: must be within 8..=60, got 100")
+    );
+}
+
+#[test]
+fn an_entry_on_a_redeclared_builtin_copies_the_redeclaration_wherever_it_stands() {
+    let before = "[[model]]\nid = \"wan-mine\"\nbase = \"wan2.1-t2v-1.3b\"\nfinal_steps = 30\n\n[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/models/wan\"\ndraft_steps = 12\n";
+    let after = "[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/models/wan\"\ndraft_steps = 12\n\n[[model]]\nid = \"wan-mine\"\nbase = \"wan2.1-t2v-1.3b\"\nfinal_steps = 30\n";
+    for text in [before, after] {
+        let catalog = with(text).unwrap();
+        let mine = catalog.require("wan-mine").unwrap();
+        assert_eq!(mine.weights.as_deref(), Some("/models/wan"), "{text}");
+        assert_eq!((mine.draft_steps, mine.final_steps), (12, 30), "{text}");
+        assert_eq!(
+            catalog
+                .require(WAN_2_1_T2V_1_3B)
+                .unwrap()
+                .weights
+                .as_deref(),
+            Some("/models/wan")
+        );
+    }
+    // Errors still name each entry's place in the file, whichever pass finds them.
+    let bad_first = "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\ndraft_steps = 0\n\n[[model]]\nid = \"reelfarm-tiny\"\ndraft_steps = 300\n";
+    assert_eq!(
+        error_of(bad_first),
+        "models.toml: model[1].draft_steps: must be within 1..=200, got 300"
+    );
+    assert_eq!(
+        error_of(&bad_first.replace("draft_steps = 300", "draft_steps = 3")),
+        "models.toml: model[0].draft_steps: must be within 1..=200, got 0"
+    );
+}
+
+#[test]
+fn a_redeclared_builtin_keeps_its_backend() {
+    assert_eq!(
+        error_of("[[model]]\nid = \"reelfarm-tiny\"\nbackend = \"wan\"\nnative_fps = 16\n"),
+        "models.toml: model[0].backend: \"wan\": a re-declared built-in keeps its backend (tiny)"
+    );
+    assert_eq!(
+        error_of("[[model]]\nid = \"wan2.1-t2v-1.3b\"\nbackend = \"tiny\"\n"),
+        "models.toml: model[0].backend: \"tiny\": a re-declared built-in keeps its backend (wan)"
+    );
+    assert_eq!(
+        error_of("[[model]]\nid = \"reelfarm-tiny\"\nbackend = \"sora\"\n"),
+        "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny, wan"
+    );
+    // Naming the backend it has is allowed.
+    let catalog =
+        with("[[model]]\nid = \"reelfarm-tiny\"\nbackend = \"tiny\"\ndraft_steps = 4\n").unwrap();
+    let tiny = catalog.require(REELFARM_TINY).unwrap();
+    assert_eq!((tiny.backend, tiny.draft_steps), (Backend::Tiny, 4));
+}
+
+#[test]
+fn a_builtin_id_is_redeclared_once_and_without_base() {
+    assert_eq!(
+        error_of("[[model]]\nid = \"reelfarm-tiny\"\nbase = \"reelfarm-tiny\"\n"),
+        "models.toml: model[0].base: \"reelfarm-tiny\" is a built-in: drop `base` to re-declare it"
+    );
+    assert_eq!(
+        error_of("[[model]]\nid = \"reelfarm-tiny\"\nbase = \"wan2.1-t2v-1.3b\"\n"),
+        "models.toml: model[0].base: \"reelfarm-tiny\" is a built-in: drop `base` to re-declare it"
+    );
+    let twice = "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n\n[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/a\"\n\n[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/b\"\n";
+    assert_eq!(
+        error_of(twice),
+        "models.toml: model[2].id: \"wan2.1-t2v-1.3b\" is re-declared twice (first at model[1]); a file re-declares a built-in once"
+    );
+    let then_based = "[[model]]\nid = \"wan2.1-t2v-1.3b\"\nweights = \"/a\"\n\n[[model]]\nid = \"wan2.1-t2v-1.3b\"\nbase = \"wan2.1-t2v-1.3b\"\n";
+    assert_eq!(
+        error_of(then_based),
+        "models.toml: model[1].base: \"wan2.1-t2v-1.3b\" is a built-in re-declared at model[0]; a file re-declares a built-in once"
+    );
+}
+
+#[test]
+fn a_wan_entry_has_a_native_rate_and_the_wan_vae_stride() {
+    let full = r#"
+        [[model]]
+        id = "my-wan"
+        backend = "wan"
+        native_fps = 16
+        window_seconds = 5
+        temporal_stride = 4
+        draft_steps = 20
+        final_steps = 50
+        guidance = 5.0
+        weights = "/models/my-wan"
+        [model.memory]
+        fixed_bytes = 2e9
+        bytes_per_token = 5e4
+        guidance_branches = 2
+        downsample = 16
+        decode_bytes_per_pixel = 100
+        weights_bytes = 3e9
+        seconds_per_token_step = 1e-7
+        "#;
+    let catalog = with(full).unwrap();
+    assert_eq!(catalog.require("my-wan").unwrap().native_fps, Some(16));
+    assert_eq!(
+        error_of(&full.replace("native_fps = 16\n", "")),
+        "models.toml: model[0].native_fps: is required: the wan backend renders at its own rate (Wan 2.1: 16)"
+    );
+    assert_eq!(
+        error_of(&full.replace("temporal_stride = 4", "temporal_stride = 8")),
+        "models.toml: model[0].temporal_stride: must be 4 for the wan backend (the Wan VAE's), got 8"
+    );
+    assert_eq!(
+        error_of("[[model]]\nid = \"w\"\nbase = \"wan2.1-t2v-1.3b\"\ntemporal_stride = 8\n"),
+        "models.toml: model[0].temporal_stride: must be 4 for the wan backend (the Wan VAE's), got 8"
+    );
+    assert_eq!(
+        error_of("[[model]]\nid = \"wan2.1-t2v-1.3b\"\ntemporal_stride = 8\n"),
+        "models.toml: model[0].temporal_stride: must be 4 for the wan backend (the Wan VAE's), got 8"
+    );
+    assert_eq!(
+        error_of(&full.replace("native_fps = 16", "native_fps = 61")),
+        "models.toml: model[0].native_fps: must be within 8..=60, got 61"
     );
 }
 
@@ -165,8 +279,8 @@ fn file_errors_name_the_entry_and_the_field() {
             "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny, wan",
         ),
         (
-            "[[model]]\nid = \"reelfarm-tiny\"\nbase = \"reelfarm-tiny\"\n",
-            "models.toml: model[0].id: \"reelfarm-tiny\" is already in the catalog",
+            "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n\n[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n",
+            "models.toml: model[1].id: \"x\" is already in the catalog",
         ),
         (
             "[[model]]\nid = \"Bad Id\"\nbase = \"reelfarm-tiny\"\n",

@@ -233,10 +233,13 @@ impl Run<'_> {
                     Some(pb::assignment::Task::Segment(task_message)) => {
                         let workload = &self.trace.workloads[trace_sequence.workload];
                         let model = self.trace.model(trace_sequence.workload);
+                        // As the planner prices it: a model with its own rate renders
+                        // its native frames.
                         let shape = SegmentShape {
                             width: task_message.width,
                             height: task_message.height,
-                            frames: task_message.render_frames,
+                            frames: model
+                                .model_frames(task_message.render_frames, task_message.fps),
                             tiled_decode: task_message.low_memory,
                         };
                         let work = model.work_seconds(&shape, task_message.steps)
