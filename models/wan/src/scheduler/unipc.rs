@@ -217,15 +217,7 @@ impl UniPcSampler {
         let linear =
             (last_sample.affine(f64::from(c.sample), 0.0)? - m0.affine(f64::from(c.x0), 0.0)?)?;
         let device = last_sample.device();
-        let mut residual: Option<Tensor> = None;
-        for (k, m_k) in self.earlier(order)?.into_iter().enumerate() {
-            let term =
-                difference(m_k, m0, c.ratios[k], device)?.affine(f64::from(c.rhos[k]), 0.0)?;
-            residual = Some(match residual {
-                None => term,
-                Some(sum) => (sum + term)?,
-            });
-        }
+        let residual = self.weighted_differences(order, m0, &c, device)?;
         let new = (model_t - m0)?.affine(f64::from(c.rhos[order - 1]), 0.0)?;
         let residual = match residual {
             None => new,
@@ -254,19 +246,31 @@ impl UniPcSampler {
         let linear =
             (sample.affine(f64::from(c.sample), 0.0)? - m0.affine(f64::from(c.x0), 0.0)?)?;
         let device = sample.device();
-        let mut residual: Option<Tensor> = None;
-        for (k, m_k) in self.earlier(order)?.into_iter().enumerate() {
-            let term =
-                difference(m_k, m0, c.ratios[k], device)?.affine(f64::from(c.rhos[k]), 0.0)?;
-            residual = Some(match residual {
-                None => term,
-                Some(sum) => (sum + term)?,
-            });
-        }
+        let residual = self.weighted_differences(order, m0, &c, device)?;
         match residual {
             None => Ok(linear),
             Some(residual) => Ok((linear - residual.affine(f64::from(c.residual), 0.0)?)?),
         }
+    }
+
+    /// Σ_k ρ_k·D_k over the earlier predictions (none at order 1), summed in order as diffusers.
+    fn weighted_differences(
+        &self,
+        order: usize,
+        m0: &Tensor,
+        c: &Coefficients,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
+        let mut sum: Option<Tensor> = None;
+        for (k, m_k) in self.earlier(order)?.into_iter().enumerate() {
+            let term =
+                difference(m_k, m0, c.ratios[k], device)?.affine(f64::from(c.rhos[k]), 0.0)?;
+            sum = Some(match sum {
+                None => term,
+                Some(sum) => (sum + term)?,
+            });
+        }
+        Ok(sum)
     }
 
     fn newest(&self) -> Result<&Tensor> {
