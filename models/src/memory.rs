@@ -191,6 +191,8 @@ pub const REELFARM_TINY_MEMORY: MemoryModel = MemoryModel {
     seconds_per_token_step: 9e-7,
 };
 
+/// Calibrated on the published peak: 8.2 GB at 480p (832×480), 81 frames, on an RTX 4090 with
+/// the text encoder on the CPU (the test below holds this formula within 2 % of it).
 /// Wan 2.1 T2V 1.3B (bf16, text encoder kept on the CPU): 1.3e9 × 2 bytes of transformer,
 /// 0.25 GB of VAE, 0.5 GB of runtime; hidden 1536 × 2 bytes × 12 live copies per token per
 /// branch, both branches batched; the VAE decodes 4-frame chunks at 1 KiB per pixel and
@@ -223,7 +225,8 @@ pub const WAN_2_2_5B_MEMORY: MemoryModel = MemoryModel {
     seconds_per_token_step: 1.4e-3,
 };
 
-/// Wan 2.1 T2V 14B (bf16, umT5-XXL kept on the GPU).
+/// Wan 2.1 T2V 14B (bf16, umT5-XXL kept on the GPU). Calibrated on the published peak:
+/// 69.1 GB at 720p (1280×720), 81 frames, on one H100 (the test below holds it within 2 %).
 pub const WAN_2_1_14B_MEMORY: MemoryModel = MemoryModel {
     fixed_bytes: 14.0e9 * 2.0 + 11.4e9 + 0.25e9 + 0.5e9,
     bytes_per_token: 5120.0 * 2.0 * 12.0,
