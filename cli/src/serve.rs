@@ -60,6 +60,7 @@ async fn start_telemetry(
     Ok(telemetry)
 }
 
+#[cfg(feature = "worker")]
 /// A Wan runtime renders on the worker's first CUDA device: refuse what would put it
 /// elsewhere without saying so (several GPUs placed on as one, or a GPU node on the CPU).
 fn check_wan_devices(
@@ -96,6 +97,7 @@ fn check_wan_devices(
     Ok(())
 }
 
+#[cfg(feature = "worker")]
 /// `$XDG_CACHE_HOME/reelfarm/weights`, else `~/.cache/reelfarm/weights`, else a directory under
 /// the system's temporary directory.
 fn default_weights_cache() -> std::path::PathBuf {
