@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use reelfarm_wan::bench::{StepBench, time_model, time_step};
+use reelfarm_wan::pipeline::WanOptions;
 use reelfarm_wan::transformer::TransformerConfig;
 use reelfarm_wan::weights::{Checkpoint, Component};
 use serde::Serialize;
@@ -72,12 +73,8 @@ pub fn run_bench(args: &BenchWanArgs) -> Result<WanBench> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let device = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
-    let dtype = if device.is_cuda() {
-        DType::BF16
-    } else {
-        DType::F32
-    };
+    // Where and how a worker would run it.
+    let WanOptions { device, dtype, .. } = WanOptions::best_available();
     let config = match (&args.weights, args.random_weights) {
         (Some(root), _) => {
             Checkpoint::open(root)?.config::<TransformerConfig>(Component::Transformer)?
@@ -92,7 +89,7 @@ pub fn run_bench(args: &BenchWanArgs) -> Result<WanBench> {
         Some(root) => time_checkpoint(root, &config, size, args.runs, &device, dtype)?,
         None => time_step(&config, size, 512, args.runs, &device, dtype)?,
     };
-    let peak_rss_bytes = peak_rss_bytes();
+    let peak_rss_bytes = crate::sim::peak_rss_bytes();
     let reference = match &args.reference {
         Some(python) => Some(reference_step(python, args)?),
         None => None,
@@ -160,14 +157,6 @@ fn reference_step(python: &Path, args: &BenchWanArgs) -> Result<ReferenceStep> {
         .find(|line| line.starts_with('{'))
         .context("the reference bench printed no JSON")?;
     Ok(serde_json::from_str(line)?)
-}
-
-/// The process's peak resident set (`VmHWM`).
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
 }
 
 pub fn print_bench(bench: &WanBench) {

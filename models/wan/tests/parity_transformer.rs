@@ -6,13 +6,17 @@ use candle_core::{DType, Device, Tensor};
 use reelfarm_wan::transformer::{TransformerConfig, WanTransformer};
 use reelfarm_wan::weights::{Checkpoint, Component};
 
-fn tiny() -> WanTransformer {
+fn tiny_in(dtype: DType) -> WanTransformer {
     let checkpoint = Checkpoint::open(common::tiny_checkpoint()).unwrap();
     let config: TransformerConfig = checkpoint.config(Component::Transformer).unwrap();
     let vb = checkpoint
-        .var_builder(Component::Transformer, DType::F32, &Device::Cpu)
+        .var_builder(Component::Transformer, dtype, &Device::Cpu)
         .unwrap();
     WanTransformer::new(&config, vb).unwrap()
+}
+
+fn tiny() -> WanTransformer {
+    tiny_in(DType::F32)
 }
 
 #[test]
@@ -56,12 +60,7 @@ fn a_bf16_forward_stays_near_the_reference() {
     // bf16 keeps 8 bits of mantissa (relative rounding ~4e-3 per op); through 2 blocks the
     // reference's own bf16 run lands about 1e-2 of scale off its f32 output. This catches a
     // dtype mix-up (an op that fails or a tensor left in the wrong precision), not ulps.
-    let checkpoint = Checkpoint::open(common::tiny_checkpoint()).unwrap();
-    let config: TransformerConfig = checkpoint.config(Component::Transformer).unwrap();
-    let vb = checkpoint
-        .var_builder(Component::Transformer, DType::BF16, &Device::Cpu)
-        .unwrap();
-    let model = WanTransformer::new(&config, vb).unwrap();
+    let model = tiny_in(DType::BF16);
     let io = common::load("transformer");
     let out = model
         .forward(

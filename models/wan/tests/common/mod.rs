@@ -48,20 +48,15 @@ pub fn assert_close_within(what: &str, actual: &Tensor, expected: &Tensor, relat
         actual.dims(),
         expected.dims()
     );
-    let a = actual
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let e = expected
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let values = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (a, e) = (values(actual), values(expected));
     let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
     let (worst, error) = a
         .iter()
