@@ -65,27 +65,48 @@ impl LocalBlobStore {
     }
 }
 
+/// Writes beside the target under a name no other write uses, syncs, renames, and syncs
+/// the folder: a reader sees the old object or the new one, a crash loses neither, and a
+/// failed write leaves nothing behind.
+fn write_durably(root: &Path, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let io_error =
+        |error: std::io::Error| Error::Unavailable(format!("writing {}: {error}", path.display()));
+    let parent = path.parent().unwrap_or(root);
+    std::fs::create_dir_all(parent).map_err(io_error)?;
+    let temporary = parent.join(format!(
+        ".{}.{}-{}.partial",
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("object"),
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        std::fs::File::open(parent)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.map_err(io_error)
+}
+
 #[async_trait]
 impl BlobStore for LocalBlobStore {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), Error> {
         let path = self.path_of(key)?;
-        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        let io_error = |error: std::io::Error| {
-            Error::Unavailable(format!("writing {}: {error}", path.display()))
-        };
-        tokio::fs::create_dir_all(&parent).await.map_err(io_error)?;
-        // Write beside the target, then rename: a reader sees the old object or the new one.
-        let temporary = parent.join(format!(
-            ".{}.{}.partial",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object"),
-            std::process::id()
-        ));
-        tokio::fs::write(&temporary, &bytes)
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || write_durably(&root, &path, &bytes))
             .await
-            .map_err(io_error)?;
-        tokio::fs::rename(&temporary, &path).await.map_err(io_error)
+            .map_err(|error| Error::Internal(format!("writing {key}: {error}")))?
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, Error> {
@@ -258,6 +279,62 @@ impl<S: BlobStore> BlobStore for MeteredBlobStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leftovers(root: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut folders = vec![root.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path.to_string_lossy().ends_with(".partial") {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_to_one_key_never_collide_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalBlobStore::new(dir.path()).unwrap());
+        let writers: Vec<_> = (0..16u8)
+            .map(|writer| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .put("shared/key.bin", Bytes::from(vec![writer; 100_000]))
+                        .await
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        let stored = store.get("shared/key.bin").await.unwrap();
+        assert_eq!(stored.len(), 100_000);
+        assert!(
+            stored.iter().all(|&byte| byte == stored[0]),
+            "one writer's object, whole"
+        );
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(dir.path()).unwrap();
+        // A folder where the object should go: the rename fails.
+        std::fs::create_dir_all(dir.path().join("taken/key/inside")).unwrap();
+        let error = store
+            .put("taken/key", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Unavailable(_)), "{error}");
+        assert!(leftovers(dir.path()).is_empty());
+    }
 
     #[tokio::test]
     async fn local_store_passes_the_conformance_suite() {

@@ -25,14 +25,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::farm::{
-    AssignmentRecord, DeviceRecord, Farm, FarmEvent, SequenceId, SequenceRecord, SequenceState,
-    TaskRecord, TaskRef, TaskState, WorkerRecord,
+    AssignmentRecord, DeviceRecord, Farm, FarmEvent, Quarantined, SequenceId, SequenceRecord,
+    SequenceState, TaskRecord, TaskRef, TaskState, WorkerRecord,
 };
 use crate::planner;
 
 pub const SEQUENCES: &str = "sequences/";
 pub const WORKERS: &str = "workers/";
 pub const LEADER: &str = "leader";
+/// A transition too big for one state-store transaction, written whole before any of it is
+/// applied (see `encode_intent`).
+pub const INTENT: &str = "intent";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PhaseDoc {
@@ -280,133 +283,188 @@ fn decode<T: for<'a> Deserialize<'a>>(key: &str, bytes: &[u8]) -> Result<T, Erro
         .map_err(|error| Error::Internal(format!("record {key} does not decode: {error}")))
 }
 
+/// What a new leader rebuilt from the records, and what it could not read.
+#[derive(Debug)]
+pub struct Restored {
+    pub farm: Farm,
+    /// Worker records that did not decode: those workers are left out (they register
+    /// again when they reconnect).
+    pub unreadable_workers: Vec<String>,
+}
+
 /// Rebuilds the farm a leader left behind: sequences with their plans (re-planned from the
 /// stored spec, which is deterministic), outstanding assignments, and the workers whose
 /// leases still live, disconnected until they reconnect.
+///
+/// One unreadable record never stops a restore: its sequence is quarantined (reported
+/// failed, with the reason; its records are left untouched for inspection) and every other
+/// sequence carries on.
 pub fn restore(
     max_attempts: u32,
     catalog: &Catalog,
     records: &BTreeMap<String, Vec<u8>>,
     workers: &BTreeMap<String, Vec<u8>>,
-) -> Result<Farm, Error> {
+) -> Restored {
     let mut farm = Farm::new(max_attempts);
+    let mut unreadable_workers = Vec::new();
     for (id, bytes) in workers {
-        let doc: WorkerDoc = decode(&worker_key(id), bytes)?;
-        farm.workers.insert(
-            id.clone(),
-            WorkerRecord {
-                id: id.clone(),
-                name: doc.name,
-                models: doc.models,
-                devices: doc
-                    .devices
-                    .into_iter()
-                    .map(|device| DeviceRecord {
-                        device: pb::Device {
-                            index: device.index,
-                            kind: device.kind,
-                            name: device.name,
-                            memory_total_bytes: device.memory_total_bytes,
-                            uuid: device.uuid,
-                            class: device.class,
-                            speed: device.speed,
-                            ..Default::default()
-                        },
-                        reserved_bytes: 0,
-                        running: Vec::new(),
-                        resident_models: Vec::new(),
-                    })
-                    .collect(),
-                connected: false,
-                draining: false,
-            },
-        );
+        match decode::<WorkerDoc>(&worker_key(id), bytes) {
+            Ok(doc) => {
+                farm.workers.insert(id.clone(), worker_from_doc(id, doc));
+            }
+            Err(error) => unreadable_workers.push(error.to_string()),
+        }
     }
-    let ids: Vec<&str> = records
+    let ids: BTreeSet<&str> = records
         .keys()
-        .filter_map(|key| key.strip_prefix(SEQUENCES)?.strip_suffix("/status"))
+        .filter_map(|key| key.strip_prefix(SEQUENCES)?.split('/').next())
         .collect();
     for id in ids {
-        let status_key = format!("{SEQUENCES}{id}/status");
-        let doc: SequenceDoc = decode(&status_key, &records[&status_key])?;
-        let spec_key = format!("{SEQUENCES}{id}/spec");
-        let sequence = sequence_from_stored(
-            records
-                .get(&spec_key)
-                .ok_or_else(|| Error::Internal(format!("{spec_key} is missing")))?,
-            catalog,
-        )?;
-        let model = catalog
-            .require(&sequence.model)
-            .map_err(|unknown| Error::Internal(format!("sequence {id}: {unknown}")))?;
-        let plan = planner::plan(&sequence, model);
-        let task = |name: &str| -> Result<TaskRecord, Error> {
-            let key = task_key(id, name);
-            let doc: TaskDoc = decode(
-                &key,
-                records
-                    .get(&key)
-                    .ok_or_else(|| Error::Internal(format!("{key} is missing")))?,
-            )?;
-            Ok(TaskRecord {
-                state: task_state_from(&doc.state)?,
-                attempt: doc.attempt,
-                assignment_id: doc.assignment_id,
-                worker: doc.worker,
-                device_slot: doc.device_slot,
-                progress_done: 0,
-                progress_total: 0,
-                error: doc.error,
-                output_key: doc.output_key,
-                memory_estimate_bytes: doc.memory_estimate_bytes,
-                peak_memory_bytes: doc.peak_memory_bytes,
-                reserved_bytes: doc.reserved_bytes,
-                device_index: doc.device_index,
-                oom_count: doc.oom_count,
-                min_gpu_bytes: doc.min_gpu_bytes,
-                low_memory: doc.low_memory,
-                ready_since_unix_s: 0.0,
-            })
-        };
-        let segments = plan
-            .segments
-            .iter()
-            .map(|planned| task(&planned.id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let stitch = task("stitch")?;
-        if let Some(key) = &doc.idempotency_key {
-            farm.idempotency_keys.insert(key.clone(), id.to_string());
+        match restore_sequence(catalog, records, id) {
+            Ok(record) => {
+                if let Some(key) = &record.idempotency_key {
+                    farm.idempotency_keys.insert(key.clone(), id.to_string());
+                }
+                farm.next_submit_order = farm.next_submit_order.max(record.submit_order + 1);
+                farm.sequences.insert(id.to_string(), record);
+                restore_assignments(&mut farm, &id.to_string());
+            }
+            Err(error) => {
+                let error = match error {
+                    Error::Internal(message) => message,
+                    other => other.to_string(),
+                };
+                let submitted_unix_s = records
+                    .get(&format!("{SEQUENCES}{id}/status"))
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+                    .and_then(|doc| doc.get("submitted_unix_s")?.as_f64())
+                    .unwrap_or(0.0);
+                farm.quarantined.insert(
+                    id.to_string(),
+                    Quarantined {
+                        id: id.to_string(),
+                        error: format!(
+                            "quarantined: its records could not be restored ({error}); they are \
+                             left as they were for inspection"
+                        ),
+                        submitted_unix_s,
+                    },
+                );
+            }
         }
-        let idempotency_key = doc.idempotency_key.clone();
-        farm.next_submit_order = farm.next_submit_order.max(doc.submit_order + 1);
-        let record = SequenceRecord {
-            id: id.to_string(),
-            submit_order: doc.submit_order,
-            sequence,
-            plan,
-            segments,
-            stitch,
-            state: sequence_state_from(&doc.state)?,
-            submitted_unix_s: doc.submitted_unix_s,
-            finished_unix_s: doc.finished_unix_s,
-            error: doc.error,
-            phases: doc
-                .phases
-                .into_iter()
-                .map(|phase| pb::TimedPhase {
-                    kind: phase.kind,
-                    start_unix_s: phase.start_unix_s,
-                    end_unix_s: phase.end_unix_s,
-                    task_id: phase.task_id,
-                })
-                .collect(),
-            traceparent: doc.traceparent,
-            idempotency_key,
-        };
-        farm.sequences.insert(id.to_string(), record);
-        restore_assignments(&mut farm, &id.to_string());
     }
-    Ok(farm)
+    Restored {
+        farm,
+        unreadable_workers,
+    }
+}
+
+fn worker_from_doc(id: &str, doc: WorkerDoc) -> WorkerRecord {
+    WorkerRecord {
+        id: id.to_string(),
+        name: doc.name,
+        models: doc.models,
+        devices: doc
+            .devices
+            .into_iter()
+            .map(|device| DeviceRecord {
+                device: pb::Device {
+                    index: device.index,
+                    kind: device.kind,
+                    name: device.name,
+                    memory_total_bytes: device.memory_total_bytes,
+                    uuid: device.uuid,
+                    class: device.class,
+                    speed: device.speed,
+                    ..Default::default()
+                },
+                reserved_bytes: 0,
+                running: Vec::new(),
+                resident_models: Vec::new(),
+            })
+            .collect(),
+        connected: false,
+        draining: false,
+    }
+}
+
+fn required<'a>(records: &'a BTreeMap<String, Vec<u8>>, key: &str) -> Result<&'a [u8], Error> {
+    records
+        .get(key)
+        .map(Vec::as_slice)
+        .ok_or_else(|| Error::Internal(format!("{key} is missing")))
+}
+
+/// One sequence from its records; any record missing or unreadable is an error naming it.
+fn restore_sequence(
+    catalog: &Catalog,
+    records: &BTreeMap<String, Vec<u8>>,
+    id: &str,
+) -> Result<SequenceRecord, Error> {
+    let status_key = format!("{SEQUENCES}{id}/status");
+    let doc: SequenceDoc = decode(&status_key, required(records, &status_key)?)?;
+    let spec_key = format!("{SEQUENCES}{id}/spec");
+    let sequence = sequence_from_stored(required(records, &spec_key)?, catalog)
+        .map_err(|error| Error::Internal(format!("{spec_key}: {error}")))?;
+    let model = catalog
+        .require(&sequence.model)
+        .map_err(|unknown| Error::Internal(format!("{spec_key}: {unknown}")))?;
+    let plan = planner::plan(&sequence, model);
+    let task = |name: &str| -> Result<TaskRecord, Error> {
+        let key = task_key(id, name);
+        let doc: TaskDoc = decode(&key, required(records, &key)?)?;
+        Ok(TaskRecord {
+            state: task_state_from(&doc.state)
+                .map_err(|error| Error::Internal(format!("{key}: {error}")))?,
+            attempt: doc.attempt,
+            assignment_id: doc.assignment_id,
+            worker: doc.worker,
+            device_slot: doc.device_slot,
+            progress_done: 0,
+            progress_total: 0,
+            error: doc.error,
+            output_key: doc.output_key,
+            memory_estimate_bytes: doc.memory_estimate_bytes,
+            peak_memory_bytes: doc.peak_memory_bytes,
+            reserved_bytes: doc.reserved_bytes,
+            device_index: doc.device_index,
+            oom_count: doc.oom_count,
+            min_gpu_bytes: doc.min_gpu_bytes,
+            low_memory: doc.low_memory,
+            ready_since_unix_s: 0.0,
+        })
+    };
+    let segments = plan
+        .segments
+        .iter()
+        .map(|planned| task(&planned.id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stitch = task("stitch")?;
+    Ok(SequenceRecord {
+        id: id.to_string(),
+        submit_order: doc.submit_order,
+        sequence,
+        plan,
+        segments,
+        stitch,
+        state: sequence_state_from(&doc.state)
+            .map_err(|error| Error::Internal(format!("{status_key}: {error}")))?,
+        submitted_unix_s: doc.submitted_unix_s,
+        finished_unix_s: doc.finished_unix_s,
+        error: doc.error,
+        phases: doc
+            .phases
+            .into_iter()
+            .map(|phase| pb::TimedPhase {
+                kind: phase.kind,
+                start_unix_s: phase.start_unix_s,
+                end_unix_s: phase.end_unix_s,
+                task_id: phase.task_id,
+            })
+            .collect(),
+        traceparent: doc.traceparent,
+        idempotency_key: doc.idempotency_key,
+    })
 }
 
 /// Outstanding assignments come back from their tasks; one whose worker's lease is gone
@@ -462,6 +520,90 @@ pub struct Write {
     pub key: String,
     pub value: Option<Vec<u8>>,
     pub expected_revision: i64,
+}
+
+const INTENT_MAGIC: &[u8; 4] = b"RFI1";
+
+/// A transition's writes as one value: the state store records it before it applies a
+/// transition in several transactions, and a new leader that finds it applies the rest, so
+/// a big transition (a 500-shot submit) takes effect wholly or not at all. Binary, since
+/// values are protobuf or JSON bytes: `RFI1`, a count, then per write a tag (1 put, 0
+/// delete), the key and the value, each with a little-endian u32 length.
+pub fn encode_intent(writes: &[Write]) -> Vec<u8> {
+    let mut bytes = INTENT_MAGIC.to_vec();
+    let length = |bytes: &mut Vec<u8>, n: usize| {
+        bytes.extend_from_slice(
+            &u32::try_from(n)
+                .expect("records are far below 4 GiB")
+                .to_le_bytes(),
+        )
+    };
+    length(&mut bytes, writes.len());
+    for write in writes {
+        bytes.push(u8::from(write.value.is_some()));
+        length(&mut bytes, write.key.len());
+        bytes.extend_from_slice(write.key.as_bytes());
+        if let Some(value) = &write.value {
+            length(&mut bytes, value.len());
+            bytes.extend_from_slice(value);
+        }
+    }
+    bytes
+}
+
+/// The writes `encode_intent` recorded (expected revisions 0: a new leader applies them
+/// under its own fence).
+pub fn decode_intent(bytes: &[u8]) -> Result<Vec<Write>, Error> {
+    struct Cursor<'a>(&'a [u8]);
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+            if self.0.len() < n {
+                return Err(bad("truncated"));
+            }
+            let (head, tail) = self.0.split_at(n);
+            self.0 = tail;
+            Ok(head)
+        }
+        fn length(&mut self) -> Result<usize, Error> {
+            let raw = self.take(4)?;
+            Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize)
+        }
+    }
+    fn bad(why: &str) -> Error {
+        Error::Internal(format!("record {INTENT} does not decode: {why}"))
+    }
+    let mut cursor = Cursor(
+        bytes
+            .strip_prefix(INTENT_MAGIC.as_slice())
+            .ok_or_else(|| bad("wrong magic"))?,
+    );
+    let count = cursor.length()?;
+    // Each write takes at least 5 bytes: a huge count in a short value is refused, not
+    // allocated.
+    let mut writes = Vec::with_capacity(count.min(bytes.len() / 5));
+    for _ in 0..count {
+        let tag = cursor.take(1)?[0];
+        let key_length = cursor.length()?;
+        let key = String::from_utf8(cursor.take(key_length)?.to_vec())
+            .map_err(|_| bad("a key is not UTF-8"))?;
+        let value = match tag {
+            1 => {
+                let value_length = cursor.length()?;
+                Some(cursor.take(value_length)?.to_vec())
+            }
+            0 => None,
+            _ => return Err(bad("unknown write tag")),
+        };
+        writes.push(Write {
+            key,
+            value,
+            expected_revision: 0,
+        });
+    }
+    if !cursor.0.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(writes)
 }
 
 /// What a transition leaves to do once its dispatch ran (`Durable::settle`).
@@ -667,7 +809,7 @@ mod tests {
                 }
             }
             let (records, worker_records) = all_records(&farm);
-            let restored = restore(3, &Catalog::builtin(), &records, &worker_records).unwrap();
+            let restored = restore(3, &Catalog::builtin(), &records, &worker_records).farm;
             prop_assert_eq!(statuses(&restored), statuses(&farm));
             let mut before: Vec<_> = farm.assignments.iter().map(|(id, a)| (id.clone(), a.worker.clone(), a.device_slot, a.attempt)).collect();
             let mut after: Vec<_> = restored.assignments.iter().map(|(id, a)| (id.clone(), a.worker.clone(), a.device_slot, a.attempt)).collect();
@@ -689,6 +831,138 @@ mod tests {
     }
 
     #[test]
+    fn one_unreadable_record_quarantines_its_sequence_only() {
+        let mut farm = Farm::new(3);
+        for id in ["seq-good", "seq-bad", "seq-gone"] {
+            let sequence = sequence(3);
+            let plan = planner::plan(&sequence, &reelfarm_tiny());
+            farm.submit(id.into(), Some(format!("key-{id}")), sequence, plan, 1.0);
+        }
+        farm.register_worker(
+            "w0".into(),
+            "w0".into(),
+            vec![device(16)],
+            vec!["reelfarm-tiny".into()],
+            &[],
+            0.0,
+        );
+        farm.dispatch();
+        let (mut records, mut workers) = all_records(&farm);
+        records.insert(
+            "sequences/seq-bad/tasks/s000-00".into(),
+            b"{\"state\": nul".to_vec(),
+        );
+        records.remove("sequences/seq-gone/spec");
+        workers.insert("w-poison".into(), b"\xff".to_vec());
+        let restored = restore(3, &Catalog::builtin(), &records, &workers);
+        assert_eq!(restored.unreadable_workers.len(), 1);
+        assert!(restored.unreadable_workers[0].contains("workers/w-poison"));
+        let farm = restored.farm;
+        assert_eq!(farm.sequence_count(), 1, "the good sequence is restored");
+        assert!(farm.sequence("seq-good").is_ok());
+        let bad = snapshot::status(&farm, "seq-bad").unwrap();
+        assert_eq!(bad.state, pb::SequenceState::Failed as i32);
+        assert!(
+            bad.error.contains("sequences/seq-bad/tasks/s000-00"),
+            "{}",
+            bad.error
+        );
+        assert_eq!(bad.submitted_unix_s, 1.0);
+        let gone = snapshot::status(&farm, "seq-gone").unwrap();
+        assert!(gone.error.contains("sequences/seq-gone/spec is missing"));
+        let listed: Vec<_> = snapshot::statuses(&farm)
+            .into_iter()
+            .map(|status| status.sequence_id)
+            .collect();
+        assert_eq!(listed, ["seq-bad", "seq-gone", "seq-good"]);
+        // Nothing of a quarantined sequence holds a device, and cancelling it is a no-op.
+        let mut farm = farm;
+        assert!(farm.cancel("seq-bad", 2.0).unwrap().is_empty());
+        assert!(
+            farm.assignments
+                .values()
+                .all(|a| a.sequence_id == "seq-good")
+        );
+    }
+
+    #[test]
+    fn reported_figures_that_are_not_finite_never_reach_a_record() {
+        let mut farm = Farm::new(3);
+        let sequence = sequence(1);
+        let plan = planner::plan(&sequence, &reelfarm_tiny());
+        farm.submit("seq-n".into(), None, sequence, plan, 1.0);
+        let mut nan_device = device(16);
+        nan_device.speed = f64::NAN;
+        farm.register_worker(
+            "w".into(),
+            "w".into(),
+            vec![nan_device],
+            vec!["reelfarm-tiny".into()],
+            &[],
+            0.0,
+        );
+        let reference = farm
+            .dispatch()
+            .into_iter()
+            .find_map(|action| match action {
+                Action::Assign { assignment, .. } => assignment.assignment,
+                _ => None,
+            })
+            .unwrap();
+        let phase = |start: f64, end: f64| pb::TimedPhase {
+            kind: "denoise".into(),
+            start_unix_s: start,
+            end_unix_s: end,
+            task_id: "s000-00".into(),
+        };
+        farm.complete(
+            &reference,
+            "k".into(),
+            vec![
+                phase(f64::NAN, 2.0),
+                phase(1.0, f64::INFINITY),
+                phase(1.0, 2.0),
+            ],
+            5,
+            2.0,
+        )
+        .unwrap();
+        let (records, workers) = all_records(&farm);
+        let restored = restore(3, &Catalog::builtin(), &records, &workers);
+        assert!(restored.unreadable_workers.is_empty());
+        assert_eq!(restored.farm.quarantined().count(), 0);
+        assert_eq!(restored.farm.sequence("seq-n").unwrap().phases.len(), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn an_intent_reads_back_as_the_writes_it_recorded(
+            writes in proptest::collection::vec(
+                ("[a-z/0-9-]{1,40}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300))),
+                0..50,
+            ),
+        ) {
+            let writes: Vec<Write> = writes
+                .into_iter()
+                .map(|(key, value)| Write { key, value, expected_revision: 0 })
+                .collect();
+            let bytes = encode_intent(&writes);
+            prop_assert_eq!(decode_intent(&bytes).unwrap(), writes);
+            // Any truncation is an error, never a panic or a shorter list.
+            for cut in 0..bytes.len() {
+                prop_assert!(decode_intent(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_as_an_intent(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut framed = b"RFI1".to_vec();
+            framed.extend(bytes);
+            let _ = decode_intent(&framed);
+        }
+    }
+
+    #[test]
     fn reference_images_stay_out_of_the_state_store() {
         let mut sequence = sequence(1);
         sequence.shots[0].reference = Some(Reference {
@@ -705,7 +979,7 @@ mod tests {
             "the PNG must not be stored: {} bytes",
             spec.len()
         );
-        let restored = restore(3, &Catalog::builtin(), &records, &workers).unwrap();
+        let restored = restore(3, &Catalog::builtin(), &records, &workers).farm;
         let shot = &restored.sequences["seq-r"].sequence.shots[0];
         assert_eq!(
             shot.reference.as_ref().map(|r| r.name.as_str()),

@@ -3,7 +3,10 @@
 
 use reelfarm_common::{keys, pb};
 
-use crate::farm::{SequenceRecord, SequenceState, TaskRecord, TaskRef, TaskState, WorkerRecord};
+use crate::Error;
+use crate::farm::{
+    Farm, Quarantined, SequenceRecord, SequenceState, TaskRecord, TaskRef, TaskState, WorkerRecord,
+};
 use crate::planner::Join;
 
 fn task_state(state: TaskState) -> pb::TaskState {
@@ -117,6 +120,37 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
         finished_unix_s: record.finished_unix_s.unwrap_or(0.0),
         phases: record.phases.clone(),
     }
+}
+
+/// A quarantined sequence as clients see it: failed, with the reason, and nothing else
+/// known.
+pub fn quarantined_status(quarantined: &Quarantined) -> pb::SequenceStatus {
+    pb::SequenceStatus {
+        sequence_id: quarantined.id.clone(),
+        state: pb::SequenceState::Failed as i32,
+        error: quarantined.error.clone(),
+        submitted_unix_s: quarantined.submitted_unix_s,
+        ..Default::default()
+    }
+}
+
+/// One sequence's status, quarantined ones included; `NotFound` for an unknown id.
+pub fn status(farm: &Farm, id: &str) -> Result<pb::SequenceStatus, Error> {
+    match farm.quarantined_sequence(id) {
+        Some(quarantined) => Ok(quarantined_status(quarantined)),
+        None => Ok(sequence_status(farm.sequence(id)?)),
+    }
+}
+
+/// Every sequence's status in id order, quarantined ones included.
+pub fn statuses(farm: &Farm) -> Vec<pb::SequenceStatus> {
+    let mut statuses: Vec<pb::SequenceStatus> = farm
+        .sequences()
+        .map(sequence_status)
+        .chain(farm.quarantined().map(quarantined_status))
+        .collect();
+    statuses.sort_by(|a, b| a.sequence_id.cmp(&b.sequence_id));
+    statuses
 }
 
 /// What a worker needs to run one task, keys included.

@@ -257,12 +257,21 @@ impl Shared {
     /// Restores the farm a previous leader left and starts acting on it.
     async fn take_lead(self: &Arc<Self>, leadership: Leadership) -> Result<(), Error> {
         let loaded = self.state.load(&leadership).await?;
-        let farm = records::restore(
+        let records::Restored {
+            farm,
+            unreadable_workers,
+        } = records::restore(
             self.max_attempts,
             &self.catalog,
             &loaded.records,
             &loaded.workers,
-        )?;
+        );
+        for problem in unreadable_workers {
+            warn!(%problem, "a worker record is unreadable; that worker registers again when it reconnects");
+        }
+        for quarantined in farm.quarantined() {
+            warn!(sequence = %quarantined.id, error = %quarantined.error, "sequence quarantined");
+        }
         // Workers of the previous leader get one lease TTL to reconnect here.
         for (worker, record) in &loaded.workers {
             self.state

@@ -53,9 +53,7 @@ struct Api(Arc<Shared>);
 
 impl Api {
     async fn status(&self, id: &str) -> Result<pb::SequenceStatus, Error> {
-        self.0
-            .read(|farm| Ok(snapshot::sequence_status(farm.sequence(id)?)))
-            .await
+        self.0.read(|farm| Ok(snapshot::status(farm, id)?)).await
     }
 }
 
@@ -227,7 +225,7 @@ impl SequenceService for Api {
             .0
             .read(|farm| {
                 Ok((
-                    farm.sequences().map(snapshot::sequence_status).collect(),
+                    snapshot::statuses(farm),
                     snapshot::throughput(farm.sequences(), unix_now_s(), 3600.0),
                 ))
             })

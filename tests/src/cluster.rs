@@ -260,6 +260,11 @@ impl Cluster {
 
     /// Starts a scheduler process and waits until it serves gRPC.
     pub fn start_scheduler(&mut self) -> Result<String> {
+        self.start_scheduler_with(&[])
+    }
+
+    /// A scheduler with extra environment (the fault points, `REELFARM_FAULT_…`).
+    pub fn start_scheduler_with(&mut self, env: &[(&str, &str)]) -> Result<String> {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let mut command = self.command("scheduler");
@@ -271,7 +276,8 @@ impl Cluster {
             .arg("--leader-ttl")
             .arg(self.timings.leader_ttl_s.to_string())
             .arg("--worker-ttl")
-            .arg(self.timings.worker_ttl_s.to_string());
+            .arg(self.timings.worker_ttl_s.to_string())
+            .envs(env.iter().copied());
         let name = format!("scheduler-{}", self.schedulers.len());
         let mut process = Process::spawn(&name, command, &self.dir)?;
         let address = format!("127.0.0.1:{port}");

@@ -6,25 +6,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use reelfarm_common::pb;
-use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
-use reelfarm_tests::cluster::{Cluster, Etcd, Timings};
+use reelfarm_tests::cluster::{Etcd, Timings};
 use reelfarm_tests::farm::Farm;
+use reelfarm_tests::leading::{
+    find_leader, is_final, leader_client, poll_until, state_of, submit, wait_leads,
+};
 use reelfarm_tests::s3_server::S3Server;
 use reelfarm_tests::{probe, shot};
-use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(420);
-
-/// A channel to whichever scheduler leads now, and its URL.
-async fn find_leader(cluster: &Cluster) -> Result<(Channel, String)> {
-    let endpoints = reelfarm_common::leader::parse_endpoints(&cluster.scheduler_list())?;
-    Ok(reelfarm_common::leader::connect_leader(&endpoints, Duration::from_secs(20)).await?)
-}
-
-async fn leader_client(cluster: &Cluster) -> Result<SequenceServiceClient<Channel>> {
-    Ok(SequenceServiceClient::new(find_leader(cluster).await?.0))
-}
 
 /// Five shots, 60 s in all, at 8 fps and 2 steps so a debug build on two cores renders it in
 /// minutes: cut, continue (a chained window), crossfade, cut.
@@ -43,59 +34,6 @@ fn sixty_second_spec() -> pb::SequenceSpec {
         ],
         ..Default::default()
     }
-}
-
-async fn submit(
-    client: &mut SequenceServiceClient<Channel>,
-    spec: pb::SequenceSpec,
-    key: &str,
-) -> Result<pb::SubmitSequenceResponse> {
-    Ok(client
-        .submit_sequence(pb::SubmitSequenceRequest {
-            spec: Some(spec),
-            idempotency_key: key.into(),
-        })
-        .await?
-        .into_inner())
-}
-
-fn state_of(status: &pb::SequenceStatus) -> pb::SequenceState {
-    pb::SequenceState::try_from(status.state).unwrap_or(pb::SequenceState::Unspecified)
-}
-
-fn is_final(status: &pb::SequenceStatus) -> bool {
-    matches!(
-        state_of(status),
-        pb::SequenceState::Succeeded | pb::SequenceState::Failed | pb::SequenceState::Cancelled
-    )
-}
-
-/// Polls the leader (whichever it is now) until `done` holds for the sequence's status.
-async fn poll_until(
-    cluster: &Cluster,
-    id: &str,
-    timeout: Duration,
-    mut done: impl FnMut(&pb::SequenceStatus) -> bool,
-) -> Result<pb::SequenceStatus> {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Ok(mut client) = leader_client(cluster).await
-            && let Ok(status) = client
-                .get_sequence(pb::GetSequenceRequest {
-                    sequence_id: id.into(),
-                })
-                .await
-        {
-            let status = status.into_inner();
-            if done(&status) {
-                return Ok(status);
-            }
-            last = Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("condition not reached within {timeout:?}; last status: {last:#?}")
 }
 
 fn segment_states(status: &pb::SequenceStatus) -> String {
@@ -405,21 +343,9 @@ async fn when_the_leader_dies_the_other_scheduler_leads_and_the_sequence_complet
         })
         .await?;
         cluster.schedulers[leader_index].1.kill9();
-        let killed = Instant::now();
-        let mut follower = SequenceServiceClient::connect(follower_url.clone()).await?;
-        let mut takeover = None;
-        while killed.elapsed() < Duration::from_secs(15) {
-            if follower
-                .get_leader(pb::GetLeaderRequest {})
-                .await
-                .is_ok_and(|answer| answer.get_ref().leader)
-            {
-                takeover = Some(killed.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let takeover = takeover.context("the follower never took over")?;
+        let takeover = wait_leads(&follower_url, Duration::from_secs(15))
+            .await
+            .context("the follower never took over")?;
         eprintln!(
             "leader failover after kill -9: {:.2} s",
             takeover.as_secs_f64()

@@ -154,6 +154,16 @@ impl SequenceRecord {
     }
 }
 
+/// A sequence restored only as far as its id: one of its records did not read back.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub id: SequenceId,
+    /// What could not be read, and that the records were left for inspection.
+    pub error: String,
+    /// From the status record when that much of it reads (0 otherwise).
+    pub submitted_unix_s: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct DeviceRecord {
     /// As registered, with the readings of the latest heartbeat.
@@ -202,6 +212,15 @@ pub enum Action {
     },
 }
 
+/// Phases as reported, less any with a time that is not a finite number: records hold only
+/// what reads back (JSON has no NaN), so one bad report can never poison a restore.
+pub(crate) fn finite_phases(phases: Vec<pb::TimedPhase>) -> Vec<pb::TimedPhase> {
+    phases
+        .into_iter()
+        .filter(|phase| phase.start_unix_s.is_finite() && phase.end_unix_s.is_finite())
+        .collect()
+}
+
 /// What happened in transitions, for metrics: drained by `take_events`, so the farm stays
 /// free of I/O and clocks.
 #[derive(Debug, Clone, PartialEq)]
@@ -234,6 +253,8 @@ pub enum FarmEvent {
 #[derive(Debug)]
 pub struct Farm {
     pub(crate) sequences: BTreeMap<SequenceId, SequenceRecord>,
+    /// Sequences whose records a new leader could not read: reported failed, never run.
+    pub(crate) quarantined: BTreeMap<SequenceId, Quarantined>,
     pub(crate) idempotency_keys: HashMap<String, SequenceId>,
     pub(crate) workers: BTreeMap<WorkerId, WorkerRecord>,
     pub(crate) assignments: HashMap<String, AssignmentRecord>,
@@ -271,6 +292,7 @@ impl Farm {
     pub fn new(max_attempts: u32) -> Self {
         Farm {
             sequences: BTreeMap::new(),
+            quarantined: BTreeMap::new(),
             idempotency_keys: HashMap::new(),
             workers: BTreeMap::new(),
             assignments: HashMap::new(),
@@ -307,6 +329,15 @@ impl Farm {
 
     pub fn sequences(&self) -> impl Iterator<Item = &SequenceRecord> {
         self.sequences.values()
+    }
+
+    /// Sequences a restore could not read (see `records::restore`).
+    pub fn quarantined(&self) -> impl Iterator<Item = &Quarantined> {
+        self.quarantined.values()
+    }
+
+    pub fn quarantined_sequence(&self, id: &str) -> Option<&Quarantined> {
+        self.quarantined.get(id)
     }
 
     pub fn workers(&self) -> impl Iterator<Item = &WorkerRecord> {
@@ -452,6 +483,7 @@ impl Farm {
             // Cancelled while it ran: the result is not wanted.
             return Ok(Vec::new());
         }
+        let phases = finite_phases(phases);
         let device_seconds = reelfarm_common::busy_seconds(&phases);
         record.phases.extend(phases);
         let video_seconds = match assignment.task {
@@ -508,6 +540,10 @@ impl Farm {
     /// Cancels a sequence; running tasks are told to stop and keep their device until they
     /// report back, so memory is never handed out twice.
     pub fn cancel(&mut self, id: &str, now: f64) -> Result<Vec<Action>, Error> {
+        if self.quarantined.contains_key(id) {
+            // Already failed; nothing of it runs.
+            return Ok(Vec::new());
+        }
         let record = self
             .sequences
             .get_mut(id)

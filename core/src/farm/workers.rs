@@ -39,7 +39,11 @@ impl Farm {
         let devices = devices
             .into_iter()
             .enumerate()
-            .map(|(slot, device)| {
+            .map(|(slot, mut device)| {
+                // Unknown speed is 0 (placement assumes 1.0); NaN would not read back.
+                if !(device.speed.is_finite() && device.speed > 0.0) {
+                    device.speed = 0.0;
+                }
                 let (reserved_bytes, running, resident_models) = known_devices
                     .as_ref()
                     .and_then(|known| known.get(slot).cloned())

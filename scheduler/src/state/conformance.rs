@@ -1,5 +1,5 @@
 //! One suite every state backend must pass (memory in unit tests, etcd in the integration
-//! tests): conditional writes, leadership fencing and worker expiry.
+//! tests): conditional writes, commits of any size, leadership fencing and worker expiry.
 
 use std::time::Duration;
 
@@ -70,6 +70,21 @@ pub async fn run(state: &dyn StateStore) -> Result<(), String> {
         return Err("a transaction with one stale write must be refused".into());
     }
 
+    // A transition of any size is applied whole (etcd splits what one transaction can't hold).
+    let big: Vec<Write> = (0..1000)
+        .map(|index| put(&format!("sequences/big/tasks/s{index:04}"), "ready", 0))
+        .collect();
+    let revisions = state
+        .commit(&leadership, big)
+        .await
+        .map_err(|error| format!("a 1000-write commit: {error}"))?;
+    if revisions.len() != 1000 || revisions.iter().any(|&revision| revision <= second) {
+        return Err(format!(
+            "a big commit's revisions: {:?}…",
+            &revisions[..revisions.len().min(3)]
+        ));
+    }
+
     state
         .worker_online(&leadership, "w1", b"{}".to_vec(), true)
         .await
@@ -87,6 +102,17 @@ pub async fn run(state: &dyn StateStore) -> Result<(), String> {
     }
     if loaded.revisions.get("sequences/a/status") != Some(&second) {
         return Err(format!("load returned revisions {:?}", loaded.revisions));
+    }
+    let big = loaded
+        .records
+        .keys()
+        .filter(|key| key.starts_with("sequences/big/"))
+        .count();
+    if big != 1000 || loaded.records.len() != 1002 {
+        return Err(format!(
+            "load after a 1000-write commit: {big} of its records, {} in all (1002 expected)",
+            loaded.records.len()
+        ));
     }
     if !loaded.workers.contains_key("w1") {
         return Err(format!("load lost the worker: {:?}", loaded.workers.keys()));

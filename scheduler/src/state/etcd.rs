@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{LeaderToken, Leadership, Loaded, StateStore, Write};
 use crate::Error;
-use reelfarm_core::records::{LEADER, WORKERS};
+use reelfarm_core::records::{self, INTENT, LEADER, WORKERS};
 
 /// etcd refuses transactions with more operations than its `--max-txn-ops` (128 by default).
 const MAX_TXN_OPS: usize = 120;
@@ -49,6 +49,10 @@ impl EtcdSettings {
 pub struct EtcdState {
     client: Client,
     settings: EtcdSettings,
+    /// Test harness fault point (`REELFARM_FAULT_ABORT_MID_COMMIT=N`): the process aborts
+    /// after N transactions of a split commit (0: before its intent is recorded; 1: right
+    /// after), as if killed mid-commit.
+    abort_mid_commit: Option<usize>,
     /// Keep-alive tasks of connected workers' leases.
     keepers: Mutex<HashMap<String, JoinHandle<()>>>,
 }
@@ -147,9 +151,19 @@ impl EtcdState {
             .await
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|error| unreachable(error.to_string()))?;
+        let abort_mid_commit = std::env::var("REELFARM_FAULT_ABORT_MID_COMMIT")
+            .ok()
+            .and_then(|value| value.parse().ok());
+        if let Some(after) = abort_mid_commit {
+            warn!(
+                after,
+                "fault injection: this process aborts in the middle of a split commit"
+            );
+        }
         Ok(EtcdState {
             client,
             settings,
+            abort_mid_commit,
             keepers: Mutex::new(HashMap::new()),
         })
     }
@@ -177,6 +191,96 @@ impl EtcdState {
             CompareOp::Equal,
             leader.key.rev(),
         )
+    }
+
+    fn operation(&self, write: &Write) -> TxnOp {
+        let key = self.key(&write.key);
+        match &write.value {
+            Some(value) => TxnOp::put(key, value.clone(), None),
+            None => TxnOp::delete(key, None),
+        }
+    }
+
+    fn fault_point(&self, transactions_done: usize) {
+        if self.abort_mid_commit == Some(transactions_done) {
+            warn!(transactions_done, "fault injection: aborting mid-commit");
+            std::process::abort();
+        }
+    }
+
+    /// One transaction under `compares`; its revision. A leader cut off from etcd must not
+    /// hold every request: past the leader TTL another scheduler may lead anyway.
+    async fn transact(&self, compares: Vec<Compare>, operations: Vec<TxnOp>) -> Result<i64, Error> {
+        let mut client = self.client.clone();
+        let response = tokio::time::timeout(
+            self.settings.leader_ttl,
+            client.txn(Txn::new().when(compares).and_then(operations)),
+        )
+        .await
+        .map_err(|_| {
+            Error::Unavailable(format!(
+                "etcd at {} did not answer a transition within {:?}",
+                self.settings.endpoints.join(","),
+                self.settings.leader_ttl
+            ))
+        })?
+        .map_err(|error| self.error("committing a transition", error))?;
+        if !response.succeeded() {
+            return Err(Error::FailedPrecondition(
+                "etcd refused the transition: leadership lost or a record changed under us".into(),
+            ));
+        }
+        Ok(response.header().map_or(0, |header| header.revision()))
+    }
+
+    /// Applies a recorded intent in transactions of at most `MAX_TXN_OPS` operations, the
+    /// last one also deleting the intent; the revision each write got.
+    async fn apply_intent(&self, leader: &EtcdLeader, writes: &[Write]) -> Result<Vec<i64>, Error> {
+        let mut revisions = Vec::with_capacity(writes.len());
+        let chunks: Vec<&[Write]> = writes.chunks(MAX_TXN_OPS - 1).collect();
+        for (index, chunk) in chunks.iter().enumerate() {
+            self.fault_point(index + 1);
+            let mut operations: Vec<TxnOp> =
+                chunk.iter().map(|write| self.operation(write)).collect();
+            if index + 1 == chunks.len() {
+                operations.push(TxnOp::delete(self.key(INTENT), None));
+            }
+            let revision = self.transact(vec![Self::fence(leader)], operations).await?;
+            revisions.extend(std::iter::repeat_n(revision, chunk.len()));
+        }
+        Ok(revisions)
+    }
+
+    /// Finishes a split commit a previous leader recorded but did not finish applying.
+    async fn roll_forward(&self, leader: &EtcdLeader) -> Result<(), Error> {
+        let mut client = self.client.clone();
+        let response = client
+            .get(self.key(INTENT), None)
+            .await
+            .map_err(|error| self.error("reading a pending transition", error))?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(());
+        };
+        match records::decode_intent(kv.value()) {
+            Ok(writes) => {
+                warn!(
+                    writes = writes.len(),
+                    "finishing a transition the previous leader left half-applied"
+                );
+                self.apply_intent(leader, &writes).await?;
+            }
+            Err(error) => {
+                // Applying part of it is impossible; the records it meant to change stay as
+                // they were, and restore quarantines any sequence left inconsistent.
+                warn!(%error, "a pending transition is unreadable; dropping it");
+                self.transact(
+                    vec![Self::fence(leader)],
+                    vec![TxnOp::delete(self.key(INTENT), None)],
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     fn keepers(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
@@ -261,7 +365,8 @@ impl StateStore for EtcdState {
     }
 
     async fn load(&self, leadership: &Leadership) -> Result<Loaded, Error> {
-        Self::leader_of(leadership)?;
+        let leader = Self::leader_of(leadership)?;
+        self.roll_forward(leader).await?;
         let mut client = self.client.clone();
         let response = client
             .get(
@@ -284,7 +389,7 @@ impl StateStore for EtcdState {
             };
             if let Some(worker) = relative.strip_prefix(WORKERS) {
                 workers.insert(worker.to_string(), kv.value().to_vec());
-            } else if !relative.starts_with(LEADER) {
+            } else if !relative.starts_with(LEADER) && relative != INTENT {
                 records.insert(relative.to_string(), kv.value().to_vec());
                 revisions.insert(relative.to_string(), kv.mod_revision());
             }
@@ -338,48 +443,40 @@ impl StateStore for EtcdState {
 
     async fn commit(&self, leadership: &Leadership, writes: Vec<Write>) -> Result<Vec<i64>, Error> {
         let leader = Self::leader_of(leadership)?;
-        let mut revisions = Vec::with_capacity(writes.len());
-        for chunk in writes.chunks(MAX_TXN_OPS) {
+        if writes.len() < MAX_TXN_OPS {
             let mut compares = vec![Self::fence(leader)];
             let mut operations = Vec::new();
-            for write in chunk {
+            for write in &writes {
                 let key = self.key(&write.key);
                 compares.push(Compare::mod_revision(
                     key.clone(),
                     CompareOp::Equal,
                     write.expected_revision,
                 ));
-                operations.push(match &write.value {
-                    Some(value) => TxnOp::put(key, value.clone(), None),
-                    None => TxnOp::delete(key, None),
-                });
+                operations.push(self.operation(write));
             }
-            let mut client = self.client.clone();
-            // A leader cut off from etcd must not hold every request: past the leader TTL
-            // another scheduler may lead anyway.
-            let response = tokio::time::timeout(
-                self.settings.leader_ttl,
-                client.txn(Txn::new().when(compares).and_then(operations)),
-            )
-            .await
-            .map_err(|_| {
-                Error::Unavailable(format!(
-                    "etcd at {} did not answer a transition within {:?}",
-                    self.settings.endpoints.join(","),
-                    self.settings.leader_ttl
-                ))
-            })?
-            .map_err(|error| self.error("committing a transition", error))?;
-            if !response.succeeded() {
-                return Err(Error::FailedPrecondition(
-                    "etcd refused the transition: leadership lost or a record changed under us"
-                        .into(),
-                ));
-            }
-            let revision = response.header().map_or(0, |header| header.revision());
-            revisions.extend(std::iter::repeat_n(revision, chunk.len()));
+            let revision = self.transact(compares, operations).await?;
+            return Ok(vec![revision; writes.len()]);
         }
-        Ok(revisions)
+        // Too big for one transaction: record the whole transition first (the commit point),
+        // then apply it in pieces. A leader that dies in between leaves the intent, and the
+        // next leader finishes it before it reads anything (`roll_forward`). The pieces are
+        // fenced by leadership; per-key revisions are checked for batches that fit one
+        // transaction.
+        self.fault_point(0);
+        self.transact(
+            vec![
+                Self::fence(leader),
+                Compare::version(self.key(INTENT), CompareOp::Equal, 0),
+            ],
+            vec![TxnOp::put(
+                self.key(INTENT),
+                records::encode_intent(&writes),
+                None,
+            )],
+        )
+        .await?;
+        self.apply_intent(leader, &writes).await
     }
 
     async fn worker_online(

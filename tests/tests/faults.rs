@@ -1,0 +1,205 @@
+//! Faults change nothing: the distributed farm on real etcd, a real S3-compatible server and
+//! the `reelfarm` binary's processes, with records poisoned behind its back and leaders
+//! killed in the middle of a commit.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use etcd_client::{Client, GetOptions};
+use reelfarm_common::pb;
+use reelfarm_tests::cluster::Timings;
+use reelfarm_tests::farm::Farm;
+use reelfarm_tests::leading::{
+    find_leader, is_final, leader_client, poll_until, state_of, submit, wait_leads,
+};
+use reelfarm_tests::{shot, three_shot_spec};
+
+const PREFIX: &str = "/reelfarm/v1/";
+
+async fn etcd(farm: &Farm) -> Result<Client> {
+    Ok(Client::connect([farm.etcd.url.as_str()], None).await?)
+}
+
+/// How many keys etcd holds under `prefix` (relative to the farm's prefix).
+async fn count_keys(client: &mut Client, prefix: &str) -> Result<i64> {
+    let response = client
+        .get(
+            format!("{PREFIX}{prefix}"),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await?;
+    Ok(response.count())
+}
+
+/// 500 one-second cuts: more records than one etcd transaction may hold (128 operations).
+fn five_hundred_shots() -> pb::SequenceSpec {
+    pb::SequenceSpec {
+        title: Some("five hundred shots".into()),
+        fps: Some(8),
+        seed: Some(5),
+        steps: Some(2),
+        shots: (0..500)
+            .map(|index| shot(&format!("shot {index}"), 1.0, "cut"))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn list(farm: &Farm) -> Result<Vec<pb::SequenceStatus>> {
+    let mut client = leader_client(&farm.cluster).await?;
+    Ok(client
+        .list_sequences(pb::ListSequencesRequest {})
+        .await?
+        .into_inner()
+        .sequences)
+}
+
+/// Submits to the scheduler at `url`, which is set to abort mid-commit; waits for it to die.
+async fn submit_to_dying_leader(farm: &mut Farm, index: usize, key: &str) -> Result<()> {
+    let url = farm.cluster.schedulers[index].0.clone();
+    let mut client =
+        pb::sequence_service_client::SequenceServiceClient::connect(url.clone()).await?;
+    if let Ok(answer) = submit(&mut client, five_hundred_shots(), key).await {
+        bail!("the submit to a scheduler aborting mid-commit was answered: {answer:?}");
+    }
+    reelfarm_tests::cluster::wait_until(
+        "the aborting scheduler to exit",
+        Duration::from_secs(20),
+        || farm.cluster.schedulers[index].1.exited().is_some(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_commit_leaves_nothing_or_everything_of_a_500_shot_sequence() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let mut etcd = etcd(farm).await?;
+        // 1. The leader dies before the commit point: nothing of the sequence exists.
+        let first = farm
+            .cluster
+            .start_scheduler_with(&[("REELFARM_FAULT_ABORT_MID_COMMIT", "0")])?;
+        wait_leads(&first, Duration::from_secs(20)).await?;
+        let second = farm.cluster.start_scheduler()?;
+        submit_to_dying_leader(farm, 0, "big-nothing").await?;
+        let takeover = wait_leads(&second, Duration::from_secs(20)).await?;
+        eprintln!("takeover after an abort before the commit point: {takeover:.2?}");
+        if !list(farm).await?.is_empty() {
+            bail!("a commit aborted before its intent left a sequence behind");
+        }
+        if count_keys(&mut etcd, "sequences/").await? != 0 || count_keys(&mut etcd, "intent").await? != 0 {
+            bail!("a commit aborted before its intent left records behind");
+        }
+
+        // 2. The leader dies after the commit point with the commit half applied: the next
+        // leader finishes it, and a retried submit finds the sequence.
+        let third = farm
+            .cluster
+            .start_scheduler_with(&[("REELFARM_FAULT_ABORT_MID_COMMIT", "2")])?;
+        farm.cluster.schedulers[1].1.kill9();
+        wait_leads(&third, Duration::from_secs(20)).await?;
+        submit_to_dying_leader(farm, 2, "big-everything").await?;
+        let half = count_keys(&mut etcd, "sequences/").await?;
+        let intent = count_keys(&mut etcd, "intent").await?;
+        eprintln!("left by the leader killed mid-commit: {half} records and {intent} intent");
+        if intent != 1 || half == 0 {
+            bail!("the fault point did not stop the commit half-way: {half} records, {intent} intents");
+        }
+        let fourth = farm.cluster.start_scheduler()?;
+        let takeover = wait_leads(&fourth, Duration::from_secs(20)).await?;
+        eprintln!("takeover after an abort mid-commit: {takeover:.2?}");
+        let sequences = list(farm).await?;
+        let [sequence] = sequences.as_slice() else {
+            bail!("expected the one sequence, rolled forward: {} listed", sequences.len());
+        };
+        if sequence.shot_count != 500 || sequence.segments.len() < 500 {
+            bail!(
+                "the rolled-forward sequence is not whole: {} shots, {} segments",
+                sequence.shot_count,
+                sequence.segments.len()
+            );
+        }
+        // spec + status + one record per segment + the stitch.
+        let records = count_keys(&mut etcd, &format!("sequences/{}/", sequence.sequence_id)).await?;
+        let expected = sequence.segments.len() as i64 + 3;
+        if records != expected || count_keys(&mut etcd, "intent").await? != 0 {
+            bail!("after the roll-forward: {records} records (expected {expected}) and the intent left");
+        }
+        let again = submit(&mut leader_client(&farm.cluster).await?, five_hundred_shots(), "big-everything").await?;
+        if again.created || again.sequence_id != sequence.sequence_id {
+            bail!("the retried submit made a second sequence: {again:?}");
+        }
+
+        // 3. A 500-shot sequence submitted to a healthy leader is accepted whole.
+        let (_, leader) = find_leader(&farm.cluster).await?;
+        let accepted = submit(&mut leader_client(&farm.cluster).await?, five_hundred_shots(), "big-healthy").await?;
+        let status = accepted.status.context("a status with the answer")?;
+        let records = count_keys(&mut etcd, &format!("sequences/{}/", accepted.sequence_id)).await?;
+        if !accepted.created || status.shot_count != 500 || records != status.segments.len() as i64 + 3 {
+            bail!("the 500-shot submit to {leader}: created {}, {} shots, {records} records", accepted.created, status.shot_count);
+        }
+        eprintln!("500 shots accepted whole: {} segments, {records} records", status.segments.len());
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_fails_only_its_sequence_and_a_new_leader_takes_over() {
+    let timings = Timings {
+        leader_ttl_s: 3.0,
+        worker_ttl_s: 6.0,
+    };
+    let farm = Farm::start(timings).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let first = farm.cluster.start_scheduler()?;
+        wait_leads(&first, Duration::from_secs(20)).await?;
+        let second = farm.cluster.start_scheduler()?;
+        let mut client = leader_client(&farm.cluster).await?;
+        let poisoned = submit(&mut client, three_shot_spec(2), "poisoned")
+            .await?
+            .sequence_id;
+        let healthy = submit(&mut client, three_shot_spec(2), "healthy")
+            .await?
+            .sequence_id;
+        // Behind the farm's back: a task record that does not read back.
+        let mut etcd = etcd(farm).await?;
+        etcd.put(
+            format!("{PREFIX}sequences/{poisoned}/tasks/stitch"),
+            "{\"state\": nul",
+            None,
+        )
+        .await?;
+        farm.cluster.schedulers[0].1.kill9();
+        let takeover = wait_leads(&second, Duration::from_secs(30)).await?;
+        eprintln!("a new leader over a poison record after {takeover:.2?} (limit 2 x 3 s)");
+        if takeover > Duration::from_secs(6) {
+            bail!("the new leader took {takeover:?} to lead over a poison record (limit 6 s)");
+        }
+        farm.cluster.start_worker("node-0", "1x4GiB")?;
+        let status =
+            poll_until(&farm.cluster, &healthy, Duration::from_secs(300), is_final).await?;
+        if state_of(&status) != pb::SequenceState::Succeeded {
+            bail!(
+                "the healthy sequence ended {:?}: {}",
+                state_of(&status),
+                status.error
+            );
+        }
+        let status =
+            poll_until(&farm.cluster, &poisoned, Duration::from_secs(10), is_final).await?;
+        if state_of(&status) != pb::SequenceState::Failed
+            || !status
+                .error
+                .contains(&format!("sequences/{poisoned}/tasks/stitch"))
+        {
+            bail!(
+                "the poisoned sequence: {:?}: {}",
+                state_of(&status),
+                status.error
+            );
+        }
+        eprintln!("poisoned sequence: {}", status.error);
+        Ok(())
+    })
+    .await;
+}
