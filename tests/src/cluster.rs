@@ -120,6 +120,8 @@ impl Drop for Process {
 pub struct Etcd {
     pub url: String,
     pub process: Process,
+    dir: PathBuf,
+    ports: (u16, u16),
 }
 
 /// A bare HTTP/1.0 GET for readiness probes: the whole response, or `None` if nothing answers.
@@ -134,10 +136,27 @@ pub fn http_get(address: &str, path: &str) -> Option<String> {
 
 impl Etcd {
     pub fn start(dir: &Path) -> Result<Self> {
+        let ports = (free_port(), free_port());
+        let process = Self::spawn(dir, ports)?;
+        Ok(Etcd {
+            url: format!("http://127.0.0.1:{}", ports.0),
+            process,
+            dir: dir.to_path_buf(),
+            ports,
+        })
+    }
+
+    /// `kill -9` and start again on the same ports and data, waiting until it is healthy.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.kill9();
+        self.process = Self::spawn(&self.dir, self.ports)?;
+        Ok(())
+    }
+
+    fn spawn(dir: &Path, (client, peer): (u16, u16)) -> Result<Process> {
         let binary = which("etcd").context(
             "etcd is not installed: `apt-get install -y etcd-server` (.ci/run does this)",
         )?;
-        let (client, peer) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut command = Command::new(binary);
@@ -157,7 +176,7 @@ impl Etcd {
                 && http_get(&address, "/health").is_some_and(|body| body.contains("true"))
         })
         .with_context(|| format!("etcd log:\n{}", process.log_text()))?;
-        Ok(Etcd { url, process })
+        Ok(process)
     }
 }
 

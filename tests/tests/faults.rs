@@ -203,3 +203,46 @@ async fn a_poison_record_fails_only_its_sequence_and_a_new_leader_takes_over() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_leases_are_still_watched_after_etcd_restarts() {
+    use reelfarm_scheduler::state::{EtcdSettings, EtcdState, StateStore};
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = reelfarm_tests::cluster::Etcd::start(dir.path()).expect("etcd starts");
+    let mut settings = EtcdSettings::new(vec![etcd.url.clone()]);
+    settings.leader_ttl = Duration::from_secs(10);
+    settings.worker_ttl = Duration::from_secs(2);
+    let state = EtcdState::connect(settings).await.expect("connects");
+    let leadership = state.campaign("http://scheduler").await.expect("leads");
+    for worker in ["w1", "w2"] {
+        state
+            .worker_online(&leadership, worker, b"{}".to_vec(), true)
+            .await
+            .expect("worker recorded");
+    }
+    let mut loaded = state.load(&leadership).await.expect("loads");
+    etcd.restart().expect("etcd restarts");
+    // The worker's lease keeps being renewed across the restart; once it stops, the
+    // expiry must still reach the leader through a resumed watch.
+    state.worker_offline("w1").await;
+    let started = std::time::Instant::now();
+    let expired = tokio::time::timeout(Duration::from_secs(20), loaded.expired.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no expiry within 20 s of the restart\n{}",
+                etcd.process.log_text()
+            )
+        });
+    assert_eq!(expired.as_deref(), Some("w1"));
+    assert!(
+        !leadership.is_lost(),
+        "a short etcd restart must not cost the lead"
+    );
+    eprintln!(
+        "expiry seen {:.2?} after the worker went silent, across an etcd restart",
+        started.elapsed()
+    );
+    // The other worker's lease lived on: nothing else was reported.
+    assert!(loaded.expired.try_recv().is_err());
+}

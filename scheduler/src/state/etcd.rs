@@ -2,7 +2,7 @@
 //! default), leadership through etcd's election API on a lease, and one lease per connected
 //! worker whose expiry (a delete event) tells the leader that worker is gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,6 +119,112 @@ async fn keep_lease_alive(
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Reports every worker whose record goes away (its lease ran out) while this scheduler
+/// leads. The watch resumes from the next revision whenever its stream ends (an etcd restart,
+/// a network cut); if etcd compacted that history meanwhile, it reads the workers afresh and
+/// reports those that vanished.
+async fn watch_worker_leases(
+    mut client: Client,
+    prefix: String,
+    mut next_revision: i64,
+    mut known: BTreeSet<String>,
+    expired: mpsc::UnboundedSender<String>,
+    mut lost: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(next_revision);
+        let opened = tokio::select! {
+            opened = client.watch(prefix.clone(), Some(options)) => opened,
+            _ = crate::leading::stopped(&mut lost) => return,
+        };
+        let mut stream = match opened {
+            Ok(stream) => stream,
+            Err(error) => {
+                warn!(%error, next_revision, "cannot watch worker leases; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = crate::leading::stopped(&mut lost) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                _ = crate::leading::stopped(&mut lost) => return,
+            };
+            let response = match message {
+                Ok(Some(response)) => response,
+                ended => {
+                    warn!(
+                        next_revision,
+                        ?ended,
+                        "the watch on worker leases ended; resuming"
+                    );
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if response.canceled() {
+                if response.compact_revision() > 0 {
+                    match resync_workers(&mut client, &prefix, &mut known, &expired).await {
+                        Ok(revision) => next_revision = revision + 1,
+                        Err(error) => warn!(%error, "cannot re-read worker leases; retrying"),
+                    }
+                }
+                break;
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                next_revision = next_revision.max(kv.mod_revision() + 1);
+                let Some(worker) = kv.key_str().ok().and_then(|key| key.strip_prefix(&prefix))
+                else {
+                    continue;
+                };
+                if event.event_type() == EventType::Delete {
+                    known.remove(worker);
+                    if expired.send(worker.to_string()).is_err() {
+                        return;
+                    }
+                } else {
+                    known.insert(worker.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// After a compaction cut the watch's history: the workers registered now; each one known
+/// before and gone now is reported. Returns the revision read at.
+async fn resync_workers(
+    client: &mut Client,
+    prefix: &str,
+    known: &mut BTreeSet<String>,
+    expired: &mpsc::UnboundedSender<String>,
+) -> Result<i64, etcd_client::Error> {
+    let response = client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await?;
+    let now: BTreeSet<String> = response
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok()?.strip_prefix(prefix).map(str::to_string))
+        .collect();
+    for gone in known.difference(&now) {
+        warn!(worker = %gone, "worker lease gone while the watch was cut off");
+        let _ = expired.send(gone.clone());
+    }
+    *known = now;
+    Ok(response.header().map_or(0, |header| header.revision()))
 }
 
 impl EtcdState {
@@ -395,44 +501,14 @@ impl StateStore for EtcdState {
             }
         }
         let (sender, expired) = mpsc::unbounded_channel();
-        let mut stream = client
-            .watch(
-                self.key(WORKERS),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            )
-            .await
-            .map_err(|error| self.error("watching worker leases", error))?;
-        let prefix = self.key(WORKERS);
-        let mut lost = leadership.lost.clone();
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    message = stream.message() => message,
-                    _ = crate::leading::stopped(&mut lost) => return,
-                };
-                let Ok(Some(response)) = message else {
-                    warn!("the watch on worker leases ended");
-                    return;
-                };
-                for event in response.events() {
-                    if event.event_type() != EventType::Delete {
-                        continue;
-                    }
-                    if let Some(worker) = event
-                        .kv()
-                        .and_then(|kv| kv.key_str().ok())
-                        .and_then(|key| key.strip_prefix(&prefix))
-                        && sender.send(worker.to_string()).is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
+        tokio::spawn(watch_worker_leases(
+            client,
+            self.key(WORKERS),
+            revision + 1,
+            workers.keys().cloned().collect(),
+            sender,
+            leadership.lost.clone(),
+        ));
         Ok(Loaded {
             records,
             revisions,
