@@ -88,6 +88,11 @@ pub struct SchedulerArgs {
     /// Attempts per segment before its sequence fails [default: 3].
     #[arg(long, env = "REELFARM_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
+    /// Shortest time a running segment may go without reporting progress before it is
+    /// taken back from its (hung) worker and placed again; the deadline grows with the
+    /// plan's estimate (10× a model load plus one step). 0 turns deadlines off [default: 600].
+    #[arg(long, env = "REELFARM_STALL_TIMEOUT")]
+    pub stall_timeout: Option<f64>,
     /// Model catalog file (TOML, `[[model]]` entries) adding models to the built-in ones;
     /// give schedulers and workers the same file. See README "Models".
     #[arg(long, env = "REELFARM_MODELS")]
@@ -98,7 +103,7 @@ impl SchedulerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; listen, advertise_url, etcd, etcd_prefix, leader_ttl, worker_ttl,
-            max_attempts, models)
+            max_attempts, stall_timeout, models)
     }
 }
 

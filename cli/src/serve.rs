@@ -11,6 +11,7 @@ use reelfarm_common::blob::{BlobStore, LocalBlobStore};
 #[cfg(feature = "worker")]
 use reelfarm_common::leader;
 use reelfarm_common::s3::S3BlobStore;
+use reelfarm_core::farm::StallPolicy;
 use reelfarm_scheduler::SchedulerConfig;
 use reelfarm_scheduler::state::{EtcdSettings, EtcdState, MemoryState, StateStore};
 use tracing::warn;
@@ -150,6 +151,10 @@ pub async fn run_scheduler(
     if max_attempts == 0 {
         anyhow::bail!("--max-attempts: must be at least 1");
     }
+    let stall_floor_seconds = match args.stall_timeout {
+        Some(0.0) => 0.0,
+        other => seconds(other, 600.0, "stall-timeout")?.as_secs_f64(),
+    };
     let catalog = crate::input::load_catalog(args.models.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     let state: Arc<dyn StateStore> = match args.etcd {
@@ -192,6 +197,10 @@ pub async fn run_scheduler(
         advertise_url: Some(advertise_url),
         max_attempts,
         catalog: Arc::new(catalog),
+        stall: StallPolicy {
+            floor_seconds: stall_floor_seconds,
+            ..StallPolicy::default()
+        },
     };
     let result = reelfarm_scheduler::run(config, listener, termination()).await;
     telemetry.shutdown();

@@ -385,6 +385,7 @@ fn worker_from_doc(id: &str, doc: WorkerDoc) -> WorkerRecord {
             .collect(),
         connected: false,
         draining: false,
+        stalled: false,
     }
 }
 
@@ -498,6 +499,8 @@ fn restore_assignments(farm: &mut Farm, id: &SequenceId) {
                 device_slot: slot,
                 attempt,
                 reserved_bytes,
+                last_progress_unix_s: 0.0,
+                stalled: false,
             },
         );
         // A worker registered nowhere any more is found by `Farm::orphaned_workers`.

@@ -263,6 +263,8 @@ pub fn worker_status(worker: &WorkerRecord) -> pb::WorkerStatus {
         name: worker.name.clone(),
         state: if worker.draining {
             "draining"
+        } else if worker.stalled {
+            "stalled"
         } else if worker.connected {
             "connected"
         } else {

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::Error;
 use crate::farm_telemetry;
 use crate::state::{Leadership, MemoryState, StateStore};
-use reelfarm_core::farm::{Action, Farm, SequenceId, WorkerId};
+use reelfarm_core::farm::{Action, Farm, SequenceId, StallPolicy, WorkerId};
 use reelfarm_core::records::{self, Durable, Settled};
 
 pub struct SchedulerConfig {
@@ -30,6 +30,8 @@ pub struct SchedulerConfig {
     pub max_attempts: u32,
     /// The models specs may name: the built-in catalog plus a `--models` file.
     pub catalog: Arc<Catalog>,
+    /// How long a running task may go without progress before it is taken back.
+    pub stall: StallPolicy,
 }
 
 impl SchedulerConfig {
@@ -40,6 +42,7 @@ impl SchedulerConfig {
             advertise_url: None,
             max_attempts: reelfarm_core::farm::DEFAULT_MAX_ATTEMPTS,
             catalog: Arc::new(Catalog::builtin()),
+            stall: StallPolicy::default(),
         }
     }
 }
@@ -61,6 +64,7 @@ pub(crate) struct Shared {
     pub url: String,
     pub max_attempts: u32,
     pub catalog: Arc<Catalog>,
+    pub stall: StallPolicy,
     /// Registered but not yet streaming: a worker gets work only once it can receive it.
     pub pending_workers: Mutex<HashMap<WorkerId, pb::RegisterWorkerRequest>>,
     pub worker_streams: Mutex<HashMap<WorkerId, CommandSender>>,
@@ -88,6 +92,7 @@ impl Shared {
             url,
             max_attempts: config.max_attempts,
             catalog: config.catalog,
+            stall: config.stall,
             pending_workers: Mutex::new(HashMap::new()),
             worker_streams: Mutex::new(HashMap::new()),
             changes,
@@ -258,7 +263,7 @@ impl Shared {
     async fn take_lead(self: &Arc<Self>, leadership: Leadership) -> Result<(), Error> {
         let loaded = self.state.load(&leadership).await?;
         let records::Restored {
-            farm,
+            mut farm,
             unreadable_workers,
         } = records::restore(
             self.max_attempts,
@@ -273,6 +278,7 @@ impl Shared {
             warn!(sequence = %quarantined.id, error = %quarantined.error, "sequence quarantined");
         }
         // Workers of the previous leader get one lease TTL to reconnect here.
+        farm.set_stall_policy(self.stall);
         for (worker, record) in &loaded.workers {
             self.state
                 .worker_online(&leadership, worker, record.clone(), false)
@@ -325,8 +331,10 @@ pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
 pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     farm_telemetry::stopped_leading();
     let gauges = tokio::spawn(record_gauges_while_running(shared.clone()));
+    let stalls = tokio::spawn(take_back_stalled_while_running(shared.clone()));
     lead_campaigns(shared, &mut shutdown).await;
     gauges.abort();
+    stalls.abort();
 }
 
 /// Reads the farm into state gauges every two seconds while this scheduler leads.
@@ -336,6 +344,36 @@ async fn record_gauges_while_running(shared: Arc<Shared>) {
         tick.tick().await;
         if let Some(lead) = shared.lead.lock().await.as_ref() {
             farm_telemetry::record_gauges(&lead.farm);
+        }
+    }
+}
+
+/// Once a second while this scheduler leads: running tasks past their progress deadline are
+/// taken back from their workers and placed again.
+async fn take_back_stalled_while_running(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let overdue = match shared.lead.lock().await.as_mut() {
+            Some(lead) => lead.farm.check_stalls(unix_now_s()),
+            None => false,
+        };
+        if !overdue {
+            continue;
+        }
+        let taken = shared
+            .apply(|farm| {
+                let actions = farm.take_back_stalled(unix_now_s());
+                for action in &actions {
+                    if let Action::Cancel { worker, assignment } = action {
+                        warn!(worker = %worker, assignment = %assignment.assignment_id, "no progress within the deadline; taken back and placed again");
+                    }
+                }
+                Ok(((), actions))
+            })
+            .await;
+        if let Err(error) = taken {
+            warn!(%error, "could not take back stalled tasks");
         }
     }
 }

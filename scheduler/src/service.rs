@@ -483,7 +483,7 @@ impl WorkerService for Api {
             .0
             .apply(|farm| {
                 Ok((
-                    farm.report_progress(&reference, request.done, request.total)?,
+                    farm.report_progress(&reference, request.done, request.total, unix_now_s())?,
                     Vec::new(),
                 ))
             })

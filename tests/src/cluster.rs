@@ -310,7 +310,18 @@ impl Cluster {
 
     /// Starts a worker process against every scheduler started so far.
     pub fn start_worker(&mut self, name: &str, simulate_gpus: &str) -> Result<()> {
+        self.start_worker_with(name, simulate_gpus, &[])
+    }
+
+    /// A worker with extra environment (the fault points, `REELFARM_FAULT_…`).
+    pub fn start_worker_with(
+        &mut self,
+        name: &str,
+        simulate_gpus: &str,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let mut command = self.command("worker");
+        command.envs(env.iter().copied());
         // Several workers share two cores: one compute thread each keeps leases and
         // keepalives timely.
         command.env("RAYON_NUM_THREADS", "1");

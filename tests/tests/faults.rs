@@ -246,3 +246,62 @@ async fn worker_leases_are_still_watched_after_etcd_restarts() {
     // The other worker's lease lived on: nothing else was reported.
     assert!(loaded.expired.try_recv().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_worker_s_segment_is_taken_back_at_its_deadline_and_the_sequence_completes() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.start_scheduler_with(&[("REELFARM_STALL_TIMEOUT", "4")])?;
+        // Connected and heartbeating, but its renders stop after one step.
+        cluster.start_worker_with("hung", "1x4GiB", &[("REELFARM_FAULT_HANG_AFTER_STEPS", "1")])?;
+        let mut client = leader_client(cluster).await?;
+        let id = submit(&mut client, three_shot_spec(4), "").await?.sequence_id;
+        poll_until(cluster, &id, Duration::from_secs(120), |status| {
+            status
+                .segments
+                .iter()
+                .any(|segment| segment.state == pb::TaskState::Running as i32 && segment.step >= 1)
+        })
+        .await?;
+        let started = std::time::Instant::now();
+        cluster.start_worker("healthy", "1x4GiB")?;
+        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await?;
+        if state_of(&status) != pb::SequenceState::Succeeded {
+            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
+        }
+        let retried: Vec<String> = status
+            .segments
+            .iter()
+            .filter(|segment| segment.attempt > 1)
+            .map(|segment| format!("{}#{}", segment.segment_id, segment.attempt))
+            .collect();
+        let log = cluster.schedulers[0].1.log_text();
+        let taken_back = log.matches("taken back and placed again").count();
+        eprintln!(
+            "hung worker: {taken_back} attempt(s) taken back ({}), sequence done {:.1?} after the healthy worker started",
+            retried.join(" "),
+            started.elapsed()
+        );
+        if retried.is_empty() || taken_back == 0 {
+            bail!("no segment was taken back from the hung worker");
+        }
+        let workers = client
+            .list_workers(pb::ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers;
+        let hung = workers
+            .iter()
+            .find(|worker| worker.name == "hung")
+            .context("the hung worker is listed")?;
+        if hung.state != "stalled" {
+            bail!("the hung worker is listed as {:?}, not stalled", hung.state);
+        }
+        if status.segments.iter().any(|segment| segment.worker == hung.worker_id) {
+            bail!("a segment is recorded as done by the hung worker");
+        }
+        Ok(())
+    })
+    .await;
+}

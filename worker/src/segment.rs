@@ -133,7 +133,8 @@ fn render_and_encode(
                 .record(last_step.elapsed().as_secs_f64(), &step_labels);
             last_step = std::time::Instant::now();
             denoised_at = unix_now_s();
-            progress.report(u64::from(done), steps)
+            progress.report(u64::from(done), steps);
+            hang_if_told(done);
         },
         progress.cancel_flag(),
     )?;
@@ -199,6 +200,27 @@ fn render_and_encode(
         handoff_frame_png,
         phases,
     })
+}
+
+/// Test harness fault point (`REELFARM_FAULT_HANG_AFTER_STEPS=N`): the render stops for
+/// good after N denoising steps, while the worker stays connected and keeps heartbeating:
+/// a hung process as the scheduler sees it (its progress deadline takes the segment back).
+fn hang_if_told(done: u32) {
+    static AFTER: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let after = AFTER.get_or_init(|| {
+        std::env::var("REELFARM_FAULT_HANG_AFTER_STEPS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+    });
+    if after.is_some_and(|after| done >= after) {
+        tracing::warn!(
+            done,
+            "fault injection: this segment's render hangs for good"
+        );
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 #[cfg(test)]

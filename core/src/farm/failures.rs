@@ -18,6 +18,8 @@ pub enum FailureClass {
     Cancelled,
     WorkerLost,
     InvalidTask,
+    /// Running, but no progress within its deadline (a hung worker): taken back.
+    Stalled,
 }
 
 impl FailureClass {
@@ -43,16 +45,18 @@ impl FailureClass {
             FailureClass::Cancelled => "cancelled",
             FailureClass::WorkerLost => "worker_lost",
             FailureClass::InvalidTask => "invalid_task",
+            FailureClass::Stalled => "stalled",
         }
     }
 
-    pub const ALL: [FailureClass; 6] = [
+    pub const ALL: [FailureClass; 7] = [
         FailureClass::ModelError,
         FailureClass::OutOfMemory,
         FailureClass::StorageError,
         FailureClass::Cancelled,
         FailureClass::WorkerLost,
         FailureClass::InvalidTask,
+        FailureClass::Stalled,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -63,6 +67,7 @@ impl FailureClass {
             FailureClass::Cancelled => "cancelled",
             FailureClass::WorkerLost => "worker lost",
             FailureClass::InvalidTask => "invalid task",
+            FailureClass::Stalled => "stalled",
         }
     }
 }
@@ -94,7 +99,8 @@ impl Farm {
         self.changed.insert(record.id.clone());
         let name = record.task_name(assignment.task);
         let task = record.task_mut(assignment.task);
-        if task.state != TaskState::Running {
+        // Only the task's current attempt can end it (not one taken back earlier).
+        if task.state != TaskState::Running || task.attempt != assignment.attempt {
             return Vec::new();
         }
         let reason = format!("{}: {message}", class.describe());

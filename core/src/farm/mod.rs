@@ -187,6 +187,16 @@ pub struct WorkerRecord {
     /// Drained (`reelfarm drain`, or the worker shutting down): no new work; what it runs
     /// finishes. Kept in the leader's memory only.
     pub draining: bool,
+    /// One of its attempts was taken back for want of progress: no new work until it
+    /// shows life (a progress report or a result) or registers again. In memory only.
+    pub stalled: bool,
+}
+
+impl WorkerRecord {
+    /// Placement may give it new work.
+    pub fn takes_work(&self) -> bool {
+        self.connected && !self.draining && !self.stalled
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +207,12 @@ pub struct AssignmentRecord {
     pub device_slot: usize,
     pub attempt: u32,
     pub reserved_bytes: u64,
+    /// When it last advanced (placement, a step, a restore); 0 until the next stall check
+    /// starts its clock. Not durable.
+    pub last_progress_unix_s: f64,
+    /// Taken back for want of progress: no longer current, but keeps its device until the
+    /// worker reports back or is gone.
+    pub stalled: bool,
 }
 
 /// Effects for the executor: messages to put on worker command streams.
@@ -261,6 +277,7 @@ pub struct Farm {
     pub(crate) next_submit_order: u64,
     pub(crate) max_attempts: u32,
     changed: Changes,
+    pub(crate) stall: deadlines::StallPolicy,
     pub(crate) placement: PlacementState,
     /// `Full` in the farm; the simulator compares the others.
     policy: Policy,
@@ -299,6 +316,7 @@ impl Farm {
             next_submit_order: 0,
             max_attempts: max_attempts.max(1),
             changed: Changes::default(),
+            stall: deadlines::StallPolicy::default(),
             placement: PlacementState::default(),
             policy: Policy::Full,
             events: Vec::new(),
@@ -424,7 +442,9 @@ impl Farm {
     /// Checks a report against the current assignment (the fencing token).
     fn current(&self, reference: &pb::AssignmentRef) -> Result<&AssignmentRecord, Error> {
         match self.assignments.get(&reference.assignment_id) {
-            Some(assignment) if assignment.attempt == reference.attempt => Ok(assignment),
+            Some(assignment) if assignment.attempt == reference.attempt && !assignment.stalled => {
+                Ok(assignment)
+            }
             _ => Err(Error::FailedPrecondition(format!(
                 "assignment {} attempt {} is not current; drop its work",
                 reference.assignment_id, reference.attempt
@@ -437,7 +457,17 @@ impl Farm {
         &mut self,
         reference: &pb::AssignmentRef,
     ) -> Result<AssignmentRecord, Error> {
-        self.current(reference)?;
+        let stalled = self
+            .assignments
+            .get(&reference.assignment_id)
+            .is_some_and(|assignment| {
+                assignment.stalled && assignment.attempt == reference.attempt
+            });
+        if stalled {
+            return Err(self.refuse_stalled(reference));
+        }
+        let worker = self.current(reference)?.worker.clone();
+        self.worker_responsive(&worker);
         self.release(&reference.assignment_id)
             .ok_or_else(|| Error::Internal("current assignment vanished".into()))
     }
@@ -448,8 +478,13 @@ impl Farm {
         reference: &pb::AssignmentRef,
         done: u64,
         total: u64,
+        now: f64,
     ) -> Result<bool, Error> {
         let assignment = self.current(reference)?.clone();
+        if let Some(current) = self.assignments.get_mut(&reference.assignment_id) {
+            current.last_progress_unix_s = now;
+        }
+        self.worker_responsive(&assignment.worker);
         let record = self
             .sequences
             .get_mut(&assignment.sequence_id)
@@ -695,6 +730,8 @@ impl Farm {
                 device_slot: slot,
                 attempt,
                 reserved_bytes,
+                last_progress_unix_s: 0.0,
+                stalled: false,
             },
         );
         self.refresh_device(&worker_id, slot);
@@ -726,8 +763,10 @@ impl Farm {
 /// Models a device is assumed to keep loaded.
 const RESIDENT_MODELS: usize = 2;
 
+mod deadlines;
 mod failures;
 mod pool;
+pub use deadlines::StallPolicy;
 pub use failures::FailureClass;
 
 mod placing;

@@ -124,11 +124,7 @@ impl Farm {
         let placement = &mut self.placement;
         if placement.pool.is_none() {
             let mut pool = Pool::default();
-            for worker in self
-                .workers
-                .values()
-                .filter(|worker| worker.connected && !worker.draining)
-            {
+            for worker in self.workers.values().filter(|worker| worker.takes_work()) {
                 for (slot, device) in worker.devices.iter().enumerate() {
                     pool.index
                         .insert((worker.id.clone(), slot), pool.gpus.len());
@@ -197,7 +193,7 @@ impl Farm {
         let fresh: Vec<GpuState> = self
             .workers
             .values()
-            .filter(|worker| worker.connected && !worker.draining)
+            .filter(|worker| worker.takes_work())
             .flat_map(|worker| worker.devices.iter().map(move |device| (worker, device)))
             .map(|(worker, device)| gpu_state(&mut ids, worker, device))
             .collect();

@@ -67,6 +67,7 @@ impl Farm {
                 devices,
                 connected: true,
                 draining,
+                stalled: false,
             },
         );
         self.pool_changed();
