@@ -93,6 +93,19 @@ The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:707
 Example:
   reelfarm cancel seq-0123456789ab")]
     Cancel(CancelArgs),
+    /// Delete a finished sequence: its records and every object it left in the store.
+    #[command(long_about = "\
+Delete a finished (succeeded, failed or cancelled) sequence: the scheduler removes its records
+from the state store and every object it left in the object store (reference images, every
+attempt of every segment, the video, report, timeline and contact sheet). Download what you
+want to keep first. A sequence still running must be cancelled first. Deleting cannot be
+undone; `--retention-days` on the scheduler does the same for old sequences on its own.
+
+The scheduler is --scheduler or REELFARM_SCHEDULER (default http://127.0.0.1:7070).
+
+Example:
+  reelfarm delete seq-0123456789ab")]
+    Delete(CancelArgs),
     /// List the GPUs of every worker: class, memory, readings, resident models, what runs.
     #[command(long_about = "\
 List every GPU of the workers registered with the scheduler, one row each: whether its worker
@@ -241,6 +254,23 @@ pub async fn run(command: ClientCommand) -> Result<()> {
                 })
                 .await?;
             println!("{id} {}", sequence_state_name(status.state));
+            Ok(())
+        }
+        ClientCommand::Delete(args) => {
+            let mut client = Client::connect(&args.scheduler).await?;
+            let id = args.id;
+            let deleted = client
+                .call(&format!("deleting {id}"), |mut grpc| {
+                    let request = pb::DeleteSequenceRequest {
+                        sequence_id: id.clone(),
+                    };
+                    async move { grpc.delete_sequence(request).await }
+                })
+                .await?;
+            println!(
+                "{id} deleted: its records, and {} object key(s) removed from the store",
+                deleted.objects
+            );
             Ok(())
         }
         ClientCommand::Workers(args) => {

@@ -93,6 +93,10 @@ pub struct SchedulerArgs {
     /// plan's estimate (10× a model load plus one step). 0 turns deadlines off [default: 600].
     #[arg(long, env = "REELFARM_STALL_TIMEOUT")]
     pub stall_timeout: Option<f64>,
+    /// Delete finished sequences (records and objects) this many days after they ended,
+    /// fractions allowed; unset: keep them until `reelfarm delete`.
+    #[arg(long, env = "REELFARM_RETENTION_DAYS")]
+    pub retention_days: Option<f64>,
     /// Model catalog file (TOML, `[[model]]` entries) adding models to the built-in ones;
     /// give schedulers and workers the same file. See README "Models".
     #[arg(long, env = "REELFARM_MODELS")]
@@ -103,7 +107,7 @@ impl SchedulerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; listen, advertise_url, etcd, etcd_prefix, leader_ttl, worker_ttl,
-            max_attempts, stall_timeout, models)
+            max_attempts, stall_timeout, retention_days, models)
     }
 }
 

@@ -155,6 +155,13 @@ pub async fn run_scheduler(
         Some(0.0) => 0.0,
         other => seconds(other, 600.0, "stall-timeout")?.as_secs_f64(),
     };
+    let retention = match args.retention_days {
+        None => None,
+        Some(days) if days.is_finite() && days > 0.0 && days < 36_500.0 => {
+            Some(std::time::Duration::from_secs_f64(days * 86_400.0))
+        }
+        Some(days) => anyhow::bail!("--retention-days: {days} is not a number of days above 0"),
+    };
     let catalog = crate::input::load_catalog(args.models.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     let state: Arc<dyn StateStore> = match args.etcd {
@@ -201,6 +208,7 @@ pub async fn run_scheduler(
             floor_seconds: stall_floor_seconds,
             ..StallPolicy::default()
         },
+        retention,
     };
     let result = reelfarm_scheduler::run(config, listener, termination()).await;
     telemetry.shutdown();

@@ -16,6 +16,16 @@ pub trait BlobStore: Send + Sync + 'static {
     /// `Error::NotFound` when the key does not exist.
     async fn get(&self, key: &str) -> Result<Bytes, Error>;
     async fn exists(&self, key: &str) -> Result<bool, Error>;
+    /// Removes the object; a key that does not exist is not an error.
+    async fn delete(&self, key: &str) -> Result<(), Error>;
+    /// Up to `max_bytes` from `offset` (fewer at the end, none past it) and the object's
+    /// whole size: for streaming a large object with bounded memory.
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<(Bytes, u64), Error>;
     /// Where the objects live, for logs and errors (`local:/path`, `s3://bucket`).
     fn describe(&self) -> String;
 }
@@ -123,6 +133,51 @@ impl BlobStore for LocalBlobStore {
         }
     }
 
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<(Bytes, u64), Error> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.path_of(key)?;
+        let io_error = |error: std::io::Error| {
+            Error::Unavailable(format!("reading {}: {error}", path.display()))
+        };
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!(
+                    "object {key} in {}",
+                    self.describe()
+                )));
+            }
+            Err(error) => return Err(io_error(error)),
+        };
+        let size = file.metadata().await.map_err(io_error)?.len();
+        let length = max_bytes.min(size.saturating_sub(offset));
+        let mut bytes = vec![0; length as usize];
+        if length > 0 {
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(io_error)?;
+            file.read_exact(&mut bytes).await.map_err(io_error)?;
+        }
+        Ok((Bytes::from(bytes), size))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(Error::Unavailable(format!(
+                "deleting {}: {error}",
+                path.display()
+            ))),
+        }
+    }
+
     async fn exists(&self, key: &str) -> Result<bool, Error> {
         let path = self.path_of(key)?;
         tokio::fs::try_exists(&path)
@@ -177,6 +232,17 @@ pub mod conformance {
         store.put("conformance/empty", Bytes::new()).await.unwrap();
         assert_eq!(store.get("conformance/empty").await.unwrap().len(), 0);
 
+        store.delete(key).await.unwrap();
+        assert!(
+            !store.exists(key).await.unwrap(),
+            "deleted key must not exist"
+        );
+        assert!(matches!(store.get(key).await, Err(Error::NotFound(_))));
+        store
+            .delete(key)
+            .await
+            .expect("deleting a missing key is not an error");
+
         for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
             assert!(
                 matches!(
@@ -199,8 +265,14 @@ impl<S: BlobStore> MeteredBlobStore<S> {
     /// Wraps `inner`; every error series starts at zero so alerts and rates have data.
     pub fn new(inner: S) -> Self {
         let metrics = crate::metrics::storage();
-        for operation in ["put", "get", "exists"] {
-            for class in ["not_found", "unavailable", "internal", "invalid_argument"] {
+        for operation in ["put", "get", "exists", "delete"] {
+            for class in [
+                "not_found",
+                "unavailable",
+                "internal",
+                "invalid_argument",
+                "corrupt",
+            ] {
                 metrics.errors.add(
                     0,
                     &[
@@ -221,6 +293,7 @@ fn error_class(error: &Error) -> &'static str {
         Error::FailedPrecondition(_) => "failed_precondition",
         Error::Unavailable(_) => "unavailable",
         Error::Internal(_) => "internal",
+        Error::Corrupt(_) => "corrupt",
     }
 }
 
@@ -268,6 +341,29 @@ impl<S: BlobStore> BlobStore for MeteredBlobStore<S> {
         let started = std::time::Instant::now();
         let result = self.inner.exists(key).await;
         observe("exists", started, &result);
+        result
+    }
+
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<(Bytes, u64), Error> {
+        let started = std::time::Instant::now();
+        let result = self.inner.read_range(key, offset, max_bytes).await;
+        observe("get", started, &result);
+        if let Ok((bytes, _)) = &result {
+            let op = [crate::metrics::label("operation", "get")];
+            crate::metrics::storage().bytes.add(bytes.len() as u64, &op);
+        }
+        result
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        let result = self.inner.delete(key).await;
+        observe("delete", started, &result);
         result
     }
 

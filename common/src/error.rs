@@ -13,6 +13,9 @@ pub enum Error {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Stored bytes that do not match their checksum.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
 }
 
 #[cfg(feature = "io")]
@@ -25,6 +28,7 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             Error::Unavailable(_) => tonic::Status::unavailable(message),
             Error::Internal(_) => tonic::Status::internal(message),
+            Error::Corrupt(_) => tonic::Status::data_loss(message),
         }
     }
 }

@@ -1,10 +1,11 @@
-//! Object-store key layout: deterministic per sequence and segment, so a retried task
-//! overwrites its own earlier attempt instead of leaving a second copy.
+//! Object-store key layout: deterministic per sequence, segment and attempt, so an attempt
+//! that was fenced off can never overwrite the one that was accepted; the scheduler derives
+//! every key and deletes a segment's superseded attempts once one is accepted.
 //!
 //! ```text
-//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.mp4       segment video
-//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.json      sidecar (frames, timings, Lab stats)
-//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.handoff.png  frame a continuation starts from
+//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.a<attempt>.mp4       segment video
+//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.a<attempt>.json      sidecar (frames, timings, Lab stats)
+//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.a<attempt>.handoff.png  frame a continuation starts from
 //! sequences/<sequence>/refs/shot-<shot:03>.png                    user reference image
 //! sequences/<sequence>/final.mp4                                  stitched video
 //! sequences/<sequence>/report.json                                stitch report (seam metrics)
@@ -14,6 +15,20 @@
 
 pub fn segment_prefix(sequence_id: &str, shot_index: u32, segment_index: u32) -> String {
     format!("sequences/{sequence_id}/segments/s{shot_index:03}-{segment_index:02}")
+}
+
+/// Where one attempt of a segment writes: `<segment prefix>.a<attempt>`.
+pub fn attempt_prefix(segment_prefix: &str, attempt: u32) -> String {
+    format!("{segment_prefix}.a{attempt}")
+}
+
+/// Every object one attempt of a segment writes.
+pub fn attempt_objects(attempt_prefix: &str) -> [String; 3] {
+    [
+        segment_video(attempt_prefix),
+        segment_sidecar(attempt_prefix),
+        segment_handoff_frame(attempt_prefix),
+    ]
 }
 
 pub fn segment_video(prefix: &str) -> String {

@@ -386,18 +386,25 @@ impl BlobStore for S3BlobStore {
             .collect()
             .await
             .map_err(|error| {
-                Error::Unavailable(format!(
-                    "reading s3://{}/{key} at {}: {}",
-                    self.bucket,
-                    self.endpoint,
-                    error_chain(&error)
-                ))
+                let chain = error_chain(&error);
+                let message = format!(
+                    "reading s3://{}/{key} at {}: {chain}",
+                    self.bucket, self.endpoint
+                );
+                // The SDK checks the body against the checksum S3 stored at upload
+                // (aws-smithy-checksums' ChecksumMismatch): the bytes are bad, retrying the
+                // read cannot help.
+                if chain.contains("checksum mismatch") {
+                    Error::Corrupt(message)
+                } else {
+                    Error::Unavailable(message)
+                }
             })?
             .into_bytes();
         let actual = format!("{:08x}", crc32c::crc32c(&bytes));
         match expected {
             Some(expected) if !expected.eq_ignore_ascii_case(&actual) => {
-                Err(Error::Unavailable(format!(
+                Err(Error::Corrupt(format!(
                     "checksum mismatch reading s3://{}/{key} at {}: metadata says crc32c {expected}, \
                      the {} bytes read have {actual}; the object is corrupt or was overwritten \
                      by another tool",
@@ -413,6 +420,85 @@ impl BlobStore for S3BlobStore {
                 Ok(bytes)
             }
         }
+    }
+
+    async fn read_range(
+        &self,
+        key: &str,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<(Bytes, u64), Error> {
+        let object_key = self.object_key(key)?;
+        let missing = || {
+            Error::NotFound(format!(
+                "object s3://{}/{object_key} at {}",
+                self.bucket, self.endpoint
+            ))
+        };
+        // The size first: a range past the end (or of an empty object) is an error in S3.
+        let size = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .send()
+            .await
+        {
+            Ok(head) => head.content_length().unwrap_or(0).max(0) as u64,
+            Err(error) if status_of(&error) == Some(404) => return Err(missing()),
+            Err(error) => return Err(self.sdk_error("checking", Some(&object_key), error)),
+        };
+        let length = max_bytes.min(size.saturating_sub(offset));
+        if length == 0 {
+            return Ok((Bytes::new(), size));
+        }
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .range(format!("bytes={offset}-{}", offset + length - 1))
+            .send()
+            .await
+            .map_err(|error| match error.as_service_error() {
+                Some(service) if service.is_no_such_key() => missing(),
+                _ => self.sdk_error("reading", Some(&object_key), error),
+            })?;
+        let bytes = output
+            .body
+            .collect()
+            .await
+            .map_err(|error| {
+                Error::Unavailable(format!(
+                    "reading s3://{}/{object_key} at {}: {}",
+                    self.bucket,
+                    self.endpoint,
+                    error_chain(&error)
+                ))
+            })?
+            .into_bytes();
+        if bytes.len() as u64 != length {
+            return Err(Error::Unavailable(format!(
+                "reading s3://{}/{object_key} at {}: asked for {length} bytes at {offset}, got {}",
+                self.bucket,
+                self.endpoint,
+                bytes.len()
+            )));
+        }
+        Ok((bytes, size))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        let key = self.object_key(key)?;
+        // S3 answers 204 whether or not the object existed.
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|error| self.sdk_error("deleting", Some(&key), error))?;
+        Ok(())
     }
 
     async fn exists(&self, key: &str) -> Result<bool, Error> {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::farm::{
     AssignmentRecord, DeviceRecord, Farm, FarmEvent, Quarantined, SequenceId, SequenceRecord,
-    SequenceState, TaskRecord, TaskRef, TaskState, WorkerRecord,
+    SequenceState, StoredObject, TaskRecord, TaskRef, TaskState, WorkerRecord,
 };
 use crate::planner;
 
@@ -80,6 +80,20 @@ pub struct TaskDoc {
     pub min_gpu_bytes: u64,
     #[serde(default)]
     pub low_memory: bool,
+    /// What the accepted attempt wrote, with checksums.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectDoc>,
+    #[serde(default)]
+    pub excused_attempts: u32,
+    #[serde(default)]
+    pub repairs: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObjectDoc {
+    pub key: String,
+    pub crc32c: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -191,6 +205,17 @@ fn task_doc(task: &TaskRecord) -> TaskDoc {
         oom_count: task.oom_count,
         min_gpu_bytes: task.min_gpu_bytes,
         low_memory: task.low_memory,
+        objects: task
+            .objects
+            .iter()
+            .map(|object| ObjectDoc {
+                key: object.key.clone(),
+                crc32c: object.crc32c.clone(),
+                size: object.size,
+            })
+            .collect(),
+        excused_attempts: task.excused_attempts,
+        repairs: task.repairs,
     }
 }
 
@@ -433,6 +458,17 @@ fn restore_sequence(
             min_gpu_bytes: doc.min_gpu_bytes,
             low_memory: doc.low_memory,
             ready_since_unix_s: 0.0,
+            objects: doc
+                .objects
+                .into_iter()
+                .map(|object| StoredObject {
+                    key: object.key,
+                    crc32c: object.crc32c,
+                    size: object.size,
+                })
+                .collect(),
+            excused_attempts: doc.excused_attempts,
+            repairs: doc.repairs,
         })
     };
     let segments = plan
@@ -649,7 +685,22 @@ impl Durable {
     ) -> Vec<Write> {
         let mut writes = Vec::new();
         for id in changed {
-            for (key, value) in sequence_records(farm, id) {
+            let records = sequence_records(farm, id);
+            // Records of the sequence the farm no longer has (it was deleted).
+            let prefix = format!("{SEQUENCES}{id}/");
+            for (key, (_, revision)) in self.known.range(prefix.clone()..) {
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                if !records.contains_key(key) {
+                    writes.push(Write {
+                        key: key.clone(),
+                        value: None,
+                        expected_revision: *revision,
+                    });
+                }
+            }
+            for (key, value) in records {
                 let stored = self.known.get(&key);
                 if stored.is_some_and(|(bytes, _)| *bytes == value) {
                     continue;
@@ -805,7 +856,7 @@ mod tests {
                 }
                 let Some(reference) = outstanding.first().cloned() else { continue };
                 match event {
-                    0 => { let _ = farm.complete(&reference, "k".into(), Vec::new(), 5, 2.0); outstanding.remove(0); }
+                    0 => { let _ = farm.complete(&reference, Vec::new(), Vec::new(), 5, 2.0); outstanding.remove(0); }
                     1 => { let _ = farm.fail(&reference, FailureClass::OutOfMemory, "oom", 2.0); outstanding.remove(0); }
                     2 => { let _ = farm.cancel("seq-a", 3.0); }
                     _ => {}
@@ -920,7 +971,7 @@ mod tests {
         };
         farm.complete(
             &reference,
-            "k".into(),
+            Vec::new(),
             vec![
                 phase(f64::NAN, 2.0),
                 phase(1.0, f64::INFINITY),
@@ -963,6 +1014,31 @@ mod tests {
             framed.extend(bytes);
             let _ = decode_intent(&framed);
         }
+    }
+
+    #[test]
+    fn a_deleted_sequence_s_records_are_deleted_at_the_revision_last_written() {
+        let mut farm = Farm::new(3);
+        let sequence = sequence(3);
+        let plan = planner::plan(&sequence, &reelfarm_tiny());
+        farm.submit("seq-x".into(), None, sequence, plan, 1.0);
+        farm.cancel("seq-x", 2.0).unwrap();
+        let mut durable = Durable::default();
+        let ids = vec!["seq-x".to_string()];
+        let written = durable.writes(&farm, &ids);
+        let keys: Vec<String> = written.iter().map(|write| write.key.clone()).collect();
+        let revisions = vec![9; written.len()];
+        durable.committed(written, &revisions);
+        let actions = farm.delete_sequence("seq-x").unwrap();
+        assert!(matches!(&actions[..], [Action::DeleteObjects { keys }] if keys.iter().any(|key| key.ends_with("final.mp4"))));
+        let deletes = durable.settle(&mut farm).writes;
+        let mut deleted: Vec<String> = deletes.iter().map(|write| write.key.clone()).collect();
+        deleted.sort();
+        let mut expected = keys;
+        expected.sort();
+        assert_eq!(deleted, expected);
+        assert!(deletes.iter().all(|write| write.value.is_none() && write.expected_revision == 9));
+        assert!(farm.sequence("seq-x").is_err());
     }
 
     #[test]

@@ -153,6 +153,18 @@ pub fn statuses(farm: &Farm) -> Vec<pb::SequenceStatus> {
     statuses
 }
 
+/// The checksum a finished task of `record` recorded for `key` ("" when none did).
+pub fn recorded_crc32c(record: &SequenceRecord, key: &str) -> String {
+    record
+        .segments
+        .iter()
+        .chain([&record.stitch])
+        .flat_map(|task| &task.objects)
+        .find(|object| object.key == key)
+        .map(|object| object.crc32c.clone())
+        .unwrap_or_default()
+}
+
 /// What a worker needs to run one task, keys included.
 pub fn assignment_message(
     record: &SequenceRecord,
@@ -164,19 +176,16 @@ pub fn assignment_message(
         TaskRef::Segment(index) => {
             let planned = &record.plan.segments[index];
             let condition_key = match planned.continues_from {
-                Some(previous) => {
-                    let before = &record.plan.segments[previous];
-                    keys::segment_handoff_frame(&keys::segment_prefix(
-                        &record.id,
-                        before.shot_index,
-                        before.segment_index,
-                    ))
-                }
+                // The handoff frame of the predecessor's accepted attempt.
+                Some(previous) => keys::segment_handoff_frame(
+                    &record.attempt_prefix(previous, record.segments[previous].attempt),
+                ),
                 None if planned.uses_reference => {
                     keys::reference_image(&record.id, planned.shot_index)
                 }
                 None => String::new(),
             };
+            let condition_crc32c = recorded_crc32c(record, &condition_key);
             pb::assignment::Task::Segment(pb::SegmentTask {
                 segment_id: planned.id.clone(),
                 shot_index: planned.shot_index,
@@ -195,11 +204,8 @@ pub fn assignment_message(
                 seed: planned.seed,
                 join: join_kind(planned.join) as i32,
                 condition_key,
-                output_prefix: keys::segment_prefix(
-                    &record.id,
-                    planned.shot_index,
-                    planned.segment_index,
-                ),
+                condition_crc32c,
+                output_prefix: record.attempt_prefix(index, record.segments[index].attempt),
                 memory_estimate_bytes: record.segments[index].reserved_bytes,
                 handoff_back_frames: planned.handoff_back_frames,
                 low_memory: record.segments[index].low_memory,
@@ -215,30 +221,35 @@ pub fn assignment_message(
                 .segments
                 .iter()
                 .zip(&record.segments)
-                .map(|(planned, done)| pb::StitchPart {
-                    segment_id: planned.id.clone(),
-                    shot_index: planned.shot_index,
-                    video_key: done.output_key.clone().unwrap_or_default(),
-                    join: join_kind(planned.join) as i32,
-                    // A continuation's first rendered frame (the handoff picture) is not in its file.
-                    lead_frames: match planned.join {
-                        Join::Continue => planned.lead_frames.saturating_sub(1),
-                        Join::Crossfade | Join::Cut => planned.lead_frames,
-                    },
-                    timeline_frames: planned.timeline_frames,
-                    sidecar_key: keys::segment_sidecar(&keys::segment_prefix(
-                        &record.id,
-                        planned.shot_index,
-                        planned.segment_index,
-                    )),
-                    scene: planned.scene.clone(),
-                    grade_reference: planned.grade_reference,
-                    shot_name: record
-                        .sequence
-                        .shots
-                        .get(planned.shot_index as usize)
-                        .map(|shot| shot.display_name(planned.shot_index as usize))
-                        .unwrap_or_default(),
+                .enumerate()
+                .map(|(index, (planned, done))| {
+                    let prefix = record.attempt_prefix(index, done.attempt);
+                    let video_key = keys::segment_video(&prefix);
+                    let sidecar_key = keys::segment_sidecar(&prefix);
+                    pb::StitchPart {
+                        segment_id: planned.id.clone(),
+                        shot_index: planned.shot_index,
+                        video_crc32c: recorded_crc32c(record, &video_key),
+                        sidecar_crc32c: recorded_crc32c(record, &sidecar_key),
+                        video_key,
+                        join: join_kind(planned.join) as i32,
+                        // A continuation's first rendered frame (the handoff picture) is not in
+                        // its file.
+                        lead_frames: match planned.join {
+                            Join::Continue => planned.lead_frames.saturating_sub(1),
+                            Join::Crossfade | Join::Cut => planned.lead_frames,
+                        },
+                        timeline_frames: planned.timeline_frames,
+                        sidecar_key,
+                        scene: planned.scene.clone(),
+                        grade_reference: planned.grade_reference,
+                        shot_name: record
+                            .sequence
+                            .shots
+                            .get(planned.shot_index as usize)
+                            .map(|shot| shot.display_name(planned.shot_index as usize))
+                            .unwrap_or_default(),
+                    }
                 })
                 .collect(),
             video_key: keys::final_video(&record.id),

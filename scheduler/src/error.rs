@@ -33,6 +33,7 @@ impl From<reelfarm_common::Error> for Error {
             Common::FailedPrecondition(message) => Error::FailedPrecondition(message),
             Common::Unavailable(message) => Error::Unavailable(message),
             Common::Internal(message) => Error::Internal(message),
+            Common::Corrupt(message) => Error::Internal(format!("corrupt: {message}")),
         }
     }
 }

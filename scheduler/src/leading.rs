@@ -32,6 +32,8 @@ pub struct SchedulerConfig {
     pub catalog: Arc<Catalog>,
     /// How long a running task may go without progress before it is taken back.
     pub stall: StallPolicy,
+    /// Finished sequences are deleted this long after they ended (`None`: kept).
+    pub retention: Option<Duration>,
 }
 
 impl SchedulerConfig {
@@ -43,6 +45,7 @@ impl SchedulerConfig {
             max_attempts: reelfarm_core::farm::DEFAULT_MAX_ATTEMPTS,
             catalog: Arc::new(Catalog::builtin()),
             stall: StallPolicy::default(),
+            retention: None,
         }
     }
 }
@@ -65,6 +68,7 @@ pub(crate) struct Shared {
     pub max_attempts: u32,
     pub catalog: Arc<Catalog>,
     pub stall: StallPolicy,
+    pub retention: Option<Duration>,
     /// Registered but not yet streaming: a worker gets work only once it can receive it.
     pub pending_workers: Mutex<HashMap<WorkerId, pb::RegisterWorkerRequest>>,
     pub worker_streams: Mutex<HashMap<WorkerId, CommandSender>>,
@@ -93,6 +97,7 @@ impl Shared {
             max_attempts: config.max_attempts,
             catalog: config.catalog,
             stall: config.stall,
+            retention: config.retention,
             pending_workers: Mutex::new(HashMap::new()),
             worker_streams: Mutex::new(HashMap::new()),
             changes,
@@ -198,6 +203,10 @@ impl Shared {
         let streams = lock(&self.worker_streams);
         for action in actions {
             let (worker, command) = match action {
+                Action::DeleteObjects { keys } => {
+                    self.delete_objects(keys);
+                    continue;
+                }
                 Action::Assign { worker, assignment } => {
                     let id = assignment
                         .assignment
@@ -228,6 +237,19 @@ impl Shared {
                 warn!(worker = %worker, "worker unreachable; its command waits for it to reconnect or expire");
             }
         }
+    }
+
+    /// Deletes objects nothing reads any more (superseded attempts), in the background: a
+    /// failed delete leaves garbage, never a wrong result.
+    fn delete_objects(&self, keys: Vec<String>) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for key in keys {
+                if let Err(error) = store.delete(&key).await {
+                    warn!(%key, %error, "could not delete a superseded object");
+                }
+            }
+        });
     }
 
     /// Ends every open stream so workers and watchers reconnect (to the next leader).
@@ -332,9 +354,15 @@ pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch
     farm_telemetry::stopped_leading();
     let gauges = tokio::spawn(record_gauges_while_running(shared.clone()));
     let stalls = tokio::spawn(take_back_stalled_while_running(shared.clone()));
+    let retention = shared
+        .retention
+        .map(|retention| tokio::spawn(delete_expired_while_running(shared.clone(), retention)));
     lead_campaigns(shared, &mut shutdown).await;
     gauges.abort();
     stalls.abort();
+    if let Some(retention) = retention {
+        retention.abort();
+    }
 }
 
 /// Reads the farm into state gauges every two seconds while this scheduler leads.
@@ -374,6 +402,31 @@ async fn take_back_stalled_while_running(shared: Arc<Shared>) {
             .await;
         if let Err(error) = taken {
             warn!(%error, "could not take back stalled tasks");
+        }
+    }
+}
+
+/// While this scheduler leads: deletes finished sequences once `retention` has passed since
+/// they ended (checked every minute, or more often for a short retention).
+async fn delete_expired_while_running(shared: Arc<Shared>, retention: Duration) {
+    let mut tick = tokio::time::interval(
+        (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+    );
+    loop {
+        tick.tick().await;
+        let cutoff = unix_now_s() - retention.as_secs_f64();
+        let expired = match shared.lead.lock().await.as_ref() {
+            Some(lead) => lead.farm.finished_before(cutoff),
+            None => continue,
+        };
+        for id in expired {
+            match shared
+                .apply(|farm| Ok(((), farm.delete_sequence(&id)?)))
+                .await
+            {
+                Ok(()) => info!(sequence = %id, "retention: finished sequence deleted"),
+                Err(error) => warn!(sequence = %id, %error, "retention: could not delete"),
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::leading::{SchedulerConfig, Shared, lead_until_shutdown, lock};
-use reelfarm_core::farm::FailureClass;
+use reelfarm_core::farm::{Action, FailureClass, StoredObject};
 use reelfarm_core::records::{DeviceDoc, WorkerDoc};
 use reelfarm_core::{planner, snapshot};
 
@@ -217,6 +217,31 @@ impl SequenceService for Api {
         Ok(Response::new(self.status(&id).await?))
     }
 
+    async fn delete_sequence(
+        &self,
+        request: Request<pb::DeleteSequenceRequest>,
+    ) -> Result<Response<pb::DeleteSequenceResponse>, Status> {
+        let id = request.into_inner().sequence_id;
+        let objects = self
+            .0
+            .apply(|farm| {
+                let actions = farm.delete_sequence(&id)?;
+                let objects = actions
+                    .iter()
+                    .map(|action| match action {
+                        Action::DeleteObjects { keys } => keys.len(),
+                        _ => 0,
+                    })
+                    .sum::<usize>();
+                Ok((objects, actions))
+            })
+            .await?;
+        info!(sequence = %id, objects, "sequence deleted");
+        Ok(Response::new(pb::DeleteSequenceResponse {
+            objects: objects as u32,
+        }))
+    }
+
     async fn list_sequences(
         &self,
         _request: Request<pb::ListSequencesRequest>,
@@ -310,18 +335,66 @@ impl SequenceService for Api {
                 .into());
             }
         };
-        let bytes = self.0.store.get(&key).await.map_err(Error::from)?;
-        let total_bytes = bytes.len() as u64;
-        let chunks: Vec<Result<pb::OutputChunk, Status>> = bytes
-            .chunks(OUTPUT_CHUNK_BYTES)
-            .map(|chunk| {
-                Ok(pb::OutputChunk {
-                    data: chunk.to_vec(),
-                    total_bytes,
-                })
+        let crc32c = self
+            .0
+            .read(|farm| {
+                Ok(snapshot::recorded_crc32c(
+                    farm.sequence(&request.sequence_id)?,
+                    &key,
+                ))
             })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+            .await?;
+        // The first piece now, so a missing object or a bad offset is this call's error.
+        let (first, total_bytes) = self
+            .0
+            .store
+            .read_range(&key, request.offset, OUTPUT_CHUNK_BYTES as u64)
+            .await
+            .map_err(Error::from)?;
+        if request.offset > total_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "offset: {} is past the end of the {total_bytes}-byte output",
+                request.offset
+            ))
+            .into());
+        }
+        // Streamed from the store a piece at a time: at most two pieces wait per download,
+        // whatever the video's size.
+        let (sender, receiver) = mpsc::channel(2);
+        let store = self.0.store.clone();
+        tokio::spawn(async move {
+            let mut offset = request.offset;
+            let mut piece = first;
+            loop {
+                let length = piece.len() as u64;
+                if length == 0 {
+                    return;
+                }
+                let chunk = pb::OutputChunk {
+                    data: piece.to_vec(),
+                    total_bytes,
+                    offset,
+                    crc32c: crc32c.clone(),
+                };
+                if sender.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+                offset += length;
+                piece = match store
+                    .read_range(&key, offset, OUTPUT_CHUNK_BYTES as u64)
+                    .await
+                {
+                    Ok((piece, _)) => piece,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(Error::from(error)))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn get_leader(
@@ -500,14 +573,32 @@ impl WorkerService for Api {
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         let request = request.into_inner();
         let reference = require_ref(request.assignment)?;
+        let objects: Vec<StoredObject> = request
+            .objects
+            .into_iter()
+            .map(|object| StoredObject {
+                key: object.key,
+                crc32c: object.crc32c,
+                size: object.size,
+            })
+            .collect();
         let result = self
             .0
             .apply(|farm| {
+                // The scheduler derives every key: a result elsewhere is refused.
+                if let Some(expected) = farm.expected_output_key(&reference)
+                    && expected != request.output_key
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "output_key: {:?} is not this assignment's ({expected})",
+                        request.output_key
+                    )));
+                }
                 Ok((
                     (),
                     farm.complete(
                         &reference,
-                        request.output_key,
+                        objects,
                         request.phases,
                         request.peak_memory_bytes,
                         unix_now_s(),
@@ -539,10 +630,17 @@ impl WorkerService for Api {
         let result = self
             .0
             .apply(|farm| {
-                Ok((
-                    (),
-                    farm.fail(&reference, class, &request.message, unix_now_s())?,
-                ))
+                let actions = if class == FailureClass::CorruptInput {
+                    farm.input_corrupt(
+                        &reference,
+                        &request.corrupt_keys,
+                        &request.message,
+                        unix_now_s(),
+                    )?
+                } else {
+                    farm.fail(&reference, class, &request.message, unix_now_s())?
+                };
+                Ok(((), actions))
             })
             .await;
         if let Err(Error::FailedPrecondition(message)) = &result {

@@ -10,7 +10,7 @@ use crate::s3_server::S3Server;
 pub struct Farm {
     pub cluster: Cluster,
     pub etcd: Etcd,
-    _s3: S3Server,
+    pub s3: S3Server,
     pub dir: tempfile::TempDir,
 }
 
@@ -31,7 +31,7 @@ impl Farm {
         Ok(Farm {
             cluster,
             etcd,
-            _s3: s3,
+            s3,
             dir,
         })
     }

@@ -262,6 +262,7 @@ async fn a_fenced_off_worker_s_late_result_is_refused_and_changes_nothing() {
                 output_key: "sequences/forged.mp4".into(),
                 phases: Vec::new(),
                 peak_memory_bytes: 0,
+                objects: Vec::new(),
             })
             .await;
         match late {
@@ -276,6 +277,7 @@ async fn a_fenced_off_worker_s_late_result_is_refused_and_changes_nothing() {
                 }),
                 reason: pb::FailureReason::ModelError as i32,
                 message: "made up".into(),
+                corrupt_keys: Vec::new(),
             })
             .await;
         match unknown {

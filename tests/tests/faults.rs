@@ -305,3 +305,189 @@ async fn a_hung_worker_s_segment_is_taken_back_at_its_deadline_and_the_sequence_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_corrupted_behind_the_store_s_back_is_rendered_again_and_the_sequence_succeeds() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.start_scheduler()?;
+        cluster.start_worker("node-0", "1x4GiB")?;
+        let mut client = leader_client(cluster).await?;
+        let id = submit(&mut client, three_shot_spec(4), "")
+            .await?
+            .sequence_id;
+        // As soon as the first segment is accepted (long before the stitch reads it), its
+        // video rots on the server's disk.
+        poll_until(cluster, &id, Duration::from_secs(120), |status| {
+            status.segments[0].state == pb::TaskState::Done as i32
+        })
+        .await?;
+        let segments = farm
+            .s3
+            .bucket_dir()
+            .join(format!("sequences/{id}/segments"));
+        let first = segments.join("s000-00.a1.mp4");
+        let mut bytes =
+            std::fs::read(&first).with_context(|| format!("reading {}", first.display()))?;
+        for byte in bytes.iter_mut().skip(64).step_by(97) {
+            *byte ^= 0x5a;
+        }
+        std::fs::write(&first, &bytes)?;
+        let status = poll_until(&farm.cluster, &id, Duration::from_secs(300), is_final).await?;
+        if state_of(&status) != pb::SequenceState::Succeeded {
+            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
+        }
+        let repaired = &status.segments[0];
+        eprintln!(
+            "corrupted s000-00.a1.mp4 repaired: segment attempt {}, stitch attempt {}",
+            repaired.attempt,
+            status.stitch.as_ref().map_or(0, |stitch| stitch.attempt)
+        );
+        if repaired.attempt != 2 {
+            bail!(
+                "the corrupt segment was not rendered again: attempt {}",
+                repaired.attempt
+            );
+        }
+        // The superseded attempt's objects are deleted; the accepted ones remain.
+        reelfarm_tests::cluster::wait_until(
+            "superseded objects deleted",
+            Duration::from_secs(10),
+            || !first.exists() && !segments.join("s000-00.a1.handoff.png").exists(),
+        )?;
+        if !segments.join("s000-00.a2.mp4").exists() {
+            bail!("the accepted attempt's video is missing");
+        }
+        let output = farm.dir.path().join("repaired.mp4");
+        let (code, stdout, stderr) =
+            farm.cluster
+                .client(&["download", &id, "-o", output.to_str().unwrap()])?;
+        if code != 0 {
+            bail!("reelfarm download exited {code}: {stdout}{stderr}");
+        }
+        let video = reelfarm_tests::probe::probe(&output);
+        if video.frames != status.total_frames {
+            bail!(
+                "the repaired sequence's video: {video:?}, {} frames planned",
+                status.total_frames
+            );
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Files the object store holds under `sequences/<id>/` (s3s-fs keeps objects as files).
+fn objects_of(farm: &Farm, id: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut folders = vec![farm.s3.bucket_dir().join(format!("sequences/{id}"))];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+async fn nothing_left_of(farm: &Farm, id: &str) -> Result<()> {
+    let mut etcd = etcd(farm).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = count_keys(&mut etcd, &format!("sequences/{id}/")).await?;
+        let objects = objects_of(farm, id);
+        if records == 0 && objects.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("left of {id}: {records} records and objects {objects:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_delete_no_record_or_object_of_the_sequence_remains() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.start_scheduler()?;
+        cluster.start_worker("node-0", "1x4GiB")?;
+        let mut client = leader_client(cluster).await?;
+        let kept = submit(&mut client, three_shot_spec(2), "kept")
+            .await?
+            .sequence_id;
+        let id = submit(&mut client, three_shot_spec(2), "deleted")
+            .await?
+            .sequence_id;
+        let (code, _, stderr) = cluster.client(&["delete", &id])?;
+        if code == 0 || !stderr.contains("cancel it first") {
+            bail!("deleting a running sequence must say to cancel it first: {code} {stderr}");
+        }
+        for sequence in [&kept, &id] {
+            let status = poll_until(cluster, sequence, Duration::from_secs(300), is_final).await?;
+            if state_of(&status) != pb::SequenceState::Succeeded {
+                bail!("{sequence} ended {:?}: {}", state_of(&status), status.error);
+            }
+        }
+        let before = objects_of(farm, &id).len();
+        let (code, stdout, stderr) = farm.cluster.client(&["delete", &id])?;
+        if code != 0 {
+            bail!("reelfarm delete exited {code}: {stdout}{stderr}");
+        }
+        eprintln!("{} ({before} objects before)", stdout.trim());
+        nothing_left_of(farm, &id).await?;
+        // The other sequence is untouched, and the deleted one is gone for clients.
+        if objects_of(farm, &kept).is_empty() {
+            bail!("deleting one sequence removed another's objects");
+        }
+        let mut client = leader_client(&farm.cluster).await?;
+        let gone = client
+            .get_sequence(pb::GetSequenceRequest {
+                sequence_id: id.clone(),
+            })
+            .await;
+        if !matches!(&gone, Err(status) if status.code() == tonic::Code::NotFound) {
+            bail!("a deleted sequence must be NotFound: {gone:?}");
+        }
+        // Its idempotency key is free again.
+        let again = submit(&mut client, three_shot_spec(2), "deleted").await?;
+        if !again.created || again.sequence_id == id {
+            bail!("the deleted sequence's key still returned it: {again:?}");
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_period_deletes_finished_sequences_on_its_own() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        // 0.00005 days: 4.3 s.
+        cluster.start_scheduler_with(&[("REELFARM_RETENTION_DAYS", "0.00005")])?;
+        cluster.start_worker("node-0", "1x4GiB")?;
+        let mut client = leader_client(cluster).await?;
+        let id = submit(&mut client, three_shot_spec(2), "")
+            .await?
+            .sequence_id;
+        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await?;
+        if state_of(&status) != pb::SequenceState::Succeeded {
+            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
+        }
+        let finished = std::time::Instant::now();
+        nothing_left_of(farm, &id).await?;
+        eprintln!(
+            "retention 4.3 s: deleted {:.1?} after the sequence finished",
+            finished.elapsed()
+        );
+        Ok(())
+    })
+    .await;
+}

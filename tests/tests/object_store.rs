@@ -141,7 +141,7 @@ async fn an_object_overwritten_behind_the_stores_back_fails_its_checksum_on_read
         .expect("overwrite");
 
     match store.get(key).await {
-        Err(Error::Unavailable(message)) => {
+        Err(Error::Corrupt(message)) => {
             assert!(message.contains("checksum mismatch"), "{message}");
             assert!(message.contains(key), "names the key: {message}");
             assert!(
@@ -171,12 +171,12 @@ async fn bit_rot_in_the_servers_files_is_detected_on_read() {
     std::fs::write(&file, b"the originaL segment bytes")
         .expect("s3s-fs keeps the object as a file under the bucket");
     match store.get("seg/a.mp4").await {
-        Err(error) => {
+        Err(error @ Error::Corrupt(_)) => {
             let message = error.to_string();
             assert!(message.contains("checksum mismatch"), "{message}");
             assert!(message.contains("seg/a.mp4"), "{message}");
         }
-        Ok(bytes) => panic!("corrupted object returned: {bytes:?}"),
+        other => panic!("corrupted object must be Corrupt: {other:?}"),
     }
 }
 

@@ -102,7 +102,8 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
 
     let specs = sim::specs(&trace);
     let mut live_ids: BTreeMap<String, usize> = BTreeMap::new();
-    let mut references: BTreeMap<Key, pb::AssignmentRef> = BTreeMap::new();
+    // Each assignment's fencing token and the output key it must report.
+    let mut references: BTreeMap<Key, (pb::AssignmentRef, String)> = BTreeMap::new();
     let mut entries = log.iter().peekable();
     let mut compared = 0usize;
     while let Some(entry) = entries.next() {
@@ -126,13 +127,15 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
                 attempt,
                 peak_bytes,
             } => {
-                let reference = references[&(*sequence, task.clone(), *attempt)].clone();
+                let (reference, output_key) =
+                    references[&(*sequence, task.clone(), *attempt)].clone();
                 workers
                     .complete_task(pb::CompleteTaskRequest {
                         assignment: Some(reference),
-                        output_key: "sim".into(),
+                        output_key,
                         phases: Vec::new(),
                         peak_memory_bytes: *peak_bytes,
+                        objects: Vec::new(),
                     })
                     .await?;
             }
@@ -141,12 +144,13 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
                 task,
                 attempt,
             } => {
-                let reference = references[&(*sequence, task.clone(), *attempt)].clone();
+                let (reference, _) = references[&(*sequence, task.clone(), *attempt)].clone();
                 workers
                     .fail_task(pb::FailTaskRequest {
                         assignment: Some(reference),
                         reason: pb::FailureReason::OutOfMemory as i32,
                         message: "measured peak exceeds the GPU".into(),
+                        corrupt_keys: Vec::new(),
                     })
                     .await?;
             }
@@ -173,15 +177,18 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
             let reference = assignment.assignment.clone().expect("fencing token");
             let sequence = live_ids[&assignment.sequence_id];
             let task = task_name(&assignment);
-            let (reserved_bytes, low_memory) = match &assignment.task {
-                Some(pb::assignment::Task::Segment(task)) => {
-                    (task.memory_estimate_bytes, task.low_memory)
-                }
-                _ => (0, false),
+            let (reserved_bytes, low_memory, output_key) = match &assignment.task {
+                Some(pb::assignment::Task::Segment(task)) => (
+                    task.memory_estimate_bytes,
+                    task.low_memory,
+                    reelfarm_common::keys::segment_video(&task.output_prefix),
+                ),
+                Some(pb::assignment::Task::Stitch(task)) => (0, false, task.video_key.clone()),
+                None => (0, false, String::new()),
             };
             references.insert(
                 (sequence, task.clone(), reference.attempt),
-                reference.clone(),
+                (reference.clone(), output_key),
             );
             got.push(Logged::Assigned {
                 sequence,

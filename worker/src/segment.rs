@@ -8,7 +8,7 @@ use std::sync::Arc;
 use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{keys, pb, unix_now_s};
 
-use crate::task::{Phases, Progress, TaskFailure};
+use crate::task::{Phases, Progress, TaskFailure, fetch_verified, put_recorded};
 use reelfarm_media::frame::RgbFrame;
 use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
 use reelfarm_models::{GenerateRequest, ModelRuntime};
@@ -18,6 +18,8 @@ use reelfarm_stitch::color::SegmentSampler;
 pub struct SegmentResult {
     pub video_key: String,
     pub phases: Phases,
+    /// The sidecar, handoff frame and video, with their checksums.
+    pub objects: Vec<pb::StoredObject>,
 }
 
 struct Encoded {
@@ -38,10 +40,8 @@ pub async fn run_segment(
         None
     } else {
         let start = unix_now_s();
-        let bytes = store
-            .get(&task.condition_key)
-            .await
-            .map_err(TaskFailure::storage)?;
+        let bytes =
+            fetch_verified(store.as_ref(), &task.condition_key, &task.condition_crc32c).await?;
         phases.record("storage", &task.segment_id, start);
         Some(decode_png(&bytes).map_err(|error| {
             TaskFailure::invalid(format!(
@@ -67,24 +67,24 @@ pub async fn run_segment(
     let video_key = keys::segment_video(&task.output_prefix);
     let sidecar = serde_json::to_vec_pretty(&encoded.sidecar)
         .map_err(|error| TaskFailure::invalid(error.to_string()))?;
-    store
-        .put(&keys::segment_sidecar(&task.output_prefix), sidecar.into())
-        .await
-        .map_err(TaskFailure::storage)?;
-    store
-        .put(
+    let store = store.as_ref();
+    let objects = vec![
+        put_recorded(store, &keys::segment_sidecar(&task.output_prefix), sidecar).await?,
+        put_recorded(
+            store,
             &keys::segment_handoff_frame(&task.output_prefix),
-            encoded.handoff_frame_png.into(),
+            encoded.handoff_frame_png,
         )
-        .await
-        .map_err(TaskFailure::storage)?;
-    // The video goes last: its presence means the whole segment is in the store.
-    store
-        .put(&video_key, encoded.video.into())
-        .await
-        .map_err(TaskFailure::storage)?;
+        .await?,
+        // The video goes last: its presence means the whole segment is in the store.
+        put_recorded(store, &video_key, encoded.video).await?,
+    ];
     phases.record("storage", &task.segment_id, start);
-    Ok(SegmentResult { video_key, phases })
+    Ok(SegmentResult {
+        video_key,
+        phases,
+        objects,
+    })
 }
 
 fn render_and_encode(

@@ -10,11 +10,12 @@ use reelfarm_common::{pb, unix_now_s};
 use reelfarm_stitch::grading::SegmentColor;
 use reelfarm_stitch::{Join, SequenceStitch, Sidecar, StitchInput, stitch_sequence};
 
-use crate::task::{Phases, Progress, TaskFailure};
+use crate::task::{Phases, Progress, TaskFailure, fetch_verified, put_recorded};
 
 pub struct StitchResult {
     pub video_key: String,
     pub phases: Phases,
+    pub objects: Vec<pb::StoredObject>,
 }
 
 fn join_of(kind: i32) -> Join {
@@ -52,14 +53,10 @@ pub async fn run_stitch(
     let task_start = start;
     let mut inputs = Vec::with_capacity(task.parts.len());
     for part in &task.parts {
-        let video = store
-            .get(&part.video_key)
-            .await
-            .map_err(TaskFailure::storage)?;
-        let sidecar = store
-            .get(&part.sidecar_key)
-            .await
-            .map_err(TaskFailure::storage)?;
+        // Exactly what was accepted: a mismatch sends the segment back to be rendered again.
+        let video = fetch_verified(store.as_ref(), &part.video_key, &part.video_crc32c).await?;
+        let sidecar =
+            fetch_verified(store.as_ref(), &part.sidecar_key, &part.sidecar_crc32c).await?;
         let sidecar: Sidecar = serde_json::from_slice(&sidecar).map_err(|error| {
             TaskFailure::invalid(format!("sidecar {}: {error}", part.sidecar_key))
         })?;
@@ -114,14 +111,12 @@ pub async fn run_stitch(
         // The video goes last: its presence means the sequence's outputs are complete.
         (&task.video_key, outputs.video),
     ];
+    let mut objects = Vec::with_capacity(stored.len());
     for (key, bytes) in stored {
         if key.is_empty() {
             continue;
         }
-        store
-            .put(key, bytes.into())
-            .await
-            .map_err(TaskFailure::storage)?;
+        objects.push(put_recorded(store.as_ref(), key, bytes).await?);
     }
     phases.record("storage", "stitch", start);
     let mut all = codec_phases;
@@ -132,5 +127,6 @@ pub async fn run_stitch(
     Ok(StitchResult {
         video_key: task.video_key,
         phases: all,
+        objects,
     })
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{pb, unix_now_s};
 use tokio::sync::mpsc;
 
@@ -12,6 +13,8 @@ use tokio::sync::mpsc;
 pub struct TaskFailure {
     pub reason: pb::FailureReason,
     pub message: String,
+    /// With `CorruptInput`: the inputs whose bytes failed their checksum.
+    pub corrupt_keys: Vec<String>,
 }
 
 impl TaskFailure {
@@ -19,11 +22,21 @@ impl TaskFailure {
         TaskFailure {
             reason,
             message: message.into(),
+            corrupt_keys: Vec::new(),
         }
     }
 
     pub fn storage(error: reelfarm_common::Error) -> Self {
         TaskFailure::new(pb::FailureReason::StorageError, error.to_string())
+    }
+
+    /// An input's stored bytes do not match its checksum: the scheduler renders its producer
+    /// again.
+    pub fn corrupt(key: &str, message: impl Into<String>) -> Self {
+        TaskFailure {
+            corrupt_keys: vec![key.to_string()],
+            ..TaskFailure::new(pb::FailureReason::CorruptInput, message)
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -60,6 +73,59 @@ impl From<reelfarm_models::ModelError> for TaskFailure {
         };
         TaskFailure::new(reason, error.to_string())
     }
+}
+
+/// CRC32C as the farm records it: 8 lowercase hex digits.
+pub fn crc32c_hex(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32c::crc32c(bytes))
+}
+
+/// Reads an input and checks it against the checksum its producer recorded (none: a
+/// reference image, not checked here). A mismatch, or the store's own checksum failing,
+/// is a corrupt input naming the key.
+pub async fn fetch_verified(
+    store: &dyn BlobStore,
+    key: &str,
+    recorded_crc32c: &str,
+) -> Result<bytes::Bytes, TaskFailure> {
+    let bytes = match store.get(key).await {
+        Ok(bytes) => bytes,
+        Err(reelfarm_common::Error::Corrupt(message)) => {
+            return Err(TaskFailure::corrupt(key, message));
+        }
+        Err(error) => return Err(TaskFailure::storage(error)),
+    };
+    if !recorded_crc32c.is_empty() {
+        let actual = crc32c_hex(&bytes);
+        if actual != recorded_crc32c {
+            return Err(TaskFailure::corrupt(
+                key,
+                format!(
+                    "{key}: crc32c {actual} of the {} bytes read differs from the {recorded_crc32c} recorded when it was written",
+                    bytes.len()
+                ),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// Puts an object and describes it for the completion: key, checksum, size.
+pub async fn put_recorded(
+    store: &dyn BlobStore,
+    key: &str,
+    bytes: Vec<u8>,
+) -> Result<pb::StoredObject, TaskFailure> {
+    let object = pb::StoredObject {
+        key: key.to_string(),
+        crc32c: crc32c_hex(&bytes),
+        size: bytes.len() as u64,
+    };
+    store
+        .put(key, bytes.into())
+        .await
+        .map_err(TaskFailure::storage)?;
+    Ok(object)
 }
 
 /// Wall-clock stretches of work, reported with the result for throughput accounting.

@@ -1,5 +1,7 @@
 //! `reelfarm download`: a finished sequence's video or report through the scheduler's
-//! `ReadOutput` stream, into OUTPUT.partial and then renamed, restarted once at the leader.
+//! `ReadOutput` stream, into OUTPUT.partial and then renamed. A broken stream resumes where
+//! it stopped (at the leader, after a failover), and the whole file is checked against the
+//! CRC32C the stitch recorded when it wrote the output.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reelfarm_common::leader::is_transient;
 use reelfarm_common::pb;
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -82,6 +84,9 @@ async fn download_one(
     Ok(bytes)
 }
 
+/// Times a broken stream is resumed before the download gives up.
+const RESUMES: usize = 5;
+
 async fn fetch_with_retry(
     client: &mut Client,
     id: &str,
@@ -89,16 +94,50 @@ async fn fetch_with_retry(
     partial: &Path,
 ) -> Result<u64> {
     let what = format!("downloading {id}");
-    let status = match fetch(client.grpc.clone(), id, kind, partial).await? {
-        Ok(bytes) => return Ok(bytes),
-        Err(status) if is_transient(&status) => status,
-        Err(status) => return Err(explain_download(client, id, &what, &status)),
+    let mut offset = 0;
+    let mut resumes = 0;
+    let (written, crc32c) = loop {
+        match fetch(client.grpc.clone(), id, kind, partial, offset).await? {
+            Fetched::Done { written, crc32c } => break (written, crc32c),
+            Fetched::Broken { written, status } if is_transient(&status) && resumes < RESUMES => {
+                resumes += 1;
+                tracing::debug!(scheduler = %client.url, written, error = %status.message(), "download resumes");
+                offset = written;
+                client.reconnect(client.connect_timeout).await?;
+            }
+            Fetched::Broken { status, .. } => {
+                return Err(explain_download(client, id, &what, &status));
+            }
+        }
     };
-    tracing::debug!(scheduler = %client.url, error = %status.message(), "download restarts at the leader");
-    client.reconnect(client.connect_timeout).await?;
-    match fetch(client.grpc.clone(), id, kind, partial).await? {
-        Ok(bytes) => Ok(bytes),
-        Err(status) => Err(explain_download(client, id, &what, &status)),
+    if !crc32c.is_empty() {
+        let actual = crc32c_of_file(partial).await?;
+        if actual != crc32c {
+            bail!(
+                "{what}: the {written} bytes received have crc32c {actual}, but the stitch recorded \
+                 {crc32c}; the partial file was removed: run the download again"
+            );
+        }
+    }
+    Ok(written)
+}
+
+async fn crc32c_of_file(path: &Path) -> Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut buffer = vec![0; 1 << 20];
+    let mut crc = 0;
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        if read == 0 {
+            return Ok(format!("{crc:08x}"));
+        }
+        crc = crc32c::crc32c_append(crc, &buffer[..read]);
     }
 }
 
@@ -113,24 +152,55 @@ fn explain_download(client: &Client, id: &str, what: &str, status: &Status) -> a
     }
 }
 
-/// Streams one output into `partial`: the outer error is local (disk), the inner the RPC's.
+/// How one stream ended.
+enum Fetched {
+    Done {
+        written: u64,
+        crc32c: String,
+    },
+    /// The RPC failed after `written` bytes were safely in the file.
+    Broken {
+        written: u64,
+        status: Status,
+    },
+}
+
+/// Streams one output into `partial` from `offset` (what an earlier try already wrote):
+/// the outer error is local (disk), a broken stream is `Fetched::Broken`.
 async fn fetch(
     mut grpc: SequenceServiceClient<Channel>,
     id: &str,
     kind: pb::OutputKind,
     partial: &Path,
-) -> Result<Result<u64, Status>> {
+    offset: u64,
+) -> Result<Fetched> {
     let request = pb::ReadOutputRequest {
         sequence_id: id.to_string(),
         kind: kind as i32,
+        offset,
     };
     let mut stream = match grpc.read_output(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => return Ok(Err(status)),
+        Err(status) => {
+            return Ok(Fetched::Broken {
+                written: offset,
+                status,
+            });
+        }
     };
-    let mut file = tokio::fs::File::create(partial)
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(offset == 0)
+        .open(partial)
         .await
         .with_context(|| format!("creating {}", partial.display()))?;
+    file.set_len(offset)
+        .await
+        .with_context(|| format!("writing {}", partial.display()))?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .with_context(|| format!("writing {}", partial.display()))?;
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {
@@ -144,19 +214,30 @@ async fn fetch(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    let (mut written, mut total) = (0u64, None);
+    let (mut written, mut total, mut crc32c) = (offset, None, String::new());
     loop {
         let chunk = match stream.message().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(status) => {
                 bar.abandon();
-                return Ok(Err(status));
+                file.flush()
+                    .await
+                    .with_context(|| format!("writing {}", partial.display()))?;
+                return Ok(Fetched::Broken { written, status });
             }
         };
+        if chunk.offset != written {
+            bail!(
+                "the scheduler sent bytes from {} where {written} were expected; try again",
+                chunk.offset
+            );
+        }
         if total.is_none() {
             bar.set_length(chunk.total_bytes);
+            bar.set_position(written);
             total = Some(chunk.total_bytes);
+            crc32c = chunk.crc32c.clone();
         }
         file.write_all(&chunk.data)
             .await
@@ -171,9 +252,9 @@ async fn fetch(
     file.sync_all()
         .await
         .with_context(|| format!("writing {}", partial.display()))?;
-    let total = total.unwrap_or(0);
+    let total = total.unwrap_or(written);
     if written != total {
         bail!("the scheduler sent {written} of {total} bytes of {id}; try again");
     }
-    Ok(Ok(written))
+    Ok(Fetched::Done { written, crc32c })
 }

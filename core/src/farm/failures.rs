@@ -20,6 +20,9 @@ pub enum FailureClass {
     InvalidTask,
     /// Running, but no progress within its deadline (a hung worker): taken back.
     Stalled,
+    /// Its input (a segment another task produced) failed its checksum: the producer is
+    /// rendered again and this task waits for it.
+    CorruptInput,
 }
 
 impl FailureClass {
@@ -30,6 +33,7 @@ impl FailureClass {
             pb::FailureReason::Cancelled => FailureClass::Cancelled,
             pb::FailureReason::WorkerLost => FailureClass::WorkerLost,
             pb::FailureReason::InvalidTask => FailureClass::InvalidTask,
+            pb::FailureReason::CorruptInput => FailureClass::CorruptInput,
             pb::FailureReason::ModelError | pb::FailureReason::Unspecified => {
                 FailureClass::ModelError
             }
@@ -46,10 +50,11 @@ impl FailureClass {
             FailureClass::WorkerLost => "worker_lost",
             FailureClass::InvalidTask => "invalid_task",
             FailureClass::Stalled => "stalled",
+            FailureClass::CorruptInput => "corrupt_input",
         }
     }
 
-    pub const ALL: [FailureClass; 7] = [
+    pub const ALL: [FailureClass; 8] = [
         FailureClass::ModelError,
         FailureClass::OutOfMemory,
         FailureClass::StorageError,
@@ -57,6 +62,7 @@ impl FailureClass {
         FailureClass::WorkerLost,
         FailureClass::InvalidTask,
         FailureClass::Stalled,
+        FailureClass::CorruptInput,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -68,6 +74,7 @@ impl FailureClass {
             FailureClass::WorkerLost => "worker lost",
             FailureClass::InvalidTask => "invalid task",
             FailureClass::Stalled => "stalled",
+            FailureClass::CorruptInput => "corrupt input",
         }
     }
 }
@@ -136,8 +143,13 @@ impl Farm {
             class,
             FailureClass::InvalidTask | FailureClass::Cancelled | FailureClass::OutOfMemory
         );
-        // Out-of-memory attempts have their own budget (the ladder above).
-        if retryable && task.attempt - task.oom_count.min(task.attempt) < max_attempts {
+        // Out-of-memory attempts have their own budget (the ladder above), and attempts that
+        // found their input corrupt are excused.
+        let counted = task
+            .attempt
+            .saturating_sub(task.oom_count)
+            .saturating_sub(task.excused_attempts);
+        if retryable && counted < max_attempts {
             task.state = TaskState::Ready;
             task.ready_since_unix_s = now;
             return Vec::new();

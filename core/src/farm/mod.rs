@@ -86,6 +86,23 @@ pub struct TaskRecord {
     pub low_memory: bool,
     /// When the task last became ready (0: unknown); not stored, only for queue-wait metrics.
     pub ready_since_unix_s: f64,
+    /// What the accepted attempt wrote, with the checksums its worker computed: consumers
+    /// verify what they read against these.
+    pub objects: Vec<StoredObject>,
+    /// Attempts that ended through no fault of the task (its input was corrupt and is being
+    /// rendered again): they do not count against the retry budget.
+    pub excused_attempts: u32,
+    /// Times the accepted result was found corrupt and rendered again (its own budget).
+    pub repairs: u32,
+}
+
+/// An object a task wrote, as its worker computed it before the upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    /// CRC32C as 8 lowercase hex digits.
+    pub crc32c: String,
+    pub size: u64,
 }
 
 impl TaskRecord {
@@ -108,6 +125,9 @@ impl TaskRecord {
             min_gpu_bytes: 0,
             low_memory: false,
             ready_since_unix_s: 0.0,
+            objects: Vec::new(),
+            excused_attempts: 0,
+            repairs: 0,
         }
     }
 }
@@ -143,6 +163,30 @@ impl SequenceRecord {
         match task {
             TaskRef::Segment(index) => &mut self.segments[index],
             TaskRef::Stitch => &mut self.stitch,
+        }
+    }
+
+    /// Where attempt `attempt` of segment `index` writes its objects.
+    pub fn attempt_prefix(&self, index: usize, attempt: u32) -> String {
+        let planned = &self.plan.segments[index];
+        reelfarm_common::keys::attempt_prefix(
+            &reelfarm_common::keys::segment_prefix(
+                &self.id,
+                planned.shot_index,
+                planned.segment_index,
+            ),
+            attempt,
+        )
+    }
+
+    /// The key a task's current attempt writes its result to (the scheduler's, not the
+    /// worker's choice).
+    pub fn output_key(&self, task: TaskRef) -> String {
+        match task {
+            TaskRef::Segment(index) => reelfarm_common::keys::segment_video(
+                &self.attempt_prefix(index, self.segments[index].attempt),
+            ),
+            TaskRef::Stitch => reelfarm_common::keys::final_video(&self.id),
         }
     }
 
@@ -215,9 +259,12 @@ pub struct AssignmentRecord {
     pub stalled: bool,
 }
 
-/// Effects for the executor: messages to put on worker command streams.
+/// Effects for the executor: messages to put on worker command streams, and objects to
+/// delete from the store.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Objects of superseded attempts: nothing reads them any more.
+    DeleteObjects { keys: Vec<String> },
     Assign {
         worker: WorkerId,
         assignment: Box<pb::Assignment>,
@@ -500,14 +547,17 @@ impl Farm {
         Ok(false)
     }
 
+    /// A task's result. `objects` are what the attempt wrote, with their checksums; each
+    /// must be one of the attempt's own keys. The result's key is derived, not reported.
     pub fn complete(
         &mut self,
         reference: &pb::AssignmentRef,
-        output_key: String,
+        objects: Vec<StoredObject>,
         phases: Vec<pb::TimedPhase>,
         peak_memory_bytes: u64,
         now: f64,
     ) -> Result<Vec<Action>, Error> {
+        self.check_objects(reference, &objects)?;
         let assignment = self.take_current(reference)?;
         let record = self
             .sequences
@@ -518,6 +568,15 @@ impl Farm {
             // Cancelled while it ran: the result is not wanted.
             return Ok(Vec::new());
         }
+        let output_key = record.output_key(assignment.task);
+        let superseded = match assignment.task {
+            TaskRef::Segment(index) => (1..assignment.attempt)
+                .flat_map(|attempt| {
+                    reelfarm_common::keys::attempt_objects(&record.attempt_prefix(index, attempt))
+                })
+                .collect(),
+            TaskRef::Stitch => Vec::new(),
+        };
         let phases = finite_phases(phases);
         let device_seconds = reelfarm_common::busy_seconds(&phases);
         record.phases.extend(phases);
@@ -537,6 +596,7 @@ impl Farm {
         let task = record.task_mut(assignment.task);
         task.state = TaskState::Done;
         task.output_key = Some(output_key);
+        task.objects = objects;
         task.peak_memory_bytes = peak_memory_bytes;
         task.progress_done = task.progress_total;
         task.error = None;
@@ -570,8 +630,68 @@ impl Farm {
                 });
             }
         }
-        Ok(Vec::new())
+        Ok(if superseded.is_empty() {
+            Vec::new()
+        } else {
+            vec![Action::DeleteObjects { keys: superseded }]
+        })
     }
+
+    /// Forgets a finished sequence (its records are deleted with the next commit) and
+    /// returns every object it may have left in the store: reference images, each attempt
+    /// of each segment, and the final outputs.
+    pub fn delete_sequence(&mut self, id: &str) -> Result<Vec<Action>, Error> {
+        if self.quarantined.remove(id).is_some() {
+            self.changed.insert(id.to_string());
+            return Ok(Vec::new());
+        }
+        let record = self.sequence(id)?;
+        if !record.state.is_terminal() {
+            return Err(Error::FailedPrecondition(format!(
+                "sequence {id} is {}; cancel it first (`reelfarm cancel {id}`), then delete it",
+                crate::records::sequence_state_name(record.state)
+            )));
+        }
+        let mut keys: Vec<String> = (0..record.sequence.shots.len() as u32)
+            .map(|shot| reelfarm_common::keys::reference_image(id, shot))
+            .collect();
+        for (index, task) in record.segments.iter().enumerate() {
+            for attempt in 1..=task.attempt {
+                keys.extend(reelfarm_common::keys::attempt_objects(
+                    &record.attempt_prefix(index, attempt),
+                ));
+            }
+        }
+        keys.extend([
+            reelfarm_common::keys::final_video(id),
+            reelfarm_common::keys::final_report(id),
+            reelfarm_common::keys::final_timeline(id),
+            reelfarm_common::keys::final_contact_sheet(id),
+        ]);
+        if let Some(key) = record.idempotency_key.clone() {
+            self.idempotency_keys.remove(&key);
+        }
+        // A finished sequence holds no assignment, except one told to stop and not yet
+        // reported back: that one keeps its device until it does.
+        self.sequences.remove(id);
+        self.changed.insert(id.to_string());
+        Ok(vec![Action::DeleteObjects { keys }])
+    }
+
+    /// Finished sequences that ended before `cutoff_unix_s` (for retention).
+    pub fn finished_before(&self, cutoff_unix_s: f64) -> Vec<SequenceId> {
+        self.sequences
+            .values()
+            .filter(|record| {
+                record.state.is_terminal()
+                    && record
+                        .finished_unix_s
+                        .is_some_and(|finished| finished < cutoff_unix_s)
+            })
+            .map(|record| record.id.clone())
+            .collect()
+    }
+
     /// Cancels a sequence; running tasks are told to stop and keep their device until they
     /// report back, so memory is never handed out twice.
     pub fn cancel(&mut self, id: &str, now: f64) -> Result<Vec<Action>, Error> {
@@ -766,6 +886,7 @@ const RESIDENT_MODELS: usize = 2;
 mod deadlines;
 mod failures;
 mod pool;
+mod repair;
 pub use deadlines::StallPolicy;
 pub use failures::FailureClass;
 

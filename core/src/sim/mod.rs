@@ -201,6 +201,8 @@ impl Run<'_> {
 
     fn carry_out(&mut self, action: Action, now: f64) {
         match action {
+            // The simulator stores no objects.
+            Action::DeleteObjects { .. } => {}
             Action::Assign { worker, assignment } => {
                 let Some(reference) = assignment.assignment.clone() else {
                     return;
@@ -326,7 +328,7 @@ impl Run<'_> {
             }
             let peak = job.true_peak;
             self.step(now, |farm| {
-                farm.complete(&reference, "sim".into(), Vec::new(), peak, now)
+                farm.complete(&reference, Vec::new(), Vec::new(), peak, now)
                     .unwrap_or_default()
             });
         }

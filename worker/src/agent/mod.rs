@@ -507,7 +507,7 @@ async fn execute(
             match context.models.iter().find(|model| model.id() == task.model) {
                 Some(model) => run_segment(task, model.clone(), context.store.clone(), progress)
                     .await
-                    .map(|done| (done.video_key, done.phases)),
+                    .map(|done| (done.video_key, done.phases, done.objects)),
                 None => Err(TaskFailure::invalid(format!(
                     "this worker has no model {:?}",
                     task.model
@@ -517,7 +517,7 @@ async fn execute(
         Some(pb::assignment::Task::Stitch(task)) => {
             run_stitch(task, context.store.clone(), progress)
                 .await
-                .map(|done| (done.video_key, done.phases))
+                .map(|done| (done.video_key, done.phases, done.objects))
         }
         None => Err(TaskFailure::invalid("assignment without a task")),
     };
@@ -527,7 +527,7 @@ async fn execute(
         .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));
     let traceparent = span.traceparent.clone();
     match result {
-        Ok((output_key, phases)) => {
+        Ok((output_key, phases, objects)) => {
             crate::worker_metrics::task_done(segment_labels, &phases, peak_memory_bytes);
             span.finish(&phases, None);
             let request = pb::CompleteTaskRequest {
@@ -535,6 +535,7 @@ async fn execute(
                 output_key,
                 phases: phases.0,
                 peak_memory_bytes,
+                objects,
             };
             deliver(&context.link, &reference, "result", |mut client| {
                 let mut request = tonic::Request::new(request.clone());
@@ -562,6 +563,7 @@ async fn execute(
                 assignment: Some(reference.clone()),
                 reason: failure.reason as i32,
                 message: failure.message,
+                corrupt_keys: failure.corrupt_keys,
             };
             deliver(&context.link, &reference, "failure", |mut client| {
                 let mut request = tonic::Request::new(request.clone());
