@@ -1030,14 +1030,20 @@ mod tests {
         let revisions = vec![9; written.len()];
         durable.committed(written, &revisions);
         let actions = farm.delete_sequence("seq-x").unwrap();
-        assert!(matches!(&actions[..], [Action::DeleteObjects { keys }] if keys.iter().any(|key| key.ends_with("final.mp4"))));
+        assert!(
+            matches!(&actions[..], [Action::DeleteObjects { keys }] if keys.iter().any(|key| key.ends_with("final.mp4")))
+        );
         let deletes = durable.settle(&mut farm).writes;
         let mut deleted: Vec<String> = deletes.iter().map(|write| write.key.clone()).collect();
         deleted.sort();
         let mut expected = keys;
         expected.sort();
         assert_eq!(deleted, expected);
-        assert!(deletes.iter().all(|write| write.value.is_none() && write.expected_revision == 9));
+        assert!(
+            deletes
+                .iter()
+                .all(|write| write.value.is_none() && write.expected_revision == 9)
+        );
         assert!(farm.sequence("seq-x").is_err());
     }
 

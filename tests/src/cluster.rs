@@ -101,6 +101,17 @@ impl Process {
         }
     }
 
+    /// A line of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`), while it runs.
+    pub fn memory_bytes(&self, field: &str) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(&format!("{field}:")))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut()?.try_wait().ok().flatten()
     }

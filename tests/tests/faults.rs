@@ -491,3 +491,70 @@ async fn a_retention_period_deletes_finished_sequences_on_its_own() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_downloads_of_a_large_video_keep_scheduler_memory_bounded() {
+    use reelfarm_common::blob::BlobStore;
+    const VIDEO_BYTES: usize = 32 << 20;
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.start_scheduler()?;
+        cluster.start_worker("node-0", "1x4GiB")?;
+        let mut client = leader_client(cluster).await?;
+        let id = submit(&mut client, three_shot_spec(2), "").await?.sequence_id;
+        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await?;
+        if state_of(&status) != pb::SequenceState::Succeeded {
+            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
+        }
+        // Make the video large (the downloads below read raw bytes, unchecked).
+        let store = reelfarm_common::s3::S3BlobStore::connect(farm.s3.settings()).await?;
+        let large: Vec<u8> = (0..VIDEO_BYTES).map(|i| (i % 251) as u8).collect();
+        store.put(&status.video_key, large.into()).await?;
+        let scheduler = &farm.cluster.schedulers[0].1;
+        let before = scheduler.memory_bytes("VmHWM").context("the scheduler's peak memory")?;
+        let downloads: Vec<_> = (0..8)
+            .map(|_| {
+                let mut client = client.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let mut stream = client
+                        .read_output(pb::ReadOutputRequest {
+                            sequence_id: id,
+                            kind: pb::OutputKind::Video as i32,
+                            offset: 0,
+                        })
+                        .await?
+                        .into_inner();
+                    let mut received = 0usize;
+                    while let Some(chunk) = stream.message().await? {
+                        received += chunk.data.len();
+                    }
+                    anyhow::Ok(received)
+                })
+            })
+            .collect();
+        for download in downloads {
+            let received = download.await??;
+            if received != VIDEO_BYTES {
+                bail!("a download received {received} of {VIDEO_BYTES} bytes");
+            }
+        }
+        let after = scheduler.memory_bytes("VmHWM").context("the scheduler's peak memory")?;
+        let grown = after.saturating_sub(before);
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        eprintln!(
+            "8 concurrent downloads of a {} MiB video: scheduler peak memory {:.0} -> {:.0} MiB (+{:.1} MiB; holding each video whole would take +{} MiB)",
+            VIDEO_BYTES >> 20,
+            mib(before),
+            mib(after),
+            mib(grown),
+            8 * (VIDEO_BYTES >> 20)
+        );
+        if grown > 96 << 20 {
+            bail!("the scheduler's peak memory grew {:.0} MiB for 8 downloads", mib(grown));
+        }
+        Ok(())
+    })
+    .await;
+}
