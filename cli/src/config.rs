@@ -93,6 +93,10 @@ pub struct SchedulerArgs {
     /// plan's estimate (10× a model load plus one step). 0 turns deadlines off [default: 600].
     #[arg(long, env = "REELFARM_STALL_TIMEOUT")]
     pub stall_timeout: Option<f64>,
+    /// Seconds of etcd history the leader keeps: every this often it compacts to the revision
+    /// of the round before; 0 turns it off [default: 300].
+    #[arg(long, env = "REELFARM_ETCD_COMPACT_EVERY")]
+    pub etcd_compact_every: Option<f64>,
     /// Delete finished sequences (records and objects) this many days after they ended,
     /// fractions allowed; unset: keep them until `reelfarm delete`.
     #[arg(long, env = "REELFARM_RETENTION_DAYS")]
@@ -107,7 +111,7 @@ impl SchedulerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; listen, advertise_url, etcd, etcd_prefix, leader_ttl, worker_ttl,
-            max_attempts, stall_timeout, retention_days, models)
+            max_attempts, stall_timeout, etcd_compact_every, retention_days, models)
     }
 }
 

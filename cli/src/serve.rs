@@ -172,6 +172,10 @@ pub async fn run_scheduler(
             }
             settings.leader_ttl = leader_ttl;
             settings.worker_ttl = worker_ttl;
+            settings.compact_every = match args.etcd_compact_every {
+                Some(0.0) => None,
+                other => Some(seconds(other, 300.0, "etcd-compact-every")?),
+            };
             Arc::new(EtcdState::connect(settings).await?)
         }
         _ => {

@@ -558,3 +558,54 @@ async fn eight_concurrent_downloads_of_a_large_video_keep_scheduler_memory_bound
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_compacts_etcd_history_and_worker_expiry_still_arrives() {
+    use reelfarm_scheduler::state::{EtcdSettings, EtcdState, StateStore, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = reelfarm_tests::cluster::Etcd::start(dir.path()).expect("etcd starts");
+    let mut settings = EtcdSettings::new(vec![etcd.url.clone()]);
+    settings.worker_ttl = Duration::from_secs(2);
+    settings.compact_every = Some(Duration::from_secs(1));
+    let state = EtcdState::connect(settings).await.expect("connects");
+    let leadership = state.campaign("http://scheduler").await.expect("leads");
+    let mut loaded = state.load(&leadership).await.expect("loads");
+    let mut revision = 0;
+    for round in 0..20 {
+        revision = state
+            .commit(
+                &leadership,
+                vec![Write {
+                    key: "sequences/a/status".into(),
+                    value: Some(format!("{round}").into_bytes()),
+                    expected_revision: revision,
+                }],
+            )
+            .await
+            .expect("commit")[0];
+    }
+    let mut client = Client::connect([etcd.url.as_str()], None).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let compacted = loop {
+        let old = client
+            .get("anything", Some(GetOptions::new().with_revision(2)))
+            .await;
+        if let Err(error) = &old
+            && error.to_string().contains("compacted")
+        {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(compacted, "the leader never compacted etcd's history");
+    state
+        .worker_online(&leadership, "w1", b"{}".to_vec(), true)
+        .await
+        .unwrap();
+    state.worker_offline("w1").await;
+    let expired = tokio::time::timeout(Duration::from_secs(15), loaded.expired.recv()).await;
+    assert_eq!(expired.ok().flatten().as_deref(), Some("w1"));
+}

@@ -32,6 +32,9 @@ pub struct EtcdSettings {
     /// A worker whose stream closed keeps its work this long, waiting for it to reconnect.
     pub worker_ttl: Duration,
     pub connect_timeout: Duration,
+    /// The leader compacts etcd's history to the revision it had this long ago (`None`:
+    /// never): keeps the store small while watchers can still resume across a short cut.
+    pub compact_every: Option<Duration>,
 }
 
 impl EtcdSettings {
@@ -42,6 +45,7 @@ impl EtcdSettings {
             leader_ttl: Duration::from_secs(5),
             worker_ttl: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            compact_every: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -197,6 +201,34 @@ async fn watch_worker_leases(
                 }
             }
         }
+    }
+}
+
+/// While this scheduler leads: every `every`, compacts etcd's history up to the revision
+/// read at the previous round, so at least `every` of history always remains.
+async fn compact_history(mut client: Client, every: Duration, mut lost: watch::Receiver<bool>) {
+    let mut previous: Option<i64> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = crate::leading::stopped(&mut lost) => return,
+        }
+        let revision = match client.status().await {
+            Ok(status) => status.header().map_or(0, |header| header.revision()),
+            Err(error) => {
+                warn!(%error, "cannot read etcd's revision for compaction");
+                continue;
+            }
+        };
+        if let Some(target) = previous.filter(|&target| target > 0) {
+            match client.compact(target, None).await {
+                Ok(_) => info!(revision = target, "etcd history compacted"),
+                // Compacted already (by etcd's own auto-compaction): nothing to do.
+                Err(error) if error.to_string().contains("compacted") => {}
+                Err(error) => warn!(%error, revision = target, "etcd compaction failed"),
+            }
+        }
+        previous = Some(revision);
     }
 }
 
@@ -499,6 +531,13 @@ impl StateStore for EtcdState {
                 records.insert(relative.to_string(), kv.value().to_vec());
                 revisions.insert(relative.to_string(), kv.mod_revision());
             }
+        }
+        if let Some(every) = self.settings.compact_every {
+            tokio::spawn(compact_history(
+                self.client.clone(),
+                every,
+                leadership.lost.clone(),
+            ));
         }
         let (sender, expired) = mpsc::unbounded_channel();
         tokio::spawn(watch_worker_leases(
