@@ -929,6 +929,16 @@ mod tests {
             .map(|status| status.sequence_id)
             .collect();
         assert_eq!(listed, ["seq-bad", "seq-gone", "seq-good"]);
+        // Pages in id order, quarantined ones included.
+        let ids = |page: &[pb::SequenceStatus]| -> Vec<String> {
+            page.iter().map(|status| status.sequence_id.clone()).collect()
+        };
+        let (first, more) = snapshot::statuses_page(&farm, "", 2);
+        assert_eq!((ids(&first), more), (vec!["seq-bad".into(), "seq-gone".into()], true));
+        let (second, more) = snapshot::statuses_page(&farm, "seq-gone", 2);
+        assert_eq!((ids(&second), more), (vec!["seq-good".into()], false));
+        let (exact, more) = snapshot::statuses_page(&farm, "", 3);
+        assert_eq!((exact.len(), more), (3, false));
         // Nothing of a quarantined sequence holds a device, and cancelling it is a no-op.
         let mut farm = farm;
         assert!(farm.cancel("seq-bad", 2.0).unwrap().is_empty());

@@ -142,6 +142,33 @@ pub fn status(farm: &Farm, id: &str) -> Result<pb::SequenceStatus, Error> {
     }
 }
 
+/// Up to `limit` statuses in id order after the id `after` ("" from the start), quarantined
+/// ones included, and whether more follow.
+pub fn statuses_page(farm: &Farm, after: &str, limit: usize) -> (Vec<pb::SequenceStatus>, bool) {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let start = if after.is_empty() {
+        Unbounded
+    } else {
+        Excluded(after.to_string())
+    };
+    let mut page: Vec<pb::SequenceStatus> = farm
+        .sequences
+        .range((start.clone(), Unbounded))
+        .take(limit + 1)
+        .map(|(_, record)| sequence_status(record))
+        .chain(
+            farm.quarantined
+                .range((start, Unbounded))
+                .take(limit + 1)
+                .map(|(_, quarantined)| quarantined_status(quarantined)),
+        )
+        .collect();
+    page.sort_by(|a, b| a.sequence_id.cmp(&b.sequence_id));
+    let more = page.len() > limit;
+    page.truncate(limit);
+    (page, more)
+}
+
 /// Every sequence's status in id order, quarantined ones included.
 pub fn statuses(farm: &Farm) -> Vec<pb::SequenceStatus> {
     let mut statuses: Vec<pb::SequenceStatus> = farm

@@ -27,6 +27,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 /// Chunk size of `ReadOutput`.
 const OUTPUT_CHUNK_BYTES: usize = 1 << 20;
+/// Sequences per ListSequences page unless the caller asks otherwise, and the most it may.
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
 
 fn require_ref(reference: Option<pb::AssignmentRef>) -> Result<pb::AssignmentRef, Error> {
     reference.ok_or_else(|| Error::InvalidArgument("assignment: required".into()))
@@ -244,19 +247,31 @@ impl SequenceService for Api {
 
     async fn list_sequences(
         &self,
-        _request: Request<pb::ListSequencesRequest>,
+        request: Request<pb::ListSequencesRequest>,
     ) -> Result<Response<pb::ListSequencesResponse>, Status> {
-        let (sequences, throughput) = self
+        let request = request.into_inner();
+        let limit = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size => (size as usize).min(MAX_PAGE_SIZE),
+        };
+        let (sequences, more, throughput) = self
             .0
             .read(|farm| {
+                let (sequences, more) = snapshot::statuses_page(farm, &request.page_token, limit);
                 Ok((
-                    snapshot::statuses(farm),
+                    sequences,
+                    more,
                     snapshot::throughput(farm.sequences(), unix_now_s(), 3600.0),
                 ))
             })
             .await?;
+        let next_page_token = match sequences.last() {
+            Some(last) if more => last.sequence_id.clone(),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListSequencesResponse {
             sequences,
+            next_page_token,
             throughput: Some(throughput),
         }))
     }

@@ -133,7 +133,7 @@ async fn bad_specs_are_invalid_argument_naming_the_field() {
     );
     let listed = farm
         .client
-        .list_sequences(pb::ListSequencesRequest {})
+        .list_sequences(pb::ListSequencesRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -170,7 +170,7 @@ async fn the_same_idempotency_key_returns_the_same_sequence_and_cancel_stops_it(
     assert_eq!(first.sequence_id, second.sequence_id);
     let listed = farm
         .client
-        .list_sequences(pb::ListSequencesRequest {})
+        .list_sequences(pb::ListSequencesRequest::default())
         .await
         .unwrap()
         .into_inner();

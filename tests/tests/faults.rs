@@ -48,7 +48,7 @@ fn five_hundred_shots() -> pb::SequenceSpec {
 async fn list(farm: &Farm) -> Result<Vec<pb::SequenceStatus>> {
     let mut client = leader_client(&farm.cluster).await?;
     Ok(client
-        .list_sequences(pb::ListSequencesRequest {})
+        .list_sequences(pb::ListSequencesRequest::default())
         .await?
         .into_inner()
         .sequences)

@@ -7,12 +7,27 @@ use reelfarm_common::{pb, unix_now_s};
 use super::{Client, table};
 
 pub(super) async fn print_sequences(client: &mut Client) -> Result<()> {
-    let listed = client
-        .call("listing sequences", |mut grpc| async move {
-            grpc.list_sequences(pb::ListSequencesRequest {}).await
-        })
-        .await?;
-    let mut sequences = listed.sequences;
+    let mut sequences = Vec::new();
+    let mut throughput;
+    let mut page_token = String::new();
+    loop {
+        let token = page_token.clone();
+        let page = client
+            .call("listing sequences", |mut grpc| {
+                let request = pb::ListSequencesRequest {
+                    page_size: 500,
+                    page_token: token.clone(),
+                };
+                async move { grpc.list_sequences(request).await }
+            })
+            .await?;
+        sequences.extend(page.sequences);
+        throughput = page.throughput;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     if sequences.is_empty() {
         println!(
             "no sequences at {}; `reelfarm submit SPEC` starts one",
@@ -45,7 +60,7 @@ pub(super) async fn print_sequences(client: &mut Client) -> Result<()> {
             rows
         )
     );
-    if let Some(throughput) = &listed.throughput {
+    if let Some(throughput) = &throughput {
         println!("{}", throughput_line(throughput));
     }
     Ok(())
