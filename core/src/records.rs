@@ -931,10 +931,15 @@ mod tests {
         assert_eq!(listed, ["seq-bad", "seq-gone", "seq-good"]);
         // Pages in id order, quarantined ones included.
         let ids = |page: &[pb::SequenceStatus]| -> Vec<String> {
-            page.iter().map(|status| status.sequence_id.clone()).collect()
+            page.iter()
+                .map(|status| status.sequence_id.clone())
+                .collect()
         };
         let (first, more) = snapshot::statuses_page(&farm, "", 2);
-        assert_eq!((ids(&first), more), (vec!["seq-bad".into(), "seq-gone".into()], true));
+        assert_eq!(
+            (ids(&first), more),
+            (vec!["seq-bad".into(), "seq-gone".into()], true)
+        );
         let (second, more) = snapshot::statuses_page(&farm, "seq-gone", 2);
         assert_eq!((ids(&second), more), (vec!["seq-good".into()], false));
         let (exact, more) = snapshot::statuses_page(&farm, "", 3);

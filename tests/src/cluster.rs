@@ -101,6 +101,19 @@ impl Process {
         }
     }
 
+    /// Sends a signal by name (`STOP` freezes the process as a hung node would, `CONT` thaws it).
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.child.as_ref().context("not running")?.id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
     /// A line of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`), while it runs.
     pub fn memory_bytes(&self, field: &str) -> Option<u64> {
         let pid = self.child.as_ref()?.id();

@@ -609,3 +609,39 @@ async fn the_leader_compacts_etcd_history_and_worker_expiry_still_arrives() {
     let expired = tokio::time::timeout(Duration::from_secs(15), loaded.expired.recv()).await;
     assert_eq!(expired.ok().flatten().as_deref(), Some("w1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_worker_loses_its_stream_and_its_segment_is_placed_again() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        // Deadlines off: the transport alone must notice the frozen process.
+        cluster.start_scheduler_with(&[("REELFARM_STALL_TIMEOUT", "0")])?;
+        cluster.start_worker("frozen", "1x4GiB")?;
+        let mut client = leader_client(cluster).await?;
+        let id = submit(&mut client, three_shot_spec(16), "").await?.sequence_id;
+        poll_until(cluster, &id, Duration::from_secs(120), |status| {
+            status.segments.iter().any(|segment| segment.state == pb::TaskState::Running as i32)
+        })
+        .await?;
+        cluster.workers[0].signal("STOP")?;
+        let stopped = std::time::Instant::now();
+        cluster.start_worker("healthy", "1x4GiB")?;
+        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await;
+        cluster.workers[0].signal("CONT")?;
+        let status = status?;
+        if state_of(&status) != pb::SequenceState::Succeeded {
+            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
+        }
+        let retried = status.segments.iter().filter(|segment| segment.attempt > 1).count();
+        eprintln!(
+            "SIGSTOPped worker: {retried} segment(s) placed again; sequence done {:.1?} after the stop",
+            stopped.elapsed()
+        );
+        if retried == 0 {
+            bail!("no segment was taken from the frozen worker");
+        }
+        Ok(())
+    })
+    .await;
+}
