@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod farm;
+pub mod fault_proxy;
 pub mod leading;
 pub mod probe;
 pub mod s3_server;
