@@ -238,3 +238,21 @@ proptest! {
         prop_assert_eq!(seeds.len(), first.segments.len());
     }
 }
+
+#[test]
+fn the_stitch_reservation_follows_the_sequence_s_size() {
+    let model = reelfarm_tiny();
+    let one_minute = |resolution: Resolution, shots: usize| {
+        let mut sequence = sequence(vec![shot(12.0, Transition::Cut); shots], 24);
+        sequence.resolution = resolution;
+        plan(&sequence, &model).stitch_memory_bytes()
+    };
+    let draft = one_minute(Resolution::P480, 5);
+    let long = one_minute(Resolution::P480, 10);
+    let sharp = one_minute(Resolution::P1080, 10);
+    // The README's one-minute 480p draft keeps about the fixed 512 MiB it used to get.
+    assert!((384 << 20..=640 << 20).contains(&draft), "{draft}");
+    assert!(long > draft && sharp > 2 * long, "{draft} {long} {sharp}");
+    assert!(sharp < 4 << 30, "two minutes at 1080p: {sharp}");
+    assert_eq!(draft % (1 << 20), 0);
+}

@@ -373,6 +373,9 @@ impl SequenceService for Api {
             ))
             .into());
         }
+        if request.offset > 0 {
+            info!(sequence = %request.sequence_id, offset = request.offset, total_bytes, "output read resumes at byte {}", request.offset);
+        }
         // Streamed from the store a piece at a time: at most two pieces wait per download,
         // whatever the video's size.
         let (sender, receiver) = mpsc::channel(2);

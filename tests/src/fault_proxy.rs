@@ -203,3 +203,59 @@ async fn serve(
     upload.abort();
     Ok(())
 }
+
+/// A plain TCP forwarder whose every connection breaks after `cut_after` bytes have gone
+/// back to the client: downloads cut off again and again, each time further along.
+pub struct CutProxy {
+    pub endpoint: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CutProxy {
+    pub async fn start(upstream: &str, cut_after: u64) -> Result<Self> {
+        let upstream: SocketAddr = upstream.trim_start_matches("http://").parse()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = forward(client, upstream, cut_after).await;
+                });
+            }
+        });
+        Ok(CutProxy { endpoint, task })
+    }
+}
+
+async fn forward(client: TcpStream, upstream: SocketAddr, limit: u64) -> Result<()> {
+    let server = TcpStream::connect(upstream).await?;
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upload = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut sent = 0u64;
+    let mut buffer = vec![0u8; 64 << 10];
+    loop {
+        let read = server_read.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        let allowed = (limit - sent).min(read as u64) as usize;
+        client_write.write_all(&buffer[..allowed]).await?;
+        sent += allowed as u64;
+        if sent >= limit {
+            break;
+        }
+    }
+    // Both halves close: the client sees its connection end mid-stream.
+    upload.abort();
+    drop(client_write);
+    Ok(())
+}

@@ -848,6 +848,10 @@ async fn chaos_kills_stops_restarts_and_s3_faults_change_nothing_in_a_two_minute
         plan.push((roll(0.3..0.9) * window, Fault::RestartEtcd));
         plan.sort_by(|a, b| a.0.total_cmp(&b.0));
         eprintln!("chaos plan: {plan:?}");
+        let requests_before = proxy
+            .counts
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed);
         proxy.set(70, 30, 20);
         let started = std::time::Instant::now();
         let id = submit(&mut leader_client(&farm.cluster).await?, two_minute_spec(), "chaos")
@@ -938,8 +942,13 @@ async fn chaos_kills_stops_restarts_and_s3_faults_change_nothing_in_a_two_minute
             .map(|segment| segment.attempt.saturating_sub(1))
             .sum::<u32>()
             + status.stitch.as_ref().map_or(0, |stitch| stitch.attempt.saturating_sub(1));
+        let during = proxy
+            .counts
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - requests_before;
         eprintln!(
-            "chaos: {} | {} | {replaced} re-placements | {} frames identical to the fault-free run | {:.1} s vs {:.1} s fault-free ({:+.1} s lost)",
+            "chaos: {} | {during} S3 requests during the chaos; in all {} | {replaced} re-placements | {} frames identical to the fault-free run | {:.1} s vs {:.1} s fault-free ({:+.1} s lost)",
             injected.join(", "),
             proxy.counts.summary(),
             videos[0].len(),
@@ -947,6 +956,62 @@ async fn chaos_kills_stops_restarts_and_s3_faults_change_nothing_in_a_two_minute
             fault_free.as_secs_f64(),
             chaos.as_secs_f64() - fault_free.as_secs_f64()
         );
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_off_half_way_resumes_where_it_stopped_and_checks_the_whole_file() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        let scheduler = cluster.start_scheduler()?;
+        for index in 0..2 {
+            cluster.start_worker(&format!("node-{index}"), "1x4GiB")?;
+        }
+        let mut client = leader_client(cluster).await?;
+        let spec = pb::SequenceSpec {
+            steps: Some(2),
+            ..two_minute_spec()
+        };
+        let id = submit(&mut client, spec, "").await?.sequence_id;
+        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await?;
+        if state_of(&status) != pb::SequenceState::Succeeded {
+            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
+        }
+        // Every connection through the proxy breaks after 1.5 MiB.
+        let proxy = reelfarm_tests::fault_proxy::CutProxy::start(&scheduler, 3 << 19).await?;
+        let output = farm.dir.path().join("resumed.mp4");
+        let download = std::process::Command::new(reelfarm_tests::cluster::reelfarm_binary())
+            .args(["download", &id, "-o"])
+            .arg(&output)
+            .env("REELFARM_SCHEDULER", &proxy.endpoint)
+            .env("RUST_LOG", "reelfarm=debug")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&download.stderr);
+        if !download.status.success() {
+            bail!(
+                "reelfarm download through a cut exited {}: {stderr}",
+                download.status
+            );
+        }
+        let size = std::fs::metadata(&output)?.len();
+        let log = farm.cluster.schedulers[0].1.log_text();
+        let resumed = log
+            .lines()
+            .find(|line| line.contains("output read resumes at byte"))
+            .context(format!(
+                "the download ({size} bytes) never resumed at an offset:\n{stderr}"
+            ))?;
+        eprintln!(
+            "{size}-byte video downloaded through a cut connection; scheduler: {}",
+            resumed.trim()
+        );
+        let video = reelfarm_tests::probe::probe(&output);
+        if video.frames != status.total_frames {
+            bail!("the resumed download: {video:?}");
+        }
         Ok(())
     })
     .await;

@@ -18,8 +18,6 @@ pub type WorkerId = String;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Starts the error of a task that fits no registered device.
 pub const UNPLACEABLE_PREFIX: &str = "needs";
-/// A stitch holds a few frames and the encoder; it fits any worker.
-pub const STITCH_MEMORY_ESTIMATE_BYTES: u64 = 512 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskState {
@@ -462,13 +460,14 @@ impl Farm {
                 task
             })
             .collect();
+        let stitch_bytes = plan.stitch_memory_bytes();
         let record = SequenceRecord {
             id: id.clone(),
             submit_order: self.next_submit_order,
             sequence,
             plan,
             segments,
-            stitch: TaskRecord::new(TaskState::Blocked, STITCH_MEMORY_ESTIMATE_BYTES),
+            stitch: TaskRecord::new(TaskState::Blocked, stitch_bytes),
             state: SequenceState::Queued,
             submitted_unix_s: now,
             finished_unix_s: None,

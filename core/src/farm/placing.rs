@@ -11,10 +11,7 @@ use crate::estimator::{CorrectionKey, Corrections};
 use crate::placement::{ReadyQueue, ReadySegment, permanent_reason};
 
 use super::pool::{Ids, Pool, Running, STITCH_MODEL};
-use super::{
-    Action, Farm, STITCH_MEMORY_ESTIMATE_BYTES, SequenceId, SequenceRecord, TaskRef, TaskState,
-    UNPLACEABLE_PREFIX,
-};
+use super::{Action, Farm, SequenceId, SequenceRecord, TaskRef, TaskState, UNPLACEABLE_PREFIX};
 
 /// Stitching is short and finishes a sequence: it goes before segments of equal standing.
 const STITCH_WORK_SECONDS: f64 = 5.0;
@@ -129,7 +126,7 @@ impl PlacementState {
                 sequence,
                 owner,
                 priority: priority + 1,
-                reserve_bytes: STITCH_MEMORY_ESTIMATE_BYTES,
+                reserve_bytes: record.stitch.memory_estimate_bytes,
                 cold_extra_bytes: 0,
                 min_gpu_bytes: 0,
                 model: STITCH_MODEL,
