@@ -143,7 +143,7 @@ fn synthetic_segments(seconds: f64, width: u32, height: u32, fps: u32) -> Result
             join,
             lead_frames: lead,
             timeline_frames: frames_per_shot,
-            video: Bytes::from(writer.finish()?.into_inner()),
+            video: Bytes::from(writer.finish()?.into_inner()).into(),
             color: SegmentColor {
                 scene: "bench".into(),
                 grade_reference: shot == 0,
@@ -188,7 +188,7 @@ fn time_ffmpeg(inputs: &[StitchInput], dir: &Path) -> Result<f64> {
     let mut list = String::new();
     for input in inputs {
         let path = dir.join(format!("{}.mp4", input.segment_id));
-        std::fs::write(&path, &input.video)?;
+        std::fs::write(&path, input.video.load()?)?;
         list.push_str(&format!("file '{}'\n", path.display()));
     }
     let list_path = dir.join("segments.txt");

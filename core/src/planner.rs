@@ -84,20 +84,22 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Memory the stitch of this plan holds at its peak: every segment's file (encoded at
-    /// most ~1 bit per pixel per frame: three times the intermediate budget), the final video
-    /// (three times the delivery budget), frames in flight through decode, blend, grading and
-    /// encode (24 frames as f32 RGB), and the process's own 256 MiB. Rounded up to MiB. The
-    /// stitch is placed with this reservation, so a two-hour 4K sequence is not squeezed onto
-    /// a device sized for a one-minute draft.
+    /// Memory the stitch of this plan holds at its peak: the largest segment's file (the
+    /// stitch fetches one at a time; encoded at most ~1 bit per pixel per frame, three times
+    /// the intermediate budget, held twice while it is opened), the final video (three times
+    /// the delivery budget), frames in flight through decode, blend, grading and encode (24
+    /// frames as f32 RGB), and the process's own 256 MiB. Rounded up to MiB. The stitch is
+    /// placed with this reservation, so a two-hour 4K sequence is not squeezed onto a device
+    /// sized for a one-minute draft.
     pub fn stitch_memory_bytes(&self) -> u64 {
         let pixels = u64::from(self.width) * u64::from(self.height);
-        let rendered: u64 = self
+        let largest = self
             .segments
             .iter()
             .map(|segment| segment.lead_frames + segment.timeline_frames)
-            .sum();
-        let inputs = rendered * pixels / 8;
+            .max()
+            .unwrap_or(0);
+        let inputs = 2 * largest * pixels / 8;
         let output = self.total_frames * pixels * 3 / 80;
         let in_flight = 24 * pixels * 3 * 4;
         let total = (256 << 20) + inputs + output + in_flight;

@@ -96,6 +96,26 @@ pub struct ObjectDoc {
     pub size: u64,
 }
 
+impl From<&StoredObject> for ObjectDoc {
+    fn from(object: &StoredObject) -> Self {
+        ObjectDoc {
+            key: object.key.clone(),
+            crc32c: object.crc32c.clone(),
+            size: object.size,
+        }
+    }
+}
+
+impl From<ObjectDoc> for StoredObject {
+    fn from(object: ObjectDoc) -> Self {
+        StoredObject {
+            key: object.key,
+            crc32c: object.crc32c,
+            size: object.size,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeviceDoc {
     pub index: u32,
@@ -205,15 +225,7 @@ fn task_doc(task: &TaskRecord) -> TaskDoc {
         oom_count: task.oom_count,
         min_gpu_bytes: task.min_gpu_bytes,
         low_memory: task.low_memory,
-        objects: task
-            .objects
-            .iter()
-            .map(|object| ObjectDoc {
-                key: object.key.clone(),
-                crc32c: object.crc32c.clone(),
-                size: object.size,
-            })
-            .collect(),
+        objects: task.objects.iter().map(ObjectDoc::from).collect(),
         excused_attempts: task.excused_attempts,
         repairs: task.repairs,
     }
@@ -458,15 +470,7 @@ fn restore_sequence(
             min_gpu_bytes: doc.min_gpu_bytes,
             low_memory: doc.low_memory,
             ready_since_unix_s: 0.0,
-            objects: doc
-                .objects
-                .into_iter()
-                .map(|object| StoredObject {
-                    key: object.key,
-                    crc32c: object.crc32c,
-                    size: object.size,
-                })
-                .collect(),
+            objects: doc.objects.into_iter().map(StoredObject::from).collect(),
             excused_attempts: doc.excused_attempts,
             repairs: doc.repairs,
         })

@@ -591,15 +591,7 @@ impl WorkerService for Api {
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         let request = request.into_inner();
         let reference = require_ref(request.assignment)?;
-        let objects: Vec<StoredObject> = request
-            .objects
-            .into_iter()
-            .map(|object| StoredObject {
-                key: object.key,
-                crc32c: object.crc32c,
-                size: object.size,
-            })
-            .collect();
+        let objects: Vec<StoredObject> = request.objects.into_iter().map(Into::into).collect();
         let result = self
             .0
             .apply(|farm| {

@@ -15,6 +15,6 @@ pub mod timeline;
 
 pub use pipeline::{
     Join, Progress, SequenceStitch, StitchError, StitchInput, StitchOutputs, StitchReport,
-    Stitched, Unwatched, dissolve, stitch, stitch_sequence, timeline_of,
+    Stitched, Unwatched, VideoSource, dissolve, stitch, stitch_sequence, timeline_of,
 };
 pub use sidecar::Sidecar;

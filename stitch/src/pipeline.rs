@@ -58,6 +58,13 @@ pub enum StitchError {
     Video(#[from] VideoError),
     #[error("{0}")]
     Internal(String),
+    /// A part's file could not be fetched; `corrupt` when its bytes failed their checksum.
+    #[error("{message}")]
+    Fetch {
+        key: String,
+        message: String,
+        corrupt: bool,
+    },
 }
 
 /// Where a stitch reports how far it got, and learns that it should stop.
@@ -94,8 +101,30 @@ pub struct StitchInput {
     /// Frames at the start of the file that blend over the previous part's tail.
     pub lead_frames: u64,
     pub timeline_frames: u64,
-    pub video: Bytes,
+    pub video: VideoSource,
     pub color: SegmentColor,
+}
+
+/// Where a part's file comes from: already in memory, or fetched only when the stitch
+/// reaches that part, so a long sequence holds one segment file at a time.
+pub enum VideoSource {
+    Bytes(Bytes),
+    Fetch(Box<dyn Fn() -> Result<Vec<u8>, StitchError> + Send + Sync>),
+}
+
+impl VideoSource {
+    pub fn load(&self) -> Result<Vec<u8>, StitchError> {
+        match self {
+            VideoSource::Bytes(bytes) => Ok(bytes.to_vec()),
+            VideoSource::Fetch(fetch) => fetch(),
+        }
+    }
+}
+
+impl From<Bytes> for VideoSource {
+    fn from(bytes: Bytes) -> Self {
+        VideoSource::Bytes(bytes)
+    }
 }
 
 /// Written beside the video as the sequence report.
@@ -344,7 +373,7 @@ fn decode_grade_and_blend(
             return Err(StitchError::Cancelled);
         }
         let start = Instant::now();
-        let mut reader = Mp4Reader::open(input.video.to_vec())?;
+        let mut reader = Mp4Reader::open(input.video.load()?)?;
         let in_file = input.lead_frames + input.timeline_frames;
         if reader.frame_count() < in_file {
             return Err(StitchError::InvalidInput(format!(

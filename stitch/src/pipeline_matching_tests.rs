@@ -81,7 +81,7 @@ fn build(part: &Synthetic, index: usize) -> StitchInput {
         join: part.join,
         lead_frames: part.lead,
         timeline_frames: part.frames,
-        video: Bytes::from(writer.finish().unwrap().into_inner()),
+        video: Bytes::from(writer.finish().unwrap().into_inner()).into(),
         color: SegmentColor {
             scene: part.scene.into(),
             grade_reference: part.reference,

@@ -38,7 +38,7 @@ fn input(id: &str, join: Join, lead: u64, timeline: u64, level: u8, lead_level: 
         join,
         lead_frames: lead,
         timeline_frames: timeline,
-        video: segment(&levels),
+        video: segment(&levels).into(),
         color: no_color(),
     }
 }
@@ -195,4 +195,78 @@ fn dissolve_is_linear_between_the_two_frames() {
     assert_eq!(dissolve(&from, &to, 0.25).pixel(1, 1), [25, 100, 150]);
     assert_eq!(dissolve(&from, &to, 0.0), from);
     assert_eq!(dissolve(&from, &to, 1.0), to);
+}
+
+#[test]
+fn fetched_parts_are_loaded_one_at_a_time_as_the_stitch_reaches_them() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    struct Recorder(Arc<AtomicU64>);
+    impl Progress for Recorder {
+        fn report(&self, done: u64, _total: u64) {
+            self.0.store(done, Ordering::SeqCst);
+        }
+        fn is_cancelled(&self) -> bool {
+            false
+        }
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let fetched: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let inputs: Vec<StitchInput> = (0..3)
+        .map(|index| {
+            let mut part = input(&format!("s{index}"), Join::Cut, 0, 24, 100, 100);
+            let VideoSource::Bytes(bytes) = std::mem::replace(&mut part.video, Bytes::new().into())
+            else {
+                unreachable!("built in memory")
+            };
+            let (done, fetched) = (done.clone(), fetched.clone());
+            part.video = VideoSource::Fetch(Box::new(move || {
+                fetched
+                    .lock()
+                    .unwrap()
+                    .push((index, done.load(Ordering::SeqCst)));
+                Ok(bytes.to_vec())
+            }));
+            part
+        })
+        .collect();
+    let mut writer = new_writer();
+    let stitched = stitch(
+        &inputs,
+        ColorMatch::Off,
+        &mut writer,
+        &Recorder(done.clone()),
+    )
+    .unwrap();
+    assert_eq!(stitched.frames, 72);
+    let fetched = fetched.lock().unwrap().clone();
+    assert_eq!(
+        fetched.iter().map(|(index, _)| *index).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "each part once, in order"
+    );
+    assert!(
+        fetched[2].1 > 0,
+        "the last part was fetched only after frames went out: {fetched:?}"
+    );
+    // A failed fetch is the stitch's error, naming the key.
+    let mut inputs = inputs;
+    inputs[1].video = VideoSource::Fetch(Box::new(|| {
+        Err(StitchError::Fetch {
+            key: "segments/s1.a1.mp4".into(),
+            message: "crc32c mismatch".into(),
+            corrupt: true,
+        })
+    }));
+    let mut writer = new_writer();
+    match stitch(&inputs, ColorMatch::Off, &mut writer, &progress()) {
+        Err(StitchError::Fetch { key, corrupt, .. }) => {
+            assert_eq!(key, "segments/s1.a1.mp4");
+            assert!(corrupt);
+        }
+        other => panic!(
+            "expected the fetch error, got {:?}",
+            other.map(|s| s.frames)
+        ),
+    }
 }

@@ -89,3 +89,20 @@ pub async fn wait_leads(url: &str, timeout: Duration) -> Result<Duration> {
     }
     bail!("{url} did not lead within {timeout:?}")
 }
+
+/// Polls until the sequence ends; an error unless it succeeded.
+pub async fn poll_until_succeeded(
+    cluster: &Cluster,
+    id: &str,
+    timeout: Duration,
+) -> Result<pb::SequenceStatus> {
+    let status = poll_until(cluster, id, timeout, is_final).await?;
+    if state_of(&status) != pb::SequenceState::Succeeded {
+        bail!(
+            "sequence {id} ended {:?}: {}",
+            state_of(&status),
+            status.error
+        );
+    }
+    Ok(status)
+}

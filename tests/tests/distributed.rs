@@ -10,7 +10,8 @@ use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
 use reelfarm_tests::cluster::{Etcd, Timings};
 use reelfarm_tests::farm::Farm;
 use reelfarm_tests::leading::{
-    find_leader, is_final, leader_client, poll_until, state_of, submit, wait_leads,
+    find_leader, is_final, leader_client, poll_until, poll_until_succeeded, state_of, submit,
+    wait_leads,
 };
 use reelfarm_tests::s3_server::S3Server;
 use reelfarm_tests::{probe, shot};
@@ -67,10 +68,7 @@ async fn a_sixty_second_sequence_renders_across_processes_into_s3() {
         let id = submit(&mut client, sixty_second_spec(), "")
             .await?
             .sequence_id;
-        let status = poll_until(cluster, &id, DEADLINE, is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
-        }
+        let status = poll_until_succeeded(cluster, &id, DEADLINE).await?;
         eprintln!(
             "60 s sequence rendered by 3 worker processes in {:.1?}",
             started.elapsed()
@@ -175,10 +173,7 @@ async fn a_killed_worker_s_segment_is_placed_again_after_its_lease_expires() {
             })
         })
         .await?;
-        let status = poll_until(cluster, &id, DEADLINE, is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
-        }
+        let status = poll_until_succeeded(cluster, &id, DEADLINE).await?;
         let segment = status
             .segments
             .iter()
@@ -355,10 +350,7 @@ async fn when_the_leader_dies_the_other_scheduler_leads_and_the_sequence_complet
         if takeover > Duration::from_secs(5) {
             bail!("the follower took {takeover:?} to lead (limit 5 s)");
         }
-        let status = poll_until(cluster, &id, DEADLINE, is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
-        }
+        let status = poll_until_succeeded(cluster, &id, DEADLINE).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let watched = loop {
             if let Some(code) = watcher.try_wait()? {
@@ -657,10 +649,7 @@ async fn a_drained_worker_takes_no_new_work_and_sigterm_finishes_running_segment
         let second = submit(&mut client, six_cuts("second"), "drain-2")
             .await?
             .sequence_id;
-        let status = poll_until(&farm.cluster, &second, DEADLINE, is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("second sequence: {status:?}");
-        }
+        let status = poll_until_succeeded(&farm.cluster, &second, DEADLINE).await?;
         if let Some(segment) = status
             .segments
             .iter()

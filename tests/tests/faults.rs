@@ -10,7 +10,8 @@ use reelfarm_common::pb;
 use reelfarm_tests::cluster::Timings;
 use reelfarm_tests::farm::Farm;
 use reelfarm_tests::leading::{
-    find_leader, is_final, leader_client, poll_until, state_of, submit, wait_leads,
+    find_leader, is_final, leader_client, poll_until, poll_until_succeeded, state_of, submit,
+    wait_leads,
 };
 use reelfarm_tests::{shot, three_shot_spec};
 
@@ -266,10 +267,7 @@ async fn a_hung_worker_s_segment_is_taken_back_at_its_deadline_and_the_sequence_
         .await?;
         let started = std::time::Instant::now();
         cluster.start_worker("healthy", "1x4GiB")?;
-        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
-        }
+        let status = poll_until_succeeded(cluster, &id, Duration::from_secs(300)).await?;
         let retried: Vec<String> = status
             .segments
             .iter()
@@ -334,10 +332,7 @@ async fn a_segment_corrupted_behind_the_store_s_back_is_rendered_again_and_the_s
             *byte ^= 0x5a;
         }
         std::fs::write(&first, &bytes)?;
-        let status = poll_until(&farm.cluster, &id, Duration::from_secs(300), is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
-        }
+        let status = poll_until_succeeded(&farm.cluster, &id, Duration::from_secs(300)).await?;
         let repaired = &status.segments[0];
         eprintln!(
             "corrupted s000-00.a1.mp4 repaired: segment attempt {}, stitch attempt {}",
@@ -430,10 +425,7 @@ async fn after_delete_no_record_or_object_of_the_sequence_remains() {
             bail!("deleting a running sequence must say to cancel it first: {code} {stderr}");
         }
         for sequence in [&kept, &id] {
-            let status = poll_until(cluster, sequence, Duration::from_secs(300), is_final).await?;
-            if state_of(&status) != pb::SequenceState::Succeeded {
-                bail!("{sequence} ended {:?}: {}", state_of(&status), status.error);
-            }
+            poll_until_succeeded(cluster, sequence, Duration::from_secs(300)).await?;
         }
         let before = objects_of(farm, &id).len();
         let (code, stdout, stderr) = farm.cluster.client(&["delete", &id])?;
@@ -477,10 +469,7 @@ async fn a_retention_period_deletes_finished_sequences_on_its_own() {
         let id = submit(&mut client, three_shot_spec(2), "")
             .await?
             .sequence_id;
-        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
-        }
+        poll_until_succeeded(cluster, &id, Duration::from_secs(300)).await?;
         let finished = std::time::Instant::now();
         nothing_left_of(farm, &id).await?;
         eprintln!(
@@ -503,10 +492,7 @@ async fn eight_concurrent_downloads_of_a_large_video_keep_scheduler_memory_bound
         cluster.start_worker("node-0", "1x4GiB")?;
         let mut client = leader_client(cluster).await?;
         let id = submit(&mut client, three_shot_spec(2), "").await?.sequence_id;
-        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
-        }
+        let status = poll_until_succeeded(cluster, &id, Duration::from_secs(300)).await?;
         // Make the video large (the downloads below read raw bytes, unchecked).
         let store = reelfarm_common::s3::S3BlobStore::connect(farm.s3.settings()).await?;
         let large: Vec<u8> = (0..VIDEO_BYTES).map(|i| (i % 251) as u8).collect();
@@ -809,10 +795,7 @@ async fn chaos_kills_stops_restarts_and_s3_faults_change_nothing_in_a_two_minute
         // The reference: the same spec with no fault.
         let mut client = leader_client(cluster).await?;
         let reference = submit(&mut client, two_minute_spec(), "reference").await?.sequence_id;
-        let status = poll_until(cluster, &reference, Duration::from_secs(600), is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("the fault-free reference ended {:?}: {}", state_of(&status), status.error);
-        }
+        let status = poll_until_succeeded(cluster, &reference, Duration::from_secs(600)).await?;
         let fault_free =
             Duration::from_secs_f64(status.finished_unix_s - status.submitted_unix_s);
 
@@ -976,10 +959,7 @@ async fn a_download_cut_off_half_way_resumes_where_it_stopped_and_checks_the_who
             ..two_minute_spec()
         };
         let id = submit(&mut client, spec, "").await?.sequence_id;
-        let status = poll_until(cluster, &id, Duration::from_secs(300), is_final).await?;
-        if state_of(&status) != pb::SequenceState::Succeeded {
-            bail!("sequence ended {:?}: {}", state_of(&status), status.error);
-        }
+        let status = poll_until_succeeded(cluster, &id, Duration::from_secs(300)).await?;
         // Every connection through the proxy breaks after 1.5 MiB.
         let proxy = reelfarm_tests::fault_proxy::CutProxy::start(&scheduler, 3 << 19).await?;
         let output = farm.dir.path().join("resumed.mp4");

@@ -1,5 +1,6 @@
-//! The stitch task as a worker runs it: fetch every segment and its sidecar from the object
-//! store, run the pure stitch (`reelfarm_stitch`) on a blocking thread, and store the video
+//! The stitch task as a worker runs it: fetch the sidecars, run the pure stitch
+//! (`reelfarm_stitch`) on a blocking thread that fetches each segment's video from the
+//! object store only when it reaches it (one file in memory at a time), and store the video
 //! with its report, timeline and contact sheet.
 
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use reelfarm_common::blob::BlobStore;
 use reelfarm_common::sequence::ColorMatch;
 use reelfarm_common::{pb, unix_now_s};
 use reelfarm_stitch::grading::SegmentColor;
-use reelfarm_stitch::{Join, SequenceStitch, Sidecar, StitchInput, stitch_sequence};
+use reelfarm_stitch::{
+    Join, SequenceStitch, Sidecar, StitchError, StitchInput, VideoSource, stitch_sequence,
+};
 
 use crate::task::{Phases, Progress, TaskFailure, fetch_verified, put_recorded};
 
@@ -52,14 +55,27 @@ pub async fn run_stitch(
     let start = unix_now_s();
     let task_start = start;
     let mut inputs = Vec::with_capacity(task.parts.len());
+    let runtime = tokio::runtime::Handle::current();
     for part in &task.parts {
-        // Exactly what was accepted: a mismatch sends the segment back to be rendered again.
-        let video = fetch_verified(store.as_ref(), &part.video_key, &part.video_crc32c).await?;
+        // Sidecars (small) now; each video only when the stitch reaches it, checked against
+        // exactly what was accepted: a mismatch sends the segment back to be rendered again.
         let sidecar =
             fetch_verified(store.as_ref(), &part.sidecar_key, &part.sidecar_crc32c).await?;
         let sidecar: Sidecar = serde_json::from_slice(&sidecar).map_err(|error| {
             TaskFailure::invalid(format!("sidecar {}: {error}", part.sidecar_key))
         })?;
+        let (store, runtime) = (store.clone(), runtime.clone());
+        let (key, crc32c) = (part.video_key.clone(), part.video_crc32c.clone());
+        let fetch = move || {
+            runtime
+                .block_on(fetch_verified(store.as_ref(), &key, &crc32c))
+                .map(|bytes| bytes.to_vec())
+                .map_err(|failure| StitchError::Fetch {
+                    key: key.clone(),
+                    corrupt: failure.reason == pb::FailureReason::CorruptInput,
+                    message: failure.message,
+                })
+        };
         inputs.push(StitchInput {
             segment_id: part.segment_id.clone(),
             shot_index: part.shot_index,
@@ -67,7 +83,7 @@ pub async fn run_stitch(
             join: join_of(part.join),
             lead_frames: part.lead_frames,
             timeline_frames: part.timeline_frames,
-            video,
+            video: VideoSource::Fetch(Box::new(fetch)),
             color: segment_color(part, &sidecar),
         });
     }

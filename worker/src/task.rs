@@ -47,7 +47,20 @@ impl TaskFailure {
 impl From<reelfarm_stitch::StitchError> for TaskFailure {
     fn from(error: reelfarm_stitch::StitchError) -> Self {
         use reelfarm_stitch::StitchError;
+        if let StitchError::Fetch {
+            key,
+            message,
+            corrupt,
+        } = &error
+        {
+            return if *corrupt {
+                TaskFailure::corrupt(key, message.clone())
+            } else {
+                TaskFailure::new(pb::FailureReason::StorageError, message.clone())
+            };
+        }
         let reason = match &error {
+            StitchError::Fetch { .. } => pb::FailureReason::StorageError,
             StitchError::Cancelled => pb::FailureReason::Cancelled,
             StitchError::InvalidInput(_) => pb::FailureReason::InvalidTask,
             StitchError::Video(_) | StitchError::Internal(_) => pb::FailureReason::ModelError,

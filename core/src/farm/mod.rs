@@ -103,6 +103,16 @@ pub struct StoredObject {
     pub size: u64,
 }
 
+impl From<pb::StoredObject> for StoredObject {
+    fn from(object: pb::StoredObject) -> Self {
+        StoredObject {
+            key: object.key,
+            crc32c: object.crc32c,
+            size: object.size,
+        }
+    }
+}
+
 impl TaskRecord {
     fn new(state: TaskState, memory_estimate_bytes: u64) -> Self {
         TaskRecord {
