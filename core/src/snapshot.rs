@@ -169,17 +169,6 @@ pub fn statuses_page(farm: &Farm, after: &str, limit: usize) -> (Vec<pb::Sequenc
     (page, more)
 }
 
-/// Every sequence's status in id order, quarantined ones included.
-pub fn statuses(farm: &Farm) -> Vec<pb::SequenceStatus> {
-    let mut statuses: Vec<pb::SequenceStatus> = farm
-        .sequences()
-        .map(sequence_status)
-        .chain(farm.quarantined().map(quarantined_status))
-        .collect();
-    statuses.sort_by(|a, b| a.sequence_id.cmp(&b.sequence_id));
-    statuses
-}
-
 /// The checksum a finished task of `record` recorded for `key` ("" when none did).
 pub fn recorded_crc32c(record: &SequenceRecord, key: &str) -> String {
     record

@@ -6,6 +6,9 @@ use anyhow::Result;
 use crate::cluster::{Cluster, Etcd, ObjectStore, Timings};
 use crate::s3_server::S3Server;
 
+/// Where the scheduler keeps its records in etcd (its default prefix).
+pub const STATE_PREFIX: &str = "/reelfarm/v1/";
+
 /// etcd, S3 and an empty cluster in one temp dir, kept (and printed) when a test fails.
 pub struct Farm {
     pub cluster: Cluster,
@@ -34,6 +37,11 @@ impl Farm {
             s3,
             dir,
         })
+    }
+
+    /// A client of the farm's etcd, to read its records as the scheduler wrote them.
+    pub async fn etcd_client(&self) -> Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect([self.etcd.url.as_str()], None).await?)
     }
 
     /// Runs the test body; on failure keeps the temp dir and prints the logs.

@@ -113,3 +113,32 @@ pub fn three_shot_spec(steps: u32) -> pb::SequenceSpec {
         ..Default::default()
     }
 }
+
+/// Ten 12 s shots, 120 s in all, with every join kind.
+pub fn two_minute_spec() -> pb::SequenceSpec {
+    let joins = [
+        "cut",
+        "continue",
+        "crossfade",
+        "cut",
+        "continue",
+        "continue",
+        "cut",
+        "crossfade",
+        "continue",
+        "cut",
+    ];
+    pb::SequenceSpec {
+        title: Some("two minutes, every join".into()),
+        fps: Some(8),
+        seed: Some(21),
+        // Slow enough that the faults land while segments render.
+        steps: Some(8),
+        shots: joins
+            .iter()
+            .enumerate()
+            .map(|(index, join)| shot(&format!("chaos shot {index}"), 12.0, join))
+            .collect(),
+        ..Default::default()
+    }
+}

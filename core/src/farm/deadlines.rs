@@ -63,6 +63,14 @@ impl Farm {
             .max(self.stall.factor * per_report / speed)
     }
 
+    /// Whether the attempt's clock runs, it has not been taken back yet, and its deadline
+    /// has passed.
+    fn is_overdue(&self, assignment: &AssignmentRecord, now: f64) -> bool {
+        !assignment.stalled
+            && assignment.last_progress_unix_s > 0.0
+            && now - assignment.last_progress_unix_s > self.stall_deadline_seconds(assignment)
+    }
+
     /// Starts the clock of attempts that have none yet (just placed, or restored by a new
     /// leader); true when some attempt is past its deadline.
     pub fn check_stalls(&mut self, now: f64) -> bool {
@@ -80,9 +88,7 @@ impl Farm {
                 if let Some(assignment) = self.assignments.get_mut(&id) {
                     assignment.last_progress_unix_s = now;
                 }
-            } else if now - assignment.last_progress_unix_s
-                > self.stall_deadline_seconds(assignment)
-            {
+            } else if self.is_overdue(assignment, now) {
                 any = true;
             }
         }
@@ -101,12 +107,7 @@ impl Farm {
         let overdue: Vec<(String, f64)> = self
             .assignments
             .iter()
-            .filter(|(_, assignment)| {
-                !assignment.stalled
-                    && assignment.last_progress_unix_s > 0.0
-                    && now - assignment.last_progress_unix_s
-                        > self.stall_deadline_seconds(assignment)
-            })
+            .filter(|(_, assignment)| self.is_overdue(assignment, now))
             .map(|(id, assignment)| (id.clone(), now - assignment.last_progress_unix_s))
             .collect();
         let mut actions = Vec::new();

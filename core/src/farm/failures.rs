@@ -4,9 +4,7 @@
 
 use reelfarm_common::pb;
 
-use super::{
-    Action, AssignmentRecord, Farm, FarmEvent, SequenceState, TaskRecord, TaskRef, TaskState,
-};
+use super::{Action, AssignmentRecord, Farm, FarmEvent, TaskRecord, TaskRef, TaskState};
 use crate::Error;
 
 /// Why a task attempt ended without a result.
@@ -156,18 +154,12 @@ impl Farm {
         }
         task.state = TaskState::Failed;
         let attempts = task.attempt;
-        record.state = SequenceState::Failed;
-        record.finished_unix_s = Some(now);
-        self.events.push(FarmEvent::SequenceEnded {
-            sequence: record.id.clone(),
-            state: SequenceState::Failed,
-            seconds: now - record.submitted_unix_s,
-        });
-        record.error = Some(format!(
-            "{name} failed after {attempts} attempt(s); last reason: {reason}"
-        ));
         let id = record.id.clone();
-        self.stop_running_tasks(&id)
+        self.fail_sequence(
+            &id,
+            format!("{name} failed after {attempts} attempt(s); last reason: {reason}"),
+            now,
+        )
     }
 }
 

@@ -136,19 +136,12 @@ impl Farm {
             task.repairs += 1;
             if task.repairs > max_attempts {
                 task.state = TaskState::Failed;
-                record.state = SequenceState::Failed;
-                record.finished_unix_s = Some(now);
-                record.error = Some(format!(
+                let error = format!(
                     "segment {name}: its stored result failed its checksum {} times; last: {message}",
                     task.repairs
-                ));
-                self.events.push(FarmEvent::SequenceEnded {
-                    sequence: record.id.clone(),
-                    state: SequenceState::Failed,
-                    seconds: now - record.submitted_unix_s,
-                });
+                );
                 let id = record.id.clone();
-                return Ok(self.stop_running_tasks(&id));
+                return Ok(self.fail_sequence(&id, error, now));
             }
             task.state = TaskState::Ready;
             task.ready_since_unix_s = now;
