@@ -373,13 +373,13 @@ impl Client {
             endpoints,
             connect_timeout,
             url,
-            grpc: SequenceServiceClient::new(channel),
+            grpc: reelfarm_common::leader::sequence_client(channel),
         })
     }
 
     async fn reconnect(&mut self, wait: Duration) -> Result<()> {
         let (channel, url) = find_leader(&self.endpoints, wait).await?;
-        self.grpc = SequenceServiceClient::new(channel);
+        self.grpc = reelfarm_common::leader::sequence_client(channel);
         self.url = url;
         Ok(())
     }

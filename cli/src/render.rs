@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::{pb, spec};
 use reelfarm_core::farm::UNPLACEABLE_PREFIX;
 
@@ -117,9 +116,11 @@ async fn submit_and_follow(
     sequence: &reelfarm_common::sequence::Sequence,
     quiet: bool,
 ) -> Result<pb::SequenceStatus> {
-    let mut client = SequenceServiceClient::connect(farm.url.clone())
+    let channel = tonic::transport::Endpoint::from_shared(farm.url.clone())?
+        .connect()
         .await
         .context("connecting to the embedded scheduler")?;
+    let mut client = reelfarm_common::leader::sequence_client(channel);
     let request = pb::SubmitSequenceRequest {
         spec: Some(spec::sequence_to_pb(sequence)),
         idempotency_key: uuid::Uuid::new_v4().to_string(),

@@ -8,6 +8,21 @@ use tonic::transport::{Channel, Endpoint};
 use crate::Error;
 use crate::pb;
 use crate::pb::sequence_service_client::SequenceServiceClient;
+use crate::pb::worker_service_client::WorkerServiceClient;
+
+/// A client of the scheduler's sequence API with the farm's explicit message limits.
+pub fn sequence_client(channel: Channel) -> SequenceServiceClient<Channel> {
+    SequenceServiceClient::new(channel)
+        .max_decoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
+}
+
+/// A client of the scheduler's worker API with the farm's explicit message limits.
+pub fn worker_client(channel: Channel) -> WorkerServiceClient<Channel> {
+    WorkerServiceClient::new(channel)
+        .max_decoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
+}
 
 /// Splits `--scheduler a,b,c` into URLs; a bare `host:port` gets `http://`.
 pub fn parse_endpoints(list: &str) -> Result<Vec<String>, Error> {
@@ -64,7 +79,7 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 async fn ask(channel: Channel) -> Result<pb::GetLeaderResponse, String> {
-    let mut client = SequenceServiceClient::new(channel);
+    let mut client = sequence_client(channel);
     tokio::time::timeout(
         Duration::from_secs(5),
         client.get_leader(pb::GetLeaderRequest {}),

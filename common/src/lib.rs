@@ -11,6 +11,7 @@ pub mod health;
 pub mod keys;
 #[cfg(feature = "io")]
 pub mod leader;
+pub mod limits;
 #[cfg(feature = "io")]
 pub mod metrics;
 #[cfg(feature = "io")]

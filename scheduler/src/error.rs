@@ -20,6 +20,9 @@ pub enum Error {
         None => "no scheduler leads right now (an election is under way); retry in a few seconds".to_string(),
     })]
     NotLeader(Option<String>),
+    /// A cap on what one scheduler holds at once (open watches, pending registrations).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -73,6 +76,7 @@ impl From<Error> for tonic::Status {
                 }
                 status
             }
+            Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             Error::Internal(_) => tonic::Status::internal(message),
         }
     }

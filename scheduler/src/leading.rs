@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     /// Bumped whenever this scheduler steps down or shuts down: open streams end, so their
     /// clients and workers reconnect to the leader.
     pub epoch: watch::Sender<u64>,
+    /// One permit per open WatchSequence stream (`limits::MAX_WATCHERS`).
+    pub watchers: Arc<tokio::sync::Semaphore>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,6 +105,9 @@ impl Shared {
             changes,
             sequence_spans: Mutex::new(HashMap::new()),
             epoch,
+            watchers: Arc::new(tokio::sync::Semaphore::new(
+                reelfarm_common::limits::MAX_WATCHERS,
+            )),
         })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use reelfarm_common::pb::sequence_service_server::{SequenceService, SequenceServiceServer};
 use reelfarm_common::pb::worker_service_server::{WorkerService, WorkerServiceServer};
-use reelfarm_common::{health, keys, pb, spec, trace_context, unix_now_s};
+use reelfarm_common::{health, keys, limits, pb, spec, trace_context, unix_now_s};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -68,6 +68,7 @@ impl SequenceService for Api {
     ) -> Result<Response<pb::SubmitSequenceResponse>, Status> {
         let incoming = trace_context::from_metadata(request.metadata());
         let request = request.into_inner();
+        limits::check_submit(&request).map_err(Error::from)?;
         let key = Some(request.idempotency_key).filter(|key| !key.is_empty());
         if let Some(key) = &key {
             let existing = self
@@ -153,9 +154,9 @@ impl SequenceService for Api {
         &self,
         request: Request<pb::GetSequenceRequest>,
     ) -> Result<Response<pb::SequenceStatus>, Status> {
-        Ok(Response::new(
-            self.status(&request.into_inner().sequence_id).await?,
-        ))
+        let id = request.into_inner().sequence_id;
+        limits::check_id("sequence_id", &id).map_err(Error::from)?;
+        Ok(Response::new(self.status(&id).await?))
     }
 
     type WatchSequenceStream = BoxStream<pb::SequenceStatus>;
@@ -165,12 +166,20 @@ impl SequenceService for Api {
         request: Request<pb::WatchSequenceRequest>,
     ) -> Result<Response<Self::WatchSequenceStream>, Status> {
         let id = request.into_inner().sequence_id;
+        limits::check_id("sequence_id", &id).map_err(Error::from)?;
+        let permit = self.0.watchers.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "{} watches are open on this scheduler, the most it serves; poll GetSequence instead, or retry later",
+                limits::MAX_WATCHERS
+            ))
+        })?;
         let mut changes = self.0.changes.subscribe();
         let mut epoch = self.0.epoch.subscribe();
         let first = self.status(&id).await?;
         let (sender, receiver) = mpsc::channel(16);
         let api = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut status = first;
             loop {
                 let terminal = is_terminal(&status);
@@ -213,6 +222,7 @@ impl SequenceService for Api {
         request: Request<pb::CancelSequenceRequest>,
     ) -> Result<Response<pb::SequenceStatus>, Status> {
         let id = request.into_inner().sequence_id;
+        limits::check_id("sequence_id", &id).map_err(Error::from)?;
         self.0
             .apply(|farm| Ok(((), farm.cancel(&id, unix_now_s())?)))
             .await?;
@@ -225,6 +235,7 @@ impl SequenceService for Api {
         request: Request<pb::DeleteSequenceRequest>,
     ) -> Result<Response<pb::DeleteSequenceResponse>, Status> {
         let id = request.into_inner().sequence_id;
+        limits::check_id("sequence_id", &id).map_err(Error::from)?;
         let objects = self
             .0
             .apply(|farm| {
@@ -250,6 +261,7 @@ impl SequenceService for Api {
         request: Request<pb::ListSequencesRequest>,
     ) -> Result<Response<pb::ListSequencesResponse>, Status> {
         let request = request.into_inner();
+        limits::check_id("page_token", &request.page_token).map_err(Error::from)?;
         let limit = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             size => (size as usize).min(MAX_PAGE_SIZE),
@@ -281,6 +293,7 @@ impl SequenceService for Api {
         request: Request<pb::DrainWorkerRequest>,
     ) -> Result<Response<pb::DrainWorkerResponse>, Status> {
         let worker = request.into_inner().worker;
+        limits::check_id("worker", &worker).map_err(Error::from)?;
         if worker.trim().is_empty() {
             return Err(Error::InvalidArgument("worker: required (a name or an id)".into()).into());
         }
@@ -320,6 +333,7 @@ impl SequenceService for Api {
         request: Request<pb::ReadOutputRequest>,
     ) -> Result<Response<Self::ReadOutputStream>, Status> {
         let request = request.into_inner();
+        limits::check_id("sequence_id", &request.sequence_id).map_err(Error::from)?;
         let status = self.status(&request.sequence_id).await?;
         if !matches!(
             pb::SequenceState::try_from(status.state),
@@ -447,6 +461,7 @@ impl WorkerService for Api {
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let request = request.into_inner();
+        limits::check_register(&request).map_err(Error::from)?;
         if request.name.trim().is_empty() {
             return Err(Error::InvalidArgument("name: required".into()).into());
         }
@@ -463,13 +478,6 @@ impl WorkerService for Api {
                 ))
                 .into());
             }
-            if !(device.speed.is_finite() && device.speed >= 0.0) {
-                return Err(Error::InvalidArgument(format!(
-                    "devices[{index}].speed: {} is not a speed (0 or more; 0 means 1.0)",
-                    device.speed
-                ))
-                .into());
-            }
         }
         let worker_id = if request.worker_id.is_empty() {
             format!(
@@ -483,7 +491,19 @@ impl WorkerService for Api {
         check_worker_id(&worker_id)?;
         self.0.leadership().await?;
         info!(worker = %worker_id, devices = request.devices.len(), running = request.running.len(), "worker registered");
-        lock(&self.0.pending_workers).insert(worker_id.clone(), request);
+        {
+            let mut pending = lock(&self.0.pending_workers);
+            if pending.len() >= limits::MAX_PENDING_REGISTRATIONS
+                && !pending.contains_key(&worker_id)
+            {
+                return Err(Error::ResourceExhausted(format!(
+                    "{} registrations are waiting for their command streams; open ReceiveCommands after Register, or retry later",
+                    limits::MAX_PENDING_REGISTRATIONS
+                ))
+                .into());
+            }
+            pending.insert(worker_id.clone(), request);
+        }
         Ok(Response::new(pb::RegisterWorkerResponse { worker_id }))
     }
 
@@ -494,6 +514,7 @@ impl WorkerService for Api {
         request: Request<pb::ReceiveCommandsRequest>,
     ) -> Result<Response<Self::ReceiveCommandsStream>, Status> {
         let worker_id = request.into_inner().worker_id;
+        limits::check_id("worker_id", &worker_id).map_err(Error::from)?;
         let registration = lock(&self.0.pending_workers)
             .remove(&worker_id)
             .ok_or_else(|| {
@@ -569,6 +590,7 @@ impl WorkerService for Api {
         request: Request<pb::ReportProgressRequest>,
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
         let request = request.into_inner();
+        limits::check_progress(&request).map_err(Error::from)?;
         let reference = require_ref(request.assignment)?;
         let stop = self
             .0
@@ -590,6 +612,7 @@ impl WorkerService for Api {
         request: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         let request = request.into_inner();
+        limits::check_complete(&request).map_err(Error::from)?;
         let reference = require_ref(request.assignment)?;
         let objects: Vec<StoredObject> = request.objects.into_iter().map(Into::into).collect();
         let result = self
@@ -634,6 +657,7 @@ impl WorkerService for Api {
         request: Request<pb::FailTaskRequest>,
     ) -> Result<Response<pb::FailTaskResponse>, Status> {
         let request = request.into_inner();
+        limits::check_fail(&request).map_err(Error::from)?;
         let reference = require_ref(request.assignment)?;
         let class = FailureClass::from_pb(request.reason);
         warn!(assignment = %reference.assignment_id, reason = class.describe(), message = %request.message, "task failed");
@@ -665,6 +689,7 @@ impl WorkerService for Api {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let request = request.into_inner();
+        limits::check_heartbeat(&request).map_err(Error::from)?;
         let known = self
             .0
             .apply(|farm| {
@@ -720,9 +745,24 @@ pub async fn run(
         // Finds workers whose connection died silently (a pulled cable, a frozen node).
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // A handler that panics answers INTERNAL instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                Status::internal("the scheduler hit a bug handling this request (see its log)")
+                    .into_http::<tonic::body::Body>()
+            },
+        ))
         .add_service(health_service)
-        .add_service(SequenceServiceServer::new(api.clone()))
-        .add_service(WorkerServiceServer::new(api))
+        .add_service(
+            SequenceServiceServer::new(api.clone())
+                .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            WorkerServiceServer::new(api)
+                .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, close_streams)
         .await
         .map_err(|error| Error::Unavailable(format!("scheduler server on {address}: {error}")));

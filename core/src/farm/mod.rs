@@ -567,6 +567,7 @@ impl Farm {
         now: f64,
     ) -> Result<Vec<Action>, Error> {
         self.check_objects(reference, &objects)?;
+        self.check_peak(reference, peak_memory_bytes)?;
         let assignment = self.take_current(reference)?;
         let record = self
             .sequences

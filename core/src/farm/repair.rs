@@ -1,5 +1,5 @@
 //! Results bound to attempts, and their repair: a completion may only hand in objects under
-//! its own attempt's keys, with their checksums; a task that later reads one of them and
+//! its own attempt's keys, with their checksums, and figures its device allows; a task that later reads one of them and
 //! finds it corrupt makes its producer render again as a new attempt (with its own budget)
 //! while it waits, instead of failing against the same bad bytes until the sequence dies.
 //! Part of the `farm` state machine; pure like the rest of it.
@@ -73,6 +73,31 @@ impl Farm {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a peak the attempt's device cannot have reached: one absurd figure would make
+    /// its segment's shape look larger than any GPU, unplaceable for everyone after it.
+    pub(super) fn check_peak(
+        &self,
+        reference: &pb::AssignmentRef,
+        peak_memory_bytes: u64,
+    ) -> Result<(), Error> {
+        let Some(assignment) = self.assignments.get(&reference.assignment_id) else {
+            return Ok(());
+        };
+        let device = self
+            .workers
+            .get(&assignment.worker)
+            .and_then(|worker| worker.devices.get(assignment.device_slot));
+        match device {
+            Some(device) if peak_memory_bytes > device.device.memory_total_bytes => {
+                Err(Error::InvalidArgument(format!(
+                    "peak_memory_bytes: {peak_memory_bytes} is more than the {} bytes of device {} of worker {}, where it ran",
+                    device.device.memory_total_bytes, device.device.index, assignment.worker
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The attempt behind `reference` read inputs that failed their checksums. Each input a

@@ -126,7 +126,7 @@ impl Link {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         info!(scheduler = %url, "connected to the leading scheduler");
         *lock(&self.channel) = Some(channel.clone());
-        let client = WorkerServiceClient::new(channel);
+        let client = reelfarm_common::leader::worker_client(channel);
         *current = Some((generation, client.clone()));
         Ok((generation, client))
     }
@@ -430,8 +430,7 @@ async fn drain_self(link: &Link, worker_id: &str) {
     let request = pb::DrainWorkerRequest {
         worker: worker_id.to_string(),
     };
-    let mut client =
-        reelfarm_common::pb::sequence_service_client::SequenceServiceClient::new(channel);
+    let mut client = reelfarm_common::leader::sequence_client(channel);
     // Bounded: a hung call must not hold up the drain's own deadline.
     match tokio::time::timeout(DRAIN_CALL_PATIENCE, client.drain_worker(request)).await {
         Ok(Ok(_)) => {}
@@ -562,7 +561,10 @@ async fn execute(
             let request = pb::FailTaskRequest {
                 assignment: Some(reference.clone()),
                 reason: failure.reason as i32,
-                message: failure.message,
+                message: reelfarm_common::limits::truncate(
+                    &failure.message,
+                    reelfarm_common::limits::MAX_MESSAGE_TEXT_BYTES,
+                ),
                 corrupt_keys: failure.corrupt_keys,
             };
             deliver(&context.link, &reference, "failure", |mut client| {

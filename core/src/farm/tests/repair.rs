@@ -3,6 +3,7 @@
 use reelfarm_common::sequence::Transition;
 
 use super::*;
+
 /// What an honest worker hands in: every object of its attempt, with a checksum.
 fn objects_of(farm: &Farm, reference: &pb::AssignmentRef, crc32c: &str) -> Vec<StoredObject> {
     farm.attempt_keys(reference)
@@ -35,9 +36,15 @@ fn a_completion_may_only_hand_in_objects_under_its_own_attempt_s_keys() {
         farm.complete(&reference, bad_checksum, Vec::new(), 0, 1.0)
             .is_err()
     );
-    // Still current: the honest completion goes through, under the derived key.
+    // A peak beyond its 16 GiB device is refused: it would make the shape unplaceable.
     let objects = objects_of(&farm, &reference, "0000abcd");
-    farm.complete(&reference, objects, Vec::new(), 0, 1.0)
+    let refused = farm.complete(&reference, objects.clone(), Vec::new(), u64::MAX, 1.0);
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(message)) if message.starts_with("peak_memory_bytes: 18446744073709551615 is more than the 17179869184 bytes")),
+        "{refused:?}"
+    );
+    // Still current: the honest completion goes through, under the derived key.
+    farm.complete(&reference, objects, Vec::new(), 16 << 30, 1.0)
         .unwrap();
     let task = &farm.sequences["seq"].segments[0];
     assert_eq!(
