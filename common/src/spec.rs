@@ -3,7 +3,6 @@
 //! path and the reason (`shots[2].duration: must be between 1 and 600 seconds, got 0`).
 
 use std::fmt;
-use std::path::Path;
 
 use serde::Deserialize;
 
@@ -27,7 +26,10 @@ pub const DEFAULT_CONTINUITY_BLEND_SECONDS: f64 = 0.25;
 pub const MAX_CONTINUITY_BLEND_SECONDS: f64 = 2.0;
 pub const PRIORITY_RANGE: (i32, i32) = (-10, 10);
 const MAX_LABEL_CHARS: usize = 100;
-const MAX_REFERENCE_SIDE: u32 = 8192;
+/// The most pixels a reference image may have (7680x4320, 8K UHD). The worker's PNG decoder
+/// (`reelfarm_media::video::MAX_PNG_PIXELS`) enforces the same bound, so what passes here
+/// decodes there; the worker's tests hold the two equal.
+pub const MAX_REFERENCE_PIXELS: u64 = 7680 * 4320;
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,40 +138,6 @@ pub struct ShotDoc {
     /// The image itself, when it came over the API instead of from a file.
     #[serde(skip)]
     pub inline_reference: Option<Reference>,
-}
-
-/// Parses YAML (a superset of JSON, so `.json` specs parse too) into the raw form.
-pub fn parse_spec_text(text: &str) -> Result<SpecDoc, SpecError> {
-    let deserializer = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let path = if path == "." || path.is_empty() {
-            "spec".to_string()
-        } else {
-            path
-        };
-        SpecError::single(path, error.inner().to_string())
-    })
-}
-
-/// Reads, parses and validates a spec file; reference images resolve relative to it.
-/// `known_models` are the ids of the farm's model catalog (`None`: any id, for a client
-/// whose scheduler checks it).
-pub fn load_spec_file(path: &Path, known_models: Option<&[String]>) -> Result<Sequence, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        SpecError::single("spec", format!("cannot read {}: {error}", path.display()))
-    })?;
-    let doc = parse_spec_text(&text)?;
-    let base = path.parent().unwrap_or_else(|| Path::new("."));
-    validate(doc, known_models, &|name| {
-        let resolved = base.join(name);
-        std::fs::read(&resolved).map_err(|error| match error.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("file not found: {name} (looked for {})", resolved.display())
-            }
-            _ => format!("cannot read {}: {error}", resolved.display()),
-        })
-    })
 }
 
 /// Validates the raw spec. `known_models` are the ids of the farm's model catalog (`None`:
@@ -501,7 +469,7 @@ pub fn validate(
             fail(at("reference"), "a continuing shot starts from the previous shot's last frame; remove reference or use transition: cut".into());
         }
         if let Some(reference) = &reference
-            && let Err(reason) = check_png(&reference.png)
+            && let Err(reason) = check_reference_png(&reference.png)
         {
             fail(
                 at("reference"),
@@ -699,25 +667,31 @@ fn seconds(value: &Scalar) -> Option<f64> {
     seconds.is_finite().then_some(seconds)
 }
 
-fn check_png(bytes: &[u8]) -> Result<(), String> {
+/// Whether `bytes` are a PNG the worker can use as a reference: a readable header and between
+/// 1 and `MAX_REFERENCE_PIXELS` pixels.
+pub fn check_reference_png(bytes: &[u8]) -> Result<(), String> {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let reader = decoder.read_info().map_err(|error| error.to_string())?;
-    let info = reader.info();
-    if info.width == 0
-        || info.height == 0
-        || info.width > MAX_REFERENCE_SIDE
-        || info.height > MAX_REFERENCE_SIDE
-    {
+    let (width, height) = reader.info().size();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels == 0 {
+        return Err(format!("{width}x{height} has no pixels"));
+    }
+    if pixels > MAX_REFERENCE_PIXELS {
         return Err(format!(
-            "size {}x{} is outside 1..{MAX_REFERENCE_SIDE}",
-            info.width, info.height
+            "{width}x{height} is {pixels} pixels; references may have at most {MAX_REFERENCE_PIXELS} (7680x4320, 8K UHD)"
         ));
     }
     Ok(())
 }
 
 mod api;
+mod load;
 pub use api::{sequence_from_pb, sequence_to_pb};
+pub use load::{
+    MAX_EXPANDED_SPEC_BYTES, MAX_REFERENCE_BYTES, MAX_SPEC_BYTES, MAX_SPEC_VALUES, load_spec_file,
+    parse_spec_text,
+};
 
 #[cfg(test)]
 #[path = "spec_tests.rs"]

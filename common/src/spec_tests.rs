@@ -1,5 +1,7 @@
 //! Spec validation: every bad input named in the spec reference, and the happy paths.
 
+use std::path::Path;
+
 use super::*;
 
 /// The catalog the tests validate against: the default model and one more.
@@ -372,4 +374,298 @@ fn priority_out_of_range_and_empty_owner_are_named() {
     assert!(error.contains("got 11"), "{error}");
     let error = error_of(&format!("owner: \"  \"\n{GOOD}"));
     assert!(error.contains("owner: must not be empty"), "{error}");
+}
+
+/// A 1-bit grayscale PNG of `width`x`height`, all black: a few KB even at 8K.
+fn blank_png(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, width, height);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::One);
+    let mut writer = encoder.write_header().unwrap();
+    writer
+        .write_image_data(&vec![0u8; width.div_ceil(8) as usize * height as usize])
+        .unwrap();
+    writer.finish().unwrap();
+    bytes
+}
+
+#[test]
+fn references_larger_than_8k_uhd_are_refused_by_pixel_count() {
+    assert_eq!(check_reference_png(&blank_png(7680, 4320)), Ok(()));
+    assert_eq!(check_reference_png(&blank_png(4320, 7680)), Ok(()));
+    assert_eq!(
+        check_reference_png(&blank_png(8000, 8000)),
+        Err(
+            "8000x8000 is 64000000 pixels; references may have at most 33177600 (7680x4320, 8K UHD)"
+                .to_string()
+        )
+    );
+    // Within the old 8192-per-side rule, still too many pixels for the worker's decoder.
+    assert!(check_reference_png(&blank_png(7681, 4320)).is_err());
+}
+
+#[test]
+fn a_spec_text_over_the_size_cap_is_refused() {
+    let text = format!("# {}\n", "x".repeat(MAX_SPEC_BYTES as usize));
+    assert_eq!(
+        parse_spec_text(&text).unwrap_err().to_string(),
+        format!(
+            "spec: {} bytes; a spec may be at most 4 MiB (put images in reference: files, not in the spec)",
+            text.len()
+        )
+    );
+}
+
+#[test]
+fn a_spec_file_over_the_size_cap_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(MAX_SPEC_BYTES + 1)
+        .unwrap();
+    let error = load_spec_file(&path, Some(&models()))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "spec: {} is 4194305 bytes; a spec may be at most 4 MiB (put images in reference: files, not in the spec)",
+            path.display()
+        )
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn an_endless_spec_stream_is_cut_off_at_the_cap() {
+    let error = load_spec_file(Path::new("/dev/zero"), Some(&models()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error
+            .starts_with("spec: /dev/zero is more than 4194304 bytes; a spec may be at most 4 MiB"),
+        "{error}"
+    );
+}
+
+/// `levels` lists of `width` aliases, each pointing at the list before; level 0 is `leaf`.
+fn laughs(leaf: &str, levels: usize, width: usize) -> String {
+    let mut yaml = format!("l0: &l0 {leaf}\n");
+    for level in 1..=levels {
+        let aliases = vec![format!("*l{}", level - 1); width].join(", ");
+        yaml.push_str(&format!("l{level}: &l{level} [{aliases}]\n"));
+    }
+    yaml
+}
+
+/// Parses `yaml`, which must be refused within `limit`, and returns the error.
+fn refused_within(limit: std::time::Duration, yaml: &str) -> String {
+    let start = std::time::Instant::now();
+    let error = parse_spec_text(yaml).unwrap_err().to_string();
+    let elapsed = start.elapsed();
+    println!("{} byte bomb refused in {elapsed:?}: {error}", yaml.len());
+    assert!(elapsed < limit, "{elapsed:?}");
+    error
+}
+
+/// Generous: these take milliseconds; expanding them would take minutes and gigabytes.
+fn refused_quickly(yaml: &str) -> String {
+    refused_within(std::time::Duration::from_secs(1), yaml)
+}
+
+#[test]
+fn an_alias_bomb_of_one_large_scalar_is_refused_quickly() {
+    // 1 MiB, aliased through 10 levels of 10: 10^10 MiB if expanded.
+    let yaml = laughs(&"x".repeat(1 << 20), 10, 10);
+    assert_eq!(
+        refused_quickly(&yaml),
+        "spec: expands to more than 16 MiB (YAML aliases repeat what they point at); write the spec out without aliases"
+    );
+    // The same through fields the spec really has: every shot's prompt is the large scalar.
+    let shots = vec!["{prompt: *p, duration: 5}"; 400].join(", ");
+    let yaml = format!("style: &p {}\nshots: [{shots}]\n", "x".repeat(1 << 20));
+    assert!(refused_quickly(&yaml).starts_with("spec: expands to more than 16 MiB"));
+}
+
+#[test]
+fn a_classic_billion_laughs_is_refused_quickly() {
+    let leaf = format!("[{}]", ["lol"; 10].join(", "));
+    let error = refused_quickly(&laughs(&leaf, 9, 10));
+    assert!(error.starts_with("spec: expands"), "{error}");
+    assert!(
+        error.ends_with("write the spec out without aliases"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_alias_bomb_of_many_small_values_trips_the_value_budget() {
+    // Wide leaves reach the value budget before serde_yaml's repetition limit. Counting a
+    // million values takes a few hundred milliseconds in this unoptimised test build, so the
+    // bound leaves room for a loaded machine.
+    let leaf = format!("[{}]", vec!["a"; 1000].join(", "));
+    assert_eq!(
+        refused_within(std::time::Duration::from_secs(5), &laughs(&leaf, 4, 10)),
+        "spec: expands to more than 1000000 values (YAML aliases repeat what they point at); write the spec out without aliases"
+    );
+}
+
+#[test]
+fn a_spec_with_a_few_aliases_still_parses() {
+    let yaml = r#"
+style: &look "35mm film, golden hour"
+shots:
+  - {prompt: *look, duration: &d 5}
+  - {prompt: "the same look, closer", negative: *look, duration: *d}
+"#;
+    let sequence = check(yaml).unwrap();
+    assert_eq!(sequence.shots[0].prompt, "35mm film, golden hour");
+    assert_eq!(sequence.shots[1].duration_seconds, 5.0);
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    for depth in [100, 127, 200, 10_000] {
+        let yaml = format!("title: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+        let error = error_of(&yaml);
+        assert!(error.starts_with("title"), "{depth}: {error}");
+    }
+}
+
+/// A temp dir holding `spec/seq.yaml` (one shot with `reference`), `spec/frames/start.png` and,
+/// outside the spec's folder, `outside.png`.
+fn spec_folder(reference: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("spec");
+    std::fs::create_dir_all(folder.join("frames")).unwrap();
+    std::fs::write(folder.join("frames/start.png"), blank_png(4, 4)).unwrap();
+    std::fs::write(dir.path().join("outside.png"), blank_png(4, 4)).unwrap();
+    let spec = folder.join("seq.yaml");
+    std::fs::write(
+        &spec,
+        format!("shots:\n  - {{prompt: a, duration: 5, reference: {reference:?}}}\n"),
+    )
+    .unwrap();
+    (dir, spec)
+}
+
+fn reference_error(spec: &Path) -> String {
+    load_spec_file(spec, Some(&models()))
+        .expect_err("the reference should be refused")
+        .to_string()
+}
+
+#[test]
+fn references_must_stay_inside_the_spec_folder() {
+    let (dir, spec) = spec_folder("../outside.png");
+    assert_eq!(
+        reference_error(&spec),
+        "shots[0].reference: \"../outside.png\" leaves the spec's folder; put the image beside the spec (or in a folder under it)"
+    );
+    let (_dir, spec) = spec_folder("frames/../../outside.png");
+    assert!(reference_error(&spec).contains("leaves the spec's folder"));
+
+    let absolute = dir.path().join("outside.png").display().to_string();
+    let (_dir, spec) = spec_folder(&absolute);
+    assert_eq!(
+        reference_error(&spec),
+        format!(
+            "shots[0].reference: {absolute:?} is an absolute path; write it relative to the spec's folder and put the image beside the spec (or in a folder under it)"
+        )
+    );
+
+    // A path written plainly inside the folder, and `./`, still work.
+    let (_dir, spec) = spec_folder("./frames/start.png");
+    let sequence = load_spec_file(&spec, Some(&models())).unwrap();
+    assert_eq!(
+        sequence.shots[0].reference.as_ref().unwrap().png,
+        blank_png(4, 4)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn links_are_followed_and_must_end_inside_the_spec_folder() {
+    use std::os::unix::fs::symlink;
+
+    let (dir, spec) = spec_folder("link.png");
+    let folder = spec.parent().unwrap();
+    symlink(dir.path().join("outside.png"), folder.join("link.png")).unwrap();
+    let error = reference_error(&spec);
+    assert!(
+        error
+            .starts_with("shots[0].reference: \"link.png\" leaves the spec's folder (it leads to "),
+        "{error}"
+    );
+    assert!(
+        error.ends_with("; put the image beside the spec (or in a folder under it)"),
+        "{error}"
+    );
+
+    let (_dir, spec) = spec_folder("inside.png");
+    let folder = spec.parent().unwrap();
+    symlink("frames/start.png", folder.join("inside.png")).unwrap();
+    let sequence = load_spec_file(&spec, Some(&models())).unwrap();
+    assert_eq!(
+        sequence.shots[0].reference.as_ref().unwrap().name,
+        "inside.png"
+    );
+    assert_eq!(
+        sequence.shots[0].reference.as_ref().unwrap().png,
+        blank_png(4, 4)
+    );
+
+    let (_dir, spec) = spec_folder("zero.png");
+    symlink("/dev/zero", spec.parent().unwrap().join("zero.png")).unwrap();
+    assert!(reference_error(&spec).contains("leaves the spec's folder (it leads to /dev/zero)"));
+
+    // A whole folder linked in: the spec's own folder is resolved too, so this stays inside.
+    let (_dir, spec) = spec_folder("frames-link/start.png");
+    symlink("frames", spec.parent().unwrap().join("frames-link")).unwrap();
+    assert!(load_spec_file(&spec, Some(&models())).is_ok());
+}
+
+#[test]
+fn references_must_be_regular_files() {
+    let (_dir, spec) = spec_folder("frames");
+    assert_eq!(
+        reference_error(&spec),
+        "shots[0].reference: \"frames\" is a directory, not a regular file; a reference must be a PNG file"
+    );
+    #[cfg(unix)]
+    {
+        let (_dir, spec) = spec_folder("socket.png");
+        let _listener =
+            std::os::unix::net::UnixListener::bind(spec.parent().unwrap().join("socket.png"))
+                .unwrap();
+        assert!(reference_error(&spec).contains("\"socket.png\" is a socket, not a regular file"));
+    }
+}
+
+#[test]
+fn a_reference_over_the_size_cap_is_refused_before_it_is_read() {
+    let (_dir, spec) = spec_folder("huge.png");
+    std::fs::File::create(spec.parent().unwrap().join("huge.png"))
+        .unwrap()
+        .set_len(MAX_REFERENCE_BYTES + 1)
+        .unwrap();
+    assert_eq!(
+        reference_error(&spec),
+        "shots[0].reference: \"huge.png\" is 67108865 bytes; a reference image may be at most 64 MiB (scale it down or save it with more compression)"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Arbitrary text heavy in anchors, aliases, tags and nesting: both passes give an
+    /// answer, never a panic.
+    #[test]
+    fn arbitrary_yaml_ish_text_never_panics(text in "[&*ab01\\[\\]{}:, \\-\\n\"!]{0,300}") {
+        if let Err(error) = parse_spec_text(&text) {
+            proptest::prop_assert!(!error.errors.is_empty());
+        }
+    }
 }

@@ -373,4 +373,42 @@ mod tests {
         .unwrap();
         assert_eq!(failure.reason, pb::FailureReason::StorageError);
     }
+
+    /// A 1-bit grayscale PNG of `width`x`height`, all black: a few KB even at 8K.
+    fn blank_png(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut encoder = png::Encoder::new(&mut bytes, width, height);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::One);
+        let mut writer = encoder.write_header().unwrap();
+        let row_bytes = width.div_ceil(8) as usize;
+        writer
+            .write_image_data(&vec![0; row_bytes * height as usize])
+            .unwrap();
+        writer.finish().unwrap();
+        bytes
+    }
+
+    /// A reference the spec accepts at submit becomes a conditioning frame this decoder must
+    /// read; the two crates cannot share the bound, so this holds them to one rule.
+    #[test]
+    fn the_spec_check_and_the_decoder_agree_on_the_largest_reference() {
+        use reelfarm_common::spec::{MAX_REFERENCE_PIXELS, check_reference_png};
+        assert_eq!(MAX_REFERENCE_PIXELS, reelfarm_media::video::MAX_PNG_PIXELS);
+
+        let largest = blank_png(7680, 4320);
+        assert_eq!(check_reference_png(&largest), Ok(()));
+        let frame = decode_png(&largest).unwrap();
+        assert_eq!((frame.width, frame.height), (7680, 4320));
+
+        for (width, height) in [(7681, 4320), (4320, 7681), (8000, 8000)] {
+            let too_large = blank_png(width, height);
+            let refused = check_reference_png(&too_large).unwrap_err();
+            assert!(
+                refused.starts_with(&format!("{width}x{height} is ")),
+                "{refused}"
+            );
+            assert!(decode_png(&too_large).is_err(), "{width}x{height} decoded");
+        }
+    }
 }

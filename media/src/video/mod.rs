@@ -22,7 +22,7 @@ mod png;
 
 pub use self::decode::Mp4Reader;
 pub use self::mux::Mp4Writer;
-pub use self::png::{decode_png, encode_png};
+pub use self::png::{MAX_PNG_PIXELS, decode_png, encode_png};
 
 /// Largest side OpenH264 accepts; the smaller side is capped at `MAX_SHORT_SIDE`.
 const MAX_LONG_SIDE: u32 = 3840;

@@ -11,9 +11,11 @@ use png::{BitDepth, ColorType, Compression, Transformations};
 use super::VideoError;
 use crate::frame::RgbFrame;
 
-/// Caps what a PNG header may make us allocate (8K UHD); the `png` crate's own limits do not
-/// cover the output buffer.
-const MAX_PNG_PIXELS: u64 = 7680 * 4320;
+/// Caps what a PNG header may make us allocate (7680x4320, 8K UHD); the `png` crate's own
+/// limits do not cover the output buffer. Submit refuses larger references with the same
+/// bound (`reelfarm_common::spec::MAX_REFERENCE_PIXELS`); neither crate may depend on the
+/// other, so the worker's tests hold the two equal.
+pub const MAX_PNG_PIXELS: u64 = 7680 * 4320;
 
 /// Encodes `frame` as an 8-bit RGB PNG.
 pub fn encode_png(frame: &RgbFrame) -> Result<Vec<u8>, VideoError> {
@@ -44,9 +46,10 @@ pub fn decode_png(bytes: &[u8]) -> Result<RgbFrame, VideoError> {
     decoder.set_transformations(Transformations::normalize_to_color8());
     let mut reader = decoder.read_info()?;
     let (width, height) = reader.info().size();
-    if u64::from(width) * u64::from(height) > MAX_PNG_PIXELS {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > MAX_PNG_PIXELS {
         return Err(VideoError::UnsupportedPng(format!(
-            "{width}x{height} is larger than 8k"
+            "{width}x{height} is {pixels} pixels; at most {MAX_PNG_PIXELS} (7680x4320, 8K UHD)"
         )));
     }
     let buffer_len = reader.output_buffer_size().ok_or_else(|| {
