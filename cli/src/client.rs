@@ -438,11 +438,48 @@ impl Client {
     }
 }
 
+/// Streams one reference image to the scheduler in 1 MiB pieces; a submission then names it
+/// by the upload id it gets back (references are not capped by one message's size).
+pub async fn upload_reference(
+    mut grpc: SequenceServiceClient<Channel>,
+    png: std::sync::Arc<[u8]>,
+) -> Result<tonic::Response<pb::UploadReferenceResponse>, Status> {
+    let pieces: Vec<pb::ReferenceChunk> = png
+        .chunks(1 << 20)
+        .map(|piece| pb::ReferenceChunk {
+            data: piece.to_vec(),
+        })
+        .collect();
+    grpc.upload_reference(tokio_stream::iter(pieces)).await
+}
+
 async fn submit(args: SubmitArgs) -> Result<()> {
     // The scheduler knows the farm's catalog: the model is checked there.
     let sequence = load_spec(&args.spec, args.steps, None)?;
-    let spec_pb = spec::sequence_to_pb(&sequence);
+    let mut spec_pb = spec::sequence_to_pb(&sequence);
     let mut client = Client::connect(&args.scheduler).await?;
+    for (index, shot) in spec_pb.shots.iter_mut().enumerate() {
+        let Some(png) = shot.reference_png.take() else {
+            continue;
+        };
+        let png: std::sync::Arc<[u8]> = png.into();
+        let uploaded = match client
+            .call_status(|grpc| upload_reference(grpc, png.clone()))
+            .await?
+        {
+            Ok(uploaded) => uploaded,
+            Err(status) if status.code() == Code::InvalidArgument => {
+                return Err(InputError(vec![format!(
+                    "{}: shots[{index}].reference: {}",
+                    args.spec.display(),
+                    status.message()
+                )])
+                .into());
+            }
+            Err(status) => return Err(client.explain("uploading a reference image", &status)),
+        };
+        shot.reference_upload = Some(uploaded.upload_id);
+    }
     // Always keyed, so the retry after a failover cannot submit twice.
     let key = args
         .idempotency_key

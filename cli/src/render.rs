@@ -121,8 +121,17 @@ async fn submit_and_follow(
         .await
         .context("connecting to the embedded scheduler")?;
     let mut client = reelfarm_common::leader::sequence_client(channel);
+    let mut spec_pb = spec::sequence_to_pb(sequence);
+    for shot in &mut spec_pb.shots {
+        if let Some(png) = shot.reference_png.take() {
+            let uploaded = crate::client::upload_reference(client.clone(), png.into())
+                .await
+                .map_err(|status| anyhow!("uploading a reference image: {}", status.message()))?;
+            shot.reference_upload = Some(uploaded.into_inner().upload_id);
+        }
+    }
     let request = pb::SubmitSequenceRequest {
-        spec: Some(spec::sequence_to_pb(sequence)),
+        spec: Some(spec_pb),
         idempotency_key: uuid::Uuid::new_v4().to_string(),
     };
     let submitted = client

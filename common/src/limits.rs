@@ -7,7 +7,10 @@ use crate::pb;
 use crate::{Error, spec};
 
 /// The largest gRPC message either side decodes or encodes (tonic's default is 4 MiB).
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Reference images stream on their own (`UploadReference`), so no message needs more.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Reference images of one submission, in all.
+pub const MAX_SEQUENCE_REFERENCE_BYTES: u64 = 256 << 20;
 
 /// Ids: sequences, workers, idempotency keys, page tokens, assignments.
 pub const MAX_ID_BYTES: usize = 256;
@@ -102,6 +105,11 @@ pub fn check_submit(request: &pb::SubmitSequenceRequest) -> Result<(), Error> {
         optional(&at("reference_name"), &shot.reference_name, MAX_NAME_BYTES)?;
         optional(&at("name"), &shot.name, MAX_NAME_BYTES)?;
         optional(&at("scene"), &shot.scene, MAX_NAME_BYTES)?;
+        optional(
+            &at("reference_upload"),
+            &shot.reference_upload,
+            MAX_ID_BYTES,
+        )?;
     }
     Ok(())
 }

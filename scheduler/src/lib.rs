@@ -8,6 +8,7 @@ mod farm_telemetry;
 mod leading;
 pub mod service;
 pub mod state;
+mod uploads;
 
 pub use error::Error;
 pub use leading::SchedulerConfig;

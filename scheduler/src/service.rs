@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::leading::{SchedulerConfig, Shared, lead_until_shutdown, lock};
+use crate::uploads;
 use reelfarm_core::farm::{Action, FailureClass, StoredObject};
 use reelfarm_core::records::{DeviceDoc, WorkerDoc};
 use reelfarm_core::{planner, snapshot};
@@ -84,9 +85,10 @@ impl SequenceService for Api {
                 }));
             }
         }
-        let spec = request
+        let mut spec = request
             .spec
             .ok_or_else(|| Error::InvalidArgument("spec: required".into()))?;
+        let uploads = uploads::resolve(&self.0.store, &mut spec).await?;
         let sequence = spec::sequence_from_pb(spec, &self.0.catalog.ids()).map_err(Error::from)?;
         let model = self
             .0
@@ -134,6 +136,12 @@ impl SequenceService for Api {
             })
             .await?;
         if created {
+            // Stored under the sequence now: the uploads served their one submission.
+            for key in uploads {
+                if let Err(error) = self.0.store.delete(&key).await {
+                    warn!(%key, %error, "an upload could not be deleted");
+                }
+            }
             lock(&self.0.sequence_spans).insert(sequence_id.clone(), span);
             info!(
                 sequence = %sequence_id,
@@ -427,6 +435,17 @@ impl SequenceService for Api {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
+    }
+
+    async fn upload_reference(
+        &self,
+        request: Request<tonic::Streaming<pb::ReferenceChunk>>,
+    ) -> Result<Response<pb::UploadReferenceResponse>, Status> {
+        // Refuse on a follower before reading the image.
+        self.0.leadership().await?;
+        let uploaded = uploads::receive(&self.0.store, request.into_inner()).await?;
+        info!(upload = %uploaded.upload_id, bytes = uploaded.size, "reference image uploaded");
+        Ok(Response::new(uploaded))
     }
 
     async fn get_leader(

@@ -213,3 +213,130 @@ async fn each_oversized_field_is_refused_by_name_and_the_leader_is_unchanged() {
     })
     .await;
 }
+
+/// A 1920x1080 PNG of noise: it does not compress, so it weighs about 6 MiB.
+fn noise_png(seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data = (0..1920 * 1080 * 3)
+        .map(|_| {
+            // xorshift64: cheap, incompressible enough for deflate.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    reelfarm_media::video::encode_png(&reelfarm_media::frame::RgbFrame::new(1920, 1080, data))
+        .expect("encode noise")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_with_40_mib_of_reference_images_is_accepted_and_renders() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let dir = farm.dir.path().join("spec");
+        std::fs::create_dir_all(&dir)?;
+        let mut yaml = String::from("title: heavy references\nfps: 8\nseed: 5\nsteps: 1\nshots:\n");
+        let mut total = 0;
+        for index in 0..7 {
+            let png = noise_png(index);
+            total += png.len();
+            std::fs::write(dir.join(format!("ref{index}.png")), png)?;
+            yaml.push_str(&format!(
+                "  - prompt: \"plate {index}\"\n    duration: 1\n    reference: ref{index}.png\n"
+            ));
+        }
+        if total < 40 << 20 {
+            bail!("the references weigh {total} bytes, less than the 40 MiB this test is about");
+        }
+        let spec = dir.join("heavy.yaml");
+        std::fs::write(&spec, yaml)?;
+        let cluster = &mut farm.cluster;
+        cluster.start_scheduler()?;
+        cluster.start_worker("node-0", "1x8GiB")?;
+        let (code, stdout, stderr) = cluster.client(&["submit", spec.to_str().unwrap()])?;
+        if code != 0 {
+            bail!("submitting {total} bytes of references exited {code}: {stdout}{stderr}");
+        }
+        let id = stdout.trim().to_string();
+        eprintln!(
+            "{id}: {:.1} MiB of references in 7 uploads",
+            total as f64 / f64::from(1 << 20)
+        );
+        poll_until_succeeded(cluster, &id, Duration::from_secs(300)).await?;
+        // The uploads served their submission and are gone; the references stay with it.
+        let uploads = farm.s3.bucket_dir().join("uploads");
+        let left = std::fs::read_dir(&uploads).map_or(0, |entries| entries.count());
+        if left != 0 {
+            bail!("{left} uploads left in {}", uploads.display());
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// `reelfarm validate` on a spec written into a fresh folder: (exit code, stderr, seconds).
+fn validate(files: &[(&str, &[u8])], spec: &str) -> Result<(i32, String, f64)> {
+    let dir = tempfile::tempdir()?;
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes)?;
+    }
+    std::fs::write(dir.path().join("spec.yaml"), spec)?;
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(reelfarm_tests::cluster::reelfarm_binary())
+        .arg("validate")
+        .arg(dir.path().join("spec.yaml"))
+        .output()?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+#[test]
+fn an_alias_bomb_is_refused_in_under_a_second() {
+    // Nine levels of ten aliases: a billion copies of "lol" if expanded.
+    let mut laughs = String::from("a0: &a0 [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n");
+    for level in 1..10 {
+        let previous = format!("*a{}", level - 1);
+        laughs.push_str(&format!(
+            "a{level}: &a{level} [{}]\n",
+            vec![previous.as_str(); 10].join(", ")
+        ));
+    }
+    laughs.push_str("shots:\n  - prompt: *a9\n    duration: 1\n");
+    // One 1 MiB scalar aliased 3000 times: few events, 3 GiB of text if expanded.
+    let mut wide = format!("big: &big \"{}\"\nshots:\n", "x".repeat(1 << 20));
+    for _ in 0..3000 {
+        wide.push_str("  - {prompt: *big, duration: 1}\n");
+    }
+    for (name, spec) in [("nested laughs", laughs), ("one wide scalar", wide)] {
+        let (code, stderr, seconds) = validate(&[], &spec).unwrap();
+        eprintln!("{name}: refused in {seconds:.3} s: {}", stderr.trim());
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("spec: expands"), "{stderr}");
+        assert!(seconds < 1.0, "{name} took {seconds:.2} s");
+    }
+}
+
+#[test]
+fn reference_paths_stay_inside_the_spec_s_folder() {
+    let png = noise_png(1);
+    for (reference, expected) in [
+        ("/etc/hostname", "absolute"),
+        ("../outside.png", "leaves the spec's folder"),
+    ] {
+        let spec = format!("shots:\n  - prompt: p\n    duration: 1\n    reference: {reference}\n");
+        let (code, stderr, _) = validate(&[("inside.png", &png)], &spec).unwrap();
+        eprintln!("{reference}: {}", stderr.trim());
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("shots[0].reference") && stderr.contains(expected),
+            "{reference}: {stderr}"
+        );
+    }
+    let spec = "shots:\n  - prompt: p\n    duration: 1\n    reference: inside.png\n";
+    let (code, stderr, _) = validate(&[("inside.png", &png)], spec).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -99,6 +99,7 @@ pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
                     .map(|reference| reference.name.clone()),
                 name: shot.name.clone(),
                 scene: shot.scene.clone(),
+                reference_upload: None,
             })
             .collect(),
         color_match: Some(sequence.color_match.name().to_string()),
