@@ -10,6 +10,12 @@ pub enum Error {
     /// A report that does not match the current assignment (a fenced-off worker).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// No credentials, or credentials that prove nobody.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Credentials that do not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

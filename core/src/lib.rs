@@ -2,6 +2,7 @@
 //! clock reads (`now` is passed in), deterministic iteration. The scheduler crate wraps it in
 //! gRPC services, leadership and the etcd store; the simulator drives the same code.
 //!
+//! - `auth`: principals, roles and tokens (stored hashed), and who may do what.
 //! - `planner`: a sequence → render segments and a stitch task (a DAG of continuity chains),
 //!   sized by the model catalog's one estimator.
 //! - `placement`: which ready segment goes on which GPU (policies, the ready queue, the
@@ -16,6 +17,7 @@
 //! Uses `reelfarm-common` without its `io` feature (messages and the spec, no tonic, tokio or
 //! object store) and `reelfarm-models` without its runtime (the catalog only).
 
+pub mod auth;
 pub mod error;
 pub mod estimator;
 pub mod farm;

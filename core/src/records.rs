@@ -31,6 +31,8 @@ use crate::farm::{
 use crate::planner;
 
 pub const SEQUENCES: &str = "sequences/";
+/// Tokens by id: `tokens/<id>` holds a JSON [`crate::auth::TokenRecord`] (a hash, never the secret).
+pub const TOKENS: &str = "tokens/";
 pub const WORKERS: &str = "workers/";
 pub const LEADER: &str = "leader";
 /// A transition too big for one state-store transaction, written whole before any of it is
@@ -327,6 +329,8 @@ pub struct Restored {
     /// Worker records that did not decode: those workers are left out (they register
     /// again when they reconnect).
     pub unreadable_workers: Vec<String>,
+    /// Token records that did not decode: those tokens stop working (an admin makes new ones).
+    pub unreadable_tokens: Vec<String>,
 }
 
 /// Rebuilds the farm a leader left behind: sequences with their plans (re-planned from the
@@ -350,6 +354,18 @@ pub fn restore(
                 farm.workers.insert(id.clone(), worker_from_doc(id, doc));
             }
             Err(error) => unreadable_workers.push(error.to_string()),
+        }
+    }
+    let mut unreadable_tokens = Vec::new();
+    for (key, bytes) in records.range(TOKENS.to_string()..) {
+        if !key.starts_with(TOKENS) {
+            break;
+        }
+        match decode::<crate::auth::TokenRecord>(key, bytes) {
+            Ok(token) => {
+                farm.tokens.insert(token.id.clone(), token);
+            }
+            Err(error) => unreadable_tokens.push(error.to_string()),
         }
     }
     let ids: BTreeSet<&str> = records
@@ -393,6 +409,7 @@ pub fn restore(
     Restored {
         farm,
         unreadable_workers,
+        unreadable_tokens,
     }
 }
 
@@ -725,7 +742,32 @@ impl Durable {
     pub fn settle(&self, farm: &mut Farm) -> Settled {
         let events = farm.take_events();
         let changed = farm.take_changed();
-        let writes = self.writes(farm, &changed);
+        let mut writes = self.writes(farm, &changed);
+        for id in farm.take_changed_tokens() {
+            let key = format!("{TOKENS}{id}");
+            let stored = self.known.get(&key);
+            match farm.tokens.get(&id) {
+                Some(token) => {
+                    let value = json(token);
+                    if stored.is_none_or(|(bytes, _)| *bytes != value) {
+                        writes.push(Write {
+                            expected_revision: stored.map_or(0, |(_, revision)| *revision),
+                            key,
+                            value: Some(value),
+                        });
+                    }
+                }
+                None => {
+                    if let Some((_, revision)) = stored {
+                        writes.push(Write {
+                            expected_revision: *revision,
+                            key,
+                            value: None,
+                        });
+                    }
+                }
+            }
+        }
         Settled {
             events,
             changed,

@@ -375,3 +375,53 @@ fn durable_writes_only_what_changed_at_the_revision_it_read() {
             .all(|write| write.key.contains("/status") || write.key.contains("/tasks/"))
     );
 }
+
+#[test]
+fn tokens_are_stored_as_hashes_restored_and_deleted_when_revoked() {
+    use crate::auth::{Role, TokenRecord, sha256_hex, token_text};
+    let mut farm = Farm::new(3);
+    farm.create_token(TokenRecord {
+        id: "7e57".into(),
+        name: "ci".into(),
+        tenant: "studio-a".into(),
+        role: Role::Submitter,
+        secret_sha256: sha256_hex("s3cret"),
+        created_unix_s: 1.0,
+    })
+    .unwrap();
+    let mut durable = Durable::default();
+    let written = durable.settle(&mut farm).writes;
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].key, "tokens/7e57");
+    let stored = String::from_utf8(written[0].value.clone().unwrap()).unwrap();
+    assert!(!stored.contains("s3cret") && stored.contains(&sha256_hex("s3cret")));
+    let records: BTreeMap<String, Vec<u8>> = written
+        .iter()
+        .map(|write| (write.key.clone(), write.value.clone().unwrap()))
+        .collect();
+    durable.committed(written, &[4]);
+    let restored = restore(3, &Catalog::builtin(), &records, &BTreeMap::new());
+    assert!(restored.unreadable_tokens.is_empty());
+    let principal = restored
+        .farm
+        .authenticate(&token_text("7e57", "s3cret"))
+        .unwrap();
+    assert_eq!(principal.tenant, "studio-a");
+    // Nothing changed, nothing written; a revoked token's record is deleted at its revision.
+    assert!(durable.settle(&mut farm).writes.is_empty());
+    farm.revoke_token("7e57").unwrap();
+    let deletes = durable.settle(&mut farm).writes;
+    assert_eq!(deletes.len(), 1);
+    assert_eq!(
+        (
+            deletes[0].key.as_str(),
+            deletes[0].value.is_none(),
+            deletes[0].expected_revision
+        ),
+        ("tokens/7e57", true, 4)
+    );
+    // An unreadable token record is reported, not fatal.
+    let broken = BTreeMap::from([("tokens/bad".to_string(), b"{".to_vec())]);
+    let restored = restore(3, &Catalog::builtin(), &broken, &BTreeMap::new());
+    assert_eq!(restored.unreadable_tokens.len(), 1);
+}

@@ -20,6 +20,12 @@ pub enum Error {
         None => "no scheduler leads right now (an election is under way); retry in a few seconds".to_string(),
     })]
     NotLeader(Option<String>),
+    /// No credentials, or credentials that prove nobody.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Credentials that do not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A cap on what one scheduler holds at once (open watches, pending registrations).
     #[error("{0}")]
     ResourceExhausted(String),
@@ -48,6 +54,8 @@ impl From<reelfarm_core::Error> for Error {
             Core::InvalidArgument(message) => Error::InvalidArgument(message),
             Core::NotFound(message) => Error::NotFound(message),
             Core::FailedPrecondition(message) => Error::FailedPrecondition(message),
+            Core::Unauthenticated(message) => Error::Unauthenticated(message),
+            Core::PermissionDenied(message) => Error::PermissionDenied(message),
             Core::Internal(message) => Error::Internal(message),
         }
     }
@@ -76,6 +84,8 @@ impl From<Error> for tonic::Status {
                 }
                 status
             }
+            Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            Error::PermissionDenied(_) => tonic::Status::permission_denied(message),
             Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             Error::Internal(_) => tonic::Status::internal(message),
         }

@@ -292,6 +292,7 @@ impl Shared {
         let records::Restored {
             mut farm,
             unreadable_workers,
+            unreadable_tokens,
         } = records::restore(
             self.max_attempts,
             &self.catalog,
@@ -300,6 +301,9 @@ impl Shared {
         );
         for problem in unreadable_workers {
             warn!(%problem, "a worker record is unreadable; that worker registers again when it reconnects");
+        }
+        for problem in unreadable_tokens {
+            warn!(%problem, "a token record is unreadable; that token no longer works");
         }
         for quarantined in farm.quarantined() {
             warn!(sequence = %quarantined.id, error = %quarantined.error, "sequence quarantined");

@@ -337,6 +337,9 @@ pub struct Farm {
     /// `Full` in the farm; the simulator compares the others.
     policy: Policy,
     events: Vec<FarmEvent>,
+    /// Bearer tokens by id (secrets hashed), and those changed since the last commit.
+    pub(crate) tokens: BTreeMap<String, crate::auth::TokenRecord>,
+    tokens_changed: BTreeSet<String>,
 }
 
 /// Sequences changed by transitions: for watchers (drained by `take_changed`), and for
@@ -375,6 +378,8 @@ impl Farm {
             placement: PlacementState::default(),
             policy: Policy::Full,
             events: Vec::new(),
+            tokens: BTreeMap::new(),
+            tokens_changed: BTreeSet::new(),
         }
     }
 
@@ -789,8 +794,10 @@ mod ending;
 mod failures;
 mod pool;
 mod repair;
+mod tokens;
 pub use deadlines::StallPolicy;
 pub use failures::FailureClass;
+pub use tokens::MAX_TOKENS;
 
 mod placing;
 pub(crate) use placing::PlacementState;
