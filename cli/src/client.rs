@@ -1,6 +1,7 @@
 //! The client verbs of `reelfarm` (submit, watch, status, cancel, workers, download): gRPC
 //! calls to a running scheduler that find the leader, and find it again when it changes.
 
+mod admin;
 mod download;
 mod listing;
 mod table;
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use reelfarm_common::leader::{connect_leader, is_transient, parse_endpoints};
+use reelfarm_common::leader::{
+    Authed, Bearer, connect_leader, is_transient, parse_endpoints, sequence_client,
+};
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use reelfarm_common::{pb, spec};
 use tonic::transport::Channel;
@@ -42,6 +45,10 @@ pub struct SchedulerArgs {
     /// Seconds to keep looking for a leading scheduler before giving up.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub connect_timeout: u64,
+    /// A file holding your bearer token, for a farm that authenticates (default: the
+    /// REELFARM_TOKEN environment variable; an admin makes tokens with `reelfarm token`).
+    #[arg(long, value_name = "FILE", env = "REELFARM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +152,43 @@ Examples:
   reelfarm download seq-0123456789ab -o coastline.mp4
   reelfarm download seq-0123456789ab --report -o coastline.report.json")]
     Download(DownloadArgs),
+    /// Let a drained worker take new work again.
+    #[command(long_about = "\
+Undo `reelfarm drain`: the scheduler places work on the worker again. WORKER is a name (every
+worker of that name) or a worker id. Needs an operator or admin token on a farm that
+authenticates.
+
+Example:
+  reelfarm undrain gpu-node-7")]
+    Undrain(UndrainArgs),
+    /// Create, list and revoke bearer tokens (admins).
+    #[command(
+        subcommand,
+        long_about = "\
+Bearer tokens for a farm that authenticates (the scheduler started with --admin-token-file).
+Each token names a tenant and a role:
+  submitter  submits sequences and sees its own tenant's
+  operator   sees every tenant's sequences and the workers; drains and undrains workers
+  admin      an operator who also manages tokens
+  worker     a worker process (its own identity: give each worker its own token)
+The secret is printed once, at creation; the farm stores only its SHA-256. Present a token
+with REELFARM_TOKEN=<token> or --token-file FILE. The first admin token is the one in the
+scheduler's --admin-token-file.
+
+Examples:
+  reelfarm token create --name ci-studio-a --tenant studio-a --role submitter
+  reelfarm token list
+  reelfarm token revoke ci-studio-a"
+    )]
+    Token(admin::TokenCommand),
+}
+
+#[derive(Args)]
+pub struct UndrainArgs {
+    /// A worker name (every worker of that name) or a worker id.
+    worker: String,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
 }
 
 #[derive(Args)]
@@ -279,6 +323,8 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         }
         ClientCommand::Download(args) => download::download(args).await,
         ClientCommand::Drain(args) => drain(args).await,
+        ClientCommand::Undrain(args) => admin::undrain(args).await,
+        ClientCommand::Token(command) => admin::token(command).await,
     }
 }
 
@@ -347,7 +393,8 @@ pub struct Client {
     connect_timeout: Duration,
     /// The leader's URL, named in errors.
     url: String,
-    grpc: SequenceServiceClient<Channel>,
+    grpc: SequenceServiceClient<Authed>,
+    bearer: Bearer,
 }
 
 async fn find_leader(endpoints: &[String], wait: Duration) -> Result<(Channel, String)> {
@@ -367,19 +414,22 @@ impl Client {
             let text = text.strip_prefix("scheduler: ").unwrap_or(&text);
             InputError(vec![format!("--scheduler: {text}")])
         })?;
+        let bearer = Bearer::from_file_or_env(args.token_file.as_deref())
+            .map_err(|error| InputError(vec![error.to_string()]))?;
         let connect_timeout = Duration::from_secs(args.connect_timeout);
         let (channel, url) = find_leader(&endpoints, connect_timeout).await?;
         Ok(Client {
             endpoints,
             connect_timeout,
             url,
-            grpc: reelfarm_common::leader::sequence_client(channel),
+            grpc: sequence_client(channel, bearer.clone()),
+            bearer,
         })
     }
 
     async fn reconnect(&mut self, wait: Duration) -> Result<()> {
         let (channel, url) = find_leader(&self.endpoints, wait).await?;
-        self.grpc = reelfarm_common::leader::sequence_client(channel);
+        self.grpc = sequence_client(channel, self.bearer.clone());
         self.url = url;
         Ok(())
     }
@@ -388,7 +438,7 @@ impl Client {
     /// again and retries once.
     async fn call<T, F, Fut>(&mut self, what: &str, attempt: F) -> Result<T>
     where
-        F: FnMut(SequenceServiceClient<Channel>) -> Fut,
+        F: FnMut(SequenceServiceClient<Authed>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_status(attempt)
@@ -400,7 +450,7 @@ impl Client {
     /// error means no leader could be found for the retry.
     async fn call_status<T, F, Fut>(&mut self, mut attempt: F) -> Result<Result<T, Status>>
     where
-        F: FnMut(SequenceServiceClient<Channel>) -> Fut,
+        F: FnMut(SequenceServiceClient<Authed>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         match attempt(self.grpc.clone()).await {
@@ -433,6 +483,10 @@ impl Client {
                 )
             }
             Code::InvalidArgument | Code::FailedPrecondition => anyhow!("{what}: {message}"),
+            Code::Unauthenticated => {
+                anyhow!("{what}: the scheduler at {url} wants a token: {message}")
+            }
+            Code::PermissionDenied => anyhow!("{what}: not allowed: {message}"),
             code => anyhow!("{what}: the scheduler at {url} answered {code:?}: {message}"),
         }
     }
@@ -441,7 +495,7 @@ impl Client {
 /// Streams one reference image to the scheduler in 1 MiB pieces; a submission then names it
 /// by the upload id it gets back (references are not capped by one message's size).
 pub async fn upload_reference(
-    mut grpc: SequenceServiceClient<Channel>,
+    mut grpc: SequenceServiceClient<Authed>,
     png: std::sync::Arc<[u8]>,
 ) -> Result<tonic::Response<pb::UploadReferenceResponse>, Status> {
     let pieces: Vec<pb::ReferenceChunk> = png
@@ -488,7 +542,7 @@ async fn submit(args: SubmitArgs) -> Result<()> {
     // A pipeline that traces its own work (TRACEPARENT, as CI tools set it) gets the
     // sequence's trace under its span.
     let traceparent = std::env::var("TRACEPARENT").unwrap_or_default();
-    let attempt = |mut grpc: SequenceServiceClient<Channel>| {
+    let attempt = |mut grpc: SequenceServiceClient<Authed>| {
         let mut request = tonic::Request::new(pb::SubmitSequenceRequest {
             spec: Some(spec_pb.clone()),
             idempotency_key: key.clone(),

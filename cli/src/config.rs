@@ -105,13 +105,28 @@ pub struct SchedulerArgs {
     /// give schedulers and workers the same file. See README "Models".
     #[arg(long, env = "REELFARM_MODELS")]
     pub models: Option<PathBuf>,
+    /// A file holding the first admin's bearer token (make one with `openssl rand -hex 32`,
+    /// or a Kubernetes Secret). With it, every call must carry a token: this one, one the
+    /// workers share (--worker-token-file), or one an admin made with `reelfarm token`.
+    /// Without it the scheduler authenticates nobody (say --no-auth to silence the warning).
+    #[arg(long, env = "REELFARM_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// A file holding a token every worker may present (role worker, identity "workers");
+    /// give each worker its own (`reelfarm token create --role worker`) for per-worker
+    /// identities.
+    #[arg(long, env = "REELFARM_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
+    /// Authenticate nobody, on purpose (a laptop, a closed network) [default: false].
+    #[arg(long, env = "REELFARM_NO_AUTH")]
+    pub no_auth: Option<bool>,
 }
 
 impl SchedulerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; listen, advertise_url, etcd, etcd_prefix, leader_ttl, worker_ttl,
-            max_attempts, stall_timeout, etcd_compact_every, retention_days, models)
+            max_attempts, stall_timeout, etcd_compact_every, retention_days, models,
+            admin_token_file, worker_token_file, no_auth)
     }
 }
 
@@ -160,13 +175,17 @@ pub struct WorkerArgs {
     /// or `off` [default: 0.0.0.0:7071].
     #[arg(long, env = "REELFARM_HEALTH_LISTEN")]
     pub health_listen: Option<String>,
+    /// A file holding this worker's bearer token (role worker), for a scheduler that
+    /// authenticates [default: the REELFARM_TOKEN environment variable].
+    #[arg(long, env = "REELFARM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl WorkerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; scheduler, name, simulate_gpus, weights, models, text_encoder_on_cpu,
-            weights_cache, connect_timeout, drain_timeout, health_listen)
+            weights_cache, connect_timeout, drain_timeout, health_listen, token_file)
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use reelfarm_common::blob::{BlobStore, LocalBlobStore};
+use reelfarm_common::leader::Bearer;
 use reelfarm_models::{Catalog, ModelRuntime};
-use reelfarm_scheduler::SchedulerConfig;
+use reelfarm_scheduler::{AuthConfig, SchedulerConfig};
 use reelfarm_worker::WorkerConfig;
 use reelfarm_worker::inventory::{Inventory, cpu_device};
 use tokio::sync::watch;
@@ -17,11 +18,28 @@ use tokio::task::JoinHandle;
 
 pub struct EmbeddedFarm {
     pub url: String,
+    /// The in-process farm authenticates like a distributed one, with tokens it made for
+    /// itself: this one (an admin's) is the client's, as text (for a `reelfarm` client
+    /// process) and ready to send.
+    pub token: String,
+    pub bearer: Bearer,
     pub store: Arc<LocalBlobStore>,
     shutdown_workers: watch::Sender<bool>,
     shutdown_scheduler: watch::Sender<bool>,
     scheduler: JoinHandle<Result<(), reelfarm_scheduler::Error>>,
     workers: Vec<JoinHandle<Result<(), reelfarm_worker::Error>>>,
+}
+
+/// A random token in the farm's format, for this process only.
+fn ephemeral_token() -> String {
+    reelfarm_core::auth::token_text(
+        &uuid::Uuid::new_v4().simple().to_string()[..16],
+        &format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        ),
+    )
 }
 
 async fn signalled(mut receiver: watch::Receiver<bool>) {
@@ -42,11 +60,16 @@ impl EmbeddedFarm {
             .await
             .context("binding a loopback port for the scheduler")?;
         let url = format!("http://{}", listener.local_addr()?);
+        // Ephemeral tokens, never written anywhere: the same checks as a real farm, and
+        // nothing for a new user to set up.
+        let admin_token = ephemeral_token();
+        let worker_token = ephemeral_token();
         let (shutdown_scheduler, scheduler_signal) = watch::channel(false);
         let blob_store: Arc<dyn BlobStore> = store.clone();
         let scheduler = tokio::spawn(reelfarm_scheduler::run(
             SchedulerConfig {
                 catalog,
+                auth: AuthConfig::tokens(Some(&admin_token), Some(&worker_token)),
                 ..SchedulerConfig::new(blob_store.clone())
             },
             listener,
@@ -62,6 +85,7 @@ impl EmbeddedFarm {
         .await
         .context("the embedded scheduler did not start leading")?;
 
+        let worker_bearer = Bearer::new(&worker_token)?;
         let (shutdown_workers, worker_signal) = watch::channel(false);
         let share = 1.0 / workers.max(1) as f64;
         let workers = (0..workers.max(1))
@@ -75,6 +99,7 @@ impl EmbeddedFarm {
                     connect_timeout: Duration::from_secs(10),
                     // Shutting down an embedded farm stops its work at once.
                     drain_timeout: Duration::ZERO,
+                    bearer: worker_bearer.clone(),
                 };
                 tokio::spawn(reelfarm_worker::run(
                     config,
@@ -84,6 +109,8 @@ impl EmbeddedFarm {
             .collect();
         Ok(EmbeddedFarm {
             url,
+            bearer: Bearer::new(&admin_token)?,
+            token: admin_token,
             store,
             shutdown_workers,
             shutdown_scheduler,

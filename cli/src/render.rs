@@ -120,7 +120,7 @@ async fn submit_and_follow(
         .connect()
         .await
         .context("connecting to the embedded scheduler")?;
-    let mut client = reelfarm_common::leader::sequence_client(channel);
+    let mut client = reelfarm_common::leader::sequence_client(channel, farm.bearer.clone());
     let mut spec_pb = spec::sequence_to_pb(sequence);
     for shot in &mut spec_pb.shots {
         if let Some(png) = shot.reference_png.take() {

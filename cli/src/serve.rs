@@ -127,6 +127,51 @@ pub async fn termination() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Who the scheduler lets in: tokens when an admin token file is given; nobody checked, with
+/// a warning unless --no-auth says it is meant, otherwise.
+fn scheduler_auth(args: &SchedulerArgs) -> Result<reelfarm_scheduler::AuthConfig> {
+    let read = |file: &Option<PathBuf>, flag: &str| -> Result<Option<String>> {
+        file.as_ref()
+            .map(|path| {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("--{flag}: cannot read {}", path.display()))?;
+                if token.trim().len() < 16 {
+                    anyhow::bail!(
+                        "--{flag}: {} holds {} characters; a token needs at least 16 (`openssl rand -hex 32`)",
+                        path.display(),
+                        token.trim().len()
+                    );
+                }
+                Ok(token.trim().to_string())
+            })
+            .transpose()
+    };
+    let admin = read(&args.admin_token_file, "admin-token-file")?;
+    let workers = read(&args.worker_token_file, "worker-token-file")?;
+    match (admin, args.no_auth.unwrap_or(false)) {
+        (Some(_), true) => {
+            anyhow::bail!("--no-auth and --admin-token-file contradict each other; drop one")
+        }
+        (Some(admin), false) => Ok(reelfarm_scheduler::AuthConfig::tokens(
+            Some(&admin),
+            workers.as_deref(),
+        )),
+        (None, no_auth) => {
+            if workers.is_some() {
+                anyhow::bail!(
+                    "--worker-token-file needs --admin-token-file (tokens are on only with an admin token)"
+                );
+            }
+            if !no_auth {
+                warn!(
+                    "no --admin-token-file: this scheduler authenticates nobody; anyone who reaches it can submit, cancel, download and drain (give --admin-token-file, or --no-auth if that is meant)"
+                );
+            }
+            Ok(reelfarm_scheduler::AuthConfig::open())
+        }
+    }
+}
+
 pub async fn run_scheduler(
     flags: SchedulerArgs,
     store_flags: StoreArgs,
@@ -162,6 +207,7 @@ pub async fn run_scheduler(
         }
         Some(days) => anyhow::bail!("--retention-days: {days} is not a number of days above 0"),
     };
+    let auth = scheduler_auth(&args)?;
     let catalog = crate::input::load_catalog(args.models.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     let state: Arc<dyn StateStore> = match args.etcd {
@@ -213,6 +259,7 @@ pub async fn run_scheduler(
             ..StallPolicy::default()
         },
         retention,
+        auth,
     };
     let result = reelfarm_scheduler::run(config, listener, termination()).await;
     telemetry.shutdown();
@@ -293,6 +340,7 @@ pub async fn run_worker(
         inventory: Arc::new(inventory),
         connect_timeout,
         drain_timeout,
+        bearer: reelfarm_common::leader::Bearer::from_file_or_env(args.token_file.as_deref())?,
     };
     let health_listen = args.health_listen.as_deref().unwrap_or("0.0.0.0:7071");
     if !health_listen.eq_ignore_ascii_case("off") {

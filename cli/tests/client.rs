@@ -16,11 +16,28 @@ use reelfarm_cli::embedded::EmbeddedFarm;
 static HEAP_COUNTER: reelfarm_worker::memory_meter::CountingAllocator =
     reelfarm_worker::memory_meter::CountingAllocator;
 
-async fn reelfarm(args: &[&str], scheduler: &str, dir: &Path) -> Output {
+/// Where the embedded farm listens, and the admin token it made for its clients.
+struct Target {
+    url: String,
+    token: String,
+}
+
+impl Target {
+    fn of(farm: &EmbeddedFarm) -> Self {
+        Target {
+            url: farm.url.clone(),
+            token: farm.token.clone(),
+        }
+    }
+}
+
+async fn reelfarm(args: &[&str], target: &Target, dir: &Path) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_reelfarm"))
         .args(args)
-        .args(["--scheduler", scheduler])
+        .args(["--scheduler", &target.url])
         .env_remove("REELFARM_SCHEDULER")
+        .env_remove("REELFARM_TOKEN_FILE")
+        .env("REELFARM_TOKEN", &target.token)
         .current_dir(dir)
         .kill_on_drop(true)
         .output()
@@ -63,7 +80,7 @@ async fn submit_watch_status_workers_download_against_a_running_farm() {
     let farm = EmbeddedFarm::start_builtin(&dir.path().join("farm"), 2)
         .await
         .unwrap();
-    let url = farm.url.clone();
+    let url = Target::of(&farm);
     let here = dir.path();
 
     let output = reelfarm(
@@ -174,7 +191,7 @@ async fn a_cancelled_sequence_watches_as_a_failure_and_has_nothing_to_download()
     let farm = EmbeddedFarm::start_builtin(&dir.path().join("farm"), 1)
         .await
         .unwrap();
-    let url = farm.url.clone();
+    let url = Target::of(&farm);
     let here = dir.path();
     // A minute of video: still rendering when the cancel arrives.
     let spec = example("coastline-60s.yaml");

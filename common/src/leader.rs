@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
@@ -10,16 +13,74 @@ use crate::pb;
 use crate::pb::sequence_service_client::SequenceServiceClient;
 use crate::pb::worker_service_client::WorkerServiceClient;
 
-/// A client of the scheduler's sequence API with the farm's explicit message limits.
-pub fn sequence_client(channel: Channel) -> SequenceServiceClient<Channel> {
-    SequenceServiceClient::new(channel)
+/// The bearer token a client or worker presents on every call (none: a farm that does not
+/// authenticate). Never logged: `Debug` says only whether there is one.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Bearer(..)"
+        } else {
+            "Bearer(none)"
+        })
+    }
+}
+
+impl Bearer {
+    pub fn new(token: &str) -> Result<Self, Error> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            Error::InvalidArgument("token: not printable ASCII; copy it again".into())
+        })?;
+        Ok(Bearer(Some(value)))
+    }
+
+    /// `--token-file` when given, else `REELFARM_TOKEN`, else none.
+    pub fn from_file_or_env(file: Option<&std::path::Path>) -> Result<Self, Error> {
+        if let Some(file) = file {
+            let text = std::fs::read_to_string(file).map_err(|error| {
+                Error::InvalidArgument(format!(
+                    "--token-file: cannot read {}: {error}",
+                    file.display()
+                ))
+            })?;
+            return Bearer::new(&text);
+        }
+        match std::env::var("REELFARM_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => Bearer::new(&token),
+            _ => Ok(Bearer::default()),
+        }
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry a bearer token.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// A client of the scheduler's sequence API: the farm's explicit message limits, the token.
+pub fn sequence_client(channel: Channel, bearer: Bearer) -> SequenceServiceClient<Authed> {
+    SequenceServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
 }
 
-/// A client of the scheduler's worker API with the farm's explicit message limits.
-pub fn worker_client(channel: Channel) -> WorkerServiceClient<Channel> {
-    WorkerServiceClient::new(channel)
+/// A client of the scheduler's worker API: the farm's explicit message limits, the token.
+pub fn worker_client(channel: Channel, bearer: Bearer) -> WorkerServiceClient<Authed> {
+    WorkerServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
 }
@@ -79,7 +140,8 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 async fn ask(channel: Channel) -> Result<pb::GetLeaderResponse, String> {
-    let mut client = sequence_client(channel);
+    // GetLeader needs no token: it only says where the leader is.
+    let mut client = sequence_client(channel, Bearer::default());
     tokio::time::timeout(
         Duration::from_secs(5),
         client.get_leader(pb::GetLeaderRequest {}),

@@ -57,6 +57,8 @@ pub struct Principal {
 /// What a call needs of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
+    /// Any valid credentials (the handler decides the rest).
+    Any,
     /// Any client role (not a worker).
     Client,
     Operator,
@@ -67,6 +69,7 @@ pub enum Need {
 impl Need {
     fn describe(self) -> &'static str {
         match self {
+            Need::Any => "credentials",
             Need::Client => "a client token (submitter, operator or admin)",
             Need::Operator => "an operator or admin token",
             Need::Admin => "an admin token",
@@ -79,6 +82,7 @@ impl Principal {
     /// Refuses a caller whose role does not allow the call.
     pub fn may(&self, need: Need, call: &str) -> Result<(), Error> {
         let allowed = match need {
+            Need::Any => true,
             Need::Client => self.role != Role::Worker,
             Need::Operator => matches!(self.role, Role::Operator | Role::Admin),
             Need::Admin => self.role == Role::Admin,

@@ -151,6 +151,9 @@ pub struct WorkerDoc {
     pub name: String,
     pub models: Vec<String>,
     pub devices: Vec<DeviceDoc>,
+    /// Who registered it (a token's name): only that identity may act for this worker id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 pub fn task_state_name(state: TaskState) -> &'static str {
@@ -310,6 +313,7 @@ pub fn worker_doc(worker: &WorkerRecord) -> WorkerDoc {
             .iter()
             .map(|device| DeviceDoc::from(&device.device))
             .collect(),
+        identity: None,
     }
 }
 

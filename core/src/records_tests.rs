@@ -179,7 +179,7 @@ fn one_unreadable_record_quarantines_its_sequence_only() {
     assert_eq!(bad.submitted_unix_s, 1.0);
     let gone = snapshot::status(&farm, "seq-gone").unwrap();
     assert!(gone.error.contains("sequences/seq-gone/spec is missing"));
-    let listed: Vec<_> = snapshot::statuses_page(&farm, "", usize::MAX - 1)
+    let listed: Vec<_> = snapshot::statuses_page(&farm, "", usize::MAX - 1, None)
         .0
         .into_iter()
         .map(|status| status.sequence_id)
@@ -191,14 +191,14 @@ fn one_unreadable_record_quarantines_its_sequence_only() {
             .map(|status| status.sequence_id.clone())
             .collect()
     };
-    let (first, more) = snapshot::statuses_page(&farm, "", 2);
+    let (first, more) = snapshot::statuses_page(&farm, "", 2, None);
     assert_eq!(
         (ids(&first), more),
         (vec!["seq-bad".into(), "seq-gone".into()], true)
     );
-    let (second, more) = snapshot::statuses_page(&farm, "seq-gone", 2);
+    let (second, more) = snapshot::statuses_page(&farm, "seq-gone", 2, None);
     assert_eq!((ids(&second), more), (vec!["seq-good".into()], false));
-    let (exact, more) = snapshot::statuses_page(&farm, "", 3);
+    let (exact, more) = snapshot::statuses_page(&farm, "", 3, None);
     assert_eq!((exact.len(), more), (3, false));
     // Nothing of a quarantined sequence holds a device, and cancelling it is a no-op.
     let mut farm = farm;

@@ -142,9 +142,15 @@ pub fn status(farm: &Farm, id: &str) -> Result<pb::SequenceStatus, Error> {
     }
 }
 
-/// Up to `limit` statuses in id order after the id `after` ("" from the start), quarantined
-/// ones included, and whether more follow.
-pub fn statuses_page(farm: &Farm, after: &str, limit: usize) -> (Vec<pb::SequenceStatus>, bool) {
+/// Up to `limit` statuses in id order after the id `after` ("" from the start), and whether
+/// more follow. With `owner`, only that owner's sequences; without, every one, quarantined
+/// ones included (their owner is unknown).
+pub fn statuses_page(
+    farm: &Farm,
+    after: &str,
+    limit: usize,
+    owner: Option<&str>,
+) -> (Vec<pb::SequenceStatus>, bool) {
     use std::ops::Bound::{Excluded, Unbounded};
     let start = if after.is_empty() {
         Unbounded
@@ -154,11 +160,15 @@ pub fn statuses_page(farm: &Farm, after: &str, limit: usize) -> (Vec<pb::Sequenc
     let mut page: Vec<pb::SequenceStatus> = farm
         .sequences
         .range((start.clone(), Unbounded))
+        .filter(|(_, record)| {
+            owner.is_none_or(|owner| record.sequence.owner.as_deref() == Some(owner))
+        })
         .take(limit + 1)
         .map(|(_, record)| sequence_status(record))
         .chain(
             farm.quarantined
                 .range((start, Unbounded))
+                .filter(|_| owner.is_none())
                 .take(limit + 1)
                 .map(|(_, quarantined)| quarantined_status(quarantined)),
         )

@@ -14,10 +14,11 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::Error;
+use crate::authn::{AuthConfig, WorkerIdentities};
 use crate::farm_telemetry;
 use crate::state::{Leadership, MemoryState, StateStore};
 use reelfarm_core::farm::{Action, Farm, SequenceId, StallPolicy, WorkerId};
-use reelfarm_core::records::{self, Durable, Settled};
+use reelfarm_core::records::{self, Durable, Settled, WorkerDoc};
 
 pub struct SchedulerConfig {
     /// Where reference images go and where workers find segments.
@@ -34,6 +35,8 @@ pub struct SchedulerConfig {
     pub stall: StallPolicy,
     /// Finished sequences are deleted this long after they ended (`None`: kept).
     pub retention: Option<Duration>,
+    /// Whether callers must present tokens, and the tokens configuration provides.
+    pub auth: AuthConfig,
 }
 
 impl SchedulerConfig {
@@ -46,6 +49,7 @@ impl SchedulerConfig {
             catalog: Arc::new(Catalog::builtin()),
             stall: StallPolicy::default(),
             retention: None,
+            auth: AuthConfig::open(),
         }
     }
 }
@@ -80,6 +84,9 @@ pub(crate) struct Shared {
     pub epoch: watch::Sender<u64>,
     /// One permit per open WatchSequence stream (`limits::MAX_WATCHERS`).
     pub watchers: Arc<tokio::sync::Semaphore>,
+    pub auth: AuthConfig,
+    /// The identity behind each worker id this leader knows.
+    pub worker_identities: Mutex<WorkerIdentities>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,6 +115,8 @@ impl Shared {
             watchers: Arc::new(tokio::sync::Semaphore::new(
                 reelfarm_common::limits::MAX_WATCHERS,
             )),
+            auth: config.auth,
+            worker_identities: Mutex::new(WorkerIdentities::default()),
         })
     }
 
@@ -261,6 +270,7 @@ impl Shared {
     pub fn end_streams(&self) {
         lock(&self.worker_streams).clear();
         lock(&self.pending_workers).clear();
+        lock(&self.worker_identities).clear();
         self.epoch.send_modify(|epoch| *epoch += 1);
     }
 
@@ -281,6 +291,9 @@ impl Shared {
                 Ok(((), farm.worker_lost(&worker, unix_now_s())))
             })
             .await;
+        if result.is_ok() {
+            lock(&self.worker_identities).forget(&worker);
+        }
         if let Err(error) = result {
             warn!(worker = %worker, %error, "could not expire a worker");
         }
@@ -314,6 +327,15 @@ impl Shared {
             self.state
                 .worker_online(&leadership, worker, record.clone(), false)
                 .await?;
+            // A worker keeps its identity across leaders: nobody else can take its id while
+            // it reconnects.
+            if let Ok(WorkerDoc {
+                identity: Some(identity),
+                ..
+            }) = serde_json::from_slice::<WorkerDoc>(record)
+            {
+                let _ = lock(&self.worker_identities).bind(worker, &identity);
+            }
         }
         let orphans = farm.orphaned_workers();
         let (sequences, workers) = (farm.sequence_count(), farm.worker_count());

@@ -3,6 +3,7 @@
 //! services, leader election, the durable state store (etcd, or memory for one process) and
 //! the farm's telemetry. Decisions live in the core; this crate carries them out.
 
+mod authn;
 pub mod error;
 mod farm_telemetry;
 mod leading;
@@ -10,6 +11,7 @@ pub mod service;
 pub mod state;
 mod uploads;
 
+pub use authn::AuthConfig;
 pub use error::Error;
 pub use leading::SchedulerConfig;
 pub use service::run;

@@ -251,6 +251,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// Each worker's gRPC health address, in start order.
     pub worker_health: Vec<String>,
+    /// With `enable_auth`: the first admin's token and the one the workers share.
+    pub tokens: Option<(String, String)>,
 }
 
 impl Cluster {
@@ -265,7 +267,32 @@ impl Cluster {
             metrics: Vec::new(),
             extra_args: Vec::new(),
             worker_health: Vec::new(),
+            tokens: None,
         }
+    }
+
+    /// Schedulers started from now on authenticate: they get an admin token and a shared
+    /// worker token in files, workers present the latter, `client` and the test clients the
+    /// former. Returns the admin token.
+    pub fn enable_auth(&mut self) -> Result<String> {
+        let salt = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        let admin = format!("test-admin-{salt}");
+        let workers = format!("test-workers-{salt}");
+        std::fs::write(self.dir.join("admin.token"), &admin)?;
+        std::fs::write(self.dir.join("workers.token"), &workers)?;
+        self.tokens = Some((admin.clone(), workers));
+        Ok(admin)
+    }
+
+    /// The admin token, when the farm authenticates.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.tokens.as_ref().map(|(admin, _)| admin.as_str())
     }
 
     /// `reelfarm <verb>` with the object store's settings and credentials, serving its
@@ -285,6 +312,7 @@ impl Cluster {
             .env("AWS_REGION", "us-east-1")
             .env_remove("REELFARM_SCHEDULER")
             .env_remove("REELFARM_CONFIG")
+            .env_remove("REELFARM_TOKEN")
             .arg("--s3-endpoint")
             .arg(&self.store.endpoint)
             .arg("--bucket")
@@ -319,8 +347,13 @@ impl Cluster {
             .arg("--leader-ttl")
             .arg(self.timings.leader_ttl_s.to_string())
             .arg("--worker-ttl")
-            .arg(self.timings.worker_ttl_s.to_string())
-            .envs(env.iter().copied());
+            .arg(self.timings.worker_ttl_s.to_string());
+        if self.tokens.is_some() {
+            command
+                .env("REELFARM_ADMIN_TOKEN_FILE", self.dir.join("admin.token"))
+                .env("REELFARM_WORKER_TOKEN_FILE", self.dir.join("workers.token"));
+        }
+        command.envs(env.iter().copied());
         let name = format!("scheduler-{}", self.schedulers.len());
         let mut process = Process::spawn(&name, command, &self.dir)?;
         let address = format!("127.0.0.1:{port}");
@@ -345,6 +378,9 @@ impl Cluster {
         env: &[(&str, &str)],
     ) -> Result<()> {
         let mut command = self.command("worker");
+        if let Some((_, workers)) = &self.tokens {
+            command.env("REELFARM_TOKEN", workers);
+        }
         command.envs(env.iter().copied());
         // Several workers share two cores: one compute thread each keeps leases and
         // keepalives timely.
@@ -366,10 +402,18 @@ impl Cluster {
     }
 
     /// Runs a client verb of the binary against the schedulers; (exit code, stdout, stderr).
+    /// As the admin when the farm authenticates.
     pub fn client(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        self.client_as(self.admin_token().unwrap_or(""), args)
+    }
+
+    /// A client verb presenting `token` ("" for none).
+    pub fn client_as(&self, token: &str, args: &[&str]) -> Result<(i32, String, String)> {
         let output = Command::new(reelfarm_binary())
             .args(args)
             .env("REELFARM_SCHEDULER", self.scheduler_list())
+            .env("REELFARM_TOKEN", token)
+            .env_remove("REELFARM_TOKEN_FILE")
             .stdin(Stdio::null())
             .output()?;
         Ok((

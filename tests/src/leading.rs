@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use reelfarm_common::leader::{Authed, Bearer, sequence_client};
 use reelfarm_common::pb;
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use tonic::transport::Channel;
@@ -16,12 +17,17 @@ pub async fn find_leader(cluster: &Cluster) -> Result<(Channel, String)> {
     Ok(reelfarm_common::leader::connect_leader(&endpoints, Duration::from_secs(20)).await?)
 }
 
-pub async fn leader_client(cluster: &Cluster) -> Result<SequenceServiceClient<Channel>> {
-    Ok(SequenceServiceClient::new(find_leader(cluster).await?.0))
+/// A client of the leader, presenting the admin token when the farm authenticates.
+pub async fn leader_client(cluster: &Cluster) -> Result<SequenceServiceClient<Authed>> {
+    let bearer = match cluster.admin_token() {
+        Some(token) => Bearer::new(token)?,
+        None => Bearer::default(),
+    };
+    Ok(sequence_client(find_leader(cluster).await?.0, bearer))
 }
 
 pub async fn submit(
-    client: &mut SequenceServiceClient<Channel>,
+    client: &mut SequenceServiceClient<Authed>,
     spec: pb::SequenceSpec,
     key: &str,
 ) -> Result<pb::SubmitSequenceResponse> {

@@ -12,12 +12,11 @@ use std::time::Duration;
 use reelfarm_cli::embedded::EmbeddedFarm;
 use reelfarm_common::pb;
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
-use tonic::transport::Channel;
 
 /// A farm in a temp dir (kept when `REELFARM_KEEP_TEST_DIRS=1`), with a connected client.
 pub struct TestFarm {
     pub farm: EmbeddedFarm,
-    pub client: SequenceServiceClient<Channel>,
+    pub client: SequenceServiceClient<reelfarm_common::leader::Authed>,
     pub dir: tempfile::TempDir,
 }
 
@@ -31,7 +30,10 @@ impl TestFarm {
             eprintln!("keeping test dir {}", dir.path().display());
         }
         let farm = EmbeddedFarm::start_builtin(dir.path(), workers).await?;
-        let client = SequenceServiceClient::connect(farm.url.clone()).await?;
+        let channel = tonic::transport::Endpoint::from_shared(farm.url.clone())?
+            .connect()
+            .await?;
+        let client = reelfarm_common::leader::sequence_client(channel, farm.bearer.clone());
         Ok(TestFarm { farm, client, dir })
     }
 

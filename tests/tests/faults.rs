@@ -52,8 +52,13 @@ async fn list(farm: &Farm) -> Result<Vec<pb::SequenceStatus>> {
 /// Submits to the scheduler at `url`, which is set to abort mid-commit; waits for it to die.
 async fn submit_to_dying_leader(farm: &mut Farm, index: usize, key: &str) -> Result<()> {
     let url = farm.cluster.schedulers[index].0.clone();
-    let mut client =
-        pb::sequence_service_client::SequenceServiceClient::connect(url.clone()).await?;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect()
+        .await?;
+    let mut client = reelfarm_common::leader::sequence_client(
+        channel,
+        reelfarm_common::leader::Bearer::default(),
+    );
     if let Ok(answer) = submit(&mut client, five_hundred_shots(), key).await {
         bail!("the submit to a scheduler aborting mid-commit was answered: {answer:?}");
     }

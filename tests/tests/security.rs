@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use reelfarm_common::leader::Bearer;
 use reelfarm_common::pb;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
 use reelfarm_tests::cluster::Timings;
 use reelfarm_tests::farm::Farm;
-use reelfarm_tests::leading::{find_leader, poll_until_succeeded, submit};
+use reelfarm_tests::leading::{find_leader, leader_client, poll_until_succeeded, submit};
 use reelfarm_tests::three_shot_spec;
 
 /// A megabyte of one letter: far past every bound, well within one message.
@@ -43,7 +44,8 @@ async fn each_oversized_field_is_refused_by_name_and_the_leader_is_unchanged() {
         cluster.start_scheduler()?;
         cluster.start_worker("node-0", "1x4GiB")?;
         let (channel, leader) = find_leader(cluster).await?;
-        let mut client = reelfarm_common::leader::sequence_client(channel.clone());
+        let mut client =
+            reelfarm_common::leader::sequence_client(channel.clone(), Bearer::default());
         let mut worker = WorkerServiceClient::new(channel);
 
         let mut spec = three_shot_spec(2);
@@ -204,7 +206,7 @@ async fn each_oversized_field_is_refused_by_name_and_the_leader_is_unchanged() {
         if now_leading != leader {
             bail!("the leader changed from {leader} to {now_leading} under hostile requests");
         }
-        let mut client = reelfarm_common::leader::sequence_client(find_leader(cluster).await?.0);
+        let mut client = leader_client(cluster).await?;
         let id = submit(&mut client, three_shot_spec(2), "after")
             .await?
             .sequence_id;
@@ -302,7 +304,7 @@ fn an_alias_bomb_is_refused_in_under_a_second() {
         let previous = format!("*a{}", level - 1);
         laughs.push_str(&format!(
             "a{level}: &a{level} [{}]\n",
-            vec![previous.as_str(); 10].join(", ")
+            [previous.as_str(); 10].join(", ")
         ));
     }
     laughs.push_str("shots:\n  - prompt: *a9\n    duration: 1\n");
@@ -339,4 +341,354 @@ fn reference_paths_stay_inside_the_spec_s_folder() {
     let spec = "shots:\n  - prompt: p\n    duration: 1\n    reference: inside.png\n";
     let (code, stderr, _) = validate(&[("inside.png", &png)], spec).unwrap();
     assert_eq!(code, 0, "{stderr}");
+}
+
+/// A client of the leader presenting `token` ("" for none).
+async fn client_as(
+    cluster: &reelfarm_tests::cluster::Cluster,
+    token: &str,
+) -> Result<
+    reelfarm_common::pb::sequence_service_client::SequenceServiceClient<
+        reelfarm_common::leader::Authed,
+    >,
+> {
+    let bearer = if token.is_empty() {
+        Bearer::default()
+    } else {
+        Bearer::new(token)?
+    };
+    Ok(reelfarm_common::leader::sequence_client(
+        find_leader(cluster).await?.0,
+        bearer,
+    ))
+}
+
+/// `reelfarm token create` as the admin; the token it printed.
+fn create_token(
+    cluster: &reelfarm_tests::cluster::Cluster,
+    name: &str,
+    tenant: &str,
+    role: &str,
+) -> Result<String> {
+    let (code, stdout, stderr) = cluster.client(&[
+        "token", "create", "--name", name, "--tenant", tenant, "--role", role,
+    ])?;
+    if code != 0 {
+        bail!("token create {name} exited {code}: {stderr}");
+    }
+    Ok(stdout.trim().to_string())
+}
+
+fn code_of<T: std::fmt::Debug>(result: &Result<T, tonic::Status>) -> Option<tonic::Code> {
+    result.as_ref().err().map(tonic::Status::code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_calls_are_refused_and_tenants_see_only_their_own_sequences() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.enable_auth()?;
+        cluster.start_scheduler()?;
+        cluster.start_worker("node-0", "1x4GiB")?;
+        let alice = create_token(cluster, "alice", "studio-a", "submitter")?;
+        let bob = create_token(cluster, "bob", "studio-b", "submitter")?;
+
+        // Nobody gets in without a token, through the API or the CLI.
+        let mut anonymous = client_as(cluster, "").await?;
+        let refused = anonymous
+            .list_sequences(pb::ListSequencesRequest::default())
+            .await;
+        if code_of(&refused) != Some(tonic::Code::Unauthenticated) {
+            bail!("an anonymous ListSequences must be Unauthenticated: {refused:?}");
+        }
+        let (code, _, stderr) = cluster.client_as("", &["status"])?;
+        if code == 0 || !stderr.contains("wants a token") {
+            bail!("an anonymous `reelfarm status` must say it needs a token: {code} {stderr}");
+        }
+        let (code, _, stderr) = cluster.client_as("rf1.0000.guess", &["status"])?;
+        if code == 0 || !stderr.contains("unknown or revoked token") {
+            bail!("a forged token must be refused: {code} {stderr}");
+        }
+
+        let mut as_alice = client_as(cluster, &alice).await?;
+        let mut as_bob = client_as(cluster, &bob).await?;
+        // A spec cannot claim another tenant.
+        let claimed = as_alice
+            .submit_sequence(pb::SubmitSequenceRequest {
+                spec: Some(pb::SequenceSpec {
+                    owner: Some("studio-b".into()),
+                    ..three_shot_spec(2)
+                }),
+                idempotency_key: String::new(),
+            })
+            .await;
+        if code_of(&claimed) != Some(tonic::Code::PermissionDenied) {
+            bail!("claiming another tenant must be PermissionDenied: {claimed:?}");
+        }
+        let id = submit(&mut as_alice, three_shot_spec(2), "shared-key")
+            .await?
+            .sequence_id;
+        // The same idempotency key from another tenant is another sequence.
+        let bobs = submit(&mut as_bob, three_shot_spec(2), "shared-key").await?;
+        if !bobs.created || bobs.sequence_id == id {
+            bail!("tenant B's key returned tenant A's sequence: {bobs:?}");
+        }
+        poll_until_succeeded(cluster, &id, Duration::from_secs(300)).await?;
+
+        // Tenant B can't see, watch, download, cancel, delete or list A's sequence.
+        let not_found = |what: &str, code: Option<tonic::Code>| -> Result<()> {
+            if code != Some(tonic::Code::NotFound) {
+                bail!("{what} of another tenant's sequence must be NotFound, got {code:?}");
+            }
+            Ok(())
+        };
+        let get = pb::GetSequenceRequest {
+            sequence_id: id.clone(),
+        };
+        not_found(
+            "GetSequence",
+            code_of(&as_bob.get_sequence(get.clone()).await),
+        )?;
+        let watched = as_bob
+            .watch_sequence(pb::WatchSequenceRequest {
+                sequence_id: id.clone(),
+            })
+            .await;
+        not_found("WatchSequence", code_of(&watched))?;
+        let read = pb::ReadOutputRequest {
+            sequence_id: id.clone(),
+            ..Default::default()
+        };
+        not_found(
+            "ReadOutput",
+            code_of(&as_bob.read_output(read.clone()).await),
+        )?;
+        let cancel = pb::CancelSequenceRequest {
+            sequence_id: id.clone(),
+        };
+        not_found(
+            "CancelSequence",
+            code_of(&as_bob.cancel_sequence(cancel).await),
+        )?;
+        let delete = pb::DeleteSequenceRequest {
+            sequence_id: id.clone(),
+        };
+        not_found(
+            "DeleteSequence",
+            code_of(&as_bob.delete_sequence(delete).await),
+        )?;
+        let listed = |response: pb::ListSequencesResponse| -> Vec<String> {
+            response
+                .sequences
+                .into_iter()
+                .map(|status| status.sequence_id)
+                .collect()
+        };
+        let bob_sees = listed(
+            as_bob
+                .list_sequences(pb::ListSequencesRequest::default())
+                .await?
+                .into_inner(),
+        );
+        if bob_sees != [bobs.sequence_id.clone()] {
+            bail!(
+                "tenant B lists {bob_sees:?}, expected only its own {}",
+                bobs.sequence_id
+            );
+        }
+        // Alice still sees and downloads hers; the admin sees both tenants'.
+        as_alice.get_sequence(get).await?;
+        let mut chunks = as_alice.read_output(read).await?.into_inner();
+        if chunks
+            .message()
+            .await?
+            .is_none_or(|chunk| chunk.data.is_empty())
+        {
+            bail!("the owner could not download its video");
+        }
+        let admin_sees = listed(
+            leader_client(cluster)
+                .await?
+                .list_sequences(pb::ListSequencesRequest::default())
+                .await?
+                .into_inner(),
+        );
+        if !admin_sees.contains(&id) || !admin_sees.contains(&bobs.sequence_id) {
+            bail!("the admin lists {admin_sees:?}, expected both tenants'");
+        }
+        // Submitters neither manage tokens nor drain workers; clients can't call the worker API.
+        let tokens = as_alice.list_tokens(pb::ListTokensRequest {}).await;
+        if code_of(&tokens) != Some(tonic::Code::PermissionDenied) {
+            bail!("a submitter listing tokens must be PermissionDenied: {tokens:?}");
+        }
+        let drained = as_alice
+            .drain_worker(pb::DrainWorkerRequest {
+                worker: "node-0".into(),
+            })
+            .await;
+        if code_of(&drained) != Some(tonic::Code::PermissionDenied) {
+            bail!("a submitter draining must be PermissionDenied: {drained:?}");
+        }
+        let mut alice_as_worker = reelfarm_common::leader::worker_client(
+            find_leader(cluster).await?.0,
+            Bearer::new(&alice)?,
+        );
+        let registered = alice_as_worker
+            .register(pb::RegisterWorkerRequest {
+                name: "fake".into(),
+                devices: vec![pb::Device {
+                    memory_total_bytes: 1 << 30,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await;
+        if code_of(&registered) != Some(tonic::Code::PermissionDenied) {
+            bail!("a client registering as a worker must be PermissionDenied: {registered:?}");
+        }
+        // A revoked token stops working at once.
+        let (code, _, stderr) = cluster.client(&["token", "revoke", "alice"])?;
+        if code != 0 {
+            bail!("token revoke exited {code}: {stderr}");
+        }
+        let after = client_as(cluster, &alice)
+            .await?
+            .list_sequences(pb::ListSequencesRequest::default())
+            .await;
+        if code_of(&after) != Some(tonic::Code::Unauthenticated) {
+            bail!("a revoked token must be Unauthenticated: {after:?}");
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reports_only_on_its_own_work_and_its_id_cannot_be_taken_over() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.enable_auth()?;
+        cluster.start_scheduler()?;
+        let w1 = create_token(cluster, "w1", "farm", "worker")?;
+        let w2 = create_token(cluster, "w2", "farm", "worker")?;
+        let channel = find_leader(cluster).await?.0;
+        let mut victim = reelfarm_common::leader::worker_client(channel.clone(), Bearer::new(&w1)?);
+        let mut intruder = reelfarm_common::leader::worker_client(channel, Bearer::new(&w2)?);
+        let register = pb::RegisterWorkerRequest {
+            name: "victim".into(),
+            devices: vec![pb::Device {
+                index: 0,
+                kind: "simulated".into(),
+                name: "victim gpu".into(),
+                memory_total_bytes: 4 << 30,
+                memory_free_bytes: 4 << 30,
+                ..Default::default()
+            }],
+            models: vec!["reelfarm-tiny".into()],
+            worker_id: "victim-1".into(),
+            running: Vec::new(),
+        };
+        victim.register(register.clone()).await?;
+        let mut commands = victim
+            .receive_commands(pb::ReceiveCommandsRequest {
+                worker_id: "victim-1".into(),
+            })
+            .await?
+            .into_inner();
+        let spec = pb::SequenceSpec {
+            shots: three_shot_spec(2).shots[..1].to_vec(),
+            ..three_shot_spec(2)
+        };
+        let id = submit(&mut leader_client(cluster).await?, spec, "")
+            .await?
+            .sequence_id;
+        let command = tokio::time::timeout(Duration::from_secs(20), commands.message())
+            .await??
+            .and_then(|command| command.command);
+        let Some(pb::worker_command::Command::Assign(assignment)) = command else {
+            bail!("the victim got no assignment: {command:?}");
+        };
+        let reference = assignment.assignment.clone().unwrap();
+        let output_key = match &assignment.task {
+            Some(pb::assignment::Task::Segment(task)) => format!("{}.mp4", task.output_prefix),
+            other => bail!("expected a segment, got {other:?}"),
+        };
+
+        // w2 can neither report on, complete nor fail w1's segment.
+        let denied = |what: &str, code: Option<tonic::Code>| -> Result<()> {
+            if code != Some(tonic::Code::PermissionDenied) {
+                bail!("{what} by another worker identity must be PermissionDenied, got {code:?}");
+            }
+            Ok(())
+        };
+        let progress = intruder
+            .report_progress(pb::ReportProgressRequest {
+                assignment: Some(reference.clone()),
+                done: 1,
+                total: 2,
+            })
+            .await;
+        denied("ReportProgress", code_of(&progress))?;
+        let completed = intruder
+            .complete_task(pb::CompleteTaskRequest {
+                assignment: Some(reference.clone()),
+                output_key: output_key.clone(),
+                ..Default::default()
+            })
+            .await;
+        denied("CompleteTask", code_of(&completed))?;
+        let failed = intruder
+            .fail_task(pb::FailTaskRequest {
+                assignment: Some(reference.clone()),
+                reason: pb::FailureReason::ModelError as i32,
+                message: "sabotage".into(),
+                corrupt_keys: Vec::new(),
+            })
+            .await;
+        denied("FailTask", code_of(&failed))?;
+        // Nor take over its id, its command stream or its heartbeat.
+        denied("Register", code_of(&intruder.register(register).await))?;
+        let stream = intruder
+            .receive_commands(pb::ReceiveCommandsRequest {
+                worker_id: "victim-1".into(),
+            })
+            .await;
+        denied("ReceiveCommands", code_of(&stream))?;
+        let heartbeat = intruder
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: "victim-1".into(),
+                devices: Vec::new(),
+            })
+            .await;
+        denied("Heartbeat", code_of(&heartbeat))?;
+
+        // The victim keeps its work: its own report is accepted and the segment is still
+        // running on it.
+        let answer = victim
+            .report_progress(pb::ReportProgressRequest {
+                assignment: Some(reference.clone()),
+                done: 1,
+                total: 2,
+            })
+            .await?
+            .into_inner();
+        if answer.stop {
+            bail!("the victim was told to stop its segment");
+        }
+        let status = leader_client(cluster)
+            .await?
+            .get_sequence(pb::GetSequenceRequest {
+                sequence_id: id.clone(),
+            })
+            .await?
+            .into_inner();
+        let segment = &status.segments[0];
+        if segment.worker != "victim-1" || segment.step != 1 {
+            bail!("the segment left its worker: {segment:?}");
+        }
+        Ok(())
+    })
+    .await;
 }

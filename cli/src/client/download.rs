@@ -12,7 +12,6 @@ use reelfarm_common::leader::is_transient;
 use reelfarm_common::pb;
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::{Client, DownloadArgs};
@@ -168,7 +167,7 @@ enum Fetched {
 /// Streams one output into `partial` from `offset` (what an earlier try already wrote):
 /// the outer error is local (disk), a broken stream is `Fetched::Broken`.
 async fn fetch(
-    mut grpc: SequenceServiceClient<Channel>,
+    mut grpc: SequenceServiceClient<reelfarm_common::leader::Authed>,
     id: &str,
     kind: pb::OutputKind,
     partial: &Path,

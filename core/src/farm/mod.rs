@@ -500,6 +500,13 @@ impl Farm {
         (id, true)
     }
 
+    /// The worker an outstanding assignment was placed on.
+    pub fn assignment_worker(&self, assignment_id: &str) -> Option<WorkerId> {
+        self.assignments
+            .get(assignment_id)
+            .map(|assignment| assignment.worker.clone())
+    }
+
     /// Checks a report against the current assignment (the fencing token).
     fn current(&self, reference: &pb::AssignmentRef) -> Result<&AssignmentRecord, Error> {
         match self.assignments.get(&reference.assignment_id) {

@@ -106,6 +106,15 @@ impl Farm {
 
     /// Stops placing work on the workers named `worker` (a name or an id); their ids.
     pub fn drain_worker(&mut self, worker: &str) -> Result<Vec<WorkerId>, Error> {
+        self.set_draining(worker, true)
+    }
+
+    /// Workers drained by name or id take new work again.
+    pub fn undrain_worker(&mut self, worker: &str) -> Result<Vec<WorkerId>, Error> {
+        self.set_draining(worker, false)
+    }
+
+    fn set_draining(&mut self, worker: &str, draining: bool) -> Result<Vec<WorkerId>, Error> {
         let ids: Vec<WorkerId> = self
             .workers
             .values()
@@ -125,7 +134,7 @@ impl Farm {
         }
         for id in &ids {
             if let Some(record) = self.workers.get_mut(id) {
-                record.draining = true;
+                record.draining = draining;
             }
         }
         self.pool_changed();

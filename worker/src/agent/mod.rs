@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub connect_timeout: Duration,
     /// After SIGTERM, how long running tasks get to finish before they are handed back.
     pub drain_timeout: Duration,
+    /// The token this worker presents (a farm that authenticates wants a worker token).
+    pub bearer: leader::Bearer,
 }
 
 /// How long one reconnect attempt looks for a leader before logging and trying again.
@@ -104,10 +106,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// running tasks; whoever sees it break asks for a new one.
 struct Link {
     endpoints: Vec<String>,
-    current: tokio::sync::Mutex<Option<(u64, WorkerServiceClient<Channel>)>>,
+    current: tokio::sync::Mutex<Option<(u64, WorkerServiceClient<leader::Authed>)>>,
     /// The leader's channel, for the sequence API (draining itself).
     channel: Mutex<Option<Channel>>,
     generation: AtomicU64,
+    bearer: leader::Bearer,
 }
 
 impl Link {
@@ -115,7 +118,7 @@ impl Link {
     async fn client(
         &self,
         timeout: Duration,
-    ) -> Result<(u64, WorkerServiceClient<Channel>), Error> {
+    ) -> Result<(u64, WorkerServiceClient<leader::Authed>), Error> {
         let mut current = self.current.lock().await;
         if let Some((generation, client)) = current.as_ref() {
             return Ok((*generation, client.clone()));
@@ -126,7 +129,7 @@ impl Link {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         info!(scheduler = %url, "connected to the leading scheduler");
         *lock(&self.channel) = Some(channel.clone());
-        let client = reelfarm_common::leader::worker_client(channel);
+        let client = leader::worker_client(channel, self.bearer.clone());
         *current = Some((generation, client.clone()));
         Ok((generation, client))
     }
@@ -183,6 +186,7 @@ pub async fn run(
         current: tokio::sync::Mutex::new(None),
         channel: Mutex::new(None),
         generation: AtomicU64::new(0),
+        bearer: config.bearer.clone(),
     });
     // At start a missing scheduler is an error; later it is a reconnect.
     link.client(config.connect_timeout).await?;
@@ -430,7 +434,7 @@ async fn drain_self(link: &Link, worker_id: &str) {
     let request = pb::DrainWorkerRequest {
         worker: worker_id.to_string(),
     };
-    let mut client = reelfarm_common::leader::sequence_client(channel);
+    let mut client = leader::sequence_client(channel, link.bearer.clone());
     // Bounded: a hung call must not hold up the drain's own deadline.
     match tokio::time::timeout(DRAIN_CALL_PATIENCE, client.drain_worker(request)).await {
         Ok(Ok(_)) => {}
@@ -604,7 +608,7 @@ fn within_device_memory(device: Option<&pb::Device>, peak_bytes: u64) -> Result<
 /// assignment is no longer current) is final: another attempt owns the segment now.
 async fn deliver<F, Fut>(link: &Link, reference: &pb::AssignmentRef, what: &str, call: F)
 where
-    F: Fn(WorkerServiceClient<Channel>) -> Fut,
+    F: Fn(WorkerServiceClient<leader::Authed>) -> Fut,
     Fut: Future<Output = Result<(), tonic::Status>>,
 {
     let deadline = tokio::time::Instant::now() + DELIVERY_PATIENCE;
