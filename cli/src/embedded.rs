@@ -32,14 +32,8 @@ pub struct EmbeddedFarm {
 
 /// A random token in the farm's format, for this process only.
 fn ephemeral_token() -> String {
-    reelfarm_core::auth::token_text(
-        &uuid::Uuid::new_v4().simple().to_string()[..16],
-        &format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        ),
-    )
+    let (id, secret) = reelfarm_scheduler::draw_token();
+    reelfarm_core::auth::token_text(&id, &secret)
 }
 
 async fn signalled(mut receiver: watch::Receiver<bool>) {

@@ -179,8 +179,13 @@ pub fn same_digest(a: &str, b: &str) -> bool {
 
 /// Tenant and token names travel in keys, logs and metrics labels: keep them plain.
 pub fn check_label(field: &str, value: &str) -> Result<(), Error> {
+    check_plain(field, value, 64)
+}
+
+/// `value` is 1 to `max` letters, digits, '-', '_' or '.': safe in keys, logs and labels.
+pub fn check_plain(field: &str, value: &str, max: usize) -> Result<(), Error> {
     let plain = !value.is_empty()
-        && value.len() <= 64
+        && value.len() <= max
         && value
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -188,7 +193,7 @@ pub fn check_label(field: &str, value: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "{field}: {value:?} must be 1-64 letters, digits, '-', '_' or '.'"
+            "{field}: {value:?} must be 1-{max} letters, digits, '-', '_' or '.'"
         )))
     }
 }

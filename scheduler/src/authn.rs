@@ -70,6 +70,18 @@ impl AuthConfig {
     }
 }
 
+/// A fresh token's id and secret: 64 random bits of id and 244 of secret (v4 uuids, from the
+/// operating system's generator).
+pub fn draw_token() -> (String, String) {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    (id, secret)
+}
+
 /// The token of `authorization: Bearer <token>`, if the request carries one.
 pub(crate) fn bearer<T>(request: &Request<T>) -> Result<&str, Error> {
     let value = request.metadata().get("authorization").ok_or_else(|| {

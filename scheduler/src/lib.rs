@@ -11,7 +11,7 @@ pub mod service;
 pub mod state;
 mod uploads;
 
-pub use authn::AuthConfig;
+pub use authn::{AuthConfig, draw_token};
 pub use error::Error;
 pub use leading::SchedulerConfig;
 pub use service::run;

@@ -144,3 +144,15 @@ pub fn two_minute_spec() -> pb::SequenceSpec {
         ..Default::default()
     }
 }
+
+/// One simulated 4 GiB GPU, for workers the tests drive by hand over gRPC.
+pub fn simulated_gpu(name: &str) -> pb::Device {
+    pb::Device {
+        index: 0,
+        kind: "simulated".into(),
+        name: name.into(),
+        memory_total_bytes: 4 << 30,
+        memory_free_bytes: 4 << 30,
+        ..Default::default()
+    }
+}

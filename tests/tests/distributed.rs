@@ -204,14 +204,7 @@ async fn a_fenced_off_worker_s_late_result_is_refused_and_changes_nothing() {
         // A worker of our own, driven by hand: it takes an assignment, then goes silent.
         // The scheduler serves before it leads: find the leader like a real worker does.
         let mut rogue = WorkerServiceClient::new(find_leader(cluster).await?.0);
-        let device = pb::Device {
-            index: 0,
-            kind: "simulated".into(),
-            name: "rogue".into(),
-            memory_total_bytes: 4 << 30,
-            memory_free_bytes: 4 << 30,
-            ..Default::default()
-        };
+        let device = reelfarm_tests::simulated_gpu("rogue");
         let worker_id = rogue
             .register(pb::RegisterWorkerRequest {
                 name: "rogue".into(),

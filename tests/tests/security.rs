@@ -113,14 +113,7 @@ async fn each_oversized_field_is_refused_by_name_and_the_leader_is_unchanged() {
                 .await,
         )?;
 
-        let device = pb::Device {
-            index: 0,
-            kind: "simulated".into(),
-            name: "rogue".into(),
-            memory_total_bytes: 4 << 30,
-            memory_free_bytes: 4 << 30,
-            ..Default::default()
-        };
+        let device = reelfarm_tests::simulated_gpu("rogue");
         let register = pb::RegisterWorkerRequest {
             name: "rogue".into(),
             devices: vec![device.clone()],
@@ -578,14 +571,7 @@ async fn a_worker_reports_only_on_its_own_work_and_its_id_cannot_be_taken_over()
         let mut intruder = reelfarm_common::leader::worker_client(channel, Bearer::new(&w2)?);
         let register = pb::RegisterWorkerRequest {
             name: "victim".into(),
-            devices: vec![pb::Device {
-                index: 0,
-                kind: "simulated".into(),
-                name: "victim gpu".into(),
-                memory_total_bytes: 4 << 30,
-                memory_free_bytes: 4 << 30,
-                ..Default::default()
-            }],
+            devices: vec![reelfarm_tests::simulated_gpu("victim gpu")],
             models: vec!["reelfarm-tiny".into()],
             worker_id: "victim-1".into(),
             running: Vec::new(),

@@ -500,46 +500,6 @@ impl Farm {
         (id, true)
     }
 
-    /// The worker an outstanding assignment was placed on.
-    pub fn assignment_worker(&self, assignment_id: &str) -> Option<WorkerId> {
-        self.assignments
-            .get(assignment_id)
-            .map(|assignment| assignment.worker.clone())
-    }
-
-    /// Checks a report against the current assignment (the fencing token).
-    fn current(&self, reference: &pb::AssignmentRef) -> Result<&AssignmentRecord, Error> {
-        match self.assignments.get(&reference.assignment_id) {
-            Some(assignment) if assignment.attempt == reference.attempt && !assignment.stalled => {
-                Ok(assignment)
-            }
-            _ => Err(Error::FailedPrecondition(format!(
-                "assignment {} attempt {} is not current; drop its work",
-                reference.assignment_id, reference.attempt
-            ))),
-        }
-    }
-
-    /// Releases the assignment `reference` names if it is the current attempt.
-    pub(super) fn take_current(
-        &mut self,
-        reference: &pb::AssignmentRef,
-    ) -> Result<AssignmentRecord, Error> {
-        let stalled = self
-            .assignments
-            .get(&reference.assignment_id)
-            .is_some_and(|assignment| {
-                assignment.stalled && assignment.attempt == reference.attempt
-            });
-        if stalled {
-            return Err(self.refuse_stalled(reference));
-        }
-        let worker = self.current(reference)?.worker.clone();
-        self.worker_responsive(&worker);
-        self.release(&reference.assignment_id)
-            .ok_or_else(|| Error::Internal("current assignment vanished".into()))
-    }
-
     /// Records progress; `Ok(true)` tells the worker to stop (the sequence was cancelled).
     pub fn report_progress(
         &mut self,
@@ -659,48 +619,6 @@ impl Farm {
         })
     }
 
-    /// Ends an outstanding assignment: its device is free and its task no longer points at it.
-    fn release(&mut self, assignment_id: &str) -> Option<AssignmentRecord> {
-        let assignment = self.remove_assignment(assignment_id)?;
-        self.free_device(assignment_id, &assignment);
-        self.clear_task_assignment(assignment_id, &assignment);
-        Some(assignment)
-    }
-
-    /// Drops an assignment from the books (and from placement's running counts).
-    pub(super) fn remove_assignment(&mut self, assignment_id: &str) -> Option<AssignmentRecord> {
-        let assignment = self.assignments.remove(assignment_id)?;
-        if let Some(running) = self.placement.running.as_mut() {
-            running.ended(assignment_id);
-        }
-        Some(assignment)
-    }
-
-    fn clear_task_assignment(&mut self, assignment_id: &str, assignment: &AssignmentRecord) {
-        if let Some(record) = self.sequences.get_mut(&assignment.sequence_id) {
-            let task = record.task_mut(assignment.task);
-            if task.assignment_id.as_deref() == Some(assignment_id) {
-                task.assignment_id = None;
-                task.device_slot = None;
-            }
-            self.changed.insert(assignment.sequence_id.clone());
-        }
-    }
-
-    fn free_device(&mut self, assignment_id: &str, assignment: &AssignmentRecord) {
-        let Some(worker) = self.workers.get_mut(&assignment.worker) else {
-            return;
-        };
-        let Some(device) = worker.devices.get_mut(assignment.device_slot) else {
-            return;
-        };
-        device.reserved_bytes = device
-            .reserved_bytes
-            .saturating_sub(assignment.reserved_bytes);
-        device.running.retain(|id| id != assignment_id);
-        self.refresh_device(&assignment.worker.clone(), assignment.device_slot);
-    }
-
     fn assign(
         &mut self,
         id: &str,
@@ -796,6 +714,7 @@ impl Farm {
 /// Models a device is assumed to keep loaded.
 const RESIDENT_MODELS: usize = 2;
 
+mod assignments;
 mod deadlines;
 mod ending;
 mod failures;

@@ -451,13 +451,7 @@ impl SequenceService for Api {
         limits::check_id("name", &request.name).map_err(Error::from)?;
         limits::check_id("tenant", &request.tenant).map_err(Error::from)?;
         let role = Role::parse(&request.role).map_err(Error::from)?;
-        // 128 random bits of id (v4 uuid) and 244 of secret (two more).
-        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let (id, secret) = crate::authn::draw_token();
         let record = TokenRecord {
             id: id.clone(),
             name: request.name,

@@ -22,18 +22,7 @@ fn require_ref(reference: Option<pb::AssignmentRef>) -> Result<pb::AssignmentRef
 
 /// Worker ids travel in etcd keys and logs: keep them plain.
 fn check_worker_id(id: &str) -> Result<(), Error> {
-    let plain = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if plain {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "worker_id: {id:?} must be 1-128 letters, digits, '-', '_' or '.'"
-        )))
-    }
+    Ok(reelfarm_core::auth::check_plain("worker_id", id, 128)?)
 }
 
 #[tonic::async_trait]
