@@ -16,6 +16,7 @@ use reelfarm_common::leader::{
     Authed, Bearer, connect_leader, is_transient, parse_endpoints, sequence_client,
 };
 use reelfarm_common::pb::sequence_service_client::SequenceServiceClient;
+use reelfarm_common::tls::ClientTls;
 use reelfarm_common::{pb, spec};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -49,6 +50,9 @@ pub struct SchedulerArgs {
     /// REELFARM_TOKEN environment variable; an admin makes tokens with `reelfarm token`).
     #[arg(long, value_name = "FILE", env = "REELFARM_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM CA to trust for an https:// scheduler (default: the system's roots).
+    #[arg(long, value_name = "FILE", env = "REELFARM_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -395,10 +399,15 @@ pub struct Client {
     url: String,
     grpc: SequenceServiceClient<Authed>,
     bearer: Bearer,
+    tls: ClientTls,
 }
 
-async fn find_leader(endpoints: &[String], wait: Duration) -> Result<(Channel, String)> {
-    connect_leader(endpoints, wait)
+async fn find_leader(
+    endpoints: &[String],
+    tls: &ClientTls,
+    wait: Duration,
+) -> Result<(Channel, String)> {
+    connect_leader(endpoints, tls, wait)
         .await
         .map_err(|error| match error {
             reelfarm_common::Error::Unavailable(reason) => anyhow!("{reason}; {REACH_HINT}"),
@@ -416,19 +425,24 @@ impl Client {
         })?;
         let bearer = Bearer::from_file_or_env(args.token_file.as_deref())
             .map_err(|error| InputError(vec![error.to_string()]))?;
+        let tls = ClientTls::load(args.tls_ca_file.as_deref(), None, None)
+            .map_err(|error| InputError(vec![error.to_string()]))?;
+        tls.check_urls(&endpoints)
+            .map_err(|error| InputError(vec![format!("--{error}")]))?;
         let connect_timeout = Duration::from_secs(args.connect_timeout);
-        let (channel, url) = find_leader(&endpoints, connect_timeout).await?;
+        let (channel, url) = find_leader(&endpoints, &tls, connect_timeout).await?;
         Ok(Client {
             endpoints,
             connect_timeout,
             url,
             grpc: sequence_client(channel, bearer.clone()),
             bearer,
+            tls,
         })
     }
 
     async fn reconnect(&mut self, wait: Duration) -> Result<()> {
-        let (channel, url) = find_leader(&self.endpoints, wait).await?;
+        let (channel, url) = find_leader(&self.endpoints, &self.tls, wait).await?;
         self.grpc = sequence_client(channel, self.bearer.clone());
         self.url = url;
         Ok(())

@@ -49,6 +49,10 @@ pub struct StoreArgs {
     /// File holding the secret access key (a mounted secret).
     #[arg(long, env = "REELFARM_S3_SECRET_ACCESS_KEY_FILE")]
     pub s3_secret_access_key_file: Option<PathBuf>,
+    /// PEM CA to trust for an https:// --s3-endpoint signed by a private CA, besides the
+    /// system's roots.
+    #[arg(long, env = "REELFARM_S3_CA_FILE")]
+    pub s3_ca_file: Option<PathBuf>,
     /// A local directory instead of S3: only for a farm on one machine.
     #[arg(long, env = "REELFARM_STORE_DIR")]
     pub store_dir: Option<PathBuf>,
@@ -59,7 +63,7 @@ impl StoreArgs {
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; bucket, s3_endpoint, s3_region, s3_path_style, s3_prefix,
             s3_access_key_id, s3_access_key_id_file, s3_secret_access_key,
-            s3_secret_access_key_file, store_dir)
+            s3_secret_access_key_file, s3_ca_file, store_dir)
     }
 }
 
@@ -119,6 +123,38 @@ pub struct SchedulerArgs {
     /// Authenticate nobody, on purpose (a laptop, a closed network) [default: false].
     #[arg(long, env = "REELFARM_NO_AUTH")]
     pub no_auth: Option<bool>,
+    /// PEM certificate (chain) to serve gRPC with TLS; needs --tls-key-file. Its names must
+    /// cover the URLs clients and workers dial, --advertise-url included (which then
+    /// defaults to https://). Unset: plaintext.
+    #[arg(long, env = "REELFARM_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "REELFARM_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA whose client certificates identify workers (mutual TLS): a worker presenting
+    /// one is the worker id its Common Name says, needs no token, and can act for no other
+    /// id. Clients keep using tokens.
+    #[arg(long, env = "REELFARM_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// PEM CA that signed etcd's server certificate; the --etcd URLs are then https://.
+    #[arg(long, env = "REELFARM_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for an etcd started with --client-cert-auth; needs
+    /// --etcd-key-file.
+    #[arg(long, env = "REELFARM_ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM private key of --etcd-cert-file.
+    #[arg(long, env = "REELFARM_ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// Client calls a second each token (or, without tokens, each address) may make, with
+    /// bursts of 4×; past it calls get RESOURCE_EXHAUSTED saying when to retry. Workers are
+    /// not limited. 0 turns it off [default: 50].
+    #[arg(long, env = "REELFARM_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+    /// Streams (watches, uploads, downloads) each token or address may hold open
+    /// [default: 64].
+    #[arg(long, env = "REELFARM_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
 }
 
 impl SchedulerArgs {
@@ -126,7 +162,9 @@ impl SchedulerArgs {
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; listen, advertise_url, etcd, etcd_prefix, leader_ttl, worker_ttl,
             max_attempts, stall_timeout, etcd_compact_every, retention_days, models,
-            admin_token_file, worker_token_file, no_auth)
+            admin_token_file, worker_token_file, no_auth, tls_cert_file, tls_key_file,
+            tls_client_ca_file, etcd_ca_file, etcd_cert_file, etcd_key_file, rate_limit,
+            max_streams)
     }
 }
 
@@ -179,13 +217,24 @@ pub struct WorkerArgs {
     /// authenticates [default: the REELFARM_TOKEN environment variable].
     #[arg(long, env = "REELFARM_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM CA to trust for https:// schedulers [default: the system's roots].
+    #[arg(long, env = "REELFARM_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate naming this worker (Common Name = worker id), for a scheduler
+    /// with --tls-client-ca-file: the worker is then that id and needs no token.
+    #[arg(long, env = "REELFARM_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "REELFARM_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl WorkerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; scheduler, name, simulate_gpus, weights, models, text_encoder_on_cpu,
-            weights_cache, connect_timeout, drain_timeout, health_listen, token_file)
+            weights_cache, connect_timeout, drain_timeout, health_listen, token_file, tls_ca_file,
+            tls_cert_file, tls_key_file)
     }
 }
 
@@ -328,6 +377,11 @@ pub fn store_choice(args: StoreArgs) -> Result<StoreChoice> {
             settings.prefix = args.s3_prefix.unwrap_or_default();
             settings.access_key_id = access_key;
             settings.secret_access_key = secret_key;
+            settings.ca_pem = args
+                .s3_ca_file
+                .as_deref()
+                .map(|path| reelfarm_common::tls::read_pem(path, "--s3-ca-file", "CERTIFICATE"))
+                .transpose()?;
             Ok(StoreChoice::S3(settings))
         }
     }

@@ -74,6 +74,7 @@ impl EmbeddedFarm {
         // request is not refused as "no leader".
         reelfarm_common::leader::connect_leader(
             std::slice::from_ref(&url),
+            &Default::default(),
             Duration::from_secs(10),
         )
         .await
@@ -94,6 +95,7 @@ impl EmbeddedFarm {
                     // Shutting down an embedded farm stops its work at once.
                     drain_timeout: Duration::ZERO,
                     bearer: worker_bearer.clone(),
+                    tls: Default::default(),
                 };
                 tokio::spawn(reelfarm_worker::run(
                     config,

@@ -11,6 +11,7 @@ use reelfarm_common::blob::{BlobStore, LocalBlobStore};
 #[cfg(feature = "worker")]
 use reelfarm_common::leader;
 use reelfarm_common::s3::S3BlobStore;
+use reelfarm_common::tls::{ClientTls, ServerTls};
 use reelfarm_core::farm::StallPolicy;
 use reelfarm_scheduler::SchedulerConfig;
 use reelfarm_scheduler::state::{EtcdSettings, EtcdState, MemoryState, StateStore};
@@ -208,6 +209,26 @@ pub async fn run_scheduler(
         Some(days) => anyhow::bail!("--retention-days: {days} is not a number of days above 0"),
     };
     let auth = scheduler_auth(&args)?;
+    let rate = match args.rate_limit {
+        None => 50.0,
+        Some(rate) if rate.is_finite() && rate >= 0.0 => rate,
+        Some(rate) => {
+            anyhow::bail!("--rate-limit: {rate} is not a number of calls a second (0 turns it off)")
+        }
+    };
+    let limits = reelfarm_scheduler::throttle::Limits {
+        calls_per_second: rate,
+        burst: (rate * 4.0).max(1.0),
+        streams: match args.max_streams {
+            Some(0) => anyhow::bail!("--max-streams: must be at least 1"),
+            other => other.unwrap_or(64),
+        },
+    };
+    let tls = ServerTls::load(
+        args.tls_cert_file.as_deref(),
+        args.tls_key_file.as_deref(),
+        args.tls_client_ca_file.as_deref(),
+    )?;
     let catalog = crate::input::load_catalog(args.models.as_deref())?;
     let store = open_store(store_flags.or(file.store)).await?;
     let state: Arc<dyn StateStore> = match args.etcd {
@@ -222,6 +243,11 @@ pub async fn run_scheduler(
                 Some(0.0) => None,
                 other => Some(seconds(other, 300.0, "etcd-compact-every")?),
             };
+            settings.tls = reelfarm_scheduler::state::etcd_tls(
+                args.etcd_ca_file.as_deref(),
+                args.etcd_cert_file.as_deref(),
+                args.etcd_key_file.as_deref(),
+            )?;
             Arc::new(EtcdState::connect(settings).await?)
         }
         _ => {
@@ -241,7 +267,8 @@ pub async fn run_scheduler(
         } else {
             bound.ip().to_string()
         };
-        format!("http://{host}:{}", bound.port())
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{host}:{}", bound.port())
     });
     eprintln!(
         "reelfarm scheduler: serving on {bound} as {advertise_url} (state: {}, store: {})",
@@ -260,6 +287,8 @@ pub async fn run_scheduler(
         },
         retention,
         auth,
+        tls,
+        limits,
     };
     let result = reelfarm_scheduler::run(config, listener, termination()).await;
     telemetry.shutdown();
@@ -293,6 +322,12 @@ pub async fn run_worker(
     let args = flags.or(file.worker);
     let endpoints =
         leader::parse_endpoints(args.scheduler.as_deref().unwrap_or("http://127.0.0.1:7070"))?;
+    let tls = ClientTls::load(
+        args.tls_ca_file.as_deref(),
+        args.tls_cert_file.as_deref(),
+        args.tls_key_file.as_deref(),
+    )?;
+    tls.check_urls(&endpoints)?;
     let name = args
         .name
         .or_else(host_name)
@@ -341,6 +376,7 @@ pub async fn run_worker(
         connect_timeout,
         drain_timeout,
         bearer: reelfarm_common::leader::Bearer::from_file_or_env(args.token_file.as_deref())?,
+        tls,
     };
     let health_listen = args.health_listen.as_deref().unwrap_or("0.0.0.0:7071");
     if !health_listen.eq_ignore_ascii_case("off") {

@@ -12,6 +12,7 @@ use crate::Error;
 use crate::pb;
 use crate::pb::sequence_service_client::SequenceServiceClient;
 use crate::pb::worker_service_client::WorkerServiceClient;
+use crate::tls::ClientTls;
 
 /// The bearer token a client or worker presents on every call (none: a farm that does not
 /// authenticate). Never logged: `Debug` says only whether there is one.
@@ -75,14 +76,14 @@ pub type Authed = InterceptedService<Channel, Bearer>;
 pub fn sequence_client(channel: Channel, bearer: Bearer) -> SequenceServiceClient<Authed> {
     SequenceServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::limits::MAX_REQUEST_BYTES)
 }
 
 /// A client of the scheduler's worker API: the farm's explicit message limits, the token.
 pub fn worker_client(channel: Channel, bearer: Bearer) -> WorkerServiceClient<Authed> {
     WorkerServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::limits::MAX_REQUEST_BYTES)
 }
 
 /// Splits `--scheduler a,b,c` into URLs; a bare `host:port` gets `http://`.
@@ -112,9 +113,10 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, Error> {
     Ok(endpoints)
 }
 
-async fn open(url: &str) -> Result<Channel, String> {
+async fn open(url: &str, tls: &ClientTls) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|error| error.to_string())?;
-    endpoint
+    tls.apply(endpoint)
+        .map_err(|error| error.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_keepalive(Some(Duration::from_secs(10)))
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -153,10 +155,10 @@ async fn ask(channel: Channel) -> Result<pb::GetLeaderResponse, String> {
 }
 
 /// One round over the endpoints: a channel to the leader and its URL, or why not.
-async fn find_once(endpoints: &[String]) -> Result<(Channel, String), String> {
+async fn find_once(endpoints: &[String], tls: &ClientTls) -> Result<(Channel, String), String> {
     let mut reasons = Vec::new();
     for url in endpoints {
-        let channel = match open(url).await {
+        let channel = match open(url, tls).await {
             Ok(channel) => channel,
             Err(reason) => {
                 reasons.push(reason);
@@ -167,7 +169,15 @@ async fn find_once(endpoints: &[String]) -> Result<(Channel, String), String> {
             Ok(answer) if answer.leader => return Ok((channel, url.clone())),
             Ok(answer) if !answer.leader_url.is_empty() => {
                 let leader = answer.leader_url;
-                match open(&leader).await {
+                // A redirect never leaves TLS: over https the leader must also prove, with a
+                // certificate the same roots trust, that it is one of the farm's schedulers.
+                if url.starts_with("https://") && !leader.starts_with("https://") {
+                    reasons.push(format!(
+                        "{url} pointed at {leader}, which is not https: refused"
+                    ));
+                    continue;
+                }
+                match open(&leader, tls).await {
                     Ok(channel) => match ask(channel.clone()).await {
                         Ok(confirmed) if confirmed.leader => return Ok((channel, leader)),
                         Ok(_) => reasons.push(format!("{leader} no longer leads")),
@@ -186,12 +196,14 @@ async fn find_once(endpoints: &[String]) -> Result<(Channel, String), String> {
 /// Finds the leader, retrying (elections take a few seconds) until `timeout`.
 pub async fn connect_leader(
     endpoints: &[String],
+    tls: &ClientTls,
     timeout: Duration,
 ) -> Result<(Channel, String), Error> {
+    tls.check_urls(endpoints)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut delay = Duration::from_millis(100);
     loop {
-        match find_once(endpoints).await {
+        match find_once(endpoints, tls).await {
             Ok(found) => return Ok(found),
             Err(reason) if tokio::time::Instant::now() + delay > deadline => {
                 return Err(Error::Unavailable(format!(

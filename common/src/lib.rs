@@ -21,6 +21,8 @@ pub mod spec;
 #[cfg(feature = "io")]
 pub mod telemetry;
 #[cfg(feature = "io")]
+pub mod tls;
+#[cfg(feature = "io")]
 pub mod trace_context;
 
 pub use error::Error;

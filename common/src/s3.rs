@@ -55,6 +55,9 @@ pub struct S3Settings {
     pub prefix: String,
     /// TCP connect timeout, and the bound on the bucket check in `connect`.
     pub timeout: Duration,
+    /// A PEM CA to trust for an `https://` endpoint, besides the system's roots (a private
+    /// MinIO or Ceph); AWS itself needs none.
+    pub ca_pem: Option<String>,
 }
 
 impl S3Settings {
@@ -68,6 +71,7 @@ impl S3Settings {
             secret_access_key: None,
             prefix: String::new(),
             timeout: Duration::from_secs(5),
+            ca_pem: None,
         }
     }
 }
@@ -87,8 +91,26 @@ impl fmt::Debug for S3Settings {
             )
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("ca_pem", &self.ca_pem.is_some())
             .finish()
     }
+}
+
+/// The SDK's own HTTPS client (rustls with aws-lc, as by default) trusting `ca` besides the
+/// system's roots.
+fn https_trusting(ca: &str) -> Result<aws_sdk_s3::config::SharedHttpClient, Error> {
+    use aws_smithy_http_client::tls;
+    let trust = tls::TrustStore::default().with_pem_certificate(ca.as_bytes());
+    let context = tls::TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|error| Error::InvalidArgument(format!("--s3-ca-file: {error}")))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
 }
 
 /// Objects in one bucket, optionally under a key prefix.
@@ -148,6 +170,9 @@ impl S3BlobStore {
             _ => tracing::warn!(
                 "only one of the S3 access key id and secret is set; using the AWS credential chain"
             ),
+        }
+        if let Some(ca) = &settings.ca_pem {
+            loader = loader.http_client(https_trusting(ca)?);
         }
         let shared = loader.load().await;
         let mut config =

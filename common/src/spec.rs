@@ -321,6 +321,9 @@ pub fn validate(
                 shot_docs.len()
             ),
         );
+        // Checking each of a hostile number of shots would only pile up errors (and the
+        // name and scene checks grow with the square of the count).
+        return Err(SpecError { errors });
     }
 
     let mut shots = Vec::with_capacity(shot_docs.len());
@@ -680,6 +683,15 @@ pub fn check_reference_png(bytes: &[u8]) -> Result<(), String> {
     if pixels > MAX_REFERENCE_PIXELS {
         return Err(format!(
             "{width}x{height} is {pixels} pixels; references may have at most {MAX_REFERENCE_PIXELS} (7680x4320, 8K UHD)"
+        ));
+    }
+    // The worker's decoder refuses the same (a palette of partial entries).
+    if let Some(palette) = &reader.info().palette
+        && (palette.is_empty() || palette.len() % 3 != 0 || palette.len() > 256 * 3)
+    {
+        return Err(format!(
+            "a {}-byte palette (PLTE holds 1 to 256 three-byte entries)",
+            palette.len()
         ));
     }
     Ok(())

@@ -78,7 +78,36 @@ impl Need {
     }
 }
 
+/// Names of certified workers carry this prefix, which no token name can (labels are plain).
+const CERTIFIED: &str = "certificate:";
+
 impl Principal {
+    /// The worker a verified client certificate names (its Common Name is the worker id).
+    pub fn certified_worker(tenant: &str, worker_id: &str) -> Result<Self, Error> {
+        check_plain("client certificate Common Name", worker_id, 128)?;
+        Ok(Principal {
+            tenant: tenant.to_string(),
+            role: Role::Worker,
+            name: format!("{CERTIFIED}{worker_id}"),
+        })
+    }
+
+    /// The one worker id a certified worker may act as; `None` for token holders.
+    pub fn certified_worker_id(&self) -> Option<&str> {
+        self.name.strip_prefix(CERTIFIED)
+    }
+
+    /// Refuses a worker acting for another worker's id: a certified worker is only the id
+    /// its certificate names.
+    pub fn may_act_as(&self, worker_id: &str) -> Result<(), Error> {
+        match self.certified_worker_id() {
+            Some(certified) if certified != worker_id => Err(Error::PermissionDenied(format!(
+                "worker_id: {worker_id:?} is not {certified:?}, the worker this client certificate names"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a caller whose role does not allow the call.
     pub fn may(&self, need: Need, call: &str) -> Result<(), Error> {
         let allowed = match need {
@@ -210,6 +239,25 @@ mod tests {
             role,
             name: "someone".into(),
         }
+    }
+
+    #[test]
+    fn a_certified_worker_acts_only_as_the_id_its_certificate_names() {
+        let worker = Principal::certified_worker("farm", "gpu-node-3").unwrap();
+        assert_eq!(worker.role, Role::Worker);
+        assert_eq!(worker.certified_worker_id(), Some("gpu-node-3"));
+        assert!(worker.may_act_as("gpu-node-3").is_ok());
+        let error = worker.may_act_as("gpu-node-4").unwrap_err().to_string();
+        assert!(
+            error.contains("gpu-node-4") && error.contains("gpu-node-3"),
+            "{error}"
+        );
+        assert!(worker.may(Need::Client, "SubmitSequence").is_err());
+        // Token holders are bound by registration instead; their names cannot look certified.
+        assert_eq!(principal(Role::Worker).certified_worker_id(), None);
+        assert!(principal(Role::Worker).may_act_as("anything").is_ok());
+        assert!(check_plain("name", "certificate:x", 64).is_err());
+        assert!(Principal::certified_worker("farm", "../etc").is_err());
     }
 
     #[test]

@@ -97,6 +97,28 @@ pub(crate) fn bearer<T>(request: &Request<T>) -> Result<&str, Error> {
         .ok_or_else(|| Error::Unauthenticated("authorization: expected `Bearer <token>`".into()))
 }
 
+/// The worker a verified client certificate names: its subject's Common Name. `None` when
+/// the connection presented no certificate (clients, token-holding workers, plaintext).
+/// Only a scheduler given a client CA asks for certificates, and rustls has verified the
+/// chain against that CA before any request arrives.
+pub(crate) fn certified_worker<T>(request: &Request<T>) -> Result<Option<Principal>, Error> {
+    let Some(chain) = request.peer_certs() else {
+        return Ok(None);
+    };
+    let Some(leaf) = chain.first() else {
+        return Ok(None);
+    };
+    let common_name = reelfarm_common::tls::common_name(leaf.as_ref()).ok_or_else(|| {
+        Error::PermissionDenied(
+            "client certificate: its subject has no Common Name; issue worker certificates with CN=<worker id>".into(),
+        )
+    })?;
+    Ok(Some(Principal::certified_worker(
+        FARM_TENANT,
+        &common_name,
+    )?))
+}
+
 /// Which identity registered each worker id: a live worker's id cannot be taken over by
 /// another identity, and reports about its work come only from it.
 #[derive(Debug, Default)]

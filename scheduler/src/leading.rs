@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use reelfarm_common::blob::BlobStore;
+use reelfarm_common::tls::ServerTls;
 use reelfarm_common::{pb, unix_now_s};
 use reelfarm_models::Catalog;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -17,6 +18,7 @@ use crate::Error;
 use crate::authn::{AuthConfig, WorkerIdentities};
 use crate::farm_telemetry;
 use crate::state::{Leadership, MemoryState, StateStore};
+use crate::throttle::{self, Throttle};
 use reelfarm_core::farm::{Action, Farm, SequenceId, StallPolicy, WorkerId};
 use reelfarm_core::records::{self, Durable, Settled, WorkerDoc};
 
@@ -37,6 +39,10 @@ pub struct SchedulerConfig {
     pub retention: Option<Duration>,
     /// Whether callers must present tokens, and the tokens configuration provides.
     pub auth: AuthConfig,
+    /// TLS for both APIs (`None`: plaintext), and whether client certificates name workers.
+    pub tls: Option<ServerTls>,
+    /// What each principal may ask: calls a second, open streams.
+    pub limits: throttle::Limits,
 }
 
 impl SchedulerConfig {
@@ -50,6 +56,8 @@ impl SchedulerConfig {
             stall: StallPolicy::default(),
             retention: None,
             auth: AuthConfig::open(),
+            tls: None,
+            limits: throttle::Limits::default(),
         }
     }
 }
@@ -87,6 +95,8 @@ pub(crate) struct Shared {
     pub auth: AuthConfig,
     /// The identity behind each worker id this leader knows.
     pub worker_identities: Mutex<WorkerIdentities>,
+    /// Per-principal call rates and open streams.
+    pub throttle: Arc<Throttle>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +127,7 @@ impl Shared {
             )),
             auth: config.auth,
             worker_identities: Mutex::new(WorkerIdentities::default()),
+            throttle: Throttle::new(config.limits),
         })
     }
 

@@ -9,6 +9,7 @@ mod farm_telemetry;
 mod leading;
 pub mod service;
 pub mod state;
+pub mod throttle;
 mod uploads;
 
 pub use authn::{AuthConfig, draw_token};

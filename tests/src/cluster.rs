@@ -146,6 +146,14 @@ pub struct Etcd {
     pub process: Process,
     dir: PathBuf,
     ports: (u16, u16),
+    tls: Option<EtcdTls>,
+}
+
+/// etcd serving clients over TLS and asking each for a certificate from `ca`.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server: crate::pki::Issued,
 }
 
 /// A bare HTTP/1.0 GET for readiness probes: the whole response, or `None` if nothing answers.
@@ -160,30 +168,54 @@ pub fn http_get(address: &str, path: &str) -> Option<String> {
 
 impl Etcd {
     pub fn start(dir: &Path) -> Result<Self> {
-        let ports = (free_port(), free_port());
-        let process = Self::spawn(dir, ports)?;
+        Self::start_with(dir, None)
+    }
+
+    /// etcd that speaks TLS to clients and wants their certificates (`--client-cert-auth`).
+    pub fn start_tls(dir: &Path, tls: EtcdTls) -> Result<Self> {
+        Self::start_with(dir, Some(tls))
+    }
+
+    fn start_with(dir: &Path, tls: Option<EtcdTls>) -> Result<Self> {
+        let ports = (free_port(), free_port(), free_port());
+        let process = Self::spawn(dir, ports, tls.as_ref())?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(Etcd {
-            url: format!("http://127.0.0.1:{}", ports.0),
+            url: format!("{scheme}://127.0.0.1:{}", ports.0),
             process,
             dir: dir.to_path_buf(),
-            ports,
+            ports: (ports.0, ports.1),
+            tls,
         })
     }
 
     /// `kill -9` and start again on the same ports and data, waiting until it is healthy.
     pub fn restart(&mut self) -> Result<()> {
         self.process.kill9();
-        self.process = Self::spawn(&self.dir, self.ports)?;
+        let ports = (self.ports.0, self.ports.1, free_port());
+        self.process = Self::spawn(&self.dir, ports, self.tls.as_ref())?;
         Ok(())
     }
 
-    fn spawn(dir: &Path, (client, peer): (u16, u16)) -> Result<Process> {
+    fn spawn(
+        dir: &Path,
+        (client, peer, metrics): (u16, u16, u16),
+        tls: Option<&EtcdTls>,
+    ) -> Result<Process> {
         let binary = which("etcd").context(
             "etcd is not installed: `apt-get install -y etcd-server` (.ci/run does this)",
         )?;
-        let url = format!("http://127.0.0.1:{client}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut command = Command::new(binary);
+        if let Some(tls) = tls {
+            command
+                .arg(format!("--cert-file={}", tls.server.cert.display()))
+                .arg(format!("--key-file={}", tls.server.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
         command
             .arg("--name=test")
             .arg(format!("--data-dir={}", dir.join("etcd-data").display()))
@@ -192,9 +224,11 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=test={peer_url}"))
+            // Plain HTTP /health even when clients need TLS: readiness without a certificate.
+            .arg(format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"))
             .arg("--log-level=warn");
         let mut process = Process::spawn("etcd", command, dir)?;
-        let address = format!("127.0.0.1:{client}");
+        let address = format!("127.0.0.1:{metrics}");
         wait_until("etcd", Duration::from_secs(20), || {
             process.exited().is_none()
                 && http_get(&address, "/health").is_some_and(|body| body.contains("true"))
@@ -219,6 +253,8 @@ pub struct ObjectStore {
     pub bucket: String,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// The CA of an `https://` endpoint's certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Timings short enough for tests, long enough for two busy cores.
@@ -253,6 +289,10 @@ pub struct Cluster {
     pub worker_health: Vec<String>,
     /// With `enable_auth`: the first admin's token and the one the workers share.
     pub tokens: Option<(String, String)>,
+    /// With `enable_tls`: the CA that signs the scheduler's certificate and the workers'.
+    pub tls: Option<crate::pki::TestCa>,
+    /// TLS to etcd: the CA file, and the schedulers' client certificate.
+    pub etcd_tls: Option<(PathBuf, crate::pki::Issued)>,
 }
 
 impl Cluster {
@@ -268,6 +308,24 @@ impl Cluster {
             extra_args: Vec::new(),
             worker_health: Vec::new(),
             tokens: None,
+            tls: None,
+            etcd_tls: None,
+        }
+    }
+
+    /// Schedulers started from now on serve TLS with a certificate from a fresh CA and take
+    /// that CA's client certificates as worker identities; each worker gets a certificate
+    /// naming it (its worker id is then its name), clients trust the CA.
+    pub fn enable_tls(&mut self) -> Result<()> {
+        self.tls = Some(crate::pki::TestCa::new(&self.dir, "farm-ca")?);
+        Ok(())
+    }
+
+    /// What a test client trusts and presents: the farm's CA when it serves TLS.
+    pub fn client_tls(&self) -> reelfarm_common::tls::ClientTls {
+        match &self.tls {
+            Some(ca) => reelfarm_common::tls::ClientTls::trusting(&ca.cert_pem),
+            None => Default::default(),
         }
     }
 
@@ -316,7 +374,11 @@ impl Cluster {
             .arg("--s3-endpoint")
             .arg(&self.store.endpoint)
             .arg("--bucket")
-            .arg(&self.store.bucket);
+            .arg(&self.store.bucket)
+            .env_remove("REELFARM_S3_CA_FILE");
+        if let Some(ca) = &self.store.ca_file {
+            command.env("REELFARM_S3_CA_FILE", ca);
+        }
         command
     }
 
@@ -337,8 +399,22 @@ impl Cluster {
     /// A scheduler with extra environment (the fault points, `REELFARM_FAULT_…`).
     pub fn start_scheduler_with(&mut self, env: &[(&str, &str)]) -> Result<String> {
         let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let mut command = self.command("scheduler");
+        if let Some(ca) = &self.tls {
+            let server = ca.loopback_server(&format!("scheduler-{port}"), false)?;
+            command
+                .env("REELFARM_TLS_CERT_FILE", &server.cert)
+                .env("REELFARM_TLS_KEY_FILE", &server.key)
+                .env("REELFARM_TLS_CLIENT_CA_FILE", &ca.cert);
+        }
+        if let Some((ca, client)) = &self.etcd_tls {
+            command
+                .env("REELFARM_ETCD_CA_FILE", ca)
+                .env("REELFARM_ETCD_CERT_FILE", &client.cert)
+                .env("REELFARM_ETCD_KEY_FILE", &client.key);
+        }
         command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -378,7 +454,14 @@ impl Cluster {
         env: &[(&str, &str)],
     ) -> Result<()> {
         let mut command = self.command("worker");
-        if let Some((_, workers)) = &self.tokens {
+        if let Some(ca) = &self.tls {
+            // Its certificate is its identity: no token.
+            let identity = ca.client(&format!("worker-{name}"), name)?;
+            command
+                .env("REELFARM_TLS_CA_FILE", &ca.cert)
+                .env("REELFARM_TLS_CERT_FILE", &identity.cert)
+                .env("REELFARM_TLS_KEY_FILE", &identity.key);
+        } else if let Some((_, workers)) = &self.tokens {
             command.env("REELFARM_TOKEN", workers);
         }
         command.envs(env.iter().copied());
@@ -409,13 +492,17 @@ impl Cluster {
 
     /// A client verb presenting `token` ("" for none).
     pub fn client_as(&self, token: &str, args: &[&str]) -> Result<(i32, String, String)> {
-        let output = Command::new(reelfarm_binary())
+        let mut command = Command::new(reelfarm_binary());
+        command
             .args(args)
             .env("REELFARM_SCHEDULER", self.scheduler_list())
             .env("REELFARM_TOKEN", token)
             .env_remove("REELFARM_TOKEN_FILE")
-            .stdin(Stdio::null())
-            .output()?;
+            .env_remove("REELFARM_TLS_CA_FILE");
+        if let Some(ca) = &self.tls {
+            command.env("REELFARM_TLS_CA_FILE", &ca.cert);
+        }
+        let output = command.stdin(Stdio::null()).output()?;
         Ok((
             output.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -14,7 +14,12 @@ use crate::cluster::Cluster;
 /// A channel to whichever scheduler leads now, and its URL.
 pub async fn find_leader(cluster: &Cluster) -> Result<(Channel, String)> {
     let endpoints = reelfarm_common::leader::parse_endpoints(&cluster.scheduler_list())?;
-    Ok(reelfarm_common::leader::connect_leader(&endpoints, Duration::from_secs(20)).await?)
+    Ok(reelfarm_common::leader::connect_leader(
+        &endpoints,
+        &cluster.client_tls(),
+        Duration::from_secs(20),
+    )
+    .await?)
 }
 
 /// A client of the leader, presenting the admin token when the farm authenticates.

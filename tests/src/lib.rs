@@ -4,8 +4,10 @@ pub mod cluster;
 pub mod farm;
 pub mod fault_proxy;
 pub mod leading;
+pub mod pki;
 pub mod probe;
 pub mod s3_server;
+pub mod tls_proxy;
 
 use std::time::Duration;
 

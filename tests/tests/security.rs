@@ -678,3 +678,90 @@ async fn a_worker_reports_only_on_its_own_work_and_its_id_cannot_be_taken_over()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_past_its_rate_or_its_streams_waits_and_the_others_do_not() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.enable_auth()?;
+        cluster
+            .start_scheduler_with(&[("REELFARM_RATE_LIMIT", "5"), ("REELFARM_MAX_STREAMS", "2")])?;
+        let alice = create_token(cluster, "alice", "studio-a", "submitter")?;
+        let bob = create_token(cluster, "bob", "studio-b", "submitter")?;
+        let mut as_alice = client_as(cluster, &alice).await?;
+        let mut as_bob = client_as(cluster, &bob).await?;
+
+        // Bursts of 20 (4× the rate), then 5 a second: 40 calls at once cannot all pass.
+        let mut refused = None;
+        let mut admitted = 0;
+        for _ in 0..40 {
+            match as_alice
+                .list_sequences(pb::ListSequencesRequest::default())
+                .await
+            {
+                Ok(_) => admitted += 1,
+                Err(status) => refused = Some(status),
+            }
+        }
+        let Some(refused) = refused else {
+            bail!("40 calls at once all passed a limit of 5 a second");
+        };
+        eprintln!(
+            "alice: {admitted} of 40 admitted; then {}",
+            refused.message()
+        );
+        if refused.code() != tonic::Code::ResourceExhausted
+            || !refused.message().contains("retry in")
+            || admitted > 25
+        {
+            bail!("past the rate: {admitted} admitted, then {refused:?}");
+        }
+        // Bob has his own share.
+        as_bob
+            .list_sequences(pb::ListSequencesRequest::default())
+            .await?;
+        // A second later Alice may call again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        as_alice
+            .list_sequences(pb::ListSequencesRequest::default())
+            .await?;
+
+        // Two open watches each; a third is refused until one closes.
+        let id = submit(&mut as_alice, three_shot_spec(2), "")
+            .await?
+            .sequence_id;
+        let watch = pb::WatchSequenceRequest {
+            sequence_id: id.clone(),
+        };
+        let first = as_alice.watch_sequence(watch.clone()).await?.into_inner();
+        let _second = as_alice.watch_sequence(watch.clone()).await?.into_inner();
+        let third = as_alice.watch_sequence(watch.clone()).await;
+        match &third {
+            Err(status)
+                if status.code() == tonic::Code::ResourceExhausted
+                    && status.message().contains("2 open streams") =>
+            {
+                eprintln!("third watch: {}", status.message());
+            }
+            other => bail!("a third watch must be refused: {other:?}"),
+        }
+        drop(first);
+        // The scheduler notices the closed stream when it next sends; poll briefly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match as_alice.watch_sequence(watch.clone()).await {
+                Ok(_) => break,
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    if std::time::Instant::now() > deadline {
+                        bail!("a closed watch never freed its slot: {status:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(status) => bail!("watch: {status:?}"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+}

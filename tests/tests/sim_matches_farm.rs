@@ -63,6 +63,7 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
     ));
     let channel = reelfarm_common::leader::connect_leader(
         std::slice::from_ref(&url),
+        &Default::default(),
         Duration::from_secs(10),
     )
     .await?

@@ -16,8 +16,9 @@ pub const MAX_SPEC_BYTES: u64 = 4 << 20;
 /// What a spec may add up to once its YAML aliases are expanded (16 MiB of scalars): each alias
 /// replays what it points at, so a small file can otherwise expand to gigabytes.
 pub const MAX_EXPANDED_SPEC_BYTES: u64 = 16 << 20;
-/// How many values (scalars, lists, maps) a spec may hold once its aliases are expanded.
-pub const MAX_SPEC_VALUES: u64 = 1_000_000;
+/// How many values (scalars, lists, maps) a spec may hold once its aliases are expanded:
+/// a 500-shot spec holds about 15,000, and each value costs a few hundred bytes of heap.
+pub const MAX_SPEC_VALUES: u64 = 100_000;
 /// The largest reference image file we read (64 MiB).
 pub const MAX_REFERENCE_BYTES: u64 = 64 << 20;
 

@@ -52,6 +52,16 @@ pub fn decode_png(bytes: &[u8]) -> Result<RgbFrame, VideoError> {
             "{width}x{height} is {pixels} pixels; at most {MAX_PNG_PIXELS} (7680x4320, 8K UHD)"
         )));
     }
+    // png 0.18.1 panics expanding a palette of partial entries (found by fuzzing; upstream
+    // image-png#694): refuse it before it expands.
+    if let Some(palette) = &reader.info().palette
+        && (palette.is_empty() || palette.len() % 3 != 0 || palette.len() > 256 * 3)
+    {
+        return Err(VideoError::UnsupportedPng(format!(
+            "a {}-byte palette (PLTE holds 1 to 256 three-byte entries)",
+            palette.len()
+        )));
+    }
     let buffer_len = reader.output_buffer_size().ok_or_else(|| {
         VideoError::UnsupportedPng(format!("{width}x{height} does not fit in memory"))
     })?;

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reelfarm_common::pb::sequence_service_server::SequenceServiceServer;
 use reelfarm_common::pb::worker_service_server::WorkerServiceServer;
@@ -17,8 +17,9 @@ use tonic::{Request, Status};
 use tracing::{info, warn};
 
 use crate::leading::{SchedulerConfig, Shared, lead_until_shutdown, lock};
+use crate::throttle::StreamSlot;
 use crate::{Error, authn};
-use reelfarm_core::auth::{Need, Principal};
+use reelfarm_core::auth::{Need, Principal, Role};
 use reelfarm_core::snapshot;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -42,7 +43,15 @@ impl Api {
         need: Need,
         call: &str,
     ) -> Result<Option<Principal>, Error> {
+        // A verified client certificate is a worker's whole identity, tokens on or off.
+        if let Some(worker) = authn::certified_worker(request)? {
+            worker.may(need, call)?;
+            return Ok(Some(worker));
+        }
         if !self.0.auth.required {
+            if let Some(who) = throttled_as(&None, request) {
+                self.0.throttle.call(&who, Instant::now())?;
+            }
             return Ok(None);
         }
         let token = authn::bearer(request)?.to_string();
@@ -55,7 +64,22 @@ impl Api {
             }
         };
         principal.may(need, call)?;
-        Ok(Some(principal))
+        let principal = Some(principal);
+        if let Some(who) = throttled_as(&principal, request) {
+            self.0.throttle.call(&who, Instant::now())?;
+        }
+        Ok(principal)
+    }
+
+    /// One of the caller's streams (watch, upload, download), refused past its share.
+    fn stream_slot<T>(
+        &self,
+        caller: &Option<Principal>,
+        request: &Request<T>,
+    ) -> Result<Option<StreamSlot>, Error> {
+        throttled_as(caller, request)
+            .map(|who| self.0.throttle.open_stream(&who, Instant::now()))
+            .transpose()
     }
 
     /// Refuses a sequence the caller may not see exactly as a missing one is refused, so a
@@ -88,9 +112,25 @@ impl Api {
     /// Refuses a caller acting for a worker id another identity registered.
     fn acts_for(&self, caller: &Option<Principal>, worker: &str) -> Result<(), Error> {
         match caller {
-            Some(principal) => lock(&self.0.worker_identities).check(worker, &principal.name),
+            Some(principal) => {
+                principal.may_act_as(worker)?;
+                lock(&self.0.worker_identities).check(worker, &principal.name)
+            }
             None => Ok(()),
         }
+    }
+}
+
+/// Whom a call counts against in the per-principal limits: the token's tenant and name, or,
+/// on a farm without tokens, the caller's address. Workers are not throttled.
+fn throttled_as<T>(caller: &Option<Principal>, request: &Request<T>) -> Option<String> {
+    match caller {
+        Some(principal) if principal.role == Role::Worker => None,
+        Some(principal) => Some(format!("{}/{}", principal.tenant, principal.name)),
+        None => Some(match request.remote_addr() {
+            Some(address) => format!("anonymous@{}", address.ip()),
+            None => "anonymous".into(),
+        }),
     }
 }
 
@@ -104,10 +144,23 @@ pub async fn run(
     let address = listener
         .local_addr()
         .map_err(|error| Error::Unavailable(error.to_string()))?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = config
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("http://{address}"));
+        .unwrap_or_else(|| format!("{scheme}://{address}"));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.config.clone()).map_err(|error| {
+            Error::InvalidArgument(format!(
+                "--tls-cert-file/--tls-key-file/--tls-client-ca-file: {error}"
+            ))
+        })?;
+    }
     let shared = Shared::new(config, url.clone());
     info!(%address, %url, store = %shared.store.describe(), state = %shared.state.describe(), "scheduler listening");
     let (stop, stopping) = watch::channel(false);
@@ -125,7 +178,7 @@ pub async fn run(
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_loop = tokio::spawn(report_health(shared.clone(), health));
-    let served = tonic::transport::Server::builder()
+    let served = builder
         // Finds workers whose connection died silently (a pulled cable, a frozen node).
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -139,12 +192,12 @@ pub async fn run(
         .add_service(health_service)
         .add_service(
             SequenceServiceServer::new(api.clone())
-                .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
                 .max_encoding_message_size(limits::MAX_MESSAGE_BYTES),
         )
         .add_service(
             WorkerServiceServer::new(api)
-                .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
                 .max_encoding_message_size(limits::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, close_streams)

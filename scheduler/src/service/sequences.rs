@@ -156,6 +156,7 @@ impl SequenceService for Api {
         request: Request<pb::WatchSequenceRequest>,
     ) -> Result<Response<Self::WatchSequenceStream>, Status> {
         let caller = self.caller(&request, Need::Client, "WatchSequence").await?;
+        let slot = self.stream_slot(&caller, &request)?;
         let id = request.into_inner().sequence_id;
         limits::check_id("sequence_id", &id).map_err(Error::from)?;
         self.visible(&caller, &id).await?;
@@ -171,7 +172,7 @@ impl SequenceService for Api {
         let (sender, receiver) = mpsc::channel(16);
         let api = self.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, slot);
             let mut status = first;
             loop {
                 let terminal = is_terminal(&status);
@@ -180,6 +181,8 @@ impl SequenceService for Api {
                 }
                 loop {
                     tokio::select! {
+                        // The watcher hung up: free its slots now, not at the next change.
+                        () = sender.closed() => return,
                         change = changes.recv() => match change {
                             Ok(changed) if changed != id => continue,
                             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
@@ -331,6 +334,7 @@ impl SequenceService for Api {
         request: Request<pb::ReadOutputRequest>,
     ) -> Result<Response<Self::ReadOutputStream>, Status> {
         let caller = self.caller(&request, Need::Client, "ReadOutput").await?;
+        let slot = self.stream_slot(&caller, &request)?;
         let request = request.into_inner();
         limits::check_id("sequence_id", &request.sequence_id).map_err(Error::from)?;
         self.visible(&caller, &request.sequence_id).await?;
@@ -395,6 +399,7 @@ impl SequenceService for Api {
         let (sender, receiver) = mpsc::channel(2);
         let store = self.0.store.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut offset = request.offset;
             let mut piece = first;
             loop {
@@ -433,8 +438,10 @@ impl SequenceService for Api {
         &self,
         request: Request<tonic::Streaming<pb::ReferenceChunk>>,
     ) -> Result<Response<pb::UploadReferenceResponse>, Status> {
-        self.caller(&request, Need::Client, "UploadReference")
+        let caller = self
+            .caller(&request, Need::Client, "UploadReference")
             .await?;
+        let _slot = self.stream_slot(&caller, &request)?;
         // Refuse on a follower before reading the image.
         self.0.leadership().await?;
         let uploaded = uploads::receive(&self.0.store, request.into_inner()).await?;

@@ -51,7 +51,18 @@ impl WorkerService for Api {
                 .into());
             }
         }
-        let worker_id = if request.worker_id.is_empty() {
+        let certified = caller.as_ref().and_then(|c| c.certified_worker_id());
+        let worker_id = if let Some(certified) = certified {
+            // A certified worker is the id its certificate names, and no other.
+            if !request.worker_id.is_empty() && request.worker_id != certified {
+                return Err(Error::PermissionDenied(format!(
+                    "worker_id: {:?} is not {certified:?}, the worker this client certificate names",
+                    request.worker_id
+                ))
+                .into());
+            }
+            certified.to_string()
+        } else if request.worker_id.is_empty() {
             format!(
                 "{}-{}",
                 request.name,

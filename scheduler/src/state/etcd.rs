@@ -35,6 +35,9 @@ pub struct EtcdSettings {
     /// The leader compacts etcd's history to the revision it had this long ago (`None`:
     /// never): keeps the store small while watchers can still resume across a short cut.
     pub compact_every: Option<Duration>,
+    /// TLS to etcd (its CA, and a client certificate for `--client-cert-auth`); the
+    /// endpoints are then `https://`.
+    pub tls: Option<etcd_client::TlsOptions>,
 }
 
 impl EtcdSettings {
@@ -46,8 +49,37 @@ impl EtcdSettings {
             worker_ttl: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             compact_every: Some(Duration::from_secs(300)),
+            tls: None,
         }
     }
+}
+
+/// TLS to etcd from PEM files: the CA that signed its server certificate (else the
+/// system's roots) and a client certificate for `--client-cert-auth`. `None`: plaintext.
+pub fn etcd_tls(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<etcd_client::TlsOptions>, Error> {
+    use reelfarm_common::tls::read_pem;
+    let ca = ca
+        .map(|path| read_pem(path, "--etcd-ca-file", "CERTIFICATE"))
+        .transpose()?;
+    let identity =
+        reelfarm_common::tls::read_pair(cert, key, "--etcd-cert-file", "--etcd-key-file")?
+            .map(|(cert, key)| etcd_client::Identity::from_pem(cert, key));
+    if ca.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    let mut options = etcd_client::TlsOptions::new();
+    options = match ca {
+        Some(ca) => options.ca_certificate(etcd_client::Certificate::from_pem(ca)),
+        None => options.with_native_roots(),
+    };
+    if let Some(identity) = identity {
+        options = options.identity(identity);
+    }
+    Ok(Some(options))
 }
 
 pub struct EtcdState {
@@ -267,9 +299,21 @@ impl EtcdState {
                 "etcd: at least one endpoint is needed".into(),
             ));
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(settings.connect_timeout)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some(tls) = &settings.tls {
+            if let Some(plain) = settings
+                .endpoints
+                .iter()
+                .find(|url| !url.starts_with("https://"))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "etcd: {plain} is plaintext but --etcd-ca-file/--etcd-cert-file are given; write https://"
+                )));
+            }
+            options = options.with_tls(tls.clone());
+        }
         let endpoints = settings.endpoints.clone();
         let unreachable = |detail: String| {
             Error::Unavailable(format!(

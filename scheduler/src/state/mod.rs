@@ -16,7 +16,7 @@ pub mod conformance;
 pub mod etcd;
 pub mod memory;
 
-pub use etcd::{EtcdSettings, EtcdState};
+pub use etcd::{EtcdSettings, EtcdState, etcd_tls};
 pub use memory::MemoryState;
 
 pub use reelfarm_core::records::Write;

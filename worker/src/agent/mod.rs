@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use reelfarm_common::blob::BlobStore;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
+use reelfarm_common::tls::ClientTls;
 use reelfarm_common::{leader, pb};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -42,6 +43,9 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// The token this worker presents (a farm that authenticates wants a worker token).
     pub bearer: leader::Bearer,
+    /// What `https://` schedulers are trusted by, and the client certificate that makes
+    /// this worker the worker id it names.
+    pub tls: ClientTls,
 }
 
 /// How long one reconnect attempt looks for a leader before logging and trying again.
@@ -111,6 +115,7 @@ struct Link {
     channel: Mutex<Option<Channel>>,
     generation: AtomicU64,
     bearer: leader::Bearer,
+    tls: ClientTls,
 }
 
 impl Link {
@@ -123,7 +128,7 @@ impl Link {
         if let Some((generation, client)) = current.as_ref() {
             return Ok((*generation, client.clone()));
         }
-        let (channel, url) = leader::connect_leader(&self.endpoints, timeout)
+        let (channel, url) = leader::connect_leader(&self.endpoints, &self.tls, timeout)
             .await
             .map_err(|error| Error::Unavailable(error.to_string()))?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -176,17 +181,21 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    let worker_id = format!(
-        "{}-{}",
-        config.name,
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    );
+    // A certified worker is the id its certificate names; otherwise a fresh one per run.
+    let worker_id = config.tls.identity_name().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            config.name,
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        )
+    });
     let link = Arc::new(Link {
         endpoints: config.scheduler_urls.clone(),
         current: tokio::sync::Mutex::new(None),
         channel: Mutex::new(None),
         generation: AtomicU64::new(0),
         bearer: config.bearer.clone(),
+        tls: config.tls.clone(),
     });
     // At start a missing scheduler is an error; later it is a reconnect.
     link.client(config.connect_timeout).await?;
