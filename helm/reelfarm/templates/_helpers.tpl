@@ -22,6 +22,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "reelfarm.etcdEndpoints" -}}
 {{- if .Values.etcd.external -}}
 {{- join "," .Values.etcd.external -}}
+{{- else if .Values.etcd.tls.enabled -}}
+{{- printf "https://%s-etcd.%s.svc:2379" (include "reelfarm.fullname" .) .Release.Namespace -}}
 {{- else -}}
 {{- printf "http://%s-etcd:2379" (include "reelfarm.fullname" .) -}}
 {{- end -}}
@@ -50,6 +52,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef: {name: {{ . | quote }}, key: {{ $.Values.objectStore.secretAccessKeyKey | quote }}}
+{{- end }}
+{{- if .Values.objectStore.caSecret.name }}
+- name: REELFARM_S3_CA_FILE
+  value: /etc/reelfarm/s3-ca/ca.crt
 {{- end }}
 - name: REELFARM_LOG_FORMAT
   value: {{ .Values.telemetry.logFormat | quote }}
@@ -87,5 +93,23 @@ capabilities:
 {{- if .Values.models.catalog }}
 - name: models
   configMap: {name: {{ include "reelfarm.fullname" . }}-models}
+{{- end }}
+{{- end -}}
+
+{{/* The S3 endpoint's extra CA, mounted where REELFARM_S3_CA_FILE points. */}}
+{{- define "reelfarm.storeMount" -}}
+{{- if .Values.objectStore.caSecret.name }}
+- {name: s3-ca, mountPath: /etc/reelfarm/s3-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "reelfarm.storeVolume" -}}
+{{- with .Values.objectStore.caSecret }}
+{{- if .name }}
+- name: s3-ca
+  secret:
+    secretName: {{ .name | quote }}
+    items: [{key: {{ .key | quote }}, path: ca.crt}]
+{{- end }}
 {{- end }}
 {{- end -}}
