@@ -155,6 +155,10 @@ pub struct SchedulerArgs {
     /// [default: 64].
     #[arg(long, env = "REELFARM_MAX_STREAMS")]
     pub max_streams: Option<usize>,
+    /// Seconds an uploaded reference image waits for the submission that names it before
+    /// it is deleted [default: 3600].
+    #[arg(long, env = "REELFARM_UPLOAD_TTL")]
+    pub upload_ttl: Option<f64>,
 }
 
 impl SchedulerArgs {
@@ -164,7 +168,7 @@ impl SchedulerArgs {
             max_attempts, stall_timeout, etcd_compact_every, retention_days, models,
             admin_token_file, worker_token_file, no_auth, tls_cert_file, tls_key_file,
             tls_client_ca_file, etcd_ca_file, etcd_cert_file, etcd_key_file, rate_limit,
-            max_streams)
+            max_streams, upload_ttl)
     }
 }
 

@@ -289,6 +289,7 @@ pub async fn run_scheduler(
         auth,
         tls,
         limits,
+        upload_ttl: seconds(args.upload_ttl, 3600.0, "upload-ttl")?,
     };
     let result = reelfarm_scheduler::run(config, listener, termination()).await;
     telemetry.shutdown();

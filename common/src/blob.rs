@@ -26,8 +26,19 @@ pub trait BlobStore: Send + Sync + 'static {
         offset: u64,
         max_bytes: u64,
     ) -> Result<(Bytes, u64), Error>;
+    /// The objects under folder `dir` (`uploads`), with keys as `put` takes them
+    /// (`uploads/a.png`) and when each was last written: for sweeping what nobody claimed.
+    async fn list_folder(&self, dir: &str) -> Result<Vec<Listed>, Error>;
     /// Where the objects live, for logs and errors (`local:/path`, `s3://bucket`).
     fn describe(&self) -> String;
+}
+
+/// An object `BlobStore::list_folder` found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub key: String,
+    /// Unix seconds of its last write; `None` when the store does not say.
+    pub modified_unix_s: Option<f64>,
 }
 
 /// Keys are relative, `/`-separated, and never climb out of the store.
@@ -185,6 +196,43 @@ impl BlobStore for LocalBlobStore {
             .map_err(|error| Error::Unavailable(format!("checking {}: {error}", path.display())))
     }
 
+    async fn list_folder(&self, dir: &str) -> Result<Vec<Listed>, Error> {
+        let folder = self.path_of(dir)?;
+        let dir = dir.to_string();
+        let listed = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Listed>> {
+            let entries = match std::fs::read_dir(&folder) {
+                Ok(entries) => entries,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(error) => return Err(error),
+            };
+            let mut listed = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                let metadata = entry.metadata()?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                // Writes in progress are hidden `.partial` files.
+                if !metadata.is_file() || name.starts_with('.') {
+                    continue;
+                }
+                let modified_unix_s = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|elapsed| elapsed.as_secs_f64());
+                listed.push(Listed {
+                    key: format!("{dir}/{name}"),
+                    modified_unix_s,
+                });
+            }
+            Ok(listed)
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("listing: {error}")))?;
+        listed.map_err(|error| Error::Unavailable(format!("listing {}: {error}", self.describe())))
+    }
+
     fn describe(&self) -> String {
         format!("local:{}", self.root.display())
     }
@@ -243,6 +291,49 @@ pub mod conformance {
             .await
             .expect("deleting a missing key is not an error");
 
+        // A folder lists what was put in it, with a plausible time; a missing one is empty.
+        for name in ["one.bin", "two.bin"] {
+            store
+                .put(
+                    &format!("conformance/listing/{name}"),
+                    Bytes::from_static(b"x"),
+                )
+                .await
+                .unwrap();
+        }
+        let mut listed = store.list_folder("conformance/listing").await.unwrap();
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        let keys: Vec<&str> = listed.iter().map(|item| item.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["conformance/listing/one.bin", "conformance/listing/two.bin"]
+        );
+        let now = crate::unix_now_s();
+        for item in &listed {
+            let modified = item.modified_unix_s.expect("a write time");
+            assert!(
+                (modified - now).abs() < 3600.0,
+                "{item:?} written at {modified}, now {now}"
+            );
+        }
+        assert!(
+            store
+                .list_folder("conformance/nothing-here")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for item in listed {
+            store.delete(&item.key).await.unwrap();
+        }
+        assert!(
+            store
+                .list_folder("conformance/listing")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
         for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
             assert!(
                 matches!(
@@ -265,7 +356,7 @@ impl<S: BlobStore> MeteredBlobStore<S> {
     /// Wraps `inner`; every error series starts at zero so alerts and rates have data.
     pub fn new(inner: S) -> Self {
         let metrics = crate::metrics::storage();
-        for operation in ["put", "get", "exists", "delete"] {
+        for operation in ["put", "get", "exists", "delete", "list"] {
             for class in [
                 "not_found",
                 "unavailable",
@@ -364,6 +455,13 @@ impl<S: BlobStore> BlobStore for MeteredBlobStore<S> {
         let started = std::time::Instant::now();
         let result = self.inner.delete(key).await;
         observe("delete", started, &result);
+        result
+    }
+
+    async fn list_folder(&self, dir: &str) -> Result<Vec<Listed>, Error> {
+        let started = std::time::Instant::now();
+        let result = self.inner.list_folder(dir).await;
+        observe("list", started, &result);
         result
     }
 

@@ -47,9 +47,12 @@ pub fn reference_image(sequence_id: &str, shot_index: u32) -> String {
     format!("sequences/{sequence_id}/refs/shot-{shot_index:03}.png")
 }
 
+/// The folder of uploads no submission has claimed yet (swept after a while).
+pub const UPLOADS: &str = "uploads";
+
 /// A reference image uploaded ahead of the submission that names it.
 pub fn reference_upload(upload_id: &str) -> String {
-    format!("uploads/{upload_id}.png")
+    format!("{UPLOADS}/{upload_id}.png")
 }
 
 pub fn final_video(sequence_id: &str) -> String {

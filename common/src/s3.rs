@@ -513,6 +513,19 @@ impl BlobStore for S3BlobStore {
         Ok((bytes, size))
     }
 
+    async fn list_folder(&self, dir: &str) -> Result<Vec<crate::blob::Listed>, Error> {
+        check_key(dir)?;
+        Ok(self
+            .list(&format!("{dir}/"))
+            .await?
+            .into_iter()
+            .map(|object| crate::blob::Listed {
+                key: object.key,
+                modified_unix_s: object.last_modified_ms.map(|ms| ms as f64 / 1000.0),
+            })
+            .collect())
+    }
+
     async fn delete(&self, key: &str) -> Result<(), Error> {
         let key = self.object_key(key)?;
         // S3 answers 204 whether or not the object existed.

@@ -43,6 +43,8 @@ pub struct SchedulerConfig {
     pub tls: Option<ServerTls>,
     /// What each principal may ask: calls a second, open streams.
     pub limits: throttle::Limits,
+    /// How long an uploaded reference waits for the submission that names it.
+    pub upload_ttl: Duration,
 }
 
 impl SchedulerConfig {
@@ -58,6 +60,7 @@ impl SchedulerConfig {
             auth: AuthConfig::open(),
             tls: None,
             limits: throttle::Limits::default(),
+            upload_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -97,6 +100,8 @@ pub(crate) struct Shared {
     pub worker_identities: Mutex<WorkerIdentities>,
     /// Per-principal call rates and open streams.
     pub throttle: Arc<Throttle>,
+    /// Unclaimed uploads older than this are swept.
+    pub upload_ttl: Duration,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +122,7 @@ impl Shared {
             catalog: config.catalog,
             stall: config.stall,
             retention: config.retention,
+            upload_ttl: config.upload_ttl,
             pending_workers: Mutex::new(HashMap::new()),
             worker_streams: Mutex::new(HashMap::new()),
             changes,
@@ -399,9 +405,11 @@ pub(crate) async fn lead_until_shutdown(shared: Arc<Shared>, mut shutdown: watch
     let retention = shared
         .retention
         .map(|retention| tokio::spawn(delete_expired_while_running(shared.clone(), retention)));
+    let uploads = tokio::spawn(sweep_uploads_while_running(shared.clone()));
     lead_campaigns(shared, &mut shutdown).await;
     gauges.abort();
     stalls.abort();
+    uploads.abort();
     if let Some(retention) = retention {
         retention.abort();
     }
@@ -469,6 +477,25 @@ async fn delete_expired_while_running(shared: Arc<Shared>, retention: Duration) 
                 Ok(()) => info!(sequence = %id, "retention: finished sequence deleted"),
                 Err(error) => warn!(sequence = %id, %error, "retention: could not delete"),
             }
+        }
+    }
+}
+
+/// While this scheduler leads: deletes reference uploads no submission claimed within the
+/// upload TTL (checked every ten minutes, or more often for a short TTL).
+async fn sweep_uploads_while_running(shared: Arc<Shared>) {
+    let ttl = shared.upload_ttl;
+    let mut tick =
+        tokio::time::interval((ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600)));
+    loop {
+        tick.tick().await;
+        if shared.lead.lock().await.is_none() {
+            continue;
+        }
+        match crate::uploads::sweep(&shared.store, unix_now_s() - ttl.as_secs_f64()).await {
+            Ok(0) => {}
+            Ok(deleted) => info!(deleted, "swept reference uploads no submission claimed"),
+            Err(error) => warn!(%error, "could not sweep unclaimed reference uploads"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (`UploadReference`), so the references of a sequence are bounded per image and per
 //! sequence, not by the size of one gRPC message. A submission names them by upload id; the
 //! scheduler reads them back into the spec and deletes the uploads once it accepted it.
+//! Uploads no submission claims are swept once they are older than the farm's upload TTL.
 
 use std::sync::Arc;
 
@@ -76,7 +77,7 @@ pub(crate) async fn resolve(
         let key = keys::reference_upload(&id);
         let png = store.get(&key).await.map_err(|error| match error {
             reelfarm_common::Error::NotFound(_) => Error::InvalidArgument(format!(
-                "{field}: no upload {id}; upload the image again (an upload serves one submission)"
+                "{field}: no upload {id}; upload the image again (an upload serves one submission, and unclaimed ones are swept after --upload-ttl)"
             )),
             other => Error::from(other),
         })?;
@@ -91,6 +92,21 @@ pub(crate) async fn resolve(
         keys_used.push(key);
     }
     Ok(keys_used)
+}
+
+/// Deletes the uploads last written before `cutoff` (Unix seconds); how many it deleted.
+pub(crate) async fn sweep(store: &Arc<dyn BlobStore>, cutoff: f64) -> Result<usize, Error> {
+    let mut deleted = 0;
+    for upload in store.list_folder(keys::UPLOADS).await? {
+        if upload
+            .modified_unix_s
+            .is_some_and(|modified| modified < cutoff)
+        {
+            store.delete(&upload.key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
@@ -136,5 +152,24 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn unclaimed_uploads_are_swept_once_old_and_kept_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn BlobStore> = Arc::new(LocalBlobStore::new(dir.path()).unwrap());
+        let key = keys::reference_upload("00000000000000000000000000000001");
+        store.put(&key, vec![1].into()).await.unwrap();
+        store
+            .put("sequences/s/final.mp4", vec![2].into())
+            .await
+            .unwrap();
+        let now = reelfarm_common::unix_now_s();
+        assert_eq!(sweep(&store, now - 60.0).await.unwrap(), 0);
+        assert!(store.exists(&key).await.unwrap());
+        assert_eq!(sweep(&store, now + 60.0).await.unwrap(), 1);
+        assert!(!store.exists(&key).await.unwrap());
+        // Only uploads: nothing else in the store is touched.
+        assert!(store.exists("sequences/s/final.mp4").await.unwrap());
     }
 }

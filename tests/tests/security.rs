@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use reelfarm_common::blob::BlobStore;
 use reelfarm_common::leader::Bearer;
 use reelfarm_common::pb;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
@@ -685,12 +686,36 @@ async fn a_caller_past_its_rate_or_its_streams_waits_and_the_others_do_not() {
     farm.check(async |farm| {
         let cluster = &mut farm.cluster;
         cluster.enable_auth()?;
-        cluster
-            .start_scheduler_with(&[("REELFARM_RATE_LIMIT", "5"), ("REELFARM_MAX_STREAMS", "2")])?;
+        cluster.start_scheduler_with(&[
+            ("REELFARM_RATE_LIMIT", "5"),
+            ("REELFARM_MAX_STREAMS", "2"),
+            ("REELFARM_UPLOAD_TTL", "2"),
+        ])?;
         let alice = create_token(cluster, "alice", "studio-a", "submitter")?;
         let bob = create_token(cluster, "bob", "studio-b", "submitter")?;
         let mut as_alice = client_as(cluster, &alice).await?;
         let mut as_bob = client_as(cluster, &bob).await?;
+
+        // An upload no submission claims is swept after the upload TTL (2 s here).
+        let png: std::sync::Arc<[u8]> = noise_png(7).into();
+        let upload = reelfarm_cli::client::upload_reference(as_alice.clone(), png)
+            .await?
+            .into_inner()
+            .upload_id;
+        let uploads = reelfarm_common::s3::S3BlobStore::connect(farm.s3.settings()).await?;
+        let key = reelfarm_common::keys::reference_upload(&upload);
+        if !uploads.exists(&key).await? {
+            bail!("the upload {key} is not in the store");
+        }
+        let swept = std::time::Instant::now() + Duration::from_secs(20);
+        while uploads.exists(&key).await? {
+            if std::time::Instant::now() > swept {
+                bail!("an unclaimed upload outlived its 2 s TTL by 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Then wait a second so the upload's calls do not count against the rate below.
+        tokio::time::sleep(Duration::from_secs(1)).await;
 
         // Bursts of 20 (4× the rate), then 5 a second: 40 calls at once cannot all pass.
         let mut refused = None;
