@@ -11,7 +11,7 @@
 //! 3. **Joins.** The first segment of a shot joins as the shot's transition says; later
 //!    segments of a split shot continue their predecessor. A continuing segment is conditioned
 //!    on its predecessor's *handoff frame*, `B` frames before the predecessor's end (`B` =
-//!    the continuity blend, 0.25 s by default): it renders that frame (dropped), then `B`
+//!    the continuity blend, 0.5 s by default): it renders that frame (dropped), then `B`
 //!    frames that overlap the predecessor's tail in time and are blended over it, then its
 //!    own timeline frames. A crossfade renders the dissolve length as lead frames that blend
 //!    over the previous shot's tail. Continuity edges therefore form one chain per

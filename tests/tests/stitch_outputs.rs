@@ -130,3 +130,44 @@ fn a_bad_colour_setting_is_refused_naming_the_field() {
         "nothing is written for a refused spec"
     );
 }
+
+/// Every continuity join of the shipped examples, rendered with their defaults, changes no
+/// more across the join than the two segments change from frame to frame (their p95): the
+/// blend hides the seam. With the old 0.25 s blend all three examples failed this.
+#[test]
+fn the_shipped_examples_continuity_joins_stay_within_the_segments_own_motion() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for example in ["quick-3-shots", "coastline-60s", "long-take-120s"] {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = std::fs::read_to_string(root.join(format!("examples/sequences/{example}.yaml")))
+            .unwrap();
+        let output = render(dir.path(), &spec);
+        assert!(
+            output.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("out.report.json")).unwrap())
+                .unwrap();
+        let continuity: Vec<&serde_json::Value> = report["joins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|join| join["kind"] == "continue")
+            .collect();
+        assert!(!continuity.is_empty(), "{example} has a continuity join");
+        for join in continuity {
+            let after = join["delta_e00_after"].as_f64().unwrap();
+            let p95 = join["within_p95"].as_f64().unwrap();
+            eprintln!(
+                "{example}: join {} ΔE00 {after:.3}, within p95 {p95:.3}",
+                join["index"]
+            );
+            assert!(
+                after <= p95,
+                "{example}: the join stands out of its segments: {join}"
+            );
+        }
+    }
+}
