@@ -88,10 +88,19 @@ impl std::fmt::Debug for ClientTls {
 impl ClientTls {
     /// From `--tls-ca-file` and, for a worker, `--tls-cert-file` with `--tls-key-file`.
     pub fn load(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<Self, Error> {
+        Self::load_as(
+            [ca, cert, key],
+            ["--tls-ca-file", "--tls-cert-file", "--tls-key-file"],
+        )
+    }
+
+    /// The same from files that other flags name (`--etcd-ca-file`, ...): `[ca, cert, key]`.
+    pub fn load_as(files: [Option<&Path>; 3], flags: [&str; 3]) -> Result<Self, Error> {
+        let [ca, cert, key] = files;
         let ca = ca
-            .map(|path| read_pem(path, "--tls-ca-file", "CERTIFICATE"))
+            .map(|path| read_pem(path, flags[0], "CERTIFICATE"))
             .transpose()?;
-        let identity = read_pair(cert, key, "--tls-cert-file", "--tls-key-file")?;
+        let identity = read_pair(cert, key, flags[1], flags[2])?;
         Ok(ClientTls { ca, identity })
     }
 
@@ -116,7 +125,8 @@ impl ClientTls {
         common_name(&pem.contents)
     }
 
-    fn configured(&self) -> bool {
+    /// Whether any TLS file was given.
+    pub fn configured(&self) -> bool {
         self.ca.is_some() || self.identity.is_some()
     }
 
@@ -133,11 +143,8 @@ impl ClientTls {
         }
     }
 
-    /// `endpoint` with TLS when its URL is `https://`.
-    pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, Error> {
-        if endpoint.uri().scheme_str() != Some("https") {
-            return Ok(endpoint);
-        }
+    /// The rustls settings: the CA (else the system's roots) and the identity, if any.
+    pub fn config(&self) -> ClientTlsConfig {
         let mut config = ClientTlsConfig::new();
         config = match &self.ca {
             Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
@@ -146,6 +153,15 @@ impl ClientTls {
         if let Some((cert, key)) = &self.identity {
             config = config.identity(Identity::from_pem(cert, key));
         }
+        config
+    }
+
+    /// `endpoint` with TLS when its URL is `https://`.
+    pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, Error> {
+        if endpoint.uri().scheme_str() != Some("https") {
+            return Ok(endpoint);
+        }
+        let config = self.config();
         endpoint
             .tls_config(config)
             .map_err(|error| Error::InvalidArgument(format!("TLS settings: {error}")))
@@ -158,8 +174,6 @@ impl ClientTls {
 #[derive(Clone)]
 pub struct ServerTls {
     pub config: ServerTlsConfig,
-    /// Whether client certificates are verified (a client CA was given).
-    pub mutual: bool,
 }
 
 impl ServerTls {
@@ -190,10 +204,7 @@ impl ServerTls {
                 .client_ca_root(Certificate::from_pem(ca))
                 .client_auth_optional(true);
         }
-        ServerTls {
-            config,
-            mutual: client_ca.is_some(),
-        }
+        ServerTls { config }
     }
 }
 

@@ -45,6 +45,11 @@ pub async fn submit(
         .into_inner())
 }
 
+/// The status code of a refused call (`None`: it succeeded).
+pub fn code_of<T>(result: &Result<T, tonic::Status>) -> Option<tonic::Code> {
+    result.as_ref().err().map(tonic::Status::code)
+}
+
 pub fn state_of(status: &pb::SequenceStatus) -> pb::SequenceState {
     pb::SequenceState::try_from(status.state).unwrap_or(pb::SequenceState::Unspecified)
 }

@@ -10,7 +10,7 @@ use reelfarm_common::pb;
 use reelfarm_common::pb::worker_service_client::WorkerServiceClient;
 use reelfarm_tests::cluster::Timings;
 use reelfarm_tests::farm::Farm;
-use reelfarm_tests::leading::{find_leader, leader_client, poll_until_succeeded, submit};
+use reelfarm_tests::leading::{code_of, find_leader, leader_client, poll_until_succeeded, submit};
 use reelfarm_tests::three_shot_spec;
 
 /// A megabyte of one letter: far past every bound, well within one message.
@@ -371,10 +371,6 @@ fn create_token(
         bail!("token create {name} exited {code}: {stderr}");
     }
     Ok(stdout.trim().to_string())
-}
-
-fn code_of<T: std::fmt::Debug>(result: &Result<T, tonic::Status>) -> Option<tonic::Code> {
-    result.as_ref().err().map(tonic::Status::code)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::bail;
 use reelfarm_common::leader::{
     Bearer, connect_leader, parse_endpoints, sequence_client, worker_client,
 };
@@ -14,13 +14,9 @@ use reelfarm_common::pb;
 use reelfarm_common::tls::ClientTls;
 use reelfarm_tests::cluster::Timings;
 use reelfarm_tests::farm::Farm;
-use reelfarm_tests::leading::{leader_client, poll_until_succeeded, submit};
+use reelfarm_tests::leading::{code_of, leader_client, poll_until_succeeded, submit};
 use reelfarm_tests::pki::TestCa;
 use reelfarm_tests::three_shot_spec;
-
-fn code_of<T: std::fmt::Debug>(result: &Result<T, tonic::Status>) -> Option<tonic::Code> {
-    result.as_ref().err().map(tonic::Status::code)
-}
 
 fn registration(worker_id: &str) -> pb::RegisterWorkerRequest {
     pb::RegisterWorkerRequest {

@@ -56,30 +56,17 @@ impl EtcdSettings {
 
 /// TLS to etcd from PEM files: the CA that signed its server certificate (else the
 /// system's roots) and a client certificate for `--client-cert-auth`. `None`: plaintext.
+/// (etcd-client's `TlsOptions` are tonic's client settings, built the way a worker's are.)
 pub fn etcd_tls(
     ca: Option<&std::path::Path>,
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
 ) -> Result<Option<etcd_client::TlsOptions>, Error> {
-    use reelfarm_common::tls::read_pem;
-    let ca = ca
-        .map(|path| read_pem(path, "--etcd-ca-file", "CERTIFICATE"))
-        .transpose()?;
-    let identity =
-        reelfarm_common::tls::read_pair(cert, key, "--etcd-cert-file", "--etcd-key-file")?
-            .map(|(cert, key)| etcd_client::Identity::from_pem(cert, key));
-    if ca.is_none() && identity.is_none() {
-        return Ok(None);
-    }
-    let mut options = etcd_client::TlsOptions::new();
-    options = match ca {
-        Some(ca) => options.ca_certificate(etcd_client::Certificate::from_pem(ca)),
-        None => options.with_native_roots(),
-    };
-    if let Some(identity) = identity {
-        options = options.identity(identity);
-    }
-    Ok(Some(options))
+    let tls = reelfarm_common::tls::ClientTls::load_as(
+        [ca, cert, key],
+        ["--etcd-ca-file", "--etcd-cert-file", "--etcd-key-file"],
+    )?;
+    Ok(tls.configured().then(|| tls.config()))
 }
 
 pub struct EtcdState {
