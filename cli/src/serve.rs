@@ -11,7 +11,9 @@ use reelfarm_common::blob::{BlobStore, LocalBlobStore};
 #[cfg(feature = "worker")]
 use reelfarm_common::leader;
 use reelfarm_common::s3::S3BlobStore;
-use reelfarm_common::tls::{ClientTls, ServerTls};
+#[cfg(feature = "worker")]
+use reelfarm_common::tls::ClientTls;
+use reelfarm_common::tls::ServerTls;
 use reelfarm_core::farm::StallPolicy;
 use reelfarm_scheduler::SchedulerConfig;
 use reelfarm_scheduler::state::{EtcdSettings, EtcdState, MemoryState, StateStore};
