@@ -212,6 +212,11 @@ pub struct SubmitArgs {
     /// No progress bars with --watch.
     #[arg(short, long)]
     quiet: bool,
+    /// Render every segment. By default a segment whose inputs (model and weights, prompt,
+    /// negative, seed, size, frames, steps, guidance, the picture it starts from) match one
+    /// this tenant rendered before is reused from the segment cache, not rendered again.
+    #[arg(long)]
+    no_cache: bool,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -560,6 +565,7 @@ async fn submit(args: SubmitArgs) -> Result<()> {
         let mut request = tonic::Request::new(pb::SubmitSequenceRequest {
             spec: Some(spec_pb.clone()),
             idempotency_key: key.clone(),
+            no_cache: args.no_cache,
         });
         reelfarm_common::trace_context::to_metadata(&mut request, &traceparent);
         async move { grpc.submit_sequence(request).await }
@@ -582,6 +588,11 @@ async fn submit(args: SubmitArgs) -> Result<()> {
     let id = submitted.sequence_id;
     println!("{id}");
     let status = submitted.status.unwrap_or_default();
+    if !args.quiet
+        && let Some(line) = crate::progress::reuse_line(&status)
+    {
+        eprintln!("{line}");
+    }
     if !submitted.created && !args.quiet {
         eprintln!(
             "idempotency key {key:?} was used before: this is sequence {id}, {}",

@@ -7,6 +7,8 @@
 //! both, a worker image without `train`.
 
 #[cfg(feature = "worker")]
+pub mod bench_cache;
+#[cfg(feature = "worker")]
 pub mod bench_stitch;
 pub mod client;
 pub mod config;

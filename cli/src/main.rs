@@ -42,7 +42,18 @@ enum Command {
 Render a sequence on this machine: an in-process scheduler and N CPU workers talk gRPC over
 loopback, segments go to a local object store in a work directory, and the stitched video is
 written to OUT (its report beside it as OUT.report.json). Nothing is written to OUT unless the
-render succeeds.")]
+render succeeds.
+
+Render again after editing the spec and only what changed is rendered: segments are kept in
+the segment cache ($XDG_CACHE_HOME/reelfarm, else ~/.cache/reelfarm), keyed by everything
+that decides their pixels, so an edited shot renders again with the continuity chain after
+it and every other segment is reused. The summary and OUT.report.json say how many were
+reused. --no-cache renders everything; delete the folder to empty the cache.
+
+Examples:
+  reelfarm render examples/sequences/coastline-60s.yaml -o coastline.mp4
+  reelfarm render spec.yaml -o take2.mp4 --steps 24     # more steps: every segment anew
+  reelfarm render spec.yaml -o clean.mp4 --no-cache")]
     Render(RenderArgs),
     /// Check a sequence spec and print its plan, without rendering.
     Validate {
@@ -210,9 +221,17 @@ struct FarmArgs {
     /// reelfarm-tiny, e.g. your own trained tiny weights under a name a spec can use.
     #[arg(long, env = "REELFARM_MODELS")]
     models: Option<PathBuf>,
-    /// Keep segments and intermediate files here instead of a temporary directory.
-    #[arg(long)]
+    /// The embedded farm's object store: segments, the segment cache, intermediate files.
+    /// Default: the segment cache folder, $XDG_CACHE_HOME/reelfarm (else ~/.cache/reelfarm),
+    /// where a later render finds the segments it can reuse.
+    #[arg(long, env = "REELFARM_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// Render every segment. By default a segment whose inputs (model and weights, prompt,
+    /// negative, seed, size, frames, steps, guidance, the picture it starts from) match one
+    /// rendered before is reused, not rendered again; --no-cache reads nothing from the
+    /// cache and leaves nothing in it (a temporary work folder).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 #[derive(Subcommand)]
@@ -245,6 +264,29 @@ Examples:
         #[command(flatten)]
         farm: FarmArgs,
         /// One JSON object: wall_s, model_s, codec_s, overhead_s, overhead_fraction.
+        #[arg(long)]
+        json: bool,
+    },
+    #[cfg(feature = "worker")]
+    /// What the segment cache saves: render a sequence, edit one shot's prompt, render it
+    /// again on the same embedded farm, and print the second wall time as a fraction of
+    /// the first.
+    #[command(long_about = "\
+Render a sequence on a fresh embedded farm, edit one shot's prompt (--shot, 0-based; default
+the middle shot), and render it again on the same farm: only that shot and the continuity
+chain after it render, the rest comes from the segment cache. Prints both wall times and the
+second as a fraction of the first. Build with --release for figures worth quoting.
+
+Example:
+  cargo run --release -p reelfarm -- bench rerender examples/sequences/coastline-60s.yaml")]
+    Rerender {
+        spec: PathBuf,
+        /// The shot whose prompt is edited (0-based); default: the middle shot.
+        #[arg(long)]
+        shot: Option<usize>,
+        #[command(flatten)]
+        farm: FarmArgs,
+        /// One JSON object: first_wall_s, second_wall_s, second_fraction, reused_segments, ...
         #[arg(long)]
         json: bool,
     },
@@ -332,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 weights: args.farm.weights,
                 models: args.farm.models,
                 work_dir: args.farm.work_dir,
+                no_cache: args.farm.no_cache,
                 quiet: args.quiet,
             };
             print_summary(&render(options).await?);
@@ -410,6 +453,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 reelfarm_cli::tiny::print_bench(&bench);
             }
         }
+        #[cfg(feature = "worker")]
+        Command::Bench {
+            bench:
+                BenchCommand::Rerender {
+                    spec,
+                    shot,
+                    farm,
+                    json,
+                },
+        } => {
+            let bench =
+                reelfarm_cli::bench_cache::run(reelfarm_cli::bench_cache::BenchRerenderOptions {
+                    spec,
+                    shot,
+                    workers: farm.workers,
+                    steps: farm.steps,
+                    models: farm.models,
+                    weights: farm.weights,
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string(&bench)?);
+            } else {
+                reelfarm_cli::bench_cache::print(&bench);
+            }
+        }
         Command::Bench {
             bench: BenchCommand::Placement { json },
         } => {
@@ -451,6 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 weights: farm.weights,
                 models: farm.models,
                 work_dir: farm.work_dir,
+                no_cache: farm.no_cache,
                 quiet: true,
             };
             let outcome = render(options).await?;

@@ -40,6 +40,18 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// "reusing 9 of 12 segments from the segment cache", when any is reused.
+pub fn reuse_line(status: &pb::SequenceStatus) -> Option<String> {
+    let reused = status.segments.iter().filter(|s| s.reused).count();
+    (reused > 0).then(|| {
+        format!(
+            "reusing {reused} of {} segments from the segment cache; rendering {}",
+            status.segments.len(),
+            status.segments.len() - reused
+        )
+    })
+}
+
 impl ProgressView {
     pub fn new(status: &pb::SequenceStatus, quiet: bool) -> Self {
         let plain = !std::io::stderr().is_terminal();
@@ -88,6 +100,13 @@ impl ProgressView {
                 status.height
             );
         }
+        if !quiet && let Some(line) = reuse_line(status) {
+            if plain {
+                eprintln!("{line}");
+            } else {
+                let _ = multi.println(line);
+            }
+        }
         ProgressView {
             multi,
             shots,
@@ -127,8 +146,14 @@ impl ProgressView {
                 .filter(|s| s.state == pb::TaskState::Running as i32)
                 .map(|s| s.worker.as_str())
                 .collect();
+            let reused = segments.iter().filter(|s| s.reused).count();
+            let reused = if reused > 0 {
+                format!(" ({reused} reused)")
+            } else {
+                String::new()
+            };
             bar.set_message(if running.is_empty() {
-                format!("{done}/{} segments", segments.len())
+                format!("{done}/{} segments{reused}", segments.len())
             } else {
                 format!(
                     "{done}/{} segments, rendering on {}",
@@ -184,10 +209,14 @@ impl ProgressView {
                 } else {
                     format!(": {}", segment.error)
                 };
+                let state = if segment.reused {
+                    "reused from the cache"
+                } else {
+                    state_name(segment.state)
+                };
                 eprintln!(
-                    "  segment {} {}{worker} ({done}/{} done){error}",
+                    "  segment {} {state}{worker} ({done}/{} done){error}",
                     segment.segment_id,
-                    state_name(segment.state),
                     status.segments.len()
                 );
             }

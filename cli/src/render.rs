@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
+use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{pb, spec};
 use reelfarm_core::farm::UNPLACEABLE_PREFIX;
 
@@ -24,8 +25,22 @@ pub struct RenderOptions {
     pub weights: Option<PathBuf>,
     /// A catalog file adding models to the built-in ones (`--models`).
     pub models: Option<PathBuf>,
+    /// The embedded farm's object store; `None`: the segment cache folder
+    /// (`default_cache_dir`), or a temporary folder with `no_cache`.
     pub work_dir: Option<PathBuf>,
+    /// Render every segment; nothing is read from or left in the segment cache.
+    pub no_cache: bool,
     pub quiet: bool,
+}
+
+/// Where `reelfarm render` keeps segments for reuse: `$XDG_CACHE_HOME/reelfarm`, else
+/// `~/.cache/reelfarm`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|path| path.is_absolute());
+    let home = || std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache"));
+    xdg.or_else(home).map(|base| base.join("reelfarm"))
 }
 
 pub struct RenderOutcome {
@@ -73,14 +88,24 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
         .prefix("reelfarm-")
         .tempdir()
         .context("creating a work directory")?;
+    // The segment cache is the object store a later render starts with: by default it
+    // outlives the render, in the user's cache folder.
+    let cache_dir = match (&options.work_dir, options.no_cache) {
+        (Some(_), _) | (None, true) => None,
+        (None, false) => default_cache_dir(),
+    };
     let work_dir = options
         .work_dir
         .clone()
+        .or_else(|| cache_dir.clone())
         .unwrap_or_else(|| temporary.path().to_path_buf());
-    let farm = EmbeddedFarm::start(&work_dir, options.workers, catalog, runtimes).await?;
+    let catalog = with_weights_digest(catalog, options.weights.as_deref())?;
+    let farm = EmbeddedFarm::start(&work_dir, options.workers, catalog, runtimes)
+        .await
+        .with_context(|| format!("starting the embedded farm in {}", work_dir.display()))?;
     let startup_s = started.elapsed().as_secs_f64();
 
-    let result = submit_and_follow(&farm, &sequence, options.quiet).await;
+    let result = submit_and_follow(&farm, &sequence, options.no_cache, options.quiet).await;
     let stop = farm.stop_and_keep_store().await;
     let (status, store) = (result?, stop?);
 
@@ -101,6 +126,12 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
         }
         output = Some(path.clone());
         report = Some(report_path(path));
+        if cache_dir.is_some() {
+            // Delivered: only the segments stay in the cache folder.
+            for delivery in deliveries(&status.sequence_id, path) {
+                let _ = store.delete(&delivery.key).await;
+            }
+        }
     }
     Ok(RenderOutcome {
         status,
@@ -111,9 +142,29 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
     })
 }
 
-async fn submit_and_follow(
+/// `--weights` replaces reelfarm-tiny's built-in weights: the cache must know them apart.
+pub(crate) fn with_weights_digest(
+    catalog: Arc<reelfarm_models::Catalog>,
+    weights: Option<&Path>,
+) -> Result<Arc<reelfarm_models::Catalog>> {
+    let Some(path) = weights else {
+        return Ok(catalog);
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let digest = format!("sha256:{}", reelfarm_core::cache::sha256_hex(&bytes));
+    let entries = catalog.entries().cloned().map(|mut entry| {
+        if entry.id == reelfarm_models::catalog::REELFARM_TINY {
+            entry.weights_digest = Some(digest.clone());
+        }
+        entry
+    });
+    Ok(Arc::new(reelfarm_models::Catalog::from_entries(entries)))
+}
+
+pub(crate) async fn submit_and_follow(
     farm: &EmbeddedFarm,
     sequence: &reelfarm_common::sequence::Sequence,
+    no_cache: bool,
     quiet: bool,
 ) -> Result<pb::SequenceStatus> {
     let channel = tonic::transport::Endpoint::from_shared(farm.url.clone())?
@@ -133,6 +184,7 @@ async fn submit_and_follow(
     let request = pb::SubmitSequenceRequest {
         spec: Some(spec_pb),
         idempotency_key: uuid::Uuid::new_v4().to_string(),
+        no_cache,
     };
     let submitted = client
         .submit_sequence(request)
@@ -192,7 +244,17 @@ pub fn print_summary(outcome: &RenderOutcome) {
             format!("{} ({})", status.title, status.sequence_id),
         ),
         ("shots", status.shot_count.to_string()),
-        ("segments", status.segments.len().to_string()),
+        (
+            "segments",
+            match status.segments.iter().filter(|s| s.reused).count() {
+                0 => status.segments.len().to_string(),
+                reused => format!(
+                    "{} ({reused} reused from the segment cache, {} rendered)",
+                    status.segments.len(),
+                    status.segments.len() - reused
+                ),
+            },
+        ),
         (
             "frames",
             format!(

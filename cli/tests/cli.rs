@@ -11,6 +11,8 @@ fn reelfarm(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_reelfarm"))
         .args(args)
         .current_dir(dir)
+        // The segment cache of `render` in the test's own folder, never the user's.
+        .env("XDG_CACHE_HOME", dir)
         .output()
         .expect("run reelfarm")
 }

@@ -11,6 +11,7 @@
 //! sequences/<sequence>/report.json                                stitch report (seam metrics)
 //! sequences/<sequence>/final.otio                                 OpenTimelineIO timeline
 //! sequences/<sequence>/contact.png                                contact sheet
+//! cache/segments/<key>.json                                       segment cache entry
 //! ```
 
 pub fn segment_prefix(sequence_id: &str, shot_index: u32, segment_index: u32) -> String {
@@ -53,6 +54,14 @@ pub const UPLOADS: &str = "uploads";
 /// A reference image uploaded ahead of the submission that names it.
 pub fn reference_upload(upload_id: &str) -> String {
     format!("{UPLOADS}/{upload_id}.png")
+}
+
+/// The folder of segment cache entries.
+pub const SEGMENT_CACHE: &str = "cache/segments";
+
+/// The cache entry of segment cache key `key` (a SHA-256 in hex).
+pub fn segment_cache_entry(key: &str) -> String {
+    format!("{SEGMENT_CACHE}/{key}.json")
 }
 
 pub fn final_video(sequence_id: &str) -> String {

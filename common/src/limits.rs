@@ -253,6 +253,7 @@ mod tests {
                 ..Default::default()
             }),
             idempotency_key: String::new(),
+            no_cache: false,
         }
     }
 
@@ -269,6 +270,7 @@ mod tests {
         let error = check_submit(&pb::SubmitSequenceRequest {
             spec: None,
             idempotency_key: long.clone(),
+            no_cache: false,
         })
         .unwrap_err()
         .to_string();

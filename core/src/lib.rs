@@ -3,6 +3,7 @@
 //! gRPC services, leadership and the etcd store; the simulator drives the same code.
 //!
 //! - `auth`: principals, roles and tokens (stored hashed), and who may do what.
+//! - `cache`: segment cache keys (a hash of what decides a segment's pixels) and entries.
 //! - `planner`: a sequence → render segments and a stitch task (a DAG of continuity chains),
 //!   sized by the model catalog's one estimator.
 //! - `placement`: which ready segment goes on which GPU (policies, the ready queue, the
@@ -18,6 +19,7 @@
 //! object store) and `reelfarm-models` without its runtime (the catalog only).
 
 pub mod auth;
+pub mod cache;
 pub mod error;
 pub mod estimator;
 pub mod farm;

@@ -89,6 +89,11 @@ pub struct TaskDoc {
     pub excused_attempts: u32,
     #[serde(default)]
     pub repairs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    /// Reused from the cache: the earlier attempt whose objects are the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,6 +238,8 @@ fn task_doc(task: &TaskRecord) -> TaskDoc {
         objects: task.objects.iter().map(ObjectDoc::from).collect(),
         excused_attempts: task.excused_attempts,
         repairs: task.repairs,
+        cache_key: task.cache_key.clone(),
+        reused_from: task.reused_from.clone(),
     }
 }
 
@@ -494,6 +501,8 @@ fn restore_sequence(
             objects: doc.objects.into_iter().map(StoredObject::from).collect(),
             excused_attempts: doc.excused_attempts,
             repairs: doc.repairs,
+            cache_key: doc.cache_key,
+            reused_from: doc.reused_from,
         })
     };
     let segments = plan

@@ -90,6 +90,7 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
             peak_memory_bytes: task.peak_memory_bytes,
             oom_count: task.oom_count,
             low_memory: task.low_memory,
+            reused: task.reused_from.is_some(),
         })
         .collect();
     let succeeded = record.state == SequenceState::Succeeded;
@@ -203,9 +204,7 @@ pub fn assignment_message(
             let planned = &record.plan.segments[index];
             let condition_key = match planned.continues_from {
                 // The handoff frame of the predecessor's accepted attempt.
-                Some(previous) => keys::segment_handoff_frame(
-                    &record.attempt_prefix(previous, record.segments[previous].attempt),
-                ),
+                Some(previous) => keys::segment_handoff_frame(&record.accepted_prefix(previous)),
                 None if planned.uses_reference => {
                     keys::reference_image(&record.id, planned.shot_index)
                 }
@@ -249,7 +248,7 @@ pub fn assignment_message(
                 .zip(&record.segments)
                 .enumerate()
                 .map(|(index, (planned, done))| {
-                    let prefix = record.attempt_prefix(index, done.attempt);
+                    let prefix = record.accepted_prefix(index);
                     let video_key = keys::segment_video(&prefix);
                     let sidecar_key = keys::segment_sidecar(&prefix);
                     pb::StitchPart {
@@ -275,6 +274,7 @@ pub fn assignment_message(
                             .get(planned.shot_index as usize)
                             .map(|shot| shot.display_name(planned.shot_index as usize))
                             .unwrap_or_default(),
+                        reused: done.reused_from.is_some(),
                     }
                 })
                 .collect(),

@@ -72,9 +72,23 @@ pub struct ModelEntry {
     /// Where the weights live (a local file or directory); `None`: the backend's own
     /// (reelfarm-tiny's are built into the binary).
     pub weights: Option<String>,
+    /// What names this exact set of weights (a checksum or a revision): segment cache keys
+    /// include it, so new weights never reuse a segment the old ones rendered. Without it
+    /// the `weights` location stands for them (`weights_identity`).
+    pub weights_digest: Option<String>,
 }
 
 impl ModelEntry {
+    /// What the segment cache keys on for this model's weights: the digest when known, else
+    /// their location, else the fact that none is configured.
+    pub fn weights_identity(&self) -> String {
+        match (&self.weights_digest, &self.weights) {
+            (Some(digest), _) => format!("digest {digest}"),
+            (None, Some(location)) => format!("location {location}"),
+            (None, None) => "unversioned".to_string(),
+        }
+    }
+
     /// Smallest `stride * n + 1` frame count that holds `frames`.
     pub fn aligned_render_frames(&self, frames: u64) -> u64 {
         let stride = u64::from(self.temporal_stride.max(1));
@@ -130,6 +144,7 @@ pub fn reelfarm_tiny() -> ModelEntry {
         guidance: 2.0,
         memory: REELFARM_TINY_MEMORY,
         weights: None,
+        weights_digest: Some(format!("sha256:{}", env!("REELFARM_TINY_WEIGHTS_SHA256"))),
     }
 }
 
@@ -153,6 +168,7 @@ pub fn wan_2_1_t2v_1_3b() -> ModelEntry {
         guidance: 5.0,
         memory: WAN_2_1_1_3B_MEMORY,
         weights: None,
+        weights_digest: None,
     }
 }
 
@@ -171,6 +187,7 @@ pub fn simulated_models() -> Vec<ModelEntry> {
         guidance: 5.0,
         memory,
         weights: None,
+        weights_digest: None,
     };
     vec![
         wan("sim-wan2.1-1.3b", WAN_2_1_1_3B_MEMORY),

@@ -403,3 +403,44 @@ fn simulated_models_land_on_the_published_figures_and_are_not_served() {
     let gb = small.memory_estimate_bytes(&shape) as f64 / 1e9;
     assert!((gb - 8.2).abs() < 0.2, "{gb} GB");
 }
+
+#[test]
+fn weights_digests_name_the_weights_an_entry_renders_with() {
+    let tiny = Catalog::builtin().require(REELFARM_TINY).unwrap().clone();
+    // The shipped weights' SHA-256, from the build script.
+    let digest = tiny.weights_digest.clone().unwrap();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 7 + 64,
+        "{digest}"
+    );
+    assert_eq!(tiny.weights_identity(), format!("digest {digest}"));
+    let catalog = with(
+        r#"
+[[model]]
+id = "same-weights"
+base = "reelfarm-tiny"
+draft_steps = 12
+
+[[model]]
+id = "own-weights"
+base = "reelfarm-tiny"
+weights = "/models/own.safetensors"
+
+[[model]]
+id = "own-weights-named"
+base = "reelfarm-tiny"
+weights = "/models/own.safetensors"
+weights_digest = "rev-7"
+"#,
+    )
+    .unwrap();
+    let identity = |id: &str| catalog.require(id).unwrap().weights_identity();
+    assert_eq!(identity("same-weights"), tiny.weights_identity());
+    // New weights never inherit the base's digest: their location stands for them.
+    assert_eq!(identity("own-weights"), "location /models/own.safetensors");
+    assert_eq!(identity("own-weights-named"), "digest rev-7");
+    assert!(
+        error_of("[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nweights_digest = \"\"\n")
+            .contains("model[0].weights_digest: must be 1-200 printable characters")
+    );
+}

@@ -238,6 +238,10 @@ impl Shared {
                     self.delete_objects(keys);
                     continue;
                 }
+                Action::WriteObject { key, bytes } => {
+                    self.write_object(key, bytes);
+                    continue;
+                }
                 Action::Assign { worker, assignment } => {
                     let id = assignment
                         .assignment
@@ -279,6 +283,17 @@ impl Shared {
                 if let Err(error) = store.delete(&key).await {
                     warn!(%key, %error, "could not delete a superseded object");
                 }
+            }
+        });
+    }
+
+    /// Writes a segment cache entry in the background: a failed write loses a later reuse,
+    /// never a result.
+    fn write_object(&self, key: String, bytes: Vec<u8>) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.put(&key, bytes.into()).await {
+                warn!(%key, %error, "could not write a segment cache entry");
             }
         });
     }

@@ -7,6 +7,7 @@ mod authn;
 pub mod error;
 mod farm_telemetry;
 mod leading;
+mod segment_cache;
 pub mod service;
 pub mod state;
 pub mod throttle;

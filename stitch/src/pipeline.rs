@@ -137,6 +137,9 @@ pub struct StitchReport {
     pub frames: u64,
     pub duration_seconds: f64,
     pub segments: usize,
+    /// Of `segments`, those reused from the segment cache (rendered for an earlier
+    /// submission with exactly the same inputs).
+    pub reused_segments: usize,
     pub color_match: &'static str,
     pub joins: Vec<JoinMetrics>,
     pub decode_seconds: f64,
@@ -482,6 +485,8 @@ pub struct SequenceStitch {
     pub method: ColorMatch,
     /// The video's file name, as the timeline refers to it (`final.mp4`).
     pub media_name: String,
+    /// Segments reused from the segment cache rather than rendered for this sequence.
+    pub reused_segments: usize,
 }
 
 /// Everything a sequence's stitch delivers, as bytes ready to store.
@@ -520,6 +525,7 @@ pub fn stitch_sequence(
         frames: stitched.frames,
         duration_seconds: stitched.frames as f64 / f64::from(sequence.fps.max(1)),
         segments: inputs.len(),
+        reused_segments: sequence.reused_segments,
         color_match: sequence.method.name(),
         joins: stitched.joins.clone(),
         decode_seconds: stitched.decode_seconds,

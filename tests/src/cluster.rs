@@ -11,12 +11,41 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+/// A free loopback port for a server a test starts, chosen below the kernel's ephemeral
+/// range: a port from that range (what binding port 0 gives) can be taken at any moment by
+/// the local end of an outgoing connection, and was, once, between a test's pick and etcd's
+/// bind ("address already in use"). Ports handed out in this process are never handed out
+/// again (the tests of one binary run in parallel; binaries run one after another).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (15000u16, ephemeral_low);
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    if high > low + 1000 {
+        let random = RandomState::new();
+        for attempt in 0u32..200 {
+            let port = low + (random.hash_one(attempt) % u64::from(high - low)) as u16;
+            if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                handed_out.insert(port);
+                return port;
+            }
+        }
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
-        .expect("a free loopback port")
+        .expect("a free loopback port");
+    handed_out.insert(port);
+    port
 }
 
 /// Polls `ready` every 50 ms until it holds or `timeout` passes.

@@ -40,6 +40,7 @@ pub async fn submit(
         .submit_sequence(pb::SubmitSequenceRequest {
             spec: Some(spec),
             idempotency_key: key.into(),
+            no_cache: false,
         })
         .await?
         .into_inner())

@@ -45,9 +45,20 @@ impl TestFarm {
         spec: pb::SequenceSpec,
         timeout: Duration,
     ) -> anyhow::Result<pb::SequenceStatus> {
+        self.render_with(spec, false, timeout).await
+    }
+
+    /// `render`, with or without the segment cache.
+    pub async fn render_with(
+        &mut self,
+        spec: pb::SequenceSpec,
+        no_cache: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<pb::SequenceStatus> {
         let request = pb::SubmitSequenceRequest {
             spec: Some(spec),
             idempotency_key: String::new(),
+            no_cache,
         };
         let submitted = self.client.submit_sequence(request).await?.into_inner();
         let seen = self.watch_to_end(&submitted.sequence_id, timeout).await?;

@@ -15,6 +15,7 @@ async fn a_multi_shot_sequence_renders_to_an_exact_mp4() {
     let request = pb::SubmitSequenceRequest {
         spec: Some(three_shot_spec(2)),
         idempotency_key: "e2e".into(),
+        no_cache: false,
     };
     let submitted = farm
         .client
@@ -89,6 +90,7 @@ async fn submit_error(farm: &mut TestFarm, spec: Option<pb::SequenceSpec>) -> to
     let request = pb::SubmitSequenceRequest {
         spec,
         idempotency_key: String::new(),
+        no_cache: false,
     };
     farm.client
         .submit_sequence(request)
@@ -153,6 +155,7 @@ async fn the_same_idempotency_key_returns_the_same_sequence_and_cancel_stops_it(
     let request = pb::SubmitSequenceRequest {
         spec: Some(spec),
         idempotency_key: "same-key".into(),
+        no_cache: false,
     };
     let first = farm
         .client

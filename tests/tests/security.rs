@@ -53,6 +53,7 @@ async fn each_oversized_field_is_refused_by_name_and_the_leader_is_unchanged() {
         let submit_with = |spec: pb::SequenceSpec, key: String| pb::SubmitSequenceRequest {
             spec: Some(spec),
             idempotency_key: key,
+            no_cache: false,
         };
         expect_refused(
             "idempotency key",
@@ -411,6 +412,7 @@ async fn anonymous_calls_are_refused_and_tenants_see_only_their_own_sequences() 
                     ..three_shot_spec(2)
                 }),
                 idempotency_key: String::new(),
+                no_cache: false,
             })
             .await;
         if code_of(&claimed) != Some(tonic::Code::PermissionDenied) {

@@ -117,6 +117,7 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
                     .submit_sequence(pb::SubmitSequenceRequest {
                         spec: Some(specs[*sequence].clone()),
                         idempotency_key: String::new(),
+                        no_cache: false,
                     })
                     .await?
                     .into_inner();

@@ -31,6 +31,7 @@ fn render(dir: &Path, spec: &str) -> std::process::Output {
         .arg(dir.join("out.mp4"))
         .args(["--workers", "2"])
         .env("RAYON_NUM_THREADS", "1")
+        .env("XDG_CACHE_HOME", dir)
         .output()
         .unwrap()
 }

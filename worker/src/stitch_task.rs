@@ -90,6 +90,7 @@ pub async fn run_stitch(
     phases.record("storage", "stitch", start);
 
     let sequence = SequenceStitch {
+        reused_segments: task.parts.iter().filter(|part| part.reused).count(),
         title: task.title.clone(),
         width: task.width,
         height: task.height,

@@ -106,6 +106,11 @@ pub async fn fetch_verified(
         Err(reelfarm_common::Error::Corrupt(message)) => {
             return Err(TaskFailure::corrupt(key, message));
         }
+        // Recorded when it was written and gone now (a reused segment whose sequence was
+        // deleted): as good as corrupt, so its producer renders it again.
+        Err(reelfarm_common::Error::NotFound(message)) if !recorded_crc32c.is_empty() => {
+            return Err(TaskFailure::corrupt(key, message));
+        }
         Err(error) => return Err(TaskFailure::storage(error)),
     };
     if !recorded_crc32c.is_empty() {

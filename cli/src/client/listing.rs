@@ -106,6 +106,13 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
         age(status.submitted_unix_s, now),
         elapsed(&status, now),
     );
+    if let Some(line) = crate::progress::reuse_line(&status) {
+        println!(
+            "{}",
+            line.replacen("reusing", "reused", 1)
+                .replacen("rendering", "rendered", 1)
+        );
+    }
     if let Some(stitch) = &status.stitch {
         let mut line = format!(
             "stitch: {}, {}/{} frames",
@@ -135,7 +142,11 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
             vec![
                 segment.segment_id.clone(),
                 (segment.shot_index + 1).to_string(),
-                task_state_name(segment.state).to_string(),
+                if segment.reused {
+                    "reused".to_string()
+                } else {
+                    task_state_name(segment.state).to_string()
+                },
                 format!("{}/{}", segment.step, segment.steps),
                 if segment.worker.is_empty() {
                     "-".to_string()

@@ -92,6 +92,11 @@ pub struct TaskRecord {
     pub excused_attempts: u32,
     /// Times the accepted result was found corrupt and rendered again (its own budget).
     pub repairs: u32,
+    /// A segment's cache key (`cache`): its accepted result is recorded under it.
+    pub cache_key: Option<String>,
+    /// Reused from the cache: the attempt prefix (of an earlier sequence) whose objects are
+    /// this segment's result. No attempt of its own ran.
+    pub reused_from: Option<String>,
 }
 
 /// An object a task wrote, as its worker computed it before the upload.
@@ -136,6 +141,8 @@ impl TaskRecord {
             objects: Vec::new(),
             excused_attempts: 0,
             repairs: 0,
+            cache_key: None,
+            reused_from: None,
         }
     }
 }
@@ -185,6 +192,23 @@ impl SequenceRecord {
             ),
             attempt,
         )
+    }
+
+    /// Where segment `index`'s accepted result lives: the attempt it last ran, or the
+    /// earlier sequence's attempt it was reused from.
+    pub fn accepted_prefix(&self, index: usize) -> String {
+        match &self.segments[index].reused_from {
+            Some(prefix) => prefix.clone(),
+            None => self.attempt_prefix(index, self.segments[index].attempt),
+        }
+    }
+
+    /// Segments reused from the cache rather than rendered.
+    pub fn reused_segments(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|task| task.reused_from.is_some())
+            .count()
     }
 
     /// The key a task's current attempt writes its result to (the scheduler's, not the
@@ -273,6 +297,8 @@ pub struct AssignmentRecord {
 pub enum Action {
     /// Objects of superseded attempts: nothing reads them any more.
     DeleteObjects { keys: Vec<String> },
+    /// An object to write (a segment cache entry); losing it loses only a later reuse.
+    WriteObject { key: String, bytes: Vec<u8> },
     Assign {
         worker: WorkerId,
         assignment: Box<pb::Assignment>,
@@ -455,35 +481,74 @@ impl Farm {
         plan: Plan,
         now: f64,
     ) -> (SequenceId, bool) {
+        self.submit_cached(id, idempotency_key, sequence, plan, Cached::default(), now)
+    }
+
+    /// `submit` with the segment cache: each segment's key, and the entries found for them
+    /// (`cache::usable` already applied). A hit is done at once, its result the entry's
+    /// objects; when every segment is a hit the stitch is ready straight away.
+    pub fn submit_cached(
+        &mut self,
+        id: SequenceId,
+        idempotency_key: Option<String>,
+        sequence: Sequence,
+        plan: Plan,
+        cached: Cached,
+        now: f64,
+    ) -> (SequenceId, bool) {
         if let Some(existing) = idempotency_key
             .as_ref()
             .and_then(|key| self.idempotency_keys.get(key))
         {
             return (existing.clone(), false);
         }
-        let segments = plan
+        let Cached { keys, mut hits } = cached;
+        hits.resize(plan.segments.len(), None);
+        let mut segments: Vec<TaskRecord> = plan
             .segments
             .iter()
-            .map(|segment| {
-                let state = if segment.continues_from.is_some() {
-                    TaskState::Blocked
-                } else {
-                    TaskState::Ready
-                };
-                let mut task = TaskRecord::new(state, segment.memory_estimate_bytes);
+            .enumerate()
+            .map(|(index, segment)| {
+                let mut task = TaskRecord::new(TaskState::Blocked, segment.memory_estimate_bytes);
                 task.ready_since_unix_s = now;
+                task.cache_key = keys.get(index).cloned();
+                if let Some(entry) = hits[index].take() {
+                    task.state = TaskState::Done;
+                    task.output_key = Some(reelfarm_common::keys::segment_video(&entry.prefix));
+                    task.objects = entry.stored_objects();
+                    task.reused_from = Some(entry.prefix);
+                }
                 task
             })
             .collect();
+        for (index, segment) in plan.segments.iter().enumerate() {
+            let waits = segment
+                .continues_from
+                .is_some_and(|previous| segments[previous].state != TaskState::Done);
+            if segments[index].state == TaskState::Blocked && !waits {
+                segments[index].state = TaskState::Ready;
+            }
+        }
+        let all_reused =
+            !segments.is_empty() && segments.iter().all(|task| task.state == TaskState::Done);
         let stitch_bytes = plan.stitch_memory_bytes();
+        let mut stitch = TaskRecord::new(TaskState::Blocked, stitch_bytes);
+        if all_reused {
+            stitch.state = TaskState::Ready;
+            stitch.ready_since_unix_s = now;
+        }
         let record = SequenceRecord {
             id: id.clone(),
             submit_order: self.next_submit_order,
             sequence,
             plan,
             segments,
-            stitch: TaskRecord::new(TaskState::Blocked, stitch_bytes),
-            state: SequenceState::Queued,
+            stitch,
+            state: if all_reused {
+                SequenceState::Stitching
+            } else {
+                SequenceState::Queued
+            },
             submitted_unix_s: now,
             finished_unix_s: None,
             error: None,
@@ -575,10 +640,30 @@ impl Farm {
             video_seconds,
             device_seconds,
         });
+        let mut actions = Vec::new();
+        if !superseded.is_empty() {
+            actions.push(Action::DeleteObjects { keys: superseded });
+        }
+        if let TaskRef::Segment(index) = assignment.task
+            && let Some(key) = &record.segments[index].cache_key
+        {
+            let entry = crate::cache::CacheEntry::new(
+                key,
+                &record.attempt_prefix(index, assignment.attempt),
+                &objects,
+                &record.sequence.model,
+                now,
+            );
+            actions.push(Action::WriteObject {
+                key: crate::cache::entry_key(key),
+                bytes: entry.to_bytes(),
+            });
+        }
         let task = record.task_mut(assignment.task);
         task.state = TaskState::Done;
         task.output_key = Some(output_key);
         task.objects = objects;
+        task.reused_from = None;
         task.peak_memory_bytes = peak_memory_bytes;
         task.progress_done = task.progress_total;
         task.error = None;
@@ -612,11 +697,7 @@ impl Farm {
                 });
             }
         }
-        Ok(if superseded.is_empty() {
-            Vec::new()
-        } else {
-            vec![Action::DeleteObjects { keys: superseded }]
-        })
+        Ok(actions)
     }
 
     fn assign(
@@ -709,6 +790,14 @@ impl Farm {
             assignment: Box::new(assignment),
         }
     }
+}
+
+/// What the segment cache knows of a submission: every segment's key (empty: caching off)
+/// and the entries that may be reused (`cache::usable`), both in plan order.
+#[derive(Debug, Clone, Default)]
+pub struct Cached {
+    pub keys: Vec<String>,
+    pub hits: Vec<Option<crate::cache::CacheEntry>>,
 }
 
 /// Models a device is assumed to keep loaded.

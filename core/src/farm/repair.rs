@@ -171,6 +171,8 @@ impl Farm {
             task.state = TaskState::Ready;
             task.ready_since_unix_s = now;
             task.output_key = None;
+            // A reused result is rendered anew under this sequence's own keys.
+            task.reused_from = None;
             task.error = Some(format!("rendering again: {message}"));
             // Continuations that have not started wait for the new result.
             for (successor, planned) in record.plan.segments.iter().enumerate() {

@@ -202,7 +202,7 @@ impl Run<'_> {
     fn carry_out(&mut self, action: Action, now: f64) {
         match action {
             // The simulator stores no objects.
-            Action::DeleteObjects { .. } => {}
+            Action::DeleteObjects { .. } | Action::WriteObject { .. } => {}
             Action::Assign { worker, assignment } => {
                 let Some(reference) = assignment.assignment.clone() else {
                     return;

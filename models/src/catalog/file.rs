@@ -175,6 +175,13 @@ impl Catalog {
                 (None, Some(base)) => base.memory,
                 (None, None) => return Err(missing("memory")),
             },
+            // A base's digest names the base's weights: new weights need their own.
+            weights_digest: match &doc.weights {
+                Some(_) => doc.weights_digest,
+                None => doc
+                    .weights_digest
+                    .or(base.as_ref().and_then(|b| b.weights_digest.clone())),
+            },
             weights: doc.weights.or(base.and_then(|b| b.weights)),
         };
         check_entry(&entry)?;
@@ -363,6 +370,15 @@ fn check_entry(entry: &ModelEntry) -> Result<(), (String, String)> {
             return fail("weights", "must be a path of 1-4096 characters".to_string());
         }
     }
+    if let Some(digest) = &entry.weights_digest
+        && (digest.is_empty() || digest.len() > 200 || digest.chars().any(char::is_control))
+    {
+        return fail(
+            "weights_digest",
+            "must be 1-200 printable characters (a checksum or revision of the weights)"
+                .to_string(),
+        );
+    }
     entry
         .memory
         .validate()
@@ -387,6 +403,7 @@ struct EntryDoc {
     guidance: Option<f32>,
     memory: Option<MemoryDoc>,
     weights: Option<String>,
+    weights_digest: Option<String>,
 }
 
 impl EntryDoc {

@@ -93,6 +93,15 @@ impl SequenceService for Api {
         let planning = unix_now_s();
         let plan = planner::plan(&sequence, model);
         let segments = plan.segments.len();
+        let cached = crate::segment_cache::look_up(
+            self.0.store.as_ref(),
+            &sequence,
+            &plan,
+            model,
+            !request.no_cache,
+        )
+        .await;
+        let reused = cached.hits.iter().flatten().count();
         let span = trace_context::start_span(
             "sequence",
             &incoming,
@@ -108,7 +117,8 @@ impl SequenceService for Api {
         let (sequence_id, created) = self
             .0
             .apply(|farm| {
-                let (sequence_id, created) = farm.submit(id, key, sequence, plan, unix_now_s());
+                let (sequence_id, created) =
+                    farm.submit_cached(id, key, sequence, plan, cached, unix_now_s());
                 if created {
                     farm.set_traceparent(&sequence_id, traceparent.clone());
                 }
@@ -126,6 +136,7 @@ impl SequenceService for Api {
             info!(
                 sequence = %sequence_id,
                 segments,
+                reused,
                 trace_id = trace_context::trace_id(&traceparent),
                 "sequence accepted"
             );

@@ -76,7 +76,9 @@ fn assigned(actions: &[Action]) -> Vec<(String, pb::AssignmentRef)> {
             Action::Assign { worker, assignment } => {
                 Some((worker.clone(), assignment.assignment.clone().unwrap()))
             }
-            Action::Cancel { .. } | Action::DeleteObjects { .. } => None,
+            Action::Cancel { .. } | Action::DeleteObjects { .. } | Action::WriteObject { .. } => {
+                None
+            }
         })
         .collect()
 }
@@ -207,7 +209,9 @@ fn segment_assignment(actions: &[Action]) -> (String, pb::SegmentTask, u32) {
                 }
                 _ => None,
             },
-            Action::Cancel { .. } | Action::DeleteObjects { .. } => None,
+            Action::Cancel { .. } | Action::DeleteObjects { .. } | Action::WriteObject { .. } => {
+                None
+            }
         })
         .expect("a segment was assigned")
 }
@@ -597,5 +601,6 @@ fn a_drained_worker_gets_no_new_work_and_keeps_what_it_runs() {
     assert!(error.contains("no worker named \"nobody\""), "{error}");
 }
 
+mod cache;
 mod deadlines;
 mod repair;
