@@ -5,6 +5,7 @@ mod admin;
 mod download;
 mod listing;
 mod table;
+mod versions;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -70,6 +71,41 @@ Example:
   id=$(reelfarm submit examples/sequences/coastline-60s.yaml)
   reelfarm submit examples/sequences/quick-3-shots.yaml --watch --scheduler http://farm:7070")]
     Submit(SubmitArgs),
+    /// Make a new version of a sequence with one shot changed; the rest is reused.
+    #[command(long_about = "\
+Make a new version of a sequence with one shot changed: a new prompt (--prompt), a chosen
+seed (--seed) or another take (--new-seed). The new version is a sequence of its own, with its
+own video; every segment the change does not touch is reused from the segment cache, so only
+the shot and the continuity chain after it render. The new id is printed on stdout; every
+version stays listed (`reelfarm versions ID`) and downloadable.
+
+SHOT is a shot's name, or its 0-based index as reports and contact sheets number shots.
+
+Examples:
+  reelfarm rerender seq-0123456789ab --shot 3 --prompt \"red dunes under a storm\" --watch
+  reelfarm rerender seq-0123456789ab --shot opener --new-seed
+  reelfarm rerender seq-0123456789ab --shot 0 --seed 42")]
+    Rerender(versions::RerenderArgs),
+    /// Render the final pass of a draft: same seeds and composition, the final steps.
+    #[command(long_about = "\
+Render the final pass of a draft as a new version: the same shots, seeds and continuity, at
+the model's final steps (reelfarm-tiny: 24, Wan 2.1: 50) instead of the draft's. With --watch,
+follow it and then print every join of both passes side by side: the colour jump after
+matching (ΔE00) against the segments' own frame-to-frame p95, and which joins improved.
+
+Examples:
+  reelfarm promote seq-0123456789ab --watch
+  reelfarm versions seq-0123456789ab")]
+    Promote(versions::PromoteArgs),
+    /// List every version of a piece: what changed, what was reused, and their state.
+    #[command(long_about = "\
+List every version of a piece (the first submission, then each `rerender` and `promote`), in
+order: version number, sequence id, state, segments reused from the cache, render time and
+what changed. Each finished version's video downloads with `reelfarm download ID`.
+
+Example:
+  reelfarm versions seq-0123456789ab")]
+    Versions(versions::VersionsArgs),
     /// Follow a sequence's progress until it finishes; exit 0 only if it succeeded.
     #[command(long_about = "\
 Follow a sequence's progress (one bar per shot plus the total) until it finishes. When the
@@ -283,6 +319,9 @@ pub struct DownloadArgs {
 pub async fn run(command: ClientCommand) -> Result<()> {
     match command {
         ClientCommand::Submit(args) => submit(args).await,
+        ClientCommand::Rerender(args) => versions::rerender(args).await,
+        ClientCommand::Promote(args) => versions::promote(args).await,
+        ClientCommand::Versions(args) => versions::versions(args).await,
         ClientCommand::Watch(args) => {
             let mut client = Client::connect(&args.scheduler).await?;
             watch(&mut client, &args.id, args.quiet, None).await?;

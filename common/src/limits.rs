@@ -76,6 +76,15 @@ pub fn check_id(field: &str, value: &str) -> Result<(), Error> {
 }
 
 /// Every string and list of a submission, before the spec's own rules run.
+/// Every string of a ReviseSequence request within its bound.
+pub fn check_revise(request: &pb::ReviseSequenceRequest) -> Result<(), Error> {
+    check_id("sequence_id", &request.sequence_id)?;
+    check_id("idempotency_key", &request.idempotency_key)?;
+    too_long("shot", &request.shot, MAX_NAME_BYTES)?;
+    too_long("pass", &request.pass, MAX_NAME_BYTES)?;
+    optional("prompt", &request.prompt, MAX_TEXT_BYTES)
+}
+
 pub fn check_submit(request: &pb::SubmitSequenceRequest) -> Result<(), Error> {
     check_id("idempotency_key", &request.idempotency_key)?;
     let Some(spec) = &request.spec else {
@@ -290,6 +299,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(error.starts_with("message:"), "{error}");
+        for (field, request) in [
+            (
+                "shot:",
+                pb::ReviseSequenceRequest {
+                    sequence_id: "seq-1".into(),
+                    shot: long.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "prompt:",
+                pb::ReviseSequenceRequest {
+                    sequence_id: "seq-1".into(),
+                    prompt: Some(long.clone()),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let error = check_revise(&request).unwrap_err().to_string();
+            assert!(error.starts_with(field), "{error}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   worker registry — emitting `Action`s for an executor to carry out.
 //! - `records`: the farm as durable records and back, and the writes each transition makes.
 //! - `snapshot`: farm records → protocol messages (status, assignments).
+//! - `revise`: a new version of a sequence with one change (`rerender`, `promote`).
 //! - `sim`: a discrete-event GPU pool that runs traces through all of the above.
 //!
 //! Uses `reelfarm-common` without its `io` feature (messages and the spec, no tonic, tokio or
@@ -26,6 +27,7 @@ pub mod farm;
 pub mod placement;
 pub mod planner;
 pub mod records;
+pub mod revise;
 pub mod sim;
 pub mod snapshot;
 

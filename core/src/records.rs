@@ -59,6 +59,17 @@ pub struct SequenceDoc {
     /// The sequence's trace, so a new leader's spans join it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traceparent: String,
+    /// A version of an earlier sequence: that sequence, the lineage, the number, the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<RevisionDoc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevisionDoc {
+    pub of: String,
+    pub lineage: String,
+    pub version: u32,
+    pub change: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -288,6 +299,12 @@ pub fn sequence_records(farm: &Farm, id: &str) -> BTreeMap<String, Vec<u8>> {
         error: record.error.clone(),
         idempotency_key,
         traceparent: record.traceparent.clone(),
+        revision: record.revision.as_ref().map(|revision| RevisionDoc {
+            of: revision.of.clone(),
+            lineage: revision.lineage.clone(),
+            version: revision.version,
+            change: revision.change.clone(),
+        }),
         phases: record
             .phases
             .iter()
@@ -535,6 +552,12 @@ fn restore_sequence(
             .collect(),
         traceparent: doc.traceparent,
         idempotency_key: doc.idempotency_key,
+        revision: doc.revision.map(|revision| crate::farm::Revision {
+            of: revision.of,
+            lineage: revision.lineage,
+            version: revision.version,
+            change: revision.change,
+        }),
     })
 }
 

@@ -120,6 +120,24 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
         submitted_unix_s: record.submitted_unix_s,
         finished_unix_s: record.finished_unix_s.unwrap_or(0.0),
         phases: record.phases.clone(),
+        revises: record
+            .revision
+            .as_ref()
+            .map(|revision| revision.of.clone())
+            .unwrap_or_default(),
+        lineage: record
+            .revision
+            .as_ref()
+            .map_or_else(|| record.id.clone(), |revision| revision.lineage.clone()),
+        version: record
+            .revision
+            .as_ref()
+            .map_or(1, |revision| revision.version),
+        change: record
+            .revision
+            .as_ref()
+            .map(|revision| revision.change.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -428,7 +428,7 @@ async fn anonymous_calls_are_refused_and_tenants_see_only_their_own_sequences() 
         }
         poll_until_succeeded(cluster, &id, Duration::from_secs(300)).await?;
 
-        // Tenant B can't see, watch, download, cancel, delete or list A's sequence.
+        // Tenant B can't see, watch, download, revise, cancel, delete or list A's sequence.
         let not_found = |what: &str, code: Option<tonic::Code>| -> Result<()> {
             if code != Some(tonic::Code::NotFound) {
                 bail!("{what} of another tenant's sequence must be NotFound, got {code:?}");
@@ -455,6 +455,16 @@ async fn anonymous_calls_are_refused_and_tenants_see_only_their_own_sequences() 
         not_found(
             "ReadOutput",
             code_of(&as_bob.read_output(read.clone()).await),
+        )?;
+        let revise = pb::ReviseSequenceRequest {
+            sequence_id: id.clone(),
+            shot: "0".into(),
+            prompt: Some("stolen".into()),
+            ..Default::default()
+        };
+        not_found(
+            "ReviseSequence",
+            code_of(&as_bob.revise_sequence(revise).await),
         )?;
         let cancel = pb::CancelSequenceRequest {
             sequence_id: id.clone(),

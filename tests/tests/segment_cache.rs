@@ -248,3 +248,127 @@ async fn editing_one_shot_renders_only_it_and_its_chain_on_the_distributed_farm(
     })
     .await;
 }
+
+/// Four shots: a continuity pair, then two cuts.
+const SHORT: &str = r#"title: four shots
+fps: 8
+seed: 3
+steps: 2
+shots:
+  - {prompt: "a harbour at dawn", duration: 1.5, name: harbour}
+  - {prompt: "the camera pushes in toward the boats", duration: 1.5, transition: continue}
+  - {prompt: "desert dunes at noon", duration: 1.5}
+  - {prompt: "a lighthouse at dusk", duration: 1.5, transition: crossfade, crossfade: 0.5}
+"#;
+
+fn id_of(stdout: &str) -> String {
+    stdout.lines().next().unwrap_or_default().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerender_makes_versions_that_reuse_the_rest_and_promote_renders_the_final_pass() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.start_scheduler()?;
+        cluster.start_worker("gpu-a", "1x4GiB")?;
+        cluster.start_worker("gpu-b", "1x4GiB")?;
+        let dir = farm.dir.path();
+        let spec = dir.join("four.yaml");
+        std::fs::write(&spec, SHORT)?;
+        let run = |args: &[&str]| -> Result<(String, String)> {
+            let (code, stdout, stderr) = cluster.client(args)?;
+            if code != 0 {
+                bail!("reelfarm {args:?} exited {code}: {stdout}{stderr}");
+            }
+            Ok((stdout, stderr))
+        };
+        let first = id_of(&run(&["submit", "--watch", "--quiet", spec.to_str().unwrap()])?.0);
+
+        // A new prompt for the harbour shot (by name): it and its continuation render.
+        let (stdout, stderr) = run(&[
+            "rerender",
+            &first,
+            "--shot",
+            "harbour",
+            "--prompt",
+            "a harbour under snow",
+            "--watch",
+        ])?;
+        let second = id_of(&stdout);
+        if !stderr.contains(&format!("version 2 of {first}"))
+            || !stderr.contains("reusing 2 of 4 segments from the segment cache; rendering 2")
+        {
+            bail!("rerender said: {stderr}");
+        }
+        // Another take of shot 2 (by index): only it renders.
+        let (stdout, stderr) = run(&["rerender", &second, "--shot", "2", "--new-seed", "--watch"])?;
+        let third = id_of(&stdout);
+        if !stderr.contains("version 3 of") || !stderr.contains("reusing 3 of 4 segments") {
+            bail!("rerender --new-seed said: {stderr}");
+        }
+
+        let (stdout, _) = run(&["versions", &third])?;
+        let lines: Vec<&str> = stdout.lines().collect();
+        let row = |version: &str, id: &str, change: &str| {
+            lines
+                .iter()
+                .any(|line| line.starts_with(version) && line.contains(id) && line.contains(change))
+        };
+        if !(row("1", &first, "first version")
+            && row("2", &second, "harbour: prompt \"a harbour under snow\"")
+            && row("3", &third, "shot 2: seed "))
+        {
+            bail!("versions listed:\n{stdout}");
+        }
+
+        // Every version stays downloadable.
+        for (id, name) in [(&first, "v1.mp4"), (&second, "v2.mp4"), (&third, "v3.mp4")] {
+            let output = dir.join(name);
+            run(&["download", id, "-o", output.to_str().unwrap()])?;
+            if reelfarm_tests::probe::probe(&output).frames != 48 {
+                bail!("version {id} did not download whole");
+            }
+        }
+
+        // The final pass: every segment again at the final steps, then both passes' joins.
+        let (stdout, stderr) = run(&["promote", &third, "--watch", "--quiet"])?;
+        let promoted = id_of(&stdout);
+        // One continuity join (s001-00), judged with both passes' p95; the cut and the
+        // dissolve are listed but not judged.
+        if !stdout.contains("of 1 continuity joins improved in the final pass")
+            || !stdout.lines().any(|line| {
+                line.starts_with("s001-00 at frame 12") && line.matches(" (p95 ").count() == 2
+            })
+        {
+            bail!("promote printed: {stdout}{stderr}");
+        }
+        let (status, _) = run(&["status", &promoted])?;
+
+        let final_steps = status
+            .lines()
+            .filter(|line| line.starts_with("s00"))
+            .filter(|line| line.contains(" 24/24 "))
+            .count();
+        if final_steps != 4 {
+            bail!("the final pass should render all 4 segments at 24 steps:\n{status}");
+        }
+        let (stdout, _) = run(&["versions", &first])?;
+
+        if !stdout
+            .lines()
+            .any(|line| line.starts_with('4') && line.contains("final pass"))
+        {
+            bail!("versions after promote:\n{stdout}");
+        }
+        // Each verb teaches itself.
+        for verb in ["rerender", "promote", "versions"] {
+            let (help, _) = run(&[verb, "--help"])?;
+            if !help.contains("Example") {
+                bail!("reelfarm {verb} --help has no example:\n{help}");
+            }
+        }
+        Ok(())
+    })
+    .await;
+}

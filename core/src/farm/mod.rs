@@ -164,6 +164,18 @@ pub struct SequenceRecord {
     pub traceparent: String,
     /// The key it was submitted with, if any (a retried submit returns this sequence).
     pub idempotency_key: Option<String>,
+    /// Set when it is a new version of an earlier sequence (`reelfarm rerender`, `promote`).
+    pub revision: Option<Revision>,
+}
+
+/// Where a version stands among the versions of one piece: the sequence it revises, the
+/// first version's id (the lineage), its number (the first is 1) and what changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    pub of: SequenceId,
+    pub lineage: SequenceId,
+    pub version: u32,
+    pub change: String,
 }
 
 impl SequenceRecord {
@@ -460,6 +472,28 @@ impl Farm {
         self.workers.len()
     }
 
+    /// Marks a just-submitted sequence as a version of an earlier one.
+    pub fn set_revision(&mut self, id: &str, revision: Revision) {
+        if let Some(record) = self.sequences.get_mut(id) {
+            record.revision = Some(revision);
+            self.changed.insert(id.to_string());
+        }
+    }
+
+    /// The next version number in `lineage`: one more than the highest there.
+    pub fn next_version(&self, lineage: &str) -> u32 {
+        self.sequences
+            .values()
+            .filter_map(|record| match &record.revision {
+                Some(revision) if revision.lineage == lineage => Some(revision.version),
+                None if record.id == lineage => Some(1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1)
+            + 1
+    }
+
     /// Records the W3C trace context of a sequence's span, so workers' spans join it.
     pub fn set_traceparent(&mut self, id: &str, traceparent: String) {
         if let Some(record) = self.sequences.get_mut(id) {
@@ -555,6 +589,7 @@ impl Farm {
             phases: Vec::new(),
             traceparent: String::new(),
             idempotency_key: idempotency_key.clone(),
+            revision: None,
         };
         self.next_submit_order += 1;
         if let Some(key) = idempotency_key {

@@ -4,9 +4,11 @@
 
 use opentelemetry::KeyValue;
 use reelfarm_common::pb::sequence_service_server::SequenceService;
+use reelfarm_common::sequence::Pass;
 use reelfarm_common::{keys, limits, pb, spec, trace_context, unix_now_s};
 use reelfarm_core::auth::{Need, Role, TokenRecord, token_text};
-use reelfarm_core::farm::Action;
+use reelfarm_core::farm::{Action, Revision};
+use reelfarm_core::revise;
 use reelfarm_core::{planner, snapshot};
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
@@ -70,60 +72,8 @@ impl SequenceService for Api {
         }
         let uploads = uploads::resolve(&self.0.store, &mut spec).await?;
         let sequence = spec::sequence_from_pb(spec, &self.0.catalog.ids()).map_err(Error::from)?;
-        let model = self
-            .0
-            .catalog
-            .require(&sequence.model)
-            .map_err(|unknown| Error::InvalidArgument(format!("model: {unknown}")))?;
-        // Refuse early on a follower, before uploading reference images.
-        self.0.leadership().await?;
-        let id = format!("seq-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        for (index, shot) in sequence.shots.iter().enumerate() {
-            if let Some(reference) = &shot.reference {
-                self.0
-                    .store
-                    .put(
-                        &keys::reference_image(&id, index as u32),
-                        reference.png.clone().into(),
-                    )
-                    .await
-                    .map_err(Error::from)?;
-            }
-        }
-        let planning = unix_now_s();
-        let plan = planner::plan(&sequence, model);
-        let segments = plan.segments.len();
-        let cached = crate::segment_cache::look_up(
-            self.0.store.as_ref(),
-            &sequence,
-            &plan,
-            model,
-            !request.no_cache,
-        )
-        .await;
-        let reused = cached.hits.iter().flatten().count();
-        let span = trace_context::start_span(
-            "sequence",
-            &incoming,
-            Some(planning),
-            vec![
-                KeyValue::new("reelfarm.sequence_id", id.clone()),
-                KeyValue::new("reelfarm.shots", sequence.shots.len() as i64),
-                KeyValue::new("reelfarm.segments", segments as i64),
-            ],
-        );
-        let traceparent = trace_context::traceparent_of(&span);
-        trace_context::record_span("plan", &traceparent, planning, unix_now_s(), Vec::new());
         let (sequence_id, created) = self
-            .0
-            .apply(|farm| {
-                let (sequence_id, created) =
-                    farm.submit_cached(id, key, sequence, plan, cached, unix_now_s());
-                if created {
-                    farm.set_traceparent(&sequence_id, traceparent.clone());
-                }
-                Ok(((sequence_id, created), Vec::new()))
-            })
+            .accept(sequence, key, request.no_cache, &incoming, None)
             .await?;
         if created {
             // Stored under the sequence now: the uploads served their one submission.
@@ -132,15 +82,111 @@ impl SequenceService for Api {
                     warn!(%key, %error, "an upload could not be deleted");
                 }
             }
-            lock(&self.0.sequence_spans).insert(sequence_id.clone(), span);
-            info!(
-                sequence = %sequence_id,
-                segments,
-                reused,
-                trace_id = trace_context::trace_id(&traceparent),
-                "sequence accepted"
-            );
         }
+        let status = self.status(&sequence_id).await?;
+        Ok(Response::new(pb::SubmitSequenceResponse {
+            sequence_id,
+            created,
+            status: Some(status),
+        }))
+    }
+
+    async fn revise_sequence(
+        &self,
+        request: Request<pb::ReviseSequenceRequest>,
+    ) -> Result<Response<pb::SubmitSequenceResponse>, Status> {
+        let caller = self
+            .caller(&request, Need::Client, "ReviseSequence")
+            .await?;
+        let incoming = trace_context::from_metadata(request.metadata());
+        let request = request.into_inner();
+        limits::check_revise(&request).map_err(Error::from)?;
+        let id = request.sequence_id.clone();
+        self.visible(&caller, &id).await?;
+        let mut key = Some(request.idempotency_key.clone()).filter(|key| !key.is_empty());
+        if let Some(principal) = &caller {
+            let owner = principal.owner_for(None).map_err(Error::from)?;
+            key = key.map(|key| format!("{owner}/{key}"));
+        }
+        if let Some(key) = &key {
+            let existing = self
+                .0
+                .read(|farm| Ok(farm.sequence_for_key(key).cloned()))
+                .await?;
+            if let Some(existing) = existing {
+                let status = self.status(&existing).await?;
+                return Ok(Response::new(pb::SubmitSequenceResponse {
+                    sequence_id: existing,
+                    created: false,
+                    status: Some(status),
+                }));
+            }
+        }
+        let (mut sequence, lineage, version) = self
+            .0
+            .read(|farm| {
+                let record = farm.sequence(&id)?;
+                let lineage = record
+                    .revision
+                    .as_ref()
+                    .map_or_else(|| record.id.clone(), |revision| revision.lineage.clone());
+                let version = farm.next_version(&lineage);
+                Ok((record.sequence.clone(), lineage, version))
+            })
+            .await?;
+        // A restored record keeps only the names of its reference images: read them back.
+        for (index, shot) in sequence.shots.iter_mut().enumerate() {
+            if let Some(reference) = shot.reference.as_mut().filter(|r| r.png.is_empty()) {
+                reference.png = self
+                    .0
+                    .store
+                    .get(&keys::reference_image(&id, index as u32))
+                    .await
+                    .map_err(Error::from)?
+                    .to_vec();
+            }
+        }
+        let seed = match (request.seed, request.new_seed) {
+            (Some(_), true) => {
+                return Err(Error::InvalidArgument(
+                    "seed: give a seed or ask for a new one, not both".into(),
+                )
+                .into());
+            }
+            (Some(seed), false) => Some(seed),
+            (None, true) => Some(u64::from(uuid::Uuid::new_v4().as_u128() as u32)),
+            (None, false) => None,
+        };
+        let pass = match request.pass.as_str() {
+            "" => None,
+            "final" => Some(Pass::Final),
+            "draft" => Some(Pass::Draft),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "pass: {other:?} is not a pass; use draft or final"
+                ))
+                .into());
+            }
+        };
+        let edit = revise::Edit {
+            shot: Some(request.shot.clone()).filter(|shot| !shot.is_empty()),
+            prompt: request.prompt.clone(),
+            seed,
+            pass,
+        };
+        let (revised, change) = revise::revise(&sequence, &edit).map_err(Error::from)?;
+        // Checked as any submitted spec is (a new prompt's length, say).
+        let revised = spec::sequence_from_pb(spec::sequence_to_pb(&revised), &self.0.catalog.ids())
+            .map_err(Error::from)?;
+        let revision = Revision {
+            of: id.clone(),
+            lineage,
+            version,
+            change,
+        };
+        let (sequence_id, created) = self
+            .accept(revised, key, request.no_cache, &incoming, Some(revision))
+            .await?;
         let status = self.status(&sequence_id).await?;
         Ok(Response::new(pb::SubmitSequenceResponse {
             sequence_id,
@@ -607,5 +653,88 @@ fn token_info(record: &TokenRecord) -> pb::TokenInfo {
         tenant: record.tenant.clone(),
         role: record.role.name().to_string(),
         created_unix_s: record.created_unix_s,
+    }
+}
+
+impl Api {
+    /// Plans a validated sequence, stores its reference images, looks its segments up in
+    /// the segment cache and adds it to the farm (submit and revise alike).
+    async fn accept(
+        &self,
+        sequence: reelfarm_common::sequence::Sequence,
+        key: Option<String>,
+        no_cache: bool,
+        incoming: &str,
+        revision: Option<Revision>,
+    ) -> Result<(String, bool), Status> {
+        let model = self
+            .0
+            .catalog
+            .require(&sequence.model)
+            .map_err(|unknown| Error::InvalidArgument(format!("model: {unknown}")))?;
+        // Refuse early on a follower, before uploading reference images.
+        self.0.leadership().await?;
+        let id = format!("seq-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        for (index, shot) in sequence.shots.iter().enumerate() {
+            if let Some(reference) = &shot.reference {
+                self.0
+                    .store
+                    .put(
+                        &keys::reference_image(&id, index as u32),
+                        reference.png.clone().into(),
+                    )
+                    .await
+                    .map_err(Error::from)?;
+            }
+        }
+        let planning = unix_now_s();
+        let plan = planner::plan(&sequence, model);
+        let segments = plan.segments.len();
+        let cached = crate::segment_cache::look_up(
+            self.0.store.as_ref(),
+            &sequence,
+            &plan,
+            model,
+            !no_cache,
+        )
+        .await;
+        let reused = cached.hits.iter().flatten().count();
+        let span = trace_context::start_span(
+            "sequence",
+            incoming,
+            Some(planning),
+            vec![
+                KeyValue::new("reelfarm.sequence_id", id.clone()),
+                KeyValue::new("reelfarm.shots", sequence.shots.len() as i64),
+                KeyValue::new("reelfarm.segments", segments as i64),
+            ],
+        );
+        let traceparent = trace_context::traceparent_of(&span);
+        trace_context::record_span("plan", &traceparent, planning, unix_now_s(), Vec::new());
+        let (sequence_id, created) = self
+            .0
+            .apply(|farm| {
+                let (sequence_id, created) =
+                    farm.submit_cached(id, key, sequence, plan, cached, unix_now_s());
+                if created {
+                    farm.set_traceparent(&sequence_id, traceparent.clone());
+                    if let Some(revision) = revision {
+                        farm.set_revision(&sequence_id, revision);
+                    }
+                }
+                Ok(((sequence_id, created), Vec::new()))
+            })
+            .await?;
+        if created {
+            lock(&self.0.sequence_spans).insert(sequence_id.clone(), span);
+            info!(
+                sequence = %sequence_id,
+                segments,
+                reused,
+                trace_id = trace_context::trace_id(&traceparent),
+                "sequence accepted"
+            );
+        }
+        Ok((sequence_id, created))
     }
 }
