@@ -86,6 +86,20 @@ Examples:
   reelfarm rerender seq-0123456789ab --shot opener --new-seed
   reelfarm rerender seq-0123456789ab --shot 0 --seed 42")]
     Rerender(versions::RerenderArgs),
+    /// Put another take of a shot on the timeline: a new version, stitched without rendering
+    /// that shot again.
+    #[command(long_about = "\
+A shot with `variants: N` in its spec (or every shot, with `submit --variants N`) renders N
+takes, each from its own seed; the one on the timeline is take 0 unless the spec says
+`take: K`, and the contact sheet shows the others in rows under it, labelled with their take
+and seed. `pick` makes a new version with take K on the timeline: every take is already in
+the segment cache, so the shot is not rendered again; only continuity after the shot (a next
+shot that continues it) renders again, from the picked take's last frame.
+
+Examples:
+  reelfarm pick seq-0123456789ab --shot opener --take 2 --watch
+  reelfarm pick seq-0123456789ab --shot 0 --take 1")]
+    Pick(versions::PickArgs),
     /// Render the final pass of a draft: same seeds and composition, the final steps.
     #[command(long_about = "\
 Render the final pass of a draft as a new version: the same shots, seeds and continuity, at
@@ -248,6 +262,10 @@ pub struct SubmitArgs {
     /// No progress bars with --watch.
     #[arg(short, long)]
     quiet: bool,
+    /// Render N takes of every shot that does not set its own `variants` (1-8); pick one
+    /// later with `reelfarm pick`.
+    #[arg(long, value_name = "N")]
+    variants: Option<u32>,
     /// Render every segment. By default a segment whose inputs (model and weights, prompt,
     /// negative, seed, size, frames, steps, guidance, the picture it starts from) match one
     /// this tenant rendered before is reused from the segment cache, not rendered again.
@@ -321,6 +339,7 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Submit(args) => submit(args).await,
         ClientCommand::Rerender(args) => versions::rerender(args).await,
         ClientCommand::Promote(args) => versions::promote(args).await,
+        ClientCommand::Pick(args) => versions::pick(args).await,
         ClientCommand::Versions(args) => versions::versions(args).await,
         ClientCommand::Watch(args) => {
             let mut client = Client::connect(&args.scheduler).await?;
@@ -569,6 +588,15 @@ async fn submit(args: SubmitArgs) -> Result<()> {
     // The scheduler knows the farm's catalog: the model is checked there.
     let sequence = load_spec(&args.spec, args.steps, None)?;
     let mut spec_pb = spec::sequence_to_pb(&sequence);
+    if let Some(variants) = args.variants {
+        for shot in spec_pb
+            .shots
+            .iter_mut()
+            .filter(|shot| shot.variants.is_none())
+        {
+            shot.variants = Some(variants);
+        }
+    }
     let mut client = Client::connect(&args.scheduler).await?;
     for (index, shot) in spec_pb.shots.iter_mut().enumerate() {
         let Some(png) = shot.reference_png.take() else {

@@ -232,6 +232,10 @@ struct FarmArgs {
     /// cache and leaves nothing in it (a temporary work folder).
     #[arg(long)]
     no_cache: bool,
+    /// Render N takes (1-8) of every shot that does not set its own `variants`; the contact
+    /// sheet shows them under each shot.
+    #[arg(long, value_name = "N")]
+    variants: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -375,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 models: args.farm.models,
                 work_dir: args.farm.work_dir,
                 no_cache: args.farm.no_cache,
+                variants: args.farm.variants,
                 quiet: args.quiet,
             };
             print_summary(&render(options).await?);
@@ -521,6 +526,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 models: farm.models,
                 work_dir: farm.work_dir,
                 no_cache: farm.no_cache,
+                variants: farm.variants,
                 quiet: true,
             };
             let outcome = render(options).await?;

@@ -134,7 +134,9 @@ impl ProgressView {
                     u64::from(segment.step).min(steps)
                 };
                 position += done;
-                rendered_frames += segment.timeline_frames as f64 * done as f64 / steps as f64;
+                if !segment.alternate {
+                    rendered_frames += segment.timeline_frames as f64 * done as f64 / steps as f64;
+                }
             }
             bar.set_position(position);
             let done = segments

@@ -30,6 +30,8 @@ pub struct RenderOptions {
     pub work_dir: Option<PathBuf>,
     /// Render every segment; nothing is read from or left in the segment cache.
     pub no_cache: bool,
+    /// Takes of every shot that does not ask for its own (`--variants`).
+    pub variants: Option<u32>,
     pub quiet: bool,
 }
 
@@ -58,7 +60,19 @@ pub fn report_path(output: &Path) -> PathBuf {
 
 pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
     let catalog = Arc::new(load_catalog(options.models.as_deref())?);
-    let sequence = load_spec(&options.spec, options.steps, Some(&catalog))?;
+    let mut sequence = load_spec(&options.spec, options.steps, Some(&catalog))?;
+    if let Some(variants) = options.variants {
+        if !(1..=reelfarm_common::sequence::MAX_VARIANTS).contains(&variants) {
+            return Err(InputError(vec![format!(
+                "--variants: must be within 1..={}, got {variants}",
+                reelfarm_common::sequence::MAX_VARIANTS
+            )])
+            .into());
+        }
+        for shot in sequence.shots.iter_mut().filter(|shot| shot.variants == 1) {
+            shot.variants = variants;
+        }
+    }
     if let Some(output) = &options.output {
         check_output(output)?;
     }

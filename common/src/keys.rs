@@ -3,7 +3,7 @@
 //! every key and deletes a segment's superseded attempts once one is accepted.
 //!
 //! ```text
-//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.a<attempt>.mp4       segment video
+//! sequences/<sequence>/segments/s<shot:03>-<segment:02>[-t<take>].a<attempt>.mp4  segment video
 //! sequences/<sequence>/segments/s<shot:03>-<segment:02>.a<attempt>.json      sidecar (frames, timings, Lab stats)
 //! sequences/<sequence>/segments/s<shot:03>-<segment:02>.a<attempt>.handoff.png  frame a continuation starts from
 //! sequences/<sequence>/refs/shot-<shot:03>.png                    user reference image
@@ -14,8 +14,10 @@
 //! cache/segments/<key>.json                                       segment cache entry
 //! ```
 
-pub fn segment_prefix(sequence_id: &str, shot_index: u32, segment_index: u32) -> String {
-    format!("sequences/{sequence_id}/segments/s{shot_index:03}-{segment_index:02}")
+/// `segment_id` is the planner's: `s<shot:03>-<segment:02>`, with `-t<take>` for an
+/// alternate take.
+pub fn segment_prefix(sequence_id: &str, segment_id: &str) -> String {
+    format!("sequences/{sequence_id}/segments/{segment_id}")
 }
 
 /// Where one attempt of a segment writes: `<segment prefix>.a<attempt>`.

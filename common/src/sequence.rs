@@ -191,7 +191,14 @@ pub struct Shot {
     /// Shots with the same scene label are graded to one look; `None` for a shot that is
     /// its own scene. A continuing shot always belongs to the scene of the shot it continues.
     pub scene: Option<String>,
+    /// Takes rendered of this shot, each from its own seed (1: just the one on the timeline).
+    pub variants: u32,
+    /// The take on the timeline (0-based; the others show on the contact sheet).
+    pub take: u32,
 }
+
+/// The most takes one shot may ask for.
+pub const MAX_VARIANTS: u32 = 8;
 
 impl Shot {
     pub fn display_name(&self, index: usize) -> String {

@@ -10,7 +10,7 @@ use crate::pb;
 use std::collections::BTreeMap;
 
 use crate::sequence::{
-    Aspect, ColorMatch, Pass, Reference, Resolution, Sequence, Shot, Transition,
+    Aspect, ColorMatch, MAX_VARIANTS, Pass, Reference, Resolution, Sequence, Shot, Transition,
 };
 
 /// The model a spec renders with when it names none (the built-in demo model).
@@ -135,6 +135,10 @@ pub struct ShotDoc {
     pub scene: Option<String>,
     /// A path relative to the spec file.
     pub reference: Option<String>,
+    /// Takes to render of this shot, each from its own seed (1 to 8; default 1).
+    pub variants: Option<u32>,
+    /// Which take is on the timeline (0-based, below `variants`; default 0).
+    pub take: Option<u32>,
     /// The image itself, when it came over the API instead of from a file.
     #[serde(skip)]
     pub inline_reference: Option<Reference>,
@@ -479,7 +483,26 @@ pub fn validate(
                 format!("{} is not a usable PNG image: {reason}", reference.name),
             );
         }
+        let variants = shot.variants.unwrap_or(1);
+        if !(1..=MAX_VARIANTS).contains(&variants) {
+            fail(
+                at("variants"),
+                format!("must be within 1..={MAX_VARIANTS}, got {variants}"),
+            );
+        }
+        let take = shot.take.unwrap_or(0);
+        if take >= variants.max(1) {
+            fail(
+                at("take"),
+                format!(
+                    "take {take} of {} variants: takes are numbered from 0",
+                    variants.max(1)
+                ),
+            );
+        }
         shots.push(Shot {
+            variants,
+            take,
             prompt,
             duration_seconds,
             transition,

@@ -669,3 +669,25 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn variants_and_the_take_on_the_timeline_are_bounded_and_round_trip() {
+    let sequence = check(
+        "shots:\n  - {prompt: a, duration: 2, variants: 3, take: 2}\n  - {prompt: b, duration: 2}\n",
+    )
+    .unwrap();
+    assert_eq!((sequence.shots[0].variants, sequence.shots[0].take), (3, 2));
+    assert_eq!((sequence.shots[1].variants, sequence.shots[1].take), (1, 0));
+    let back = sequence_from_pb(sequence_to_pb(&sequence), &models()).unwrap();
+    assert_eq!(back.shots, sequence.shots);
+    let error = error_of("shots:\n  - {prompt: a, duration: 2, variants: 9}\n");
+    assert!(
+        error.contains("shots[0].variants: must be within 1..=8, got 9"),
+        "{error}"
+    );
+    let error = error_of("shots:\n  - {prompt: a, duration: 2, variants: 2, take: 2}\n");
+    assert!(
+        error.contains("shots[0].take: take 2 of 2 variants"),
+        "{error}"
+    );
+}

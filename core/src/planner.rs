@@ -19,7 +19,10 @@
 //! 4. **Render size.** Lead + timeline frames rounded up to the model's `stride * n + 1`; the
 //!    worker trims the extra frames, so the timeline stays exact. The catalog's estimator
 //!    gives each segment its memory (normal and low-memory mode) and compute estimates.
-//! 5. **Seeds.** Derived from (sequence or shot seed, shot index, segment index) by a fixed
+//! 5. **Takes.** A shot with `variants: N` also renders its N-1 other takes, each from its
+//!    own seed base (`take_seed`), as alternate segments off the timeline; the stitch shows
+//!    them on the contact sheet, and `pick` moves one onto the timeline (`take`).
+//! 6. **Seeds.** Derived from (sequence or shot seed, shot index, segment index) by a fixed
 //!    mixing function: the same spec always renders the same frames, and re-rendering one
 //!    shot does not change any other.
 
@@ -40,6 +43,11 @@ pub struct PlannedSegment {
     pub id: String,
     pub shot_index: u32,
     pub segment_index: u32,
+    /// Which take of its shot it renders (0 unless the shot asks for `variants`).
+    pub take: u32,
+    /// On the timeline (the shot's picked take), or an alternate take that only the contact
+    /// sheet shows (`s<shot>-<segment>-t<take>`), rendered so `pick` can swap it in.
+    pub on_timeline: bool,
     pub timeline_start_frame: u64,
     pub timeline_frames: u64,
     pub lead_frames: u64,
@@ -118,6 +126,10 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
     let mut seconds_so_far = 0.0;
     let scenes = sequence.scenes();
     let blend_frames = (sequence.continuity_blend_seconds * fps).round() as u64;
+    // The last segment on the timeline so far: what a continuing shot continues.
+    let mut last_on_timeline: Option<usize> = None;
+    // Alternate takes, each with its counterpart on the timeline.
+    let mut alternates: Vec<(usize, usize)> = Vec::new();
     for (shot_index, shot) in sequence.shots.iter().enumerate() {
         let shot_start = (seconds_so_far * fps).round() as u64;
         seconds_so_far += shot.duration_seconds;
@@ -137,74 +149,110 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
             .clone()
             .or_else(|| sequence.negative.clone())
             .unwrap_or_default();
-        let base_seed = shot.seed.unwrap_or(sequence.seed);
-
-        let mut start = shot_start;
-        for segment_index in 0..windows {
-            let timeline_frames = base + u64::from(segment_index < remainder);
-            let join = match (segment_index, shot.transition) {
-                (0, Transition::Cut) => Join::Cut,
-                (0, Transition::Crossfade) => Join::Crossfade,
-                _ => Join::Continue,
-            };
-            // The blend never reaches back past the predecessor's first frame.
-            let blend = match (join, segments.last()) {
-                (Join::Continue, Some(previous)) => {
-                    blend_frames.min(previous.timeline_frames.saturating_sub(1))
+        let first_base = shot.seed.unwrap_or(sequence.seed);
+        let before_shot = last_on_timeline;
+        // The picked take first (on the timeline), then the alternates in order.
+        let takes = std::iter::once(shot.take)
+            .chain((0..shot.variants.max(1)).filter(|&take| take != shot.take));
+        let mut on_timeline_indices: Vec<usize> = Vec::new();
+        for (order, take) in takes.enumerate() {
+            let on_timeline = order == 0;
+            let base_seed = take_seed(first_base, shot_index as u64, take);
+            let mut previous = before_shot;
+            let mut start = shot_start;
+            for segment_index in 0..windows {
+                let timeline_frames = base + u64::from(segment_index < remainder);
+                let join = match (segment_index, shot.transition) {
+                    (0, Transition::Cut) => Join::Cut,
+                    (0, Transition::Crossfade) => Join::Crossfade,
+                    _ => Join::Continue,
+                };
+                // The blend never reaches back past the predecessor's first frame.
+                let blend = match (join, previous) {
+                    (Join::Continue, Some(previous)) => {
+                        blend_frames.min(segments[previous].timeline_frames.saturating_sub(1))
+                    }
+                    _ => 0,
+                };
+                if let (Join::Continue, Some(previous), true) = (join, previous, on_timeline) {
+                    segments[previous].handoff_back_frames = blend;
                 }
-                _ => 0,
-            };
-            if let (Join::Continue, Some(previous)) = (join, segments.last_mut()) {
-                previous.handoff_back_frames = blend;
+                let lead_frames = match join {
+                    Join::Cut => 0,
+                    Join::Continue => 1 + blend,
+                    Join::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps)
+                        .round()
+                        .max(1.0) as u64,
+                };
+                let continues_from = if join == Join::Continue {
+                    previous
+                } else {
+                    None
+                };
+                segments.push(PlannedSegment {
+                    id: if on_timeline {
+                        format!("s{shot_index:03}-{segment_index:02}")
+                    } else {
+                        format!("s{shot_index:03}-{segment_index:02}-t{take}")
+                    },
+                    shot_index: shot_index as u32,
+                    segment_index: segment_index as u32,
+                    take,
+                    on_timeline,
+                    timeline_start_frame: start,
+                    timeline_frames,
+                    lead_frames,
+                    render_frames: model.aligned_render_frames(lead_frames + timeline_frames),
+                    join,
+                    continues_from,
+                    seed: derive_seed(base_seed, shot_index as u64, segment_index),
+                    prompt: prompt.clone(),
+                    negative: negative.clone(),
+                    handoff_back_frames: 0,
+                    scene: scenes[shot_index].0.clone(),
+                    grade_reference: on_timeline
+                        && segment_index == 0
+                        && scenes[shot_index].1 == shot_index,
+                    uses_reference: segment_index == 0 && shot.reference.is_some(),
+                    steps,
+                    guidance: model.guidance,
+                    memory_estimate_bytes: 0,
+                    low_memory_estimate_bytes: 0,
+                    work_seconds: 0.0,
+                    chain_work_seconds: 0.0,
+                });
+                let index = segments.len() - 1;
+                let segment = &mut segments[index];
+                // A model with its own rate renders (and holds in memory) its native frames.
+                let shape = SegmentShape {
+                    width,
+                    height,
+                    frames: model.model_frames(segment.render_frames, sequence.fps),
+                    tiled_decode: false,
+                };
+                segment.memory_estimate_bytes = model.memory_estimate_bytes(&shape);
+                segment.low_memory_estimate_bytes = model.memory_estimate_bytes(&SegmentShape {
+                    tiled_decode: true,
+                    ..shape
+                });
+                segment.work_seconds = model.work_seconds(&shape, steps);
+                start += timeline_frames;
+                previous = Some(index);
+                if on_timeline {
+                    on_timeline_indices.push(index);
+                } else {
+                    alternates.push((index, on_timeline_indices[segment_index as usize]));
+                }
             }
-            let lead_frames = match join {
-                Join::Cut => 0,
-                Join::Continue => 1 + blend,
-                Join::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps)
-                    .round()
-                    .max(1.0) as u64,
-            };
-            let continues_from = (join == Join::Continue).then(|| segments.len() - 1);
-            segments.push(PlannedSegment {
-                id: format!("s{shot_index:03}-{segment_index:02}"),
-                shot_index: shot_index as u32,
-                segment_index: segment_index as u32,
-                timeline_start_frame: start,
-                timeline_frames,
-                lead_frames,
-                render_frames: model.aligned_render_frames(lead_frames + timeline_frames),
-                join,
-                continues_from,
-                seed: derive_seed(base_seed, shot_index as u64, segment_index),
-                prompt: prompt.clone(),
-                negative: negative.clone(),
-                handoff_back_frames: 0,
-                scene: scenes[shot_index].0.clone(),
-                grade_reference: segment_index == 0 && scenes[shot_index].1 == shot_index,
-                uses_reference: segment_index == 0 && shot.reference.is_some(),
-                steps,
-                guidance: model.guidance,
-                memory_estimate_bytes: 0,
-                low_memory_estimate_bytes: 0,
-                work_seconds: 0.0,
-                chain_work_seconds: 0.0,
-            });
-            let segment = segments.last_mut().expect("just pushed");
-            // A model with its own rate renders (and holds in memory) its native frames.
-            let shape = SegmentShape {
-                width,
-                height,
-                frames: model.model_frames(segment.render_frames, sequence.fps),
-                tiled_decode: false,
-            };
-            segment.memory_estimate_bytes = model.memory_estimate_bytes(&shape);
-            segment.low_memory_estimate_bytes = model.memory_estimate_bytes(&SegmentShape {
-                tiled_decode: true,
-                ..shape
-            });
-            segment.work_seconds = model.work_seconds(&shape, steps);
-            start += timeline_frames;
+            if on_timeline {
+                last_on_timeline = previous;
+            }
         }
+    }
+    // An alternate hands off where its counterpart does, so once picked (`take`) it is the
+    // same segment, and the segment cache finds it.
+    for (alternate, counterpart) in alternates {
+        segments[alternate].handoff_back_frames = segments[counterpart].handoff_back_frames;
     }
     // Chains are linear (a segment continues at most the one before it): sum them backwards.
     for index in (0..segments.len()).rev() {
@@ -227,6 +275,18 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
 fn window_count(duration_seconds: f64, window_seconds: f64) -> u32 {
     ((duration_seconds / window_seconds) - 1e-9).ceil().max(1.0) as u32
 }
+
+/// The seed base of take `take` of a shot whose first take starts from `first_base`: take 0
+/// is the shot's own, so asking for variants never changes the take a spec rendered before.
+pub fn take_seed(first_base: u64, shot_index: u64, take: u32) -> u64 {
+    match take {
+        0 => first_base,
+        take => derive_seed(first_base, shot_index, TAKE_SALT + u64::from(take)),
+    }
+}
+
+/// Keeps take seeds apart from segment seeds (segment indices are far below it).
+const TAKE_SALT: u64 = 0x7A4E_0000_0000;
 
 /// splitmix64 finaliser over the three inputs: cheap, stable across platforms and versions.
 pub fn derive_seed(base: u64, shot_index: u64, segment_index: u64) -> u64 {

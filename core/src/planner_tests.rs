@@ -17,6 +17,8 @@ fn shot(duration_seconds: f64, transition: Transition) -> Shot {
         reference: None,
         name: None,
         scene: None,
+        variants: 1,
+        take: 0,
     }
 }
 
@@ -255,4 +257,97 @@ fn the_stitch_reservation_follows_the_sequence_s_size() {
     assert!(long > draft && sharp > 2 * long, "{draft} {long} {sharp}");
     assert!(sharp < 4 << 30, "two minutes at 1080p: {sharp}");
     assert_eq!(draft % (1 << 20), 0);
+}
+
+#[test]
+fn variants_add_alternate_takes_off_the_timeline_that_pick_can_swap_in() {
+    let shots = vec![
+        Shot {
+            variants: 3,
+            ..shot(30.0, Transition::Cut)
+        },
+        shot(4.0, Transition::Continue),
+    ];
+    let plain = plan(
+        &sequence(
+            vec![shot(30.0, Transition::Cut), shot(4.0, Transition::Continue)],
+            8,
+        ),
+        &reelfarm_tiny(),
+    );
+    let with_takes = plan(&sequence(shots.clone(), 8), &reelfarm_tiny());
+    let on: Vec<&PlannedSegment> = with_takes
+        .segments
+        .iter()
+        .filter(|s| s.on_timeline)
+        .collect();
+    // Asking for variants changes nothing on the timeline: take 0 is the shot's own seed.
+    assert_eq!(on.len(), plain.segments.len());
+    for (a, b) in on.iter().zip(&plain.segments) {
+        assert_eq!(
+            (&a.id, a.seed, a.handoff_back_frames),
+            (&b.id, b.seed, b.handoff_back_frames)
+        );
+    }
+    // 30 s is two windows: each alternate take is its own chain of two.
+    let alternates: Vec<&PlannedSegment> = with_takes
+        .segments
+        .iter()
+        .filter(|s| !s.on_timeline)
+        .collect();
+    let ids: Vec<&str> = alternates.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["s000-00-t1", "s000-01-t1", "s000-00-t2", "s000-01-t2"]
+    );
+    let index_of = |id: &str| with_takes.segments.iter().position(|s| s.id == id).unwrap();
+    assert_eq!(
+        with_takes.segments[index_of("s000-01-t2")].continues_from,
+        Some(index_of("s000-00-t2"))
+    );
+    assert_eq!(
+        with_takes.segments[index_of("s001-00")].continues_from,
+        Some(index_of("s000-01")),
+        "the next shot continues the take on the timeline"
+    );
+    let mut seeds: Vec<u64> = with_takes.segments.iter().map(|s| s.seed).collect();
+    seeds.sort();
+    seeds.dedup();
+    assert_eq!(
+        seeds.len(),
+        with_takes.segments.len(),
+        "every take has its own seeds"
+    );
+
+    // Picking take 2 puts exactly take 2's segments on the timeline, handoffs included, so
+    // the segment cache finds them; take 0 becomes an alternate.
+    let mut picked = shots;
+    picked[0].take = 2;
+    let swapped = plan(&sequence(picked, 8), &reelfarm_tiny());
+    let key = |s: &PlannedSegment| {
+        (
+            s.seed,
+            s.render_frames,
+            s.lead_frames,
+            s.handoff_back_frames,
+            s.continues_from.is_some(),
+        )
+    };
+    assert_eq!(
+        key(&swapped.segments[index_of("s000-00")]),
+        key(&with_takes.segments[index_of("s000-00-t2")])
+    );
+    assert_eq!(
+        key(&swapped.segments[index_of("s000-01")]),
+        key(&with_takes.segments[index_of("s000-01-t2")])
+    );
+    let take_zero = swapped
+        .segments
+        .iter()
+        .find(|s| s.id == "s000-01-t0")
+        .unwrap();
+    assert_eq!(
+        key(take_zero),
+        key(&with_takes.segments[index_of("s000-01")])
+    );
 }

@@ -40,6 +40,8 @@ fn sequence(shots: usize) -> Sequence {
                 reference: None,
                 name: None,
                 scene: None,
+                variants: 1,
+                take: 0,
             })
             .collect(),
     }

@@ -17,6 +17,8 @@ pub struct Edit {
     pub seed: Option<u64>,
     /// `Some(Final)`: the final pass at the model's final steps (`promote`).
     pub pass: Option<Pass>,
+    /// The take of the shot to put on the timeline (`pick`).
+    pub take: Option<u32>,
 }
 
 /// The index of the shot `name` names: a shot's name, else a 0-based index.
@@ -54,7 +56,7 @@ pub fn find_shot(sequence: &Sequence, name: &str) -> Result<usize, Error> {
 pub fn revise(sequence: &Sequence, edit: &Edit) -> Result<(Sequence, String), Error> {
     let mut revised = sequence.clone();
     let mut changes = Vec::new();
-    let shot_edit = edit.prompt.is_some() || edit.seed.is_some();
+    let shot_edit = edit.prompt.is_some() || edit.seed.is_some() || edit.take.is_some();
     match (&edit.shot, shot_edit) {
         (Some(name), _) => {
             let index = find_shot(sequence, name)?;
@@ -77,9 +79,23 @@ pub fn revise(sequence: &Sequence, edit: &Edit) -> Result<(Sequence, String), Er
                 changes.push(format!("{label}: seed {seed}"));
                 shot.seed = Some(seed);
             }
+            if let Some(take) = edit.take {
+                if take >= shot.variants {
+                    return Err(Error::InvalidArgument(format!(
+                        "take: {label} has {} take{} (0 to {}); render more with variants: N",
+                        shot.variants,
+                        if shot.variants == 1 { "" } else { "s" },
+                        shot.variants - 1
+                    )));
+                }
+                if take != shot.take {
+                    changes.push(format!("{label}: take {take}"));
+                    shot.take = take;
+                }
+            }
             if !shot_edit {
                 return Err(Error::InvalidArgument(format!(
-                    "{label}: say what to change (a prompt, a seed or a new seed)"
+                    "{label}: say what to change (a prompt, a seed, a new seed or a take)"
                 )));
             }
         }
@@ -145,6 +161,7 @@ mod tests {
             prompt: Some("red dunes".into()),
             seed: Some(7),
             pass: None,
+            take: None,
         };
         let (revised, change) = revise(&sequence, &edit).unwrap();
         assert_eq!(revised.shots[1].prompt, "red dunes");

@@ -91,6 +91,8 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
             oom_count: task.oom_count,
             low_memory: task.low_memory,
             reused: task.reused_from.is_some(),
+            take: planned.take,
+            alternate: !planned.on_timeline,
         })
         .collect();
     let succeeded = record.state == SequenceState::Succeeded;
@@ -210,6 +212,51 @@ pub fn recorded_crc32c(record: &SequenceRecord, key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The segments on the timeline (`on_timeline`), or the alternate takes, as stitch parts.
+fn stitch_parts(record: &SequenceRecord, on_timeline: bool) -> Vec<pb::StitchPart> {
+    record
+        .plan
+        .segments
+        .iter()
+        .zip(&record.segments)
+        .enumerate()
+        .filter(|(_, (planned, _))| planned.on_timeline == on_timeline)
+        .map(|(index, (planned, done))| {
+            let prefix = record.accepted_prefix(index);
+            let video_key = keys::segment_video(&prefix);
+            let sidecar_key = keys::segment_sidecar(&prefix);
+            let shot_name = record
+                .sequence
+                .shots
+                .get(planned.shot_index as usize)
+                .map(|shot| shot.display_name(planned.shot_index as usize))
+                .unwrap_or_default();
+            pb::StitchPart {
+                segment_id: planned.id.clone(),
+                shot_index: planned.shot_index,
+                video_crc32c: recorded_crc32c(record, &video_key),
+                sidecar_crc32c: recorded_crc32c(record, &sidecar_key),
+                video_key,
+                join: join_kind(planned.join) as i32,
+                // A continuation's first rendered frame (the handoff picture) is not in
+                // its file.
+                lead_frames: match planned.join {
+                    Join::Continue => planned.lead_frames.saturating_sub(1),
+                    Join::Crossfade | Join::Cut => planned.lead_frames,
+                },
+                timeline_frames: planned.timeline_frames,
+                sidecar_key,
+                scene: planned.scene.clone(),
+                grade_reference: planned.grade_reference,
+                shot_name,
+                reused: done.reused_from.is_some(),
+                take: planned.take,
+                seed: planned.seed,
+            }
+        })
+        .collect()
+}
+
 /// What a worker needs to run one task, keys included.
 pub fn assignment_message(
     record: &SequenceRecord,
@@ -259,43 +306,8 @@ pub fn assignment_message(
             width: record.plan.width,
             height: record.plan.height,
             fps: record.plan.fps,
-            parts: record
-                .plan
-                .segments
-                .iter()
-                .zip(&record.segments)
-                .enumerate()
-                .map(|(index, (planned, done))| {
-                    let prefix = record.accepted_prefix(index);
-                    let video_key = keys::segment_video(&prefix);
-                    let sidecar_key = keys::segment_sidecar(&prefix);
-                    pb::StitchPart {
-                        segment_id: planned.id.clone(),
-                        shot_index: planned.shot_index,
-                        video_crc32c: recorded_crc32c(record, &video_key),
-                        sidecar_crc32c: recorded_crc32c(record, &sidecar_key),
-                        video_key,
-                        join: join_kind(planned.join) as i32,
-                        // A continuation's first rendered frame (the handoff picture) is not in
-                        // its file.
-                        lead_frames: match planned.join {
-                            Join::Continue => planned.lead_frames.saturating_sub(1),
-                            Join::Crossfade | Join::Cut => planned.lead_frames,
-                        },
-                        timeline_frames: planned.timeline_frames,
-                        sidecar_key,
-                        scene: planned.scene.clone(),
-                        grade_reference: planned.grade_reference,
-                        shot_name: record
-                            .sequence
-                            .shots
-                            .get(planned.shot_index as usize)
-                            .map(|shot| shot.display_name(planned.shot_index as usize))
-                            .unwrap_or_default(),
-                        reused: done.reused_from.is_some(),
-                    }
-                })
-                .collect(),
+            parts: stitch_parts(record, true),
+            alternates: stitch_parts(record, false),
             video_key: keys::final_video(&record.id),
             report_key: keys::final_report(&record.id),
             color_match: record.sequence.color_match.name().to_string(),

@@ -4,7 +4,10 @@
 use reelfarm_media::frame::RgbFrame;
 
 /// One shot's row: its label and its first, middle and last frames.
+#[derive(Clone)]
 pub struct ContactRow {
+    /// The shot it shows (an alternate take's row goes under its shot's).
+    pub shot_index: u32,
     pub label: String,
     pub frames: [RgbFrame; 3],
 }
@@ -435,6 +438,7 @@ mod tests {
 
     fn row(label: &str, rgb: [u8; 3]) -> ContactRow {
         ContactRow {
+            shot_index: 0,
             label: label.into(),
             frames: std::array::from_fn(|_| RgbFrame::filled(480, 270, rgb)),
         }

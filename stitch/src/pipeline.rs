@@ -105,6 +105,30 @@ pub struct StitchInput {
     pub color: SegmentColor,
 }
 
+/// An alternate take of a shot (`variants`): off the timeline, shown on the contact sheet
+/// under its shot and listed in the report.
+pub struct AlternateTake {
+    pub segment_id: String,
+    pub shot_index: u32,
+    pub shot_name: String,
+    pub take: u32,
+    pub seed: u64,
+    pub lead_frames: u64,
+    pub timeline_frames: u64,
+    pub video: VideoSource,
+}
+
+/// One take of a shot that has several, as the report lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TakeReport {
+    pub shot_index: u32,
+    pub shot_name: String,
+    pub take: u32,
+    pub seed: u64,
+    pub segment_id: String,
+    pub on_timeline: bool,
+}
+
 /// Where a part's file comes from: already in memory, or fetched only when the stitch
 /// reaches that part, so a long sequence holds one segment file at a time.
 pub enum VideoSource {
@@ -140,6 +164,9 @@ pub struct StitchReport {
     /// Of `segments`, those reused from the segment cache (rendered for an earlier
     /// submission with exactly the same inputs).
     pub reused_segments: usize,
+    /// Every take of the shots that asked for variants; `reelfarm pick` swaps one in.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub takes: Vec<TakeReport>,
     pub color_match: &'static str,
     pub joins: Vec<JoinMetrics>,
     pub decode_seconds: f64,
@@ -191,7 +218,10 @@ fn shot_ranges(inputs: &[StitchInput]) -> BTreeMap<u32, (u64, u64)> {
 }
 
 /// The contact sheet's row for each shot and the output frames it shows (first, middle, last).
-fn contact_picks(inputs: &[StitchInput], fps: u32) -> (Vec<String>, BTreeMap<u64, (usize, usize)>) {
+/// Each contact row's shot and label, and the output frames picked for it: frame → (row, slot).
+type ContactPicks = (Vec<(u32, String)>, BTreeMap<u64, (usize, usize)>);
+
+fn contact_picks(inputs: &[StitchInput], fps: u32) -> ContactPicks {
     let mut labels = Vec::new();
     let mut picks = BTreeMap::new();
     for (row, (shot, (start, frames))) in shot_ranges(inputs).into_iter().enumerate() {
@@ -199,11 +229,14 @@ fn contact_picks(inputs: &[StitchInput], fps: u32) -> (Vec<String>, BTreeMap<u64
             .iter()
             .find(|input| input.shot_index == shot)
             .expect("a range comes from an input");
-        labels.push(format!(
-            "{} | {:.1} s | {}",
-            first.shot_name,
-            frames as f64 / f64::from(fps.max(1)),
-            first.join.name()
+        labels.push((
+            shot,
+            format!(
+                "{} | {:.1} s | {}",
+                first.shot_name,
+                frames as f64 / f64::from(fps.max(1)),
+                first.join.name()
+            ),
         ));
         for (slot, offset) in [0, frames / 2, frames.saturating_sub(1)]
             .into_iter()
@@ -343,8 +376,9 @@ pub fn stitch<W: std::io::Write + std::io::Seek>(
         let contact_rows = labels
             .into_iter()
             .zip(produced.thumbnails)
-            .filter_map(|(label, [first, middle, last])| {
+            .filter_map(|((shot_index, label), [first, middle, last])| {
                 Some(ContactRow {
+                    shot_index,
                     label,
                     frames: [first?, middle?, last?],
                 })
@@ -487,6 +521,8 @@ pub struct SequenceStitch {
     pub media_name: String,
     /// Segments reused from the segment cache rather than rendered for this sequence.
     pub reused_segments: usize,
+    /// Every take of the shots that have several (`variants`), the picked ones included.
+    pub takes: Vec<TakeReport>,
 }
 
 /// Everything a sequence's stitch delivers, as bytes ready to store.
@@ -508,6 +544,17 @@ pub fn stitch_sequence(
     inputs: &[StitchInput],
     progress: &dyn Progress,
 ) -> Result<StitchOutputs, StitchError> {
+    stitch_with_takes(sequence, inputs, &[], progress)
+}
+
+/// `stitch_sequence`, with alternate takes added to the contact sheet, each in a row under
+/// its shot's (as rendered: the scene grade is the timeline's).
+pub fn stitch_with_takes(
+    sequence: &SequenceStitch,
+    inputs: &[StitchInput],
+    alternates: &[AlternateTake],
+    progress: &dyn Progress,
+) -> Result<StitchOutputs, StitchError> {
     let settings = EncodeSettings {
         width: sequence.width,
         height: sequence.height,
@@ -526,6 +573,7 @@ pub fn stitch_sequence(
         duration_seconds: stitched.frames as f64 / f64::from(sequence.fps.max(1)),
         segments: inputs.len(),
         reused_segments: sequence.reused_segments,
+        takes: sequence.takes.clone(),
         color_match: sequence.method.name(),
         joins: stitched.joins.clone(),
         decode_seconds: stitched.decode_seconds,
@@ -533,17 +581,55 @@ pub fn stitch_sequence(
         encode_seconds: stitched.encode_seconds,
     };
     let timeline = timeline_of(inputs, &sequence.title, sequence.fps, &sequence.media_name);
-    let contact_sheet = encode_png(&contact_sheet(
-        &sequence.title,
-        &stitched.contact_rows,
-        THUMB_WIDTH,
-    ))?;
+    let mut rows = stitched.contact_rows.clone();
+    for alternate in alternates {
+        let row = take_row(alternate)?;
+        let after = rows
+            .iter()
+            .rposition(|other| other.shot_index <= alternate.shot_index)
+            .map_or(0, |position| position + 1);
+        rows.insert(after, row);
+    }
+    let contact_sheet = encode_png(&contact_sheet(&sequence.title, &rows, THUMB_WIDTH))?;
     Ok(StitchOutputs {
         video,
         report: pretty_json(&report)?,
         timeline: pretty_json(&timeline)?,
         contact_sheet,
         joins: stitched.joins,
+    })
+}
+
+/// The first, middle and last frame of an alternate take's own frames.
+fn take_row(take: &AlternateTake) -> Result<ContactRow, StitchError> {
+    let mut reader = Mp4Reader::open(take.video.load()?)?;
+    let frames = take.timeline_frames.max(1);
+    let wanted = [
+        take.lead_frames,
+        take.lead_frames + frames / 2,
+        take.lead_frames + frames - 1,
+    ];
+    let mut picked: Vec<RgbFrame> = Vec::with_capacity(3);
+    let mut index = 0;
+    while picked.len() < 3 {
+        let frame = reader.next_frame()?.ok_or_else(|| {
+            StitchError::InvalidInput(format!("take {} ended early", take.segment_id))
+        })?;
+        while picked.len() < 3 && wanted[picked.len()] == index {
+            picked.push(frame.clone());
+        }
+        index += 1;
+    }
+    let [first, middle, last]: [RgbFrame; 3] = picked
+        .try_into()
+        .map_err(|_| StitchError::Internal("three frames".into()))?;
+    Ok(ContactRow {
+        shot_index: take.shot_index,
+        label: format!(
+            "{} | take {} | seed {}",
+            take.shot_name, take.take, take.seed
+        ),
+        frames: [first, middle, last],
     })
 }
 

@@ -161,7 +161,7 @@ fn the_contact_sheet_gets_first_middle_and_last_frame_of_every_shot() {
     inputs[2].shot_name = "harbour".into();
     let (labels, picks) = contact_picks(&inputs, FPS);
     assert_eq!(labels.len(), 2);
-    assert_eq!(labels[1], "harbour | 0.4 s | cut");
+    assert_eq!(labels[1], (1, "harbour | 0.4 s | cut".to_string()));
     let frames: Vec<u64> = picks.keys().copied().collect();
     assert_eq!(
         frames,

@@ -372,3 +372,110 @@ async fn rerender_makes_versions_that_reuse_the_rest_and_promote_renders_the_fin
     })
     .await;
 }
+
+/// Three takes of the opener, a continuation of it, then a cut.
+const TAKES: &str = r#"title: takes
+fps: 8
+seed: 5
+steps: 2
+shots:
+  - {prompt: "a harbour at dawn", duration: 1.5, name: opener, variants: 3}
+  - {prompt: "the camera pushes in toward the boats", duration: 1.5, transition: continue}
+  - {prompt: "desert dunes at noon", duration: 1.5}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_render_takes_side_by_side_and_pick_swaps_one_in_without_rendering_it() {
+    let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
+    farm.check(async |farm| {
+        let cluster = &mut farm.cluster;
+        cluster.start_scheduler()?;
+        cluster.start_worker("gpu-a", "1x4GiB")?;
+        cluster.start_worker("gpu-b", "1x4GiB")?;
+        let dir = farm.dir.path();
+        let spec = dir.join("takes.yaml");
+        std::fs::write(&spec, TAKES)?;
+        let run = |args: &[&str]| -> Result<(String, String)> {
+            let (code, stdout, stderr) = cluster.client(args)?;
+            if code != 0 {
+                bail!("reelfarm {args:?} exited {code}: {stdout}{stderr}");
+            }
+            Ok((stdout, stderr))
+        };
+        let first = id_of(&run(&["submit", "--watch", "--quiet", spec.to_str().unwrap()])?.0);
+        let (status, _) = run(&["status", &first])?;
+        for take in ["s000-00-t1", "s000-00-t2"] {
+            if !status.lines().any(|line| line.starts_with(take) && line.contains("done")) {
+                bail!("take {take} did not render:\n{status}");
+            }
+        }
+        // The report lists the three takes; the contact sheet has a row for each alternate.
+        let video = dir.join("first.mp4");
+        run(&["download", &first, "-o", video.to_str().unwrap()])?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("first.report.json"))?)?;
+        let takes = report["takes"].as_array().cloned().unwrap_or_default();
+        let listed: Vec<(u64, bool)> = takes
+            .iter()
+            .map(|take| (take["take"].as_u64().unwrap_or(99), take["on_timeline"] == true))
+            .collect();
+        if listed != [(0, true), (1, false), (2, false)] {
+            bail!("report takes: {}", report["takes"]);
+        }
+        let take_two_seed = takes[2]["seed"].as_u64().unwrap_or_default();
+        let sheet = |path: &std::path::Path| -> Result<(u32, u32)> {
+            let bytes = std::fs::read(path)?;
+            let frame = reelfarm_media::video::decode_png(&bytes)
+                .map_err(|error| anyhow::anyhow!("contact sheet: {error}"))?;
+            Ok((frame.width, frame.height))
+        };
+        let (_, with_takes) = sheet(&dir.join("first.contact.png"))?;
+
+        // Take 2 onto the timeline: the opener is not rendered again, its continuation is.
+        let (stdout, stderr) = run(&["pick", &first, "--shot", "opener", "--take", "2", "--watch"])?;
+        let picked = id_of(&stdout);
+        if !stderr.contains("opener: take 2")
+            || !stderr.contains("reusing 4 of 5 segments from the segment cache; rendering 1")
+        {
+            bail!("pick said: {stderr}");
+        }
+        let (status, _) = run(&["status", &picked])?;
+        let state = |segment: &str| {
+            status
+                .lines()
+                .find(|line| line.starts_with(&format!("{segment} ")))
+                .map(|line| line.split_whitespace().nth(2).unwrap_or("").to_string())
+                .unwrap_or_default()
+        };
+        if (state("s000-00"), state("s000-00-t0"), state("s001-00"), state("s002-00"))
+            != ("reused".into(), "reused".into(), "done".into(), "reused".into())
+        {
+            bail!("after pick:\n{status}");
+        }
+        let video = dir.join("picked.mp4");
+        run(&["download", &picked, "-o", video.to_str().unwrap()])?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("picked.report.json"))?)?;
+        let on_timeline = report["takes"]
+            .as_array()
+            .and_then(|takes| takes.iter().find(|take| take["on_timeline"] == true).cloned())
+            .unwrap_or_default();
+        if on_timeline["take"] != 2 || on_timeline["seed"].as_u64() != Some(take_two_seed) {
+            bail!("the picked version's timeline take: {}", report["takes"]);
+        }
+        if reelfarm_tests::probe::probe(&video).frames != 36 {
+            bail!("the picked version's video is not 36 frames");
+        }
+        // Without variants the sheet has one row per shot: the takes added two.
+        std::fs::write(&spec, TAKES.replace(", variants: 3", ""))?;
+        let plain = id_of(&run(&["submit", "--watch", "--quiet", spec.to_str().unwrap()])?.0);
+        let video = dir.join("plain.mp4");
+        run(&["download", &plain, "-o", video.to_str().unwrap()])?;
+        let (_, without) = sheet(&dir.join("plain.contact.png"))?;
+        if with_takes <= without {
+            bail!("the contact sheet with takes ({with_takes} px) is no taller than without ({without} px)");
+        }
+        Ok(())
+    })
+    .await;
+}

@@ -10,7 +10,8 @@ use reelfarm_common::sequence::ColorMatch;
 use reelfarm_common::{pb, unix_now_s};
 use reelfarm_stitch::grading::SegmentColor;
 use reelfarm_stitch::{
-    Join, SequenceStitch, Sidecar, StitchError, StitchInput, VideoSource, stitch_sequence,
+    AlternateTake, Join, SequenceStitch, Sidecar, StitchError, StitchInput, TakeReport,
+    VideoSource, stitch_with_takes,
 };
 
 use crate::task::{Phases, Progress, TaskFailure, fetch_verified, put_recorded};
@@ -88,8 +89,59 @@ pub async fn run_stitch(
         });
     }
     phases.record("storage", "stitch", start);
+    let alternates: Vec<AlternateTake> = task
+        .alternates
+        .iter()
+        .map(|part| {
+            let (store, runtime) = (store.clone(), runtime.clone());
+            let (key, crc32c) = (part.video_key.clone(), part.video_crc32c.clone());
+            let fetch = move || {
+                runtime
+                    .block_on(fetch_verified(store.as_ref(), &key, &crc32c))
+                    .map(|bytes| bytes.to_vec())
+                    .map_err(|failure| StitchError::Fetch {
+                        key: key.clone(),
+                        corrupt: failure.reason == pb::FailureReason::CorruptInput,
+                        message: failure.message,
+                    })
+            };
+            AlternateTake {
+                segment_id: part.segment_id.clone(),
+                shot_index: part.shot_index,
+                shot_name: part.shot_name.clone(),
+                take: part.take,
+                seed: part.seed,
+                lead_frames: part.lead_frames,
+                timeline_frames: part.timeline_frames,
+                video: VideoSource::Fetch(Box::new(fetch)),
+            }
+        })
+        .collect();
+    // Every take of the shots with alternates, by shot and take.
+    let with_takes: std::collections::BTreeSet<u32> =
+        task.alternates.iter().map(|part| part.shot_index).collect();
+    let takes = task
+        .parts
+        .iter()
+        .filter(|part| with_takes.contains(&part.shot_index))
+        .map(|part| (part, true))
+        .chain(task.alternates.iter().map(|part| (part, false)))
+        // A take's first segment names it (its seed base starts there).
+        .filter(|(part, _)| part.segment_id.split('-').nth(1) == Some("00"))
+        .map(|(part, on_timeline)| TakeReport {
+            shot_index: part.shot_index,
+            shot_name: part.shot_name.clone(),
+            take: part.take,
+            seed: part.seed,
+            segment_id: part.segment_id.clone(),
+            on_timeline,
+        })
+        .collect::<Vec<_>>();
+    let mut takes = takes;
+    takes.sort_by_key(|take| (take.shot_index, take.take));
 
     let sequence = SequenceStitch {
+        takes,
         reused_segments: task.parts.iter().filter(|part| part.reused).count(),
         title: task.title.clone(),
         width: task.width,
@@ -106,7 +158,7 @@ pub async fn run_stitch(
     let (outputs, codec_phases) = tokio::task::spawn_blocking(move || {
         let mut phases = Phases::default();
         let codec_start = unix_now_s();
-        let outputs = stitch_sequence(&sequence, &inputs, &progress)?;
+        let outputs = stitch_with_takes(&sequence, &inputs, &alternates, &progress)?;
         // Decode, grading and encode interleave frame by frame: one codec phase.
         phases.record("codec", "stitch", codec_start);
         Ok::<_, TaskFailure>((outputs, phases))

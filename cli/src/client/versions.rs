@@ -57,6 +57,26 @@ pub struct PromoteArgs {
 }
 
 #[derive(Args)]
+pub struct PickArgs {
+    /// The sequence whose shot rendered several takes (`variants: N`).
+    id: String,
+    /// The shot: its name, or its 0-based index.
+    #[arg(long)]
+    shot: String,
+    /// The take to put on the timeline (0-based, as the contact sheet and report number them).
+    #[arg(long)]
+    take: u32,
+    /// Follow the render until it finishes, like `reelfarm watch`.
+    #[arg(long)]
+    watch: bool,
+    /// No progress bars with --watch.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+}
+
+#[derive(Args)]
 pub struct VersionsArgs {
     /// Any version of the piece.
     id: String,
@@ -83,6 +103,7 @@ fn revise_request(
         no_cache,
         // Keyed, so the retry after a failover cannot make two versions.
         idempotency_key: uuid::Uuid::new_v4().to_string(),
+        take: None,
     }
 }
 
@@ -135,6 +156,17 @@ pub(super) async fn rerender(args: RerenderArgs) -> Result<()> {
         "",
         args.no_cache,
     );
+    let (id, status) = revise(&mut client, request, args.quiet).await?;
+    if args.watch {
+        watch(&mut client, &id, args.quiet, Some(status)).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn pick(args: PickArgs) -> Result<()> {
+    let mut client = Client::connect(&args.scheduler).await?;
+    let mut request = revise_request(&args.id, &args.shot, None, None, false, "", false);
+    request.take = Some(args.take);
     let (id, status) = revise(&mut client, request, args.quiet).await?;
     if args.watch {
         watch(&mut client, &id, args.quiet, Some(status)).await?;

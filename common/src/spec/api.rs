@@ -23,6 +23,8 @@ pub fn sequence_from_pb(
             name: shot.name,
             scene: shot.scene,
             reference: None,
+            variants: shot.variants,
+            take: shot.take,
             inline_reference: shot.reference_png.map(|png| Reference {
                 name: shot
                     .reference_name
@@ -98,6 +100,8 @@ pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
                     .as_ref()
                     .map(|reference| reference.name.clone()),
                 name: shot.name.clone(),
+                variants: (shot.variants > 1).then_some(shot.variants),
+                take: (shot.take > 0).then_some(shot.take),
                 scene: shot.scene.clone(),
                 reference_upload: None,
             })

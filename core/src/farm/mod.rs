@@ -195,13 +195,8 @@ impl SequenceRecord {
 
     /// Where attempt `attempt` of segment `index` writes its objects.
     pub fn attempt_prefix(&self, index: usize, attempt: u32) -> String {
-        let planned = &self.plan.segments[index];
         reelfarm_common::keys::attempt_prefix(
-            &reelfarm_common::keys::segment_prefix(
-                &self.id,
-                planned.shot_index,
-                planned.segment_index,
-            ),
+            &reelfarm_common::keys::segment_prefix(&self.id, &self.plan.segments[index].id),
             attempt,
         )
     }

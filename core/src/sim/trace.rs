@@ -217,6 +217,8 @@ fn sequence(
             reference: None,
             name: None,
             scene: None,
+            variants: 1,
+            take: 0,
         });
     }
     Sequence {

@@ -173,6 +173,7 @@ impl SequenceService for Api {
             prompt: request.prompt.clone(),
             seed,
             pass,
+            take: request.take,
         };
         let (revised, change) = revise::revise(&sequence, &edit).map_err(Error::from)?;
         // Checked as any submitted spec is (a new prompt's length, say).

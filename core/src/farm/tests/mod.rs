@@ -35,6 +35,8 @@ fn sequence(transitions: &[Transition]) -> Sequence {
                 reference: None,
                 name: None,
                 scene: None,
+                variants: 1,
+                take: 0,
             })
             .collect(),
     }
