@@ -195,7 +195,7 @@ pub fn entry_key(key: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::planner;
     use reelfarm_common::sequence::Sequence;
@@ -289,7 +289,8 @@ shots:
         assert_eq!(a[2], b[2]);
     }
 
-    fn entry(key: &str, prefix: &str) -> CacheEntry {
+    /// An entry for `key` naming the three objects of attempt `prefix`, checksum 0badc0de.
+    pub(crate) fn entry(key: &str, prefix: &str) -> CacheEntry {
         let objects: Vec<StoredObject> = keys::attempt_objects(prefix)
             .into_iter()
             .map(|key| StoredObject {
@@ -298,7 +299,7 @@ shots:
                 size: 10,
             })
             .collect();
-        CacheEntry::new(key, prefix, &objects, "m", 1.0)
+        CacheEntry::new(key, prefix, &objects, "reelfarm-tiny", 1.0)
     }
 
     #[test]

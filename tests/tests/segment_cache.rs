@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{keys, pb, spec};
 use reelfarm_tests::TestFarm;
-use reelfarm_tests::cluster::Timings;
+use reelfarm_tests::cluster::{Cluster, Timings};
 use reelfarm_tests::farm::{Farm, STATE_PREFIX};
 use reelfarm_tests::leading::poll_until_succeeded;
 
@@ -146,9 +146,7 @@ async fn editing_one_shot_renders_only_it_and_its_chain_on_the_distributed_farm(
     farm.check(async |farm| {
         let mut etcd = farm.etcd_client().await?;
         let cluster = &mut farm.cluster;
-        cluster.start_scheduler()?;
-        cluster.start_worker("gpu-a", "1x4GiB")?;
-        cluster.start_worker("gpu-b", "1x4GiB")?;
+        start_two_workers(cluster)?;
         let dir = farm.dir.path();
         let original = dir.join("twelve.yaml");
         let edited = dir.join("twelve-edited.yaml");
@@ -261,6 +259,23 @@ shots:
   - {prompt: "a lighthouse at dusk", duration: 1.5, transition: crossfade, crossfade: 0.5}
 "#;
 
+/// A scheduler and two workers of 4 GiB each.
+fn start_two_workers(cluster: &mut Cluster) -> Result<()> {
+    cluster.start_scheduler()?;
+    cluster.start_worker("gpu-a", "1x4GiB")?;
+    cluster.start_worker("gpu-b", "1x4GiB")?;
+    Ok(())
+}
+
+/// `reelfarm ARGS` against the cluster: stdout and stderr, or an error with both.
+fn succeeded(cluster: &Cluster, args: &[&str]) -> Result<(String, String)> {
+    let (code, stdout, stderr) = cluster.client(args)?;
+    if code != 0 {
+        bail!("reelfarm {args:?} exited {code}: {stdout}{stderr}");
+    }
+    Ok((stdout, stderr))
+}
+
 fn id_of(stdout: &str) -> String {
     stdout.lines().next().unwrap_or_default().trim().to_string()
 }
@@ -270,19 +285,11 @@ async fn rerender_makes_versions_that_reuse_the_rest_and_promote_renders_the_fin
     let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
     farm.check(async |farm| {
         let cluster = &mut farm.cluster;
-        cluster.start_scheduler()?;
-        cluster.start_worker("gpu-a", "1x4GiB")?;
-        cluster.start_worker("gpu-b", "1x4GiB")?;
+        start_two_workers(cluster)?;
         let dir = farm.dir.path();
         let spec = dir.join("four.yaml");
         std::fs::write(&spec, SHORT)?;
-        let run = |args: &[&str]| -> Result<(String, String)> {
-            let (code, stdout, stderr) = cluster.client(args)?;
-            if code != 0 {
-                bail!("reelfarm {args:?} exited {code}: {stdout}{stderr}");
-            }
-            Ok((stdout, stderr))
-        };
+        let run = |args: &[&str]| succeeded(cluster, args);
         let first = id_of(&run(&["submit", "--watch", "--quiet", spec.to_str().unwrap()])?.0);
 
         // A new prompt for the harbour shot (by name): it and its continuation render.
@@ -389,19 +396,11 @@ async fn variants_render_takes_side_by_side_and_pick_swaps_one_in_without_render
     let farm = Farm::start(Timings::default()).expect("etcd and S3 start");
     farm.check(async |farm| {
         let cluster = &mut farm.cluster;
-        cluster.start_scheduler()?;
-        cluster.start_worker("gpu-a", "1x4GiB")?;
-        cluster.start_worker("gpu-b", "1x4GiB")?;
+        start_two_workers(cluster)?;
         let dir = farm.dir.path();
         let spec = dir.join("takes.yaml");
         std::fs::write(&spec, TAKES)?;
-        let run = |args: &[&str]| -> Result<(String, String)> {
-            let (code, stdout, stderr) = cluster.client(args)?;
-            if code != 0 {
-                bail!("reelfarm {args:?} exited {code}: {stdout}{stderr}");
-            }
-            Ok((stdout, stderr))
-        };
+        let run = |args: &[&str]| succeeded(cluster, args);
         let first = id_of(&run(&["submit", "--watch", "--quiet", spec.to_str().unwrap()])?.0);
         let (status, _) = run(&["status", &first])?;
         for take in ["s000-00-t1", "s000-00-t2"] {

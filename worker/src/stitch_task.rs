@@ -41,6 +41,27 @@ fn segment_color(part: &pb::StitchPart, sidecar: &Sidecar) -> SegmentColor {
     }
 }
 
+/// A part's video, fetched when the stitch reaches it and checked against exactly what was
+/// accepted: a mismatch sends the segment back to be rendered again.
+fn fetcher(
+    store: &Arc<dyn BlobStore>,
+    runtime: &tokio::runtime::Handle,
+    part: &pb::StitchPart,
+) -> VideoSource {
+    let (store, runtime) = (store.clone(), runtime.clone());
+    let (key, crc32c) = (part.video_key.clone(), part.video_crc32c.clone());
+    VideoSource::Fetch(Box::new(move || {
+        runtime
+            .block_on(fetch_verified(store.as_ref(), &key, &crc32c))
+            .map(|bytes| bytes.to_vec())
+            .map_err(|failure| StitchError::Fetch {
+                key: key.clone(),
+                corrupt: failure.reason == pb::FailureReason::CorruptInput,
+                message: failure.message,
+            })
+    }))
+}
+
 pub async fn run_stitch(
     task: pb::StitchTask,
     store: Arc<dyn BlobStore>,
@@ -65,18 +86,6 @@ pub async fn run_stitch(
         let sidecar: Sidecar = serde_json::from_slice(&sidecar).map_err(|error| {
             TaskFailure::invalid(format!("sidecar {}: {error}", part.sidecar_key))
         })?;
-        let (store, runtime) = (store.clone(), runtime.clone());
-        let (key, crc32c) = (part.video_key.clone(), part.video_crc32c.clone());
-        let fetch = move || {
-            runtime
-                .block_on(fetch_verified(store.as_ref(), &key, &crc32c))
-                .map(|bytes| bytes.to_vec())
-                .map_err(|failure| StitchError::Fetch {
-                    key: key.clone(),
-                    corrupt: failure.reason == pb::FailureReason::CorruptInput,
-                    message: failure.message,
-                })
-        };
         inputs.push(StitchInput {
             segment_id: part.segment_id.clone(),
             shot_index: part.shot_index,
@@ -84,7 +93,7 @@ pub async fn run_stitch(
             join: join_of(part.join),
             lead_frames: part.lead_frames,
             timeline_frames: part.timeline_frames,
-            video: VideoSource::Fetch(Box::new(fetch)),
+            video: fetcher(&store, &runtime, part),
             color: segment_color(part, &sidecar),
         });
     }
@@ -92,29 +101,15 @@ pub async fn run_stitch(
     let alternates: Vec<AlternateTake> = task
         .alternates
         .iter()
-        .map(|part| {
-            let (store, runtime) = (store.clone(), runtime.clone());
-            let (key, crc32c) = (part.video_key.clone(), part.video_crc32c.clone());
-            let fetch = move || {
-                runtime
-                    .block_on(fetch_verified(store.as_ref(), &key, &crc32c))
-                    .map(|bytes| bytes.to_vec())
-                    .map_err(|failure| StitchError::Fetch {
-                        key: key.clone(),
-                        corrupt: failure.reason == pb::FailureReason::CorruptInput,
-                        message: failure.message,
-                    })
-            };
-            AlternateTake {
-                segment_id: part.segment_id.clone(),
-                shot_index: part.shot_index,
-                shot_name: part.shot_name.clone(),
-                take: part.take,
-                seed: part.seed,
-                lead_frames: part.lead_frames,
-                timeline_frames: part.timeline_frames,
-                video: VideoSource::Fetch(Box::new(fetch)),
-            }
+        .map(|part| AlternateTake {
+            segment_id: part.segment_id.clone(),
+            shot_index: part.shot_index,
+            shot_name: part.shot_name.clone(),
+            take: part.take,
+            seed: part.seed,
+            lead_frames: part.lead_frames,
+            timeline_frames: part.timeline_frames,
+            video: fetcher(&store, &runtime, part),
         })
         .collect();
     // Every take of the shots with alternates, by shot and take.

@@ -6,7 +6,10 @@ use reelfarm_common::{pb, unix_now_s};
 
 use super::{Client, table};
 
-pub(super) async fn print_sequences(client: &mut Client) -> Result<()> {
+/// Every sequence the caller may see, page by page, and the farm's recent throughput.
+pub(super) async fn all_sequences(
+    client: &mut Client,
+) -> Result<(Vec<pb::SequenceStatus>, Option<pb::Throughput>)> {
     let mut sequences = Vec::new();
     let mut throughput;
     let mut page_token = String::new();
@@ -24,10 +27,14 @@ pub(super) async fn print_sequences(client: &mut Client) -> Result<()> {
         sequences.extend(page.sequences);
         throughput = page.throughput;
         if page.next_page_token.is_empty() {
-            break;
+            return Ok((sequences, throughput));
         }
         page_token = page.next_page_token;
     }
+}
+
+pub(super) async fn print_sequences(client: &mut Client) -> Result<()> {
+    let (mut sequences, throughput) = all_sequences(client).await?;
     if sequences.is_empty() {
         println!(
             "no sequences at {}; `reelfarm submit SPEC` starts one",

@@ -12,6 +12,17 @@ use super::listing::{format_seconds, sequence_state_name};
 use super::{Client, SchedulerArgs, table, watch};
 use crate::input::InputError;
 
+/// Following the new version's render.
+#[derive(Args)]
+pub struct FollowArgs {
+    /// Follow the render until it finishes, like `reelfarm watch`.
+    #[arg(long)]
+    watch: bool,
+    /// No progress bars with --watch.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
 #[derive(Args)]
 pub struct RerenderArgs {
     /// The sequence to revise (any version of it).
@@ -29,15 +40,11 @@ pub struct RerenderArgs {
     /// A fresh random seed for the shot: another take of the same prompt.
     #[arg(long)]
     new_seed: bool,
-    /// Follow the render until it finishes, like `reelfarm watch`.
-    #[arg(long)]
-    watch: bool,
     /// Render every segment anew instead of reusing the unchanged ones.
     #[arg(long)]
     no_cache: bool,
-    /// No progress bars with --watch.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    follow: FollowArgs,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -46,12 +53,9 @@ pub struct RerenderArgs {
 pub struct PromoteArgs {
     /// The draft to render as the final pass.
     id: String,
-    /// Follow the render, then print the joins of both passes side by side.
-    #[arg(long)]
-    watch: bool,
-    /// No progress bars with --watch.
-    #[arg(short, long)]
-    quiet: bool,
+    /// With --watch, the joins of both passes are printed side by side at the end.
+    #[command(flatten)]
+    follow: FollowArgs,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -66,12 +70,8 @@ pub struct PickArgs {
     /// The take to put on the timeline (0-based, as the contact sheet and report number them).
     #[arg(long)]
     take: u32,
-    /// Follow the render until it finishes, like `reelfarm watch`.
-    #[arg(long)]
-    watch: bool,
-    /// No progress bars with --watch.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    follow: FollowArgs,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -156,9 +156,9 @@ pub(super) async fn rerender(args: RerenderArgs) -> Result<()> {
         "",
         args.no_cache,
     );
-    let (id, status) = revise(&mut client, request, args.quiet).await?;
-    if args.watch {
-        watch(&mut client, &id, args.quiet, Some(status)).await?;
+    let (id, status) = revise(&mut client, request, args.follow.quiet).await?;
+    if args.follow.watch {
+        watch(&mut client, &id, args.follow.quiet, Some(status)).await?;
     }
     Ok(())
 }
@@ -167,9 +167,9 @@ pub(super) async fn pick(args: PickArgs) -> Result<()> {
     let mut client = Client::connect(&args.scheduler).await?;
     let mut request = revise_request(&args.id, &args.shot, None, None, false, "", false);
     request.take = Some(args.take);
-    let (id, status) = revise(&mut client, request, args.quiet).await?;
-    if args.watch {
-        watch(&mut client, &id, args.quiet, Some(status)).await?;
+    let (id, status) = revise(&mut client, request, args.follow.quiet).await?;
+    if args.follow.watch {
+        watch(&mut client, &id, args.follow.quiet, Some(status)).await?;
     }
     Ok(())
 }
@@ -177,11 +177,11 @@ pub(super) async fn pick(args: PickArgs) -> Result<()> {
 pub(super) async fn promote(args: PromoteArgs) -> Result<()> {
     let mut client = Client::connect(&args.scheduler).await?;
     let request = revise_request(&args.id, "", None, None, false, "final", false);
-    let (id, status) = revise(&mut client, request, args.quiet).await?;
-    if !args.watch {
+    let (id, status) = revise(&mut client, request, args.follow.quiet).await?;
+    if !args.follow.watch {
         return Ok(());
     }
-    watch(&mut client, &id, args.quiet, Some(status)).await?;
+    watch(&mut client, &id, args.follow.quiet, Some(status)).await?;
     let draft = read_report(&mut client, &args.id).await?;
     let final_pass = read_report(&mut client, &id).await?;
     print!("{}", compare_joins(&draft, &final_pass));
@@ -199,29 +199,12 @@ pub(super) async fn versions(args: VersionsArgs) -> Result<()> {
             async move { grpc.get_sequence(request).await }
         })
         .await?;
-    let mut versions = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let token = page_token.clone();
-        let page = client
-            .call("listing sequences", |mut grpc| {
-                let request = pb::ListSequencesRequest {
-                    page_size: 500,
-                    page_token: token.clone(),
-                };
-                async move { grpc.list_sequences(request).await }
-            })
-            .await?;
-        versions.extend(
-            page.sequences
-                .into_iter()
-                .filter(|status| status.lineage == this.lineage),
-        );
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let mut versions: Vec<pb::SequenceStatus> = super::listing::all_sequences(&mut client)
+        .await?
+        .0
+        .into_iter()
+        .filter(|status| status.lineage == this.lineage)
+        .collect();
     versions.sort_by_key(|status| status.version);
     let rows = versions
         .iter()

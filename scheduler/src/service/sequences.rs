@@ -56,19 +56,8 @@ impl SequenceService for Api {
             key = key.map(|key| format!("{owner}/{key}"));
             spec.owner = Some(owner);
         }
-        if let Some(key) = &key {
-            let existing = self
-                .0
-                .read(|farm| Ok(farm.sequence_for_key(key).cloned()))
-                .await?;
-            if let Some(existing) = existing {
-                let status = self.status(&existing).await?;
-                return Ok(Response::new(pb::SubmitSequenceResponse {
-                    sequence_id: existing,
-                    created: false,
-                    status: Some(status),
-                }));
-            }
+        if let Some(earlier) = self.earlier_submission(key.as_deref()).await? {
+            return Ok(Response::new(earlier));
         }
         let uploads = uploads::resolve(&self.0.store, &mut spec).await?;
         let sequence = spec::sequence_from_pb(spec, &self.0.catalog.ids()).map_err(Error::from)?;
@@ -108,19 +97,8 @@ impl SequenceService for Api {
             let owner = principal.owner_for(None).map_err(Error::from)?;
             key = key.map(|key| format!("{owner}/{key}"));
         }
-        if let Some(key) = &key {
-            let existing = self
-                .0
-                .read(|farm| Ok(farm.sequence_for_key(key).cloned()))
-                .await?;
-            if let Some(existing) = existing {
-                let status = self.status(&existing).await?;
-                return Ok(Response::new(pb::SubmitSequenceResponse {
-                    sequence_id: existing,
-                    created: false,
-                    status: Some(status),
-                }));
-            }
+        if let Some(earlier) = self.earlier_submission(key.as_deref()).await? {
+            return Ok(Response::new(earlier));
         }
         let (mut sequence, lineage, version) = self
             .0
@@ -658,6 +636,29 @@ fn token_info(record: &TokenRecord) -> pb::TokenInfo {
 }
 
 impl Api {
+    /// The sequence an idempotency key already made, answered as its submission was.
+    async fn earlier_submission(
+        &self,
+        key: Option<&str>,
+    ) -> Result<Option<pb::SubmitSequenceResponse>, Status> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let existing = self
+            .0
+            .read(|farm| Ok(farm.sequence_for_key(key).cloned()))
+            .await?;
+        let Some(existing) = existing else {
+            return Ok(None);
+        };
+        let status = self.status(&existing).await?;
+        Ok(Some(pb::SubmitSequenceResponse {
+            sequence_id: existing,
+            created: false,
+            status: Some(status),
+        }))
+    }
+
     /// Plans a validated sequence, stores its reference images, looks its segments up in
     /// the segment cache and adds it to the farm (submit and revise alike).
     async fn accept(

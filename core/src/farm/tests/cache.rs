@@ -3,32 +3,11 @@
 //! leaves a cache entry.
 
 use super::*;
+use crate::cache::tests::entry;
 use crate::cache::{CacheEntry, entry_key};
 
-fn entry(key: &str, prefix: &str) -> CacheEntry {
-    let objects: Vec<StoredObject> = reelfarm_common::keys::attempt_objects(prefix)
-        .into_iter()
-        .map(|key| StoredObject {
-            key,
-            crc32c: "0badc0de".into(),
-            size: 10,
-        })
-        .collect();
-    CacheEntry::new(key, prefix, &objects, "reelfarm-tiny", 0.0)
-}
-
 fn cached_farm(transitions: &[Transition], hits: Vec<Option<CacheEntry>>) -> Farm {
-    let mut farm = Farm::new(3);
-    for worker in 0..2 {
-        farm.register_worker(
-            format!("w{worker}"),
-            format!("w{worker}"),
-            vec![device(0, 16)],
-            vec!["reelfarm-tiny".into()],
-            &[],
-            0.0,
-        );
-    }
+    let mut farm = farm_of_workers(2);
     let sequence = sequence(transitions);
     let plan = planner::plan(&sequence, &reelfarm_tiny());
     let keys = (0..plan.segments.len())

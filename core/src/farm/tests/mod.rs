@@ -54,6 +54,15 @@ fn device(index: u32, gib: u64) -> pb::Device {
 }
 
 fn farm_with(transitions: &[Transition], workers: usize) -> Farm {
+    let mut farm = farm_of_workers(workers);
+    let sequence = sequence(transitions);
+    let plan = planner::plan(&sequence, &reelfarm_tiny());
+    farm.submit("seq".into(), Some("key".into()), sequence, plan, 0.0);
+    farm
+}
+
+/// A farm of `workers` workers with one 16 GiB device each, and no sequence yet.
+fn farm_of_workers(workers: usize) -> Farm {
     let mut farm = Farm::new(3);
     for worker in 0..workers {
         farm.register_worker(
@@ -65,9 +74,6 @@ fn farm_with(transitions: &[Transition], workers: usize) -> Farm {
             0.0,
         );
     }
-    let sequence = sequence(transitions);
-    let plan = planner::plan(&sequence, &reelfarm_tiny());
-    farm.submit("seq".into(), Some("key".into()), sequence, plan, 0.0);
     farm
 }
 
