@@ -96,14 +96,39 @@ proptest! {
         shots in 1usize..5,
         workers in 1usize..3,
         events in proptest::collection::vec(0u8..4, 0..12),
+        variants in 1u32..4,
+        cached in proptest::collection::vec(any::<bool>(), 0..8),
+        revised in any::<bool>(),
     ) {
         let mut farm = Farm::new(3);
         for worker in 0..workers {
             farm.register_worker(format!("w{worker}"), format!("w{worker}"), vec![device(16)], vec!["reelfarm-tiny".into()], &[], 0.0);
         }
-        let sequence = sequence(shots);
+        let mut sequence = sequence(shots);
+        sequence.shots[0].variants = variants;
         let plan = planner::plan(&sequence, &reelfarm_tiny());
-        farm.submit("seq-a".into(), Some("key".into()), sequence, plan, 1.0);
+        // Segments reused from the cache (a continuation only after a reused predecessor),
+        // and maybe a version of an earlier sequence.
+        let keys: Vec<String> = (0..plan.segments.len()).map(|i| format!("key{i}")).collect();
+        let hits = (0..plan.segments.len())
+            .map(|i| {
+                cached.get(i).copied().unwrap_or(false).then(|| crate::cache::tests::entry(
+                    &keys[i],
+                    &format!("sequences/seq-old/segments/{}.a1", plan.segments[i].id),
+                ))
+            })
+            .collect();
+        let hits = crate::cache::usable(&plan, hits);
+        let cached = crate::farm::Cached { keys, hits };
+        farm.submit_cached("seq-a".into(), Some("key".into()), sequence, plan, cached, 1.0);
+        if revised {
+            farm.set_revision("seq-a", crate::farm::Revision {
+                of: "seq-old".into(),
+                lineage: "seq-first".into(),
+                version: 3,
+                change: "shot 0: prompt \"x\"".into(),
+            });
+        }
         let mut outstanding: Vec<pb::AssignmentRef> = Vec::new();
         for event in events {
             for action in farm.dispatch() {
