@@ -655,7 +655,9 @@ async fn submit(args: SubmitArgs) -> Result<()> {
     let id = submitted.sequence_id;
     println!("{id}");
     let status = submitted.status.unwrap_or_default();
+    // With --watch the progress view says it.
     if !args.quiet
+        && !args.watch
         && let Some(line) = crate::progress::reuse_line(&status)
     {
         eprintln!("{line}");

@@ -112,6 +112,7 @@ async fn revise(
     client: &mut Client,
     request: pb::ReviseSequenceRequest,
     quiet: bool,
+    watching: bool,
 ) -> Result<(String, pb::SequenceStatus)> {
     let attempt = |mut grpc: super::SequenceServiceClient<super::Authed>| {
         let request = request.clone();
@@ -132,7 +133,8 @@ async fn revise(
             "version {} of {} ({}), revising {}",
             status.version, status.lineage, status.change, status.revises
         );
-        if let Some(line) = crate::progress::reuse_line(&status) {
+        // With --watch the progress view says it.
+        if !watching && let Some(line) = crate::progress::reuse_line(&status) {
             eprintln!("{line}");
         }
     }
@@ -156,7 +158,7 @@ pub(super) async fn rerender(args: RerenderArgs) -> Result<()> {
         "",
         args.no_cache,
     );
-    let (id, status) = revise(&mut client, request, args.follow.quiet).await?;
+    let (id, status) = revise(&mut client, request, args.follow.quiet, args.follow.watch).await?;
     if args.follow.watch {
         watch(&mut client, &id, args.follow.quiet, Some(status)).await?;
     }
@@ -167,7 +169,7 @@ pub(super) async fn pick(args: PickArgs) -> Result<()> {
     let mut client = Client::connect(&args.scheduler).await?;
     let mut request = revise_request(&args.id, &args.shot, None, None, false, "", false);
     request.take = Some(args.take);
-    let (id, status) = revise(&mut client, request, args.follow.quiet).await?;
+    let (id, status) = revise(&mut client, request, args.follow.quiet, args.follow.watch).await?;
     if args.follow.watch {
         watch(&mut client, &id, args.follow.quiet, Some(status)).await?;
     }
@@ -177,7 +179,7 @@ pub(super) async fn pick(args: PickArgs) -> Result<()> {
 pub(super) async fn promote(args: PromoteArgs) -> Result<()> {
     let mut client = Client::connect(&args.scheduler).await?;
     let request = revise_request(&args.id, "", None, None, false, "final", false);
-    let (id, status) = revise(&mut client, request, args.follow.quiet).await?;
+    let (id, status) = revise(&mut client, request, args.follow.quiet, args.follow.watch).await?;
     if !args.follow.watch {
         return Ok(());
     }
