@@ -97,6 +97,16 @@ pub struct SchedulerArgs {
     /// plan's estimate (10× a model load plus one step). 0 turns deadlines off [default: 600].
     #[arg(long, env = "REELFARM_STALL_TIMEOUT")]
     pub stall_timeout: Option<f64>,
+    /// Workers save a final-pass segment's sampling state every this many denoising steps;
+    /// an attempt lost with its worker (a crash, a preempted spot GPU) resumes on another
+    /// worker from the last save instead of from step 0. 0 turns checkpoints off
+    /// [default: 10].
+    #[arg(long, env = "REELFARM_CHECKPOINT_EVERY")]
+    pub checkpoint_every: Option<u32>,
+    /// Checkpoint draft passes too (they are cheap to redo, so off by default)
+    /// [default: false].
+    #[arg(long, env = "REELFARM_CHECKPOINT_DRAFTS")]
+    pub checkpoint_drafts: Option<bool>,
     /// Seconds of etcd history the leader keeps: every this often it compacts to the revision
     /// of the round before; 0 turns it off [default: 300].
     #[arg(long, env = "REELFARM_ETCD_COMPACT_EVERY")]
@@ -165,7 +175,7 @@ impl SchedulerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
         layer!(self, lower; listen, advertise_url, etcd, etcd_prefix, leader_ttl, worker_ttl,
-            max_attempts, stall_timeout, etcd_compact_every, retention_days, models,
+            max_attempts, stall_timeout, checkpoint_every, checkpoint_drafts, etcd_compact_every, retention_days, models,
             admin_token_file, worker_token_file, no_auth, tls_cert_file, tls_key_file,
             tls_client_ca_file, etcd_ca_file, etcd_cert_file, etcd_key_file, rate_limit,
             max_streams, upload_ttl)

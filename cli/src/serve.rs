@@ -14,7 +14,7 @@ use reelfarm_common::s3::S3BlobStore;
 #[cfg(feature = "worker")]
 use reelfarm_common::tls::ClientTls;
 use reelfarm_common::tls::ServerTls;
-use reelfarm_core::farm::StallPolicy;
+use reelfarm_core::farm::{CheckpointPolicy, StallPolicy};
 use reelfarm_scheduler::SchedulerConfig;
 use reelfarm_scheduler::state::{EtcdSettings, EtcdState, MemoryState, StateStore};
 use tracing::warn;
@@ -286,6 +286,12 @@ pub async fn run_scheduler(
         stall: StallPolicy {
             floor_seconds: stall_floor_seconds,
             ..StallPolicy::default()
+        },
+        checkpoints: CheckpointPolicy {
+            every_steps: args
+                .checkpoint_every
+                .unwrap_or(CheckpointPolicy::default().every_steps),
+            drafts: args.checkpoint_drafts.unwrap_or(false),
         },
         retention,
         auth,

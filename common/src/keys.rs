@@ -6,6 +6,7 @@
 //! sequences/<sequence>/segments/s<shot:03>-<segment:02>[-t<take>].a<attempt>.mp4  segment video
 //! sequences/<sequence>/segments/s<shot:03>-<segment:02>.a<attempt>.json      sidecar (frames, timings, Lab stats)
 //! sequences/<sequence>/segments/s<shot:03>-<segment:02>.a<attempt>.handoff.png  frame a continuation starts from
+//! sequences/<sequence>/segments/s<shot:03>-<segment:02>.checkpoint  sampling state saved mid-render
 //! sequences/<sequence>/refs/shot-<shot:03>.png                    user reference image
 //! sequences/<sequence>/final.mp4                                  stitched video
 //! sequences/<sequence>/report.json                                stitch report (seam metrics)
@@ -44,6 +45,12 @@ pub fn segment_sidecar(prefix: &str) -> String {
 
 pub fn segment_handoff_frame(prefix: &str) -> String {
     format!("{prefix}.handoff.png")
+}
+
+/// A segment's sampling checkpoint: one per segment, shared by its attempts (a new attempt
+/// resumes from what a lost one saved), deleted once an attempt is accepted.
+pub fn segment_checkpoint(segment_prefix: &str) -> String {
+    format!("{segment_prefix}.checkpoint")
 }
 
 pub fn reference_image(sequence_id: &str, shot_index: u32) -> String {

@@ -105,6 +105,12 @@ pub struct TaskDoc {
     /// Reused from the cache: the earlier attempt whose objects are the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed_from_step: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -251,6 +257,7 @@ fn task_doc(task: &TaskRecord) -> TaskDoc {
         repairs: task.repairs,
         cache_key: task.cache_key.clone(),
         reused_from: task.reused_from.clone(),
+        resumed_from_step: task.resumed_from_step,
     }
 }
 
@@ -520,6 +527,7 @@ fn restore_sequence(
             repairs: doc.repairs,
             cache_key: doc.cache_key,
             reused_from: doc.reused_from,
+            resumed_from_step: doc.resumed_from_step,
         })
     };
     let segments = plan

@@ -91,6 +91,7 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
             oom_count: task.oom_count,
             low_memory: task.low_memory,
             reused: task.reused_from.is_some(),
+            resumed_from_step: task.resumed_from_step,
             take: planned.take,
             alternate: !planned.on_timeline,
         })
@@ -263,6 +264,7 @@ pub fn assignment_message(
     task: TaskRef,
     reference: pb::AssignmentRef,
     device_index: u32,
+    checkpoint_every: u32,
 ) -> pb::Assignment {
     let task = match task {
         TaskRef::Segment(index) => {
@@ -299,6 +301,12 @@ pub fn assignment_message(
                 memory_estimate_bytes: record.segments[index].reserved_bytes,
                 handoff_back_frames: planned.handoff_back_frames,
                 low_memory: record.segments[index].low_memory,
+                checkpoint_every,
+                checkpoint_key: if checkpoint_every > 0 {
+                    keys::segment_checkpoint(&record.segment_prefix(index))
+                } else {
+                    String::new()
+                },
             })
         }
         TaskRef::Stitch => pb::assignment::Task::Stitch(pb::StitchTask {

@@ -7,6 +7,8 @@
 //! estimator only, no media and no tensors. Runtimes live in their own crates (`reelfarm-tiny`).
 
 pub mod catalog;
+#[cfg(feature = "runtime")]
+pub mod checkpoint;
 pub mod memory;
 pub mod retime;
 #[cfg(feature = "runtime")]
@@ -15,6 +17,8 @@ pub mod runtime;
 pub use catalog::{
     Backend, Catalog, CatalogError, ModelEntry, REELFARM_TINY, UnknownModel, WAN_2_1_T2V_1_3B,
 };
+#[cfg(feature = "runtime")]
+pub use checkpoint::{Checkpoints, SamplingState};
 pub use memory::{MemoryModel, SegmentShape};
 #[cfg(feature = "runtime")]
 pub use runtime::{ClipDecoder, GenerateRequest, GeneratedClip, ModelError, ModelRuntime};

@@ -134,6 +134,20 @@ pub trait ModelRuntime: Send + Sync {
         on_step: &mut dyn FnMut(u32, u32),
         cancel: &AtomicBool,
     ) -> Result<GeneratedClip, ModelError>;
+
+    /// `generate` that saves its sampling state every `checkpoints.every` steps and starts
+    /// from `checkpoints.resume` when it fits. A model without checkpoints renders from noise
+    /// and saves nothing (the default), which is always correct, only slower to recover.
+    fn generate_with_checkpoints(
+        &self,
+        request: &GenerateRequest,
+        checkpoints: &mut crate::checkpoint::Checkpoints,
+        on_step: &mut dyn FnMut(u32, u32),
+        cancel: &AtomicBool,
+    ) -> Result<GeneratedClip, ModelError> {
+        let _ = checkpoints;
+        self.generate(request, on_step, cancel)
+    }
 }
 
 /// Turns a model's compact clip representation into full-size frames, one at a time.

@@ -19,7 +19,7 @@ use crate::authn::{AuthConfig, WorkerIdentities};
 use crate::farm_telemetry;
 use crate::state::{Leadership, MemoryState, StateStore};
 use crate::throttle::{self, Throttle};
-use reelfarm_core::farm::{Action, Farm, SequenceId, StallPolicy, WorkerId};
+use reelfarm_core::farm::{Action, CheckpointPolicy, Farm, SequenceId, StallPolicy, WorkerId};
 use reelfarm_core::records::{self, Durable, Settled, WorkerDoc};
 
 pub struct SchedulerConfig {
@@ -35,6 +35,8 @@ pub struct SchedulerConfig {
     pub catalog: Arc<Catalog>,
     /// How long a running task may go without progress before it is taken back.
     pub stall: StallPolicy,
+    /// How often workers save a segment's sampling state (a lost attempt resumes from it).
+    pub checkpoints: CheckpointPolicy,
     /// Finished sequences are deleted this long after they ended (`None`: kept).
     pub retention: Option<Duration>,
     /// Whether callers must present tokens, and the tokens configuration provides.
@@ -56,6 +58,7 @@ impl SchedulerConfig {
             max_attempts: reelfarm_core::farm::DEFAULT_MAX_ATTEMPTS,
             catalog: Arc::new(Catalog::builtin()),
             stall: StallPolicy::default(),
+            checkpoints: CheckpointPolicy::default(),
             retention: None,
             auth: AuthConfig::open(),
             tls: None,
@@ -83,6 +86,7 @@ pub(crate) struct Shared {
     pub max_attempts: u32,
     pub catalog: Arc<Catalog>,
     pub stall: StallPolicy,
+    pub checkpoints: CheckpointPolicy,
     pub retention: Option<Duration>,
     /// Registered but not yet streaming: a worker gets work only once it can receive it.
     pub pending_workers: Mutex<HashMap<WorkerId, pb::RegisterWorkerRequest>>,
@@ -121,6 +125,7 @@ impl Shared {
             max_attempts: config.max_attempts,
             catalog: config.catalog,
             stall: config.stall,
+            checkpoints: config.checkpoints,
             retention: config.retention,
             upload_ttl: config.upload_ttl,
             pending_workers: Mutex::new(HashMap::new()),
@@ -355,6 +360,7 @@ impl Shared {
         }
         // Workers of the previous leader get one lease TTL to reconnect here.
         farm.set_stall_policy(self.stall);
+        farm.set_checkpoint_policy(self.checkpoints);
         for (worker, record) in &loaded.workers {
             self.state
                 .worker_online(&leadership, worker, record.clone(), false)

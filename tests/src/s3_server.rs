@@ -31,6 +31,12 @@ pub struct S3Server {
 }
 
 impl S3Server {
+    /// Where s3s-fs keeps object `key` on disk: to check an object exists (or is gone)
+    /// without a client.
+    pub fn object_path(&self, key: &str) -> std::path::PathBuf {
+        self.dir.path().join("data").join(BUCKET).join(key)
+    }
+
     /// Synchronous, so plain `#[test]`s can use it; no tokio runtime needed.
     pub fn start() -> Result<Self> {
         let binary = find_binary()?;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{keys, pb, unix_now_s};
 
+mod checkpoint;
+
 use crate::task::{Phases, Progress, TaskFailure, fetch_verified, put_recorded};
 use reelfarm_media::frame::RgbFrame;
 use reelfarm_media::video::{EncodeSettings, Mp4Writer, Quality, decode_png, encode_png};
@@ -20,6 +22,8 @@ pub struct SegmentResult {
     pub phases: Phases,
     /// The sidecar, handoff frame and video, with their checksums.
     pub objects: Vec<pb::StoredObject>,
+    /// The step the render started from (an earlier attempt's checkpoint; 0: from noise).
+    pub resumed_from_step: u32,
 }
 
 struct Encoded {
@@ -27,6 +31,7 @@ struct Encoded {
     sidecar: Sidecar,
     handoff_frame_png: Vec<u8>,
     phases: Phases,
+    resumed_from_step: u32,
 }
 
 pub async fn run_segment(
@@ -50,9 +55,16 @@ pub async fn run_segment(
             ))
         })?)
     };
+    let checkpoint = checkpoint::Store::open(&task, store.clone()).await;
     let blocking_task = task.clone();
     let encoded = tokio::task::spawn_blocking(move || {
-        render_and_encode(&blocking_task, model.as_ref(), first_frame, &progress)
+        render_and_encode(
+            &blocking_task,
+            model.as_ref(),
+            first_frame,
+            checkpoint,
+            &progress,
+        )
     })
     .await
     .map_err(|error| {
@@ -84,6 +96,7 @@ pub async fn run_segment(
         video_key,
         phases,
         objects,
+        resumed_from_step: encoded.resumed_from_step,
     })
 }
 
@@ -91,6 +104,7 @@ fn render_and_encode(
     task: &pb::SegmentTask,
     model: &dyn ModelRuntime,
     first_frame: Option<RgbFrame>,
+    mut checkpoint: checkpoint::Store,
     progress: &Progress,
 ) -> Result<Encoded, TaskFailure> {
     if task.width == 0 || task.height == 0 || task.fps == 0 || task.timeline_frames == 0 {
@@ -125,8 +139,19 @@ fn render_and_encode(
     let step_labels = crate::worker_metrics::model_labels(task);
     let mut last_step = std::time::Instant::now();
     let mut denoised_at = model_start;
-    let clip = model.generate(
+    let resume = checkpoint.resume.take();
+    let mut save = |state: &reelfarm_models::SamplingState| {
+        checkpoint.save(state);
+        Ok(())
+    };
+    let mut checkpoints = reelfarm_models::Checkpoints {
+        every: task.checkpoint_every,
+        resume,
+        ..reelfarm_models::Checkpoints::off(&mut save)
+    };
+    let clip = model.generate_with_checkpoints(
         &request,
+        &mut checkpoints,
         &mut |done, _| {
             reelfarm_common::metrics::worker()
                 .denoise_step_seconds
@@ -199,6 +224,7 @@ fn render_and_encode(
         sidecar,
         handoff_frame_png,
         phases,
+        resumed_from_step: checkpoints.resumed_from,
     })
 }
 

@@ -160,7 +160,15 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
                 } else {
                     format!("{}/{}", segment.worker, segment.device_index)
                 },
-                segment.attempt.to_string(),
+                if segment.resumed_from_step > 0 {
+                    // Its accepted attempt picked up a lost attempt's checkpoint.
+                    format!(
+                        "{} from step {}",
+                        segment.attempt, segment.resumed_from_step
+                    )
+                } else {
+                    segment.attempt.to_string()
+                },
                 memory_cell(segment),
                 or_dash(&segment.error),
             ]

@@ -97,6 +97,8 @@ pub struct TaskRecord {
     /// Reused from the cache: the attempt prefix (of an earlier sequence) whose objects are
     /// this segment's result. No attempt of its own ran.
     pub reused_from: Option<String>,
+    /// The step its accepted attempt resumed from (an earlier attempt's checkpoint; 0: none).
+    pub resumed_from_step: u32,
 }
 
 /// An object a task wrote, as its worker computed it before the upload.
@@ -143,6 +145,7 @@ impl TaskRecord {
             repairs: 0,
             cache_key: None,
             reused_from: None,
+            resumed_from_step: 0,
         }
     }
 }
@@ -195,10 +198,12 @@ impl SequenceRecord {
 
     /// Where attempt `attempt` of segment `index` writes its objects.
     pub fn attempt_prefix(&self, index: usize, attempt: u32) -> String {
-        reelfarm_common::keys::attempt_prefix(
-            &reelfarm_common::keys::segment_prefix(&self.id, &self.plan.segments[index].id),
-            attempt,
-        )
+        reelfarm_common::keys::attempt_prefix(&self.segment_prefix(index), attempt)
+    }
+
+    /// The prefix of segment `index`'s objects, before any attempt's suffix.
+    pub fn segment_prefix(&self, index: usize) -> String {
+        reelfarm_common::keys::segment_prefix(&self.id, &self.plan.segments[index].id)
     }
 
     /// Where segment `index`'s accepted result lives: the attempt it last ran, or the
@@ -366,6 +371,7 @@ pub struct Farm {
     pub(crate) max_attempts: u32,
     changed: Changes,
     pub(crate) stall: deadlines::StallPolicy,
+    pub(crate) checkpoints: checkpoints::CheckpointPolicy,
     pub(crate) placement: PlacementState,
     /// `Full` in the farm; the simulator compares the others.
     policy: Policy,
@@ -408,6 +414,7 @@ impl Farm {
             max_attempts: max_attempts.max(1),
             changed: Changes::default(),
             stall: deadlines::StallPolicy::default(),
+            checkpoints: checkpoints::CheckpointPolicy::default(),
             placement: PlacementState::default(),
             policy: Policy::Full,
             events: Vec::new(),
@@ -538,7 +545,22 @@ impl Farm {
         peak_memory_bytes: u64,
         now: f64,
     ) -> Result<Vec<Action>, Error> {
+        self.complete_resumed(reference, objects, phases, peak_memory_bytes, 0, now)
+    }
+
+    /// `complete` for an attempt that started from step `resumed_from_step` of an earlier
+    /// attempt's checkpoint (0: from noise). Accepting a segment deletes its checkpoint.
+    pub fn complete_resumed(
+        &mut self,
+        reference: &pb::AssignmentRef,
+        objects: Vec<StoredObject>,
+        phases: Vec<pb::TimedPhase>,
+        peak_memory_bytes: u64,
+        resumed_from_step: u32,
+        now: f64,
+    ) -> Result<Vec<Action>, Error> {
         self.check_objects(reference, &objects)?;
+        self.check_resumed_step(reference, resumed_from_step)?;
         self.check_peak(reference, peak_memory_bytes)?;
         let assignment = self.take_current(reference)?;
         let record = self
@@ -556,6 +578,9 @@ impl Farm {
                 .flat_map(|attempt| {
                     reelfarm_common::keys::attempt_objects(&record.attempt_prefix(index, attempt))
                 })
+                .chain([reelfarm_common::keys::segment_checkpoint(
+                    &record.segment_prefix(index),
+                )])
                 .collect(),
             TaskRef::Stitch => Vec::new(),
         };
@@ -599,6 +624,7 @@ impl Farm {
         task.output_key = Some(output_key);
         task.objects = objects;
         task.reused_from = None;
+        task.resumed_from_step = resumed_from_step;
         task.peak_memory_bytes = peak_memory_bytes;
         task.progress_done = task.progress_total;
         task.error = None;
@@ -719,7 +745,19 @@ impl Farm {
             assignment_id,
             attempt,
         };
-        let assignment = crate::snapshot::assignment_message(record, task, reference, device_index);
+        let checkpoint_every = match task {
+            TaskRef::Segment(index) => self
+                .checkpoints
+                .every_for(record.sequence.pass, record.plan.segments[index].steps),
+            TaskRef::Stitch => 0,
+        };
+        let assignment = crate::snapshot::assignment_message(
+            record,
+            task,
+            reference,
+            device_index,
+            checkpoint_every,
+        );
         Action::Assign {
             worker: worker_id,
             assignment: Box::new(assignment),
@@ -733,6 +771,8 @@ const RESIDENT_MODELS: usize = 2;
 mod assignments;
 mod submitting;
 pub use submitting::Cached;
+mod checkpoints;
+pub use checkpoints::CheckpointPolicy;
 mod deadlines;
 mod ending;
 mod failures;

@@ -65,7 +65,8 @@ use self::text::{TextEncoder, Tokenizer};
 use self::vae::{LatentGeometry, Vae};
 pub use self::weights::TinyWeights;
 use reelfarm_models::{
-    GenerateRequest, GeneratedClip, MemoryModel, ModelError, ModelRuntime, SegmentShape,
+    Checkpoints, GenerateRequest, GeneratedClip, MemoryModel, ModelError, ModelRuntime,
+    SamplingState, SegmentShape,
 };
 
 /// Where the shipped weights live in the source tree (`reelfarm train-tiny` rewrites them).
@@ -296,6 +297,17 @@ impl ModelRuntime for TinyModel {
         on_step: &mut dyn FnMut(u32, u32),
         cancel: &AtomicBool,
     ) -> Result<GeneratedClip, ModelError> {
+        let mut save = |_: &SamplingState| Ok(());
+        self.generate_with_checkpoints(request, &mut Checkpoints::off(&mut save), on_step, cancel)
+    }
+
+    fn generate_with_checkpoints(
+        &self,
+        request: &GenerateRequest,
+        checkpoints: &mut Checkpoints,
+        on_step: &mut dyn FnMut(u32, u32),
+        cancel: &AtomicBool,
+    ) -> Result<GeneratedClip, ModelError> {
         request.validate()?;
         if let Some(limit) = self.memory_limit_bytes {
             let needed = self.memory_estimate_bytes(request);
@@ -348,7 +360,7 @@ impl ModelRuntime for TinyModel {
             first_latent,
             first_index: TEMPORAL_MARGIN,
         };
-        let latent = sampler::sample(&plan, on_step, cancel)?.narrow(
+        let latent = sampler::sample(&plan, checkpoints, on_step, cancel)?.narrow(
             0,
             TEMPORAL_MARGIN,
             geometry.latent_frames,

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use super::denoiser::Denoiser;
 use super::layout::{TokenGrid, map_elementwise};
 use super::weights::GaussianRng;
-use reelfarm_models::ModelError;
+use reelfarm_models::{Checkpoints, ModelError, SamplingState};
 
 /// `steps + 1` flow times from 1 to 0. `shift` > 1 spends more steps at high noise, where the
 /// layout of the picture is decided (the SD3 / Wan "shifted" schedule).
@@ -132,16 +132,28 @@ fn replace_frame(latent: &Tensor, index: usize, frame: &Tensor) -> candle_core::
 }
 
 /// Runs the Euler sampler on x_t = (1 − t)·x0 + t·noise, whose velocity is dx/dt = noise − x0.
-/// `cancel` is read before every step; `on_step(done, total)` follows every step.
+/// `cancel` is read before every step; `on_step(done, total)` follows every step. The run
+/// starts from `checkpoints.resume` when it fits, and saves the latent when one is due: a
+/// step depends only on the latent, its index and the plan, so a resumed run ends the same.
 pub(crate) fn sample(
     plan: &SamplingPlan,
+    checkpoints: &mut Checkpoints,
     on_step: &mut dyn FnMut(u32, u32),
     cancel: &AtomicBool,
 ) -> Result<Tensor, ModelError> {
     let times = flow_times(plan.steps, plan.flow_shift);
     let first_noise = plan.noise.get(plan.first_index)?;
-    let mut latent = plan.noise.clone();
-    for step in 0..plan.steps {
+    let (mut latent, start) = match checkpoints.take_resume(plan.steps, plan.noise.dims()) {
+        Some(state) => (
+            Tensor::from_vec(state.values, state.dims, &Device::Cpu)?,
+            state.step,
+        ),
+        None => (plan.noise.clone(), 0),
+    };
+    if start > 0 {
+        on_step(start, plan.steps);
+    }
+    for step in start..plan.steps {
         if cancel.load(Ordering::Relaxed) {
             return Err(ModelError::Cancelled);
         }
@@ -154,6 +166,14 @@ pub(crate) fn sample(
             latent = replace_masked(&latent, plan.first_index, &noisy_first, mask)?;
         }
         latent = plan.step(&latent, time, next_time)?;
+        if checkpoints.due(step + 1, plan.steps) {
+            (checkpoints.save)(&SamplingState {
+                step: step + 1,
+                steps: plan.steps,
+                dims: latent.dims().to_vec(),
+                values: latent.flatten_all()?.to_vec1::<f32>()?,
+            })?;
+        }
         on_step(step + 1, plan.steps);
     }
     if let Some((first, mask)) = &plan.first_latent {

@@ -271,6 +271,61 @@ fn cancellation_stops_after_the_current_step() {
     assert_eq!(calls, vec![(1, 5), (2, 5)]);
 }
 
+/// A run killed after a checkpoint and resumed from it (the state through its stored form)
+/// ends in the same frames as a run never stopped, conditioned or not, and only runs the
+/// steps after the checkpoint.
+#[test]
+fn a_resumed_run_ends_exactly_like_an_uninterrupted_one() {
+    let model = model();
+    let picture = halves_picture(64, 48, [200, 40, 30], [20, 60, 180]);
+    for first_frame in [None, Some(picture)] {
+        let request = GenerateRequest {
+            steps: 6,
+            first_frame,
+            ..small_request("waves on a rocky shore", 11)
+        };
+        let whole = all_frames(&run(&model, &request));
+        let fingerprint = [3; 32];
+        let mut stored = Vec::new();
+        let mut save = |state: &SamplingState| {
+            stored.push(state.encode(&fingerprint));
+            Ok(())
+        };
+        let cancel = AtomicBool::new(false);
+        let mut checkpoints = Checkpoints {
+            every: 2,
+            ..Checkpoints::off(&mut save)
+        };
+        let killed = model.generate_with_checkpoints(
+            &request,
+            &mut checkpoints,
+            &mut |done, _| cancel.store(done == 3, Ordering::Relaxed),
+            &cancel,
+        );
+        assert_eq!(killed.unwrap_err(), ModelError::Cancelled);
+        assert_eq!(stored.len(), 1, "one checkpoint, after step 2");
+        let state = SamplingState::decode(&stored[0], &fingerprint).expect("reads back");
+        assert_eq!((state.step, state.steps), (2, 6));
+        let mut nothing = |_: &SamplingState| Ok(());
+        let mut resumed = Checkpoints {
+            resume: Some(state),
+            ..Checkpoints::off(&mut nothing)
+        };
+        let mut steps_run = Vec::new();
+        let clip = model
+            .generate_with_checkpoints(
+                &request,
+                &mut resumed,
+                &mut |done, _| steps_run.push(done),
+                &AtomicBool::new(false),
+            )
+            .expect("resumed run");
+        assert_eq!(resumed.resumed_from, 2);
+        assert_eq!(steps_run, vec![2, 3, 4, 5, 6]);
+        assert!(all_frames(&clip) == whole, "resumed frames differ");
+    }
+}
+
 #[test]
 fn safetensors_round_trip_and_errors() {
     let model = model();

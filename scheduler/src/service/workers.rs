@@ -227,11 +227,12 @@ impl WorkerService for Api {
                 }
                 Ok((
                     (),
-                    farm.complete(
+                    farm.complete_resumed(
                         &reference,
                         objects,
                         request.phases,
                         request.peak_memory_bytes,
+                        request.resumed_from_step,
                         unix_now_s(),
                     )?,
                 ))

@@ -519,7 +519,14 @@ async fn execute(
             match context.models.iter().find(|model| model.id() == task.model) {
                 Some(model) => run_segment(task, model.clone(), context.store.clone(), progress)
                     .await
-                    .map(|done| (done.video_key, done.phases, done.objects)),
+                    .map(|done| {
+                        (
+                            done.video_key,
+                            done.phases,
+                            done.objects,
+                            done.resumed_from_step,
+                        )
+                    }),
                 None => Err(TaskFailure::invalid(format!(
                     "this worker has no model {:?}",
                     task.model
@@ -529,7 +536,7 @@ async fn execute(
         Some(pb::assignment::Task::Stitch(task)) => {
             run_stitch(task, context.store.clone(), progress)
                 .await
-                .map(|done| (done.video_key, done.phases, done.objects))
+                .map(|done| (done.video_key, done.phases, done.objects, 0))
         }
         None => Err(TaskFailure::invalid("assignment without a task")),
     };
@@ -539,7 +546,7 @@ async fn execute(
         .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));
     let traceparent = span.traceparent.clone();
     match result {
-        Ok((output_key, phases, objects)) => {
+        Ok((output_key, phases, objects, resumed_from_step)) => {
             crate::worker_metrics::task_done(segment_labels, &phases, peak_memory_bytes);
             span.finish(&phases, None);
             let request = pb::CompleteTaskRequest {
@@ -548,6 +555,7 @@ async fn execute(
                 phases: phases.0,
                 peak_memory_bytes,
                 objects,
+                resumed_from_step,
             };
             deliver(&context.link, &reference, "result", |mut client| {
                 let mut request = tonic::Request::new(request.clone());

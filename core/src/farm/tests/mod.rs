@@ -610,5 +610,6 @@ fn a_drained_worker_gets_no_new_work_and_keeps_what_it_runs() {
 }
 
 mod cache;
+mod checkpoints;
 mod deadlines;
 mod repair;

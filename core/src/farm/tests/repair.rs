@@ -111,6 +111,7 @@ fn a_corrupt_segment_found_by_the_stitch_is_rendered_again_and_the_sequence_succ
                 "sequences/seq/segments/s000-00.a1.mp4".into(),
                 "sequences/seq/segments/s000-00.a1.json".into(),
                 "sequences/seq/segments/s000-00.a1.handoff.png".into(),
+                "sequences/seq/segments/s000-00.checkpoint".into(),
             ]
         }]
     );
