@@ -202,6 +202,7 @@ fn the_default_method_closes_every_seam_in_a_scene_and_keeps_the_timeline() {
                     "join {:.2} vs within p95 {p95:.2}: {join:?}",
                     join.delta_e00_after
                 );
+                assert_eq!(join.qa_passed, Some(true), "{join:?}");
             }
             ("crossfade", false) => {
                 // Another scene keeps its own look: the night stays dark.

@@ -4,7 +4,11 @@
 //! - Continuity joins (`continue`, split shots): mean CIEDE2000 between the last frame before
 //!   and the first frame after the join, pixel for pixel, next to the p50 and p95 of the same
 //!   measure between consecutive frames inside the two segments around it (what motion alone
-//!   changes from one frame to the next).
+//!   changes from one frame to the next). Beside it the structure jump, [`structure_difference`]
+//!   across the join against its own p95 inside the segments: it ignores any global change of
+//!   lightness level or contrast and all of chroma, so it catches a jump in content (pose,
+//!   object, camera) that grading cannot close, which ΔE00 mixes up with a colour mismatch.
+//!   [`seam_passes`] judges the join on both, [`seam_badness`] ranks two tries of it.
 //! - Cuts and crossfades: CIEDE2000 between the mean Lab colours of the two shots and the
 //!   2-Wasserstein distance between their Lab Gaussian fits.
 //!
@@ -56,6 +60,60 @@ pub struct JoinMetrics {
     pub within_p50: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub within_p95: Option<f64>,
+    /// [`structure_difference`] across the join (continuity joins only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structure_jump: Option<f64>,
+    /// The p95 of [`structure_difference`] between consecutive frames inside the two segments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub structure_within_p95: Option<f64>,
+    /// [`seam_passes`]: continuity joins only, cuts and crossfades are meant to jump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qa_passed: Option<bool>,
+}
+
+/// How far past the segments' own p95 a continuity join may go and still pass, as a fraction
+/// of that p95: frame-to-frame motion is uneven, and one join is one more sample of it.
+pub const SEAM_QA_TOLERANCE: f64 = 0.10;
+
+/// The least ΔE00 limit of a continuity join, so a still shot (p95 near 0) does not fail on
+/// encoding noise; 0.5 is half a just-noticeable difference.
+pub const SEAM_QA_FLOOR_DELTA_E00: f64 = 0.5;
+
+/// The least structure-jump limit, in L* like [`structure_difference`], for the same reason.
+pub const SEAM_QA_FLOOR_STRUCTURE: f64 = 0.5;
+
+/// Below this L* standard deviation a frame is flat: it has no contrast to normalise.
+const FLAT_LIGHTNESS_SPREAD: f64 = 1e-6;
+
+/// How far a continuity join is past its limits: the larger of its ΔE00 and its structure jump,
+/// each over its limit (the segments' p95 times `1 + SEAM_QA_TOLERANCE`, at least the floor).
+/// At most 1.0 exactly when [`seam_passes`]; lower is better, so of two tries of the same join
+/// the lower one hides it better. `None` for cuts and crossfades, and for a continuity join
+/// with no frame-to-frame steps to compare with (single-frame segments).
+pub fn seam_badness(join: &JoinMetrics) -> Option<f64> {
+    if join.kind != "continue" {
+        return None;
+    }
+    let ratio =
+        |measure: f64, p95: f64, floor: f64| measure / (p95 * (1.0 + SEAM_QA_TOLERANCE)).max(floor);
+    let colour = ratio(
+        join.delta_e00_after,
+        join.within_p95?,
+        SEAM_QA_FLOOR_DELTA_E00,
+    );
+    let structure = ratio(
+        join.structure_jump?,
+        join.structure_within_p95?,
+        SEAM_QA_FLOOR_STRUCTURE,
+    );
+    Some(colour.max(structure))
+}
+
+/// Whether a continuity join hides within the motion of its segments: ΔE00 after matching and
+/// the structure jump each at most its limit (see [`seam_badness`]). `None` where
+/// [`seam_badness`] is.
+pub fn seam_passes(join: &JoinMetrics) -> Option<bool> {
+    seam_badness(join).map(|badness| badness <= 1.0)
 }
 
 /// Running sums for a Gaussian fit.
@@ -93,6 +151,7 @@ struct PartTrace {
     first: Option<(Vec<Vec3>, Vec<Vec3>)>,
     last: Option<(Vec<Vec3>, Vec<Vec3>)>,
     steps: Vec<f64>,
+    structure_steps: Vec<f64>,
 }
 
 /// Collects the frames of one stitch and turns them into per-join metrics.
@@ -111,6 +170,45 @@ pub fn mean_delta_e00(first: &[Vec3], second: &[Vec3]) -> f64 {
         .map(|(a, b)| ciede2000(a, b))
         .sum::<f64>()
         / pairs
+}
+
+/// How much the picture's structure changes between two equally sampled frames: the RMS
+/// difference of their L* patterns (L* less the frame's mean, each scaled to the pair's mean
+/// L* standard deviation), in L*. Equal to `contrast * sqrt(2 * (1 - r))`, with `r` the
+/// correlation of the two L* patterns, so a change of exposure (L* offset or gain) or of white
+/// balance scores 0. A flat frame is not rescaled: against a textured one it differs by the
+/// texture's own spread.
+pub fn structure_difference(first: &[Vec3], second: &[Vec3]) -> f64 {
+    let pairs = first.len().min(second.len());
+    if pairs == 0 {
+        return 0.0;
+    }
+    let lightness_mean_and_spread = |frame: &[Vec3]| {
+        let mean = frame[..pairs].iter().map(|lab| lab[0]).sum::<f64>() / pairs as f64;
+        let variance = frame[..pairs]
+            .iter()
+            .map(|lab| (lab[0] - mean).powi(2))
+            .sum::<f64>()
+            / pairs as f64;
+        (mean, variance.sqrt())
+    };
+    let (first_mean, first_spread) = lightness_mean_and_spread(first);
+    let (second_mean, second_spread) = lightness_mean_and_spread(second);
+    let (first_gain, second_gain) =
+        if first_spread > FLAT_LIGHTNESS_SPREAD && second_spread > FLAT_LIGHTNESS_SPREAD {
+            let contrast = 0.5 * (first_spread + second_spread);
+            (contrast / first_spread, contrast / second_spread)
+        } else {
+            (1.0, 1.0)
+        };
+    let squares = first
+        .iter()
+        .zip(second)
+        .map(|(a, b)| {
+            ((a[0] - first_mean) * first_gain - (b[0] - second_mean) * second_gain).powi(2)
+        })
+        .sum::<f64>();
+    (squares / pairs as f64).sqrt()
 }
 
 fn percentile(values: &[f64], fraction: f64) -> Option<f64> {
@@ -144,6 +242,9 @@ impl SeamMeter {
         let trace = &mut self.traces[frame.part];
         if let Some((_, previous)) = &trace.last {
             trace.steps.push(mean_delta_e00(previous, &frame.corrected));
+            trace
+                .structure_steps
+                .push(structure_difference(previous, &frame.corrected));
         }
         let pair = (frame.uncorrected, frame.corrected);
         if trace.first.is_none() {
@@ -173,20 +274,28 @@ impl SeamMeter {
             w2_after: None,
             within_p50: None,
             within_p95: None,
+            structure_jump: None,
+            structure_within_p95: None,
+            qa_passed: None,
         };
         if part.kind == "continue" {
             let (before_uncorrected, before_corrected) = self.traces[index - 1].last.as_ref()?;
             let (after_uncorrected, after_corrected) = self.traces[index].first.as_ref()?;
             metrics.delta_e00_before = mean_delta_e00(before_uncorrected, after_uncorrected);
             metrics.delta_e00_after = mean_delta_e00(before_corrected, after_corrected);
-            let within: Vec<f64> = self.traces[index - 1]
-                .steps
-                .iter()
-                .chain(&self.traces[index].steps)
-                .copied()
-                .collect();
+            let (previous, next) = (&self.traces[index - 1], &self.traces[index]);
+            let within: Vec<f64> = previous.steps.iter().chain(&next.steps).copied().collect();
             metrics.within_p50 = percentile(&within, 0.5);
             metrics.within_p95 = percentile(&within, 0.95);
+            metrics.structure_jump = Some(structure_difference(before_corrected, after_corrected));
+            let structure_within: Vec<f64> = previous
+                .structure_steps
+                .iter()
+                .chain(&next.structure_steps)
+                .copied()
+                .collect();
+            metrics.structure_within_p95 = percentile(&structure_within, 0.95);
+            metrics.qa_passed = seam_passes(&metrics);
         } else {
             let previous_shot = self.parts[index - 1].shot_index;
             let (a_uncorrected, a_corrected) = self.shots.get(&previous_shot)?;
@@ -210,100 +319,5 @@ impl SeamMeter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn part(kind: &'static str, shot_index: u32, at_frame: u64) -> MeteredPart {
-        MeteredPart {
-            segment_id: format!("s{shot_index:03}"),
-            shot_index,
-            kind,
-            at_frame,
-            same_scene_as_previous: true,
-        }
-    }
-
-    fn flat(lab: Vec3) -> Vec<Vec3> {
-        vec![lab; 16]
-    }
-
-    #[test]
-    fn a_cut_between_two_flat_shots_measures_their_colour_difference() {
-        let mut meter = SeamMeter::new(vec![part("cut", 0, 0), part("cut", 1, 2)]);
-        for (part, lab) in [
-            (0, [50.0, 0.0, 0.0]),
-            (0, [50.0, 0.0, 0.0]),
-            (1, [60.0, 0.0, 0.0]),
-        ] {
-            meter.observe(MeteredFrame {
-                part,
-                blended: false,
-                uncorrected: flat(lab),
-                corrected: flat([50.0, 0.0, 0.0]),
-            });
-        }
-        let joins = meter.joins();
-        assert_eq!(joins.len(), 1);
-        let join = &joins[0];
-        let expected = ciede2000(&[50.0, 0.0, 0.0], &[60.0, 0.0, 0.0]);
-        assert!((join.delta_e00_before - expected).abs() < 1e-9, "{join:?}");
-        assert!(join.delta_e00_after.abs() < 1e-9);
-        assert!((join.w2_before.unwrap() - 10.0).abs() < 1e-6);
-        assert!(join.w2_after.unwrap().abs() < 1e-6);
-        assert_eq!(join.within_p95, None);
-    }
-
-    #[test]
-    fn a_continuity_join_is_compared_with_the_steps_inside_its_segments() {
-        let mut meter = SeamMeter::new(vec![part("cut", 0, 0), part("continue", 0, 3)]);
-        // Lightness rises by 1 per frame inside each part; the join jumps by 5.
-        for (part, lightness) in [(0, 50.0), (0, 51.0), (0, 52.0), (1, 57.0), (1, 58.0)] {
-            let lab = flat([lightness, 0.0, 0.0]);
-            meter.observe(MeteredFrame {
-                part,
-                blended: false,
-                uncorrected: lab.clone(),
-                corrected: lab,
-            });
-        }
-        let join = &meter.joins()[0];
-        let step = ciede2000(&[50.0, 0.0, 0.0], &[51.0, 0.0, 0.0]);
-        let jump = ciede2000(&[52.0, 0.0, 0.0], &[57.0, 0.0, 0.0]);
-        assert!((join.delta_e00_before - jump).abs() < 1e-9);
-        assert_eq!(
-            join.delta_e00_before, join.delta_e00_after,
-            "uncorrected = corrected here"
-        );
-        assert!((join.within_p95.unwrap() - step).abs() < 0.05, "{join:?}");
-        assert!(join.delta_e00_after > join.within_p95.unwrap());
-    }
-
-    #[test]
-    fn dissolve_frames_do_not_count_towards_a_shots_colour() {
-        let mut meter = SeamMeter::new(vec![part("cut", 0, 0), part("cut", 1, 2)]);
-        for (part, blended, lab) in [
-            (0, false, [50.0, 0.0, 0.0]),
-            (0, true, [90.0, 0.0, 0.0]),
-            (1, false, [50.0, 0.0, 0.0]),
-        ] {
-            meter.observe(MeteredFrame {
-                part,
-                blended,
-                uncorrected: flat(lab),
-                corrected: flat(lab),
-            });
-        }
-        assert!(meter.joins()[0].delta_e00_before.abs() < 1e-9);
-    }
-
-    #[test]
-    fn moments_give_the_mean_and_covariance_of_everything_added() {
-        let mut moments = Moments::default();
-        moments.add(&[[0.0, 0.0, 0.0], [2.0, 4.0, 0.0]]);
-        let stats = moments.stats();
-        assert_eq!(stats.mean, [1.0, 2.0, 0.0]);
-        assert!((stats.covariance[0] - 1.0).abs() < 1e-12);
-        assert!((stats.covariance[1] - 2.0).abs() < 1e-12);
-        assert!((stats.covariance[4] - 4.0).abs() < 1e-12);
-    }
-}
+#[path = "seams_tests.rs"]
+mod tests;
