@@ -317,6 +317,59 @@ pub fn print_summary(outcome: &RenderOutcome) {
             if delivery.kind != pb::OutputKind::Video {
                 println!("  {:<14} {}", delivery.what, delivery.path.display());
             }
+            if delivery.kind == pb::OutputKind::Report
+                && let Some(line) = std::fs::read(&delivery.path)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .and_then(|report| seam_qa_line(&report))
+            {
+                println!("  {:<14} {line}", "seam QA");
+            }
         }
     }
+}
+
+/// What seam QA did, from the report: off, every join passed, or each join it rendered
+/// again with its tries and the one kept.
+pub fn seam_qa_line(report: &serde_json::Value) -> Option<String> {
+    let qa = report.get("seam_qa")?;
+    if qa["enabled"] != true {
+        return Some("off (on by default for the final pass; `seam_qa: true` in the spec)".into());
+    }
+    let tries = qa["tries"].as_array()?;
+    if tries.is_empty() {
+        return Some("every continuity join passed on its first render".into());
+    }
+    let mut joins: Vec<(&str, usize, Option<&serde_json::Value>)> = Vec::new();
+    for tried in tries {
+        let segment = tried["segment_id"].as_str().unwrap_or("?");
+        match joins.iter_mut().find(|(id, _, _)| *id == segment) {
+            Some(entry) => entry.1 += 1,
+            None => joins.push((segment, 1, None)),
+        }
+        if tried["kept"] == true
+            && let Some(entry) = joins.iter_mut().find(|(id, _, _)| *id == segment)
+        {
+            entry.2 = Some(tried);
+        }
+    }
+    let parts: Vec<String> = joins
+        .iter()
+        .map(|(segment, count, kept)| {
+            let kept = kept.map_or("none kept".to_string(), |kept| {
+                format!(
+                    "kept seed {} ({}, badness {:.2})",
+                    kept["seed"],
+                    if kept["passed"] == true {
+                        "passes"
+                    } else {
+                        "best, still fails"
+                    },
+                    kept["badness"].as_f64().unwrap_or(f64::NAN)
+                )
+            });
+            format!("join at {segment}: {count} tries, {kept}")
+        })
+        .collect();
+    Some(format!("{} (report: seam_qa.tries)", parts.join("; ")))
 }

@@ -186,6 +186,9 @@ pub fn check_progress(request: &pb::ReportProgressRequest) -> Result<(), Error> 
 }
 
 /// A completion: bounded lists and keys, and phases that are finite times in order.
+/// The most seam scores one completion may carry.
+pub const MAX_SEAM_SCORES: usize = 4096;
+
 pub fn check_complete(request: &pb::CompleteTaskRequest) -> Result<(), Error> {
     if let Some(reference) = &request.assignment {
         check_ref("assignment", reference)?;
@@ -210,6 +213,15 @@ pub fn check_complete(request: &pb::CompleteTaskRequest) -> Result<(), Error> {
                 phase.start_unix_s, phase.end_unix_s
             )));
         }
+    }
+    // A stitch scores each continuity join once; an hour of 4 s windows is 900 of them.
+    too_many("seams", &request.seams, MAX_SEAM_SCORES)?;
+    for (index, seam) in request.seams.iter().enumerate() {
+        too_long(
+            &format!("seams[{index}].segment_id"),
+            &seam.segment_id,
+            MAX_ID_BYTES,
+        )?;
     }
     too_many("objects", &request.objects, MAX_OBJECTS)?;
     for (index, object) in request.objects.iter().enumerate() {

@@ -229,9 +229,23 @@ pub struct Sequence {
     pub owner: Option<String>,
     /// Higher goes first among ready segments; default 0, between -10 and 10.
     pub priority: i32,
+    /// Seam QA (`None`: on for the final pass, off for drafts).
+    pub seam_qa: Option<bool>,
+    /// New seeds seam QA may try per failing join.
+    pub seam_qa_tries: u32,
 }
 
+/// Seam QA's default budget: new seeds per failing join.
+pub const SEAM_QA_TRIES: u32 = 2;
+/// The most new seeds a spec may give seam QA per join.
+pub const MAX_SEAM_QA_TRIES: u32 = 5;
+
 impl Sequence {
+    /// Whether seam QA scores this sequence's joins and renders failing ones again.
+    pub fn seam_qa_enabled(&self) -> bool {
+        self.seam_qa.unwrap_or(self.pass == Pass::Final)
+    }
+
     pub fn frame_size(&self) -> (u32, u32) {
         frame_size(self.resolution, self.aspect)
     }

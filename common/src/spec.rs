@@ -120,6 +120,10 @@ pub struct SpecDoc {
     pub owner: Option<String>,
     /// Higher goes first (-10 to 10, default 0).
     pub priority: Option<Scalar>,
+    /// Seam QA: score continuity joins, render failing ones again (default: final pass only).
+    pub seam_qa: Option<bool>,
+    /// New seeds per failing join (1 to 5, default 2).
+    pub seam_qa_tries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -278,6 +282,20 @@ pub fn validate(
                 0
             }
         },
+    };
+    let seam_qa_tries = match doc.seam_qa_tries {
+        None => crate::sequence::SEAM_QA_TRIES,
+        Some(tries) if (1..=crate::sequence::MAX_SEAM_QA_TRIES).contains(&tries) => tries,
+        Some(tries) => {
+            fail(
+                "seam_qa_tries".into(),
+                format!(
+                    "must be between 1 and {} (new seeds per failing join), got {tries}",
+                    crate::sequence::MAX_SEAM_QA_TRIES
+                ),
+            );
+            crate::sequence::SEAM_QA_TRIES
+        }
     };
     check_text(&mut fail, "style", doc.style.as_deref(), MAX_PROMPT_CHARS);
     check_text(
@@ -572,6 +590,8 @@ pub fn validate(
         grade_references,
         owner,
         priority,
+        seam_qa: doc.seam_qa,
+        seam_qa_tries,
     })
 }
 

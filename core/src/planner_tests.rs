@@ -40,6 +40,8 @@ fn sequence(shots: Vec<Shot>, fps: u32) -> Sequence {
         grade_references: Default::default(),
         owner: None,
         priority: 0,
+        seam_qa: None,
+        seam_qa_tries: reelfarm_common::sequence::SEAM_QA_TRIES,
     }
 }
 

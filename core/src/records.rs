@@ -62,6 +62,9 @@ pub struct SequenceDoc {
     /// A version of an earlier sequence: that sequence, the lineage, the number, the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<RevisionDoc>,
+    /// Seam QA's tries of joins that failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seam_tries: Vec<crate::farm::SeamTry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,6 +110,8 @@ pub struct TaskDoc {
     pub reused_from: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resumed_from_step: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa_seed: Option<u64>,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -258,6 +263,7 @@ fn task_doc(task: &TaskRecord) -> TaskDoc {
         cache_key: task.cache_key.clone(),
         reused_from: task.reused_from.clone(),
         resumed_from_step: task.resumed_from_step,
+        qa_seed: task.qa_seed,
     }
 }
 
@@ -312,6 +318,7 @@ pub fn sequence_records(farm: &Farm, id: &str) -> BTreeMap<String, Vec<u8>> {
             version: revision.version,
             change: revision.change.clone(),
         }),
+        seam_tries: record.seam_tries.clone(),
         phases: record
             .phases
             .iter()
@@ -528,6 +535,7 @@ fn restore_sequence(
             cache_key: doc.cache_key,
             reused_from: doc.reused_from,
             resumed_from_step: doc.resumed_from_step,
+            qa_seed: doc.qa_seed,
         })
     };
     let segments = plan
@@ -566,6 +574,7 @@ fn restore_sequence(
             version: revision.version,
             change: revision.change,
         }),
+        seam_tries: doc.seam_tries,
     })
 }
 

@@ -24,6 +24,8 @@ fn sequence(shots: usize) -> Sequence {
         grade_references: Default::default(),
         owner: None,
         priority: 0,
+        seam_qa: None,
+        seam_qa_tries: reelfarm_common::sequence::SEAM_QA_TRIES,
         steps: Some(2),
         shots: (0..shots)
             .map(|index| Shot {

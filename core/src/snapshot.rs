@@ -252,7 +252,7 @@ fn stitch_parts(record: &SequenceRecord, on_timeline: bool) -> Vec<pb::StitchPar
                 shot_name,
                 reused: done.reused_from.is_some(),
                 take: planned.take,
-                seed: planned.seed,
+                seed: record.seed_of(index),
             }
         })
         .collect()
@@ -293,7 +293,7 @@ pub fn assignment_message(
                 render_frames: planned.render_frames,
                 steps: planned.steps,
                 guidance: planned.guidance,
-                seed: planned.seed,
+                seed: record.seed_of(index),
                 join: join_kind(planned.join) as i32,
                 condition_key,
                 condition_crc32c,
@@ -321,6 +321,12 @@ pub fn assignment_message(
             color_match: record.sequence.color_match.name().to_string(),
             timeline_key: keys::final_timeline(&record.id),
             contact_sheet_key: keys::final_contact_sheet(&record.id),
+            seam_qa: record.sequence.seam_qa_enabled(),
+            seam_tries: record
+                .seam_tries
+                .iter()
+                .map(|tried| tried.to_pb())
+                .collect(),
         }),
     };
     pb::Assignment {

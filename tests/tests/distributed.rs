@@ -252,6 +252,7 @@ async fn a_fenced_off_worker_s_late_result_is_refused_and_changes_nothing() {
                 peak_memory_bytes: 0,
                 objects: Vec::new(),
                 resumed_from_step: 0,
+                seams: Vec::new(),
             })
             .await;
         match late {

@@ -139,6 +139,7 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
                         peak_memory_bytes: *peak_bytes,
                         objects: Vec::new(),
                         resumed_from_step: 0,
+                        seams: Vec::new(),
                     })
                     .await?;
             }

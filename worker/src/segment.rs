@@ -192,8 +192,12 @@ fn render_and_encode(
     let mut sampler =
         SegmentSampler::new(task.width, task.height, lead_in_file, task.timeline_frames);
     let (mut last_frame, mut handoff_frame) = (None, None);
+    let mirrored = mirror_if_told(&task.segment_id);
     for index in first..end {
-        let frame = clip.frame(index as u32);
+        let mut frame = clip.frame(index as u32);
+        if mirrored && index >= task.lead_frames {
+            mirror(&mut frame);
+        }
         sampler.observe(index - first, &frame);
         writer.push(&frame)?;
         if index == handoff_index {
@@ -245,6 +249,37 @@ fn hang_if_told(done: u32) {
         );
         loop {
             std::thread::park();
+        }
+    }
+}
+
+/// Test harness fault point (`REELFARM_FAULT_MIRROR_SEGMENT=ID`): the first render of
+/// segment ID in this process comes out mirrored left to right from its first timeline frame
+/// on (its continuity blend is left alone), a continuation whose picture jumps at its join
+/// while its colours stay the same: what seam QA must catch and render again (the next
+/// render, with seam QA's new seed, is left alone).
+fn mirror_if_told(segment_id: &str) -> bool {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let told = std::env::var("REELFARM_FAULT_MIRROR_SEGMENT").is_ok_and(|id| id == segment_id);
+    if told && !DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        tracing::warn!(
+            segment = segment_id,
+            "fault injection: this render is mirrored"
+        );
+        return true;
+    }
+    false
+}
+
+fn mirror(frame: &mut RgbFrame) {
+    let row_bytes = frame.width as usize * 3;
+    for row in frame.data.chunks_exact_mut(row_bytes) {
+        let pixels = frame.width as usize;
+        for x in 0..pixels / 2 {
+            let (left, right) = (x * 3, (pixels - 1 - x) * 3);
+            for channel in 0..3 {
+                row.swap(left + channel, right + channel);
+            }
         }
     }
 }

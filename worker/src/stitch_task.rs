@@ -16,10 +16,14 @@ use reelfarm_stitch::{
 
 use crate::task::{Phases, Progress, TaskFailure, fetch_verified, put_recorded};
 
+mod seam_qa;
+
 pub struct StitchResult {
     pub video_key: String,
     pub phases: Phases,
     pub objects: Vec<pb::StoredObject>,
+    /// The continuity joins' scores, for seam QA.
+    pub seams: Vec<pb::SeamScore>,
 }
 
 fn join_of(kind: i32) -> Join {
@@ -166,10 +170,13 @@ pub async fn run_stitch(
         )
     })??;
     crate::worker_metrics::seams(&outputs.joins);
+    let seams = seam_qa::scores(&outputs.joins);
+    let report = seam_qa::with_tries(outputs.report, &task, &seams)
+        .map_err(|error| TaskFailure::invalid(format!("stitch report: {error}")))?;
 
     let start = unix_now_s();
     let stored = [
-        (&task.report_key, outputs.report),
+        (&task.report_key, report),
         (&task.timeline_key, outputs.timeline),
         (&task.contact_sheet_key, outputs.contact_sheet),
         // The video goes last: its presence means the sequence's outputs are complete.
@@ -192,5 +199,6 @@ pub async fn run_stitch(
         video_key: task.video_key,
         phases: all,
         objects,
+        seams,
     })
 }

@@ -63,6 +63,8 @@ pub fn sequence_from_pb(
         priority: spec
             .priority
             .map(|priority| Scalar::Integer(i64::from(priority))),
+        seam_qa: spec.seam_qa,
+        seam_qa_tries: spec.seam_qa_tries,
     };
     validate(doc, Some(known_models), &|_| {
         Err("references travel as image bytes over the API".to_string())
@@ -115,5 +117,8 @@ pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
             .collect(),
         owner: sequence.owner.clone(),
         priority: (sequence.priority != 0).then_some(sequence.priority),
+        seam_qa: sequence.seam_qa,
+        seam_qa_tries: (sequence.seam_qa_tries != crate::sequence::SEAM_QA_TRIES)
+            .then_some(sequence.seam_qa_tries),
     }
 }

@@ -99,6 +99,8 @@ pub struct TaskRecord {
     pub reused_from: Option<String>,
     /// The step its accepted attempt resumed from (an earlier attempt's checkpoint; 0: none).
     pub resumed_from_step: u32,
+    /// The seed seam QA chose for it (`None`: the plan's).
+    pub qa_seed: Option<u64>,
 }
 
 /// An object a task wrote, as its worker computed it before the upload.
@@ -146,6 +148,7 @@ impl TaskRecord {
             cache_key: None,
             reused_from: None,
             resumed_from_step: 0,
+            qa_seed: None,
         }
     }
 }
@@ -169,6 +172,8 @@ pub struct SequenceRecord {
     pub idempotency_key: Option<String>,
     /// Set when it is a new version of an earlier sequence (`reelfarm rerender`, `promote`).
     pub revision: Option<Revision>,
+    /// Seam QA's tries of joins that failed, in the order they were judged.
+    pub seam_tries: Vec<SeamTry>,
 }
 
 /// Where a version stands among the versions of one piece: the sequence it revises, the
@@ -319,6 +324,19 @@ pub enum Action {
         worker: WorkerId,
         assignment: pb::AssignmentRef,
     },
+}
+
+/// What a worker reports with a finished task.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    /// What the attempt wrote, with checksums; each one of the attempt's own keys.
+    pub objects: Vec<StoredObject>,
+    pub phases: Vec<pb::TimedPhase>,
+    pub peak_memory_bytes: u64,
+    /// The step an earlier attempt's checkpoint let it start from (0: from noise).
+    pub resumed_from_step: u32,
+    /// A stitch's continuity joins, scored.
+    pub seams: Vec<pb::SeamScore>,
 }
 
 /// Phases as reported, less any with a time that is not a finite number: records hold only
@@ -545,20 +563,31 @@ impl Farm {
         peak_memory_bytes: u64,
         now: f64,
     ) -> Result<Vec<Action>, Error> {
-        self.complete_resumed(reference, objects, phases, peak_memory_bytes, 0, now)
+        let completion = Completion {
+            objects,
+            phases,
+            peak_memory_bytes,
+            ..Completion::default()
+        };
+        self.complete_with(reference, completion, now)
     }
 
-    /// `complete` for an attempt that started from step `resumed_from_step` of an earlier
-    /// attempt's checkpoint (0: from noise). Accepting a segment deletes its checkpoint.
-    pub fn complete_resumed(
+    /// A task's result with everything a worker reports beside its objects. Accepting a
+    /// segment deletes its checkpoint; a stitch's seam scores go to seam QA, which may send
+    /// joins back to rendering instead of ending the sequence.
+    pub fn complete_with(
         &mut self,
         reference: &pb::AssignmentRef,
-        objects: Vec<StoredObject>,
-        phases: Vec<pb::TimedPhase>,
-        peak_memory_bytes: u64,
-        resumed_from_step: u32,
+        completion: Completion,
         now: f64,
     ) -> Result<Vec<Action>, Error> {
+        let Completion {
+            objects,
+            phases,
+            peak_memory_bytes,
+            resumed_from_step,
+            seams,
+        } = completion;
         self.check_objects(reference, &objects)?;
         self.check_resumed_step(reference, resumed_from_step)?;
         self.check_peak(reference, peak_memory_bytes)?;
@@ -648,6 +677,7 @@ impl Farm {
                     record.state = SequenceState::Stitching;
                 }
             }
+            TaskRef::Stitch if record.judge_seams(&seams, now) => {}
             TaskRef::Stitch => {
                 record.state = SequenceState::Succeeded;
                 record.finished_unix_s = Some(now);
@@ -773,6 +803,8 @@ mod submitting;
 pub use submitting::Cached;
 mod checkpoints;
 pub use checkpoints::CheckpointPolicy;
+mod seam_qa;
+pub use seam_qa::{SeamTry, qa_seed};
 mod deadlines;
 mod ending;
 mod failures;

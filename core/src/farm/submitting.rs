@@ -101,6 +101,7 @@ impl Farm {
             traceparent: String::new(),
             idempotency_key: idempotency_key.clone(),
             revision: None,
+            seam_tries: Vec::new(),
         };
         self.next_submit_order += 1;
         if let Some(key) = idempotency_key {

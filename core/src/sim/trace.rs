@@ -238,6 +238,8 @@ fn sequence(
         grade_references: Default::default(),
         owner: Some(owner),
         priority,
+        seam_qa: None,
+        seam_qa_tries: reelfarm_common::sequence::SEAM_QA_TRIES,
     }
 }
 

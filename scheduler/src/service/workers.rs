@@ -5,7 +5,7 @@
 use reelfarm_common::pb::worker_service_server::WorkerService;
 use reelfarm_common::{limits, pb, unix_now_s};
 use reelfarm_core::auth::Need;
-use reelfarm_core::farm::{FailureClass, StoredObject};
+use reelfarm_core::farm::{Completion, FailureClass, StoredObject};
 use reelfarm_core::records::{DeviceDoc, WorkerDoc};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -227,12 +227,15 @@ impl WorkerService for Api {
                 }
                 Ok((
                     (),
-                    farm.complete_resumed(
+                    farm.complete_with(
                         &reference,
-                        objects,
-                        request.phases,
-                        request.peak_memory_bytes,
-                        request.resumed_from_step,
+                        Completion {
+                            objects,
+                            phases: request.phases,
+                            peak_memory_bytes: request.peak_memory_bytes,
+                            resumed_from_step: request.resumed_from_step,
+                            seams: request.seams,
+                        },
                         unix_now_s(),
                     )?,
                 ))

@@ -525,6 +525,7 @@ async fn execute(
                             done.phases,
                             done.objects,
                             done.resumed_from_step,
+                            Vec::new(),
                         )
                     }),
                 None => Err(TaskFailure::invalid(format!(
@@ -536,7 +537,7 @@ async fn execute(
         Some(pb::assignment::Task::Stitch(task)) => {
             run_stitch(task, context.store.clone(), progress)
                 .await
-                .map(|done| (done.video_key, done.phases, done.objects, 0))
+                .map(|done| (done.video_key, done.phases, done.objects, 0, done.seams))
         }
         None => Err(TaskFailure::invalid("assignment without a task")),
     };
@@ -546,7 +547,7 @@ async fn execute(
         .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));
     let traceparent = span.traceparent.clone();
     match result {
-        Ok((output_key, phases, objects, resumed_from_step)) => {
+        Ok((output_key, phases, objects, resumed_from_step, seams)) => {
             crate::worker_metrics::task_done(segment_labels, &phases, peak_memory_bytes);
             span.finish(&phases, None);
             let request = pb::CompleteTaskRequest {
@@ -556,6 +557,7 @@ async fn execute(
                 peak_memory_bytes,
                 objects,
                 resumed_from_step,
+                seams,
             };
             deliver(&context.link, &reference, "result", |mut client| {
                 let mut request = tonic::Request::new(request.clone());

@@ -43,14 +43,16 @@ fn a_final_segment_is_told_where_and_how_often_to_checkpoint_a_draft_is_not() {
 fn a_resumed_completion_is_recorded_and_its_checkpoint_deleted() {
     let mut farm = final_farm(24);
     let (_, reference) = assigned(&farm.dispatch())[0].clone();
-    let refused = farm.complete_resumed(&reference, Vec::new(), Vec::new(), 0, 24, 1.0);
+    let resumed = |step| Completion {
+        resumed_from_step: step,
+        ..Completion::default()
+    };
+    let refused = farm.complete_with(&reference, resumed(24), 1.0);
     assert!(
         matches!(&refused, Err(Error::InvalidArgument(message)) if message.contains("resumed_from_step")),
         "{refused:?}"
     );
-    let actions = farm
-        .complete_resumed(&reference, Vec::new(), Vec::new(), 0, 10, 1.0)
-        .unwrap();
+    let actions = farm.complete_with(&reference, resumed(10), 1.0).unwrap();
     assert!(actions.iter().any(|action| matches!(
         action,
         Action::DeleteObjects { keys } if keys == &["sequences/seq/segments/s000-00.checkpoint".to_string()]

@@ -22,6 +22,8 @@ fn sequence(transitions: &[Transition]) -> Sequence {
         grade_references: Default::default(),
         owner: None,
         priority: 0,
+        seam_qa: None,
+        seam_qa_tries: reelfarm_common::sequence::SEAM_QA_TRIES,
         steps: Some(2),
         shots: transitions
             .iter()
@@ -613,3 +615,4 @@ mod cache;
 mod checkpoints;
 mod deadlines;
 mod repair;
+mod seam_qa;
