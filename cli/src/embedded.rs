@@ -49,7 +49,7 @@ impl EmbeddedFarm {
         catalog: Arc<Catalog>,
         models: Vec<Arc<dyn ModelRuntime>>,
     ) -> Result<Self> {
-        let store = Arc::new(LocalBlobStore::new(work_dir.join("objects"))?);
+        let store = Arc::new(LocalBlobStore::new(store_root(work_dir))?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding a loopback port for the scheduler")?;
@@ -139,4 +139,9 @@ impl EmbeddedFarm {
         self.scheduler.await.context("scheduler task panicked")??;
         Ok(())
     }
+}
+
+/// Where the embedded farm in `work_dir` keeps its objects (segments, cache entries).
+pub fn store_root(work_dir: &std::path::Path) -> std::path::PathBuf {
+    work_dir.join("objects")
 }

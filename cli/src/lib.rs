@@ -10,6 +10,7 @@
 pub mod bench_cache;
 #[cfg(feature = "worker")]
 pub mod bench_stitch;
+pub mod cache_prune;
 pub mod client;
 pub mod config;
 #[cfg(feature = "worker")]

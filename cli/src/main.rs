@@ -232,6 +232,16 @@ struct FarmArgs {
     /// cache and leaves nothing in it (a temporary work folder).
     #[arg(long)]
     no_cache: bool,
+    /// Keep the work folder (the segment cache) within this many GiB: after a render, the
+    /// least recently used sequences' segments are removed until it fits (the render just
+    /// made always stays).
+    #[arg(
+        long,
+        env = "REELFARM_CACHE_MAX_GIB",
+        default_value_t = 20.0,
+        value_name = "GIB"
+    )]
+    cache_max_gib: f64,
     /// Render N takes (1-8) of every shot that does not set its own `variants`; the contact
     /// sheet shows them under each shot.
     #[arg(long, value_name = "N")]
@@ -380,6 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 work_dir: args.farm.work_dir,
                 no_cache: args.farm.no_cache,
                 variants: args.farm.variants,
+                cache_max_bytes: cache_max_bytes(args.farm.cache_max_gib)?,
                 quiet: args.quiet,
             };
             print_summary(&render(options).await?);
@@ -527,6 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 work_dir: farm.work_dir,
                 no_cache: farm.no_cache,
                 variants: farm.variants,
+                cache_max_bytes: cache_max_bytes(farm.cache_max_gib)?,
                 quiet: true,
             };
             let outcome = render(options).await?;
@@ -538,4 +550,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--cache-max-gib` in bytes: a positive number of GiB.
+fn cache_max_bytes(gib: f64) -> anyhow::Result<u64> {
+    if !(gib.is_finite() && gib > 0.0) {
+        anyhow::bail!("--cache-max-gib: {gib} is not a size above 0 GiB");
+    }
+    Ok((gib * f64::from(1u32 << 30)) as u64)
 }

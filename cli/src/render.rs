@@ -32,6 +32,8 @@ pub struct RenderOptions {
     pub no_cache: bool,
     /// Takes of every shot that does not ask for its own (`--variants`).
     pub variants: Option<u32>,
+    /// The work folder's size bound after a render (`--cache-max-gib`), in bytes.
+    pub cache_max_bytes: u64,
     pub quiet: bool,
 }
 
@@ -145,6 +147,23 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
             for delivery in deliveries(&status.sequence_id, path) {
                 let _ = store.delete(&delivery.key).await;
             }
+        }
+    }
+    if !options.no_cache {
+        let root = crate::embedded::store_root(&work_dir);
+        match crate::cache_prune::prune(&root, options.cache_max_bytes, &status.sequence_id) {
+            Ok(pruned) if pruned.sequences > 0 && !options.quiet => eprintln!(
+                "segment cache: removed the {} least recently used sequence(s), {} MiB, to stay within --cache-max-gib ({} MiB kept in {})",
+                pruned.sequences,
+                pruned.freed_bytes >> 20,
+                pruned.kept_bytes >> 20,
+                work_dir.display()
+            ),
+            Ok(_) => {}
+            Err(error) => eprintln!(
+                "segment cache: could not prune {}: {error}",
+                work_dir.display()
+            ),
         }
     }
     Ok(RenderOutcome {

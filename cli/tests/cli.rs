@@ -491,3 +491,68 @@ fn a_wan_spec_renders_through_the_farm_with_weights_from_a_catalog_file() {
     assert_eq!(probed.frames, 36, "3 s at 12 fps");
     assert_eq!((probed.width, probed.height), (480, 480));
 }
+
+/// The segment cache folder keeps within `--cache-max-gib`: a render into a full folder
+/// removes the least recently used sequence (not itself), so a later render of that spec
+/// renders again instead of reusing.
+#[test]
+fn the_segment_cache_keeps_within_its_size_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |seed: u32| {
+        write_spec(
+            dir.path(),
+            &format!(
+                "title: bound\nfps: 8\nseed: {seed}\nsteps: 1\nshots:\n  - {{prompt: \"fog over pines\", duration: 1}}\n"
+            ),
+        )
+    };
+    let render = |spec: &str, bound: &str| {
+        let output = reelfarm(
+            &["render", spec, "-o", "out.mp4", "--cache-max-gib", bound],
+            dir.path(),
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let first = spec(1);
+    render(&first, "20");
+    let sequences = dir.path().join("reelfarm/objects/sequences");
+    assert_eq!(std::fs::read_dir(&sequences).unwrap().count(), 1);
+    let again = render(&first, "20");
+    assert!(again.contains("reusing 1 of 1"), "{again}");
+    // A bound of about 1 KiB: every older sequence goes.
+    let second = spec(2);
+    let pruned = render(&second, "0.000001");
+    assert!(
+        pruned.contains("segment cache: removed the ")
+            && pruned.contains("least recently used sequence(s)"),
+        "{pruned}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&sequences).unwrap().count(),
+        1,
+        "the new render stays"
+    );
+    let first = spec(1);
+    let after = render(&first, "20");
+    assert!(!after.contains("reusing"), "its segments are gone: {after}");
+}
+
+#[test]
+fn a_bad_cache_bound_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(dir.path(), "fps: 8\nshots:\n  - {prompt: a, duration: 1}\n");
+    let output = reelfarm(
+        &["render", &spec, "-o", "out.mp4", "--cache-max-gib", "0"],
+        dir.path(),
+    );
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("--cache-max-gib: 0 is not a size above 0 GiB")
+    );
+}

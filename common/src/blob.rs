@@ -133,7 +133,15 @@ impl BlobStore for LocalBlobStore {
     async fn get(&self, key: &str) -> Result<Bytes, Error> {
         let path = self.path_of(key)?;
         match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Ok(bytes) => {
+                // A read refreshes the object's time, so a size bound on a local store (the
+                // embedded segment cache) can drop what was least recently used.
+                let _ = std::fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+                Ok(Bytes::from(bytes))
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(
                 format!("object {key} in {}", self.describe()),
             )),
