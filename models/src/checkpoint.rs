@@ -11,33 +11,87 @@ use sha2::{Digest, Sha256};
 
 use crate::runtime::ModelError;
 
-const MAGIC: &[u8; 8] = b"RFCKPT01";
+const MAGIC: &[u8; 8] = b"RFCKPT02";
 /// More dimensions than any latent has: a header claiming more is hostile or broken.
 const MAX_RANK: usize = 8;
+/// More tensors or counters than any sampler carries (Wan's UniPC: the latent, two
+/// predictions and a sample).
+const MAX_PARTS: usize = 16;
 
-/// A run's latent after `step` of its `steps` denoising steps.
+/// One float32 tensor of a sampling state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateTensor {
+    pub dims: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// A run's state after `step` of its `steps` denoising steps: the latent first, then what the
+/// sampler carries from one step to the next (a multistep sampler's history), and the
+/// sampler's small counters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingState {
     pub step: u32,
     pub steps: u32,
-    pub dims: Vec<usize>,
-    pub values: Vec<f32>,
+    pub tensors: Vec<StateTensor>,
+    pub counters: Vec<u64>,
+}
+
+/// Reads the stored form front to back, refusing anything short.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, count: usize) -> Result<&[u8], String> {
+        if self.0.len() < count {
+            return Err("it is cut short".into());
+        }
+        let (head, rest) = self.0.split_at(count);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn word(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn long(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn count(&mut self, what: &str, max: usize) -> Result<usize, String> {
+        let count = self.word()? as usize;
+        if count > max {
+            return Err(format!("{count} {what} is more than {max}"));
+        }
+        Ok(count)
+    }
 }
 
 impl SamplingState {
     /// The stored form, bound to `fingerprint` (the task's).
     pub fn encode(&self, fingerprint: &[u8; 32]) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(64 + 8 * self.dims.len() + 4 * self.values.len());
+        let values: usize = self.tensors.iter().map(|tensor| tensor.values.len()).sum();
+        let mut bytes = Vec::with_capacity(128 + 4 * values);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(fingerprint);
         bytes.extend_from_slice(&self.step.to_le_bytes());
         bytes.extend_from_slice(&self.steps.to_le_bytes());
-        bytes.extend_from_slice(&(self.dims.len() as u32).to_le_bytes());
-        for dim in &self.dims {
-            bytes.extend_from_slice(&(*dim as u64).to_le_bytes());
+        bytes.extend_from_slice(&(self.counters.len() as u32).to_le_bytes());
+        for counter in &self.counters {
+            bytes.extend_from_slice(&counter.to_le_bytes());
         }
-        for value in &self.values {
-            bytes.extend_from_slice(&value.to_le_bytes());
+        bytes.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
+        for tensor in &self.tensors {
+            bytes.extend_from_slice(&(tensor.dims.len() as u32).to_le_bytes());
+            for dim in &tensor.dims {
+                bytes.extend_from_slice(&(*dim as u64).to_le_bytes());
+            }
+            for value in &tensor.values {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
         }
         let digest = Sha256::digest(&bytes);
         bytes.extend_from_slice(&digest);
@@ -47,8 +101,7 @@ impl SamplingState {
     /// Reads a stored checkpoint; refuses one that is damaged, made for another task
     /// (`fingerprint`), or not a state partway through a run.
     pub fn decode(bytes: &[u8], fingerprint: &[u8; 32]) -> Result<SamplingState, String> {
-        let header = MAGIC.len() + 32 + 12;
-        if bytes.len() < header + 32 {
+        if bytes.len() < MAGIC.len() + 32 + 32 {
             return Err(format!(
                 "{} bytes is too short for a checkpoint",
                 bytes.len()
@@ -58,55 +111,73 @@ impl SamplingState {
         if Sha256::digest(body).as_slice() != digest {
             return Err("its SHA-256 does not match its contents (damaged)".into());
         }
-        if &body[..MAGIC.len()] != MAGIC {
+        let mut reader = Reader(body);
+        if reader.take(MAGIC.len())? != MAGIC {
             return Err("it does not start with a reelfarm checkpoint header".into());
         }
-        if &body[MAGIC.len()..MAGIC.len() + 32] != fingerprint {
+        if reader.take(32)? != fingerprint {
             return Err("it was made for another task (its fingerprint differs)".into());
         }
-        let word = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
-        let at = MAGIC.len() + 32;
-        let (step, steps, rank) = (word(at), word(at + 4), word(at + 8) as usize);
-        if rank == 0 || rank > MAX_RANK {
-            return Err(format!("rank {rank} is outside 1..={MAX_RANK}"));
-        }
+        let (step, steps) = (reader.word()?, reader.word()?);
         if step == 0 || step >= steps {
             return Err(format!(
                 "step {step} of {steps} is not partway through a run"
             ));
         }
-        let mut rest = &body[header..];
-        if rest.len() < 8 * rank {
-            return Err("the header is cut short".into());
+        let counters = (0..reader.count("counters", MAX_PARTS)?)
+            .map(|_| reader.long())
+            .collect::<Result<Vec<_>, _>>()?;
+        let tensor_count = reader.count("tensors", MAX_PARTS)?;
+        if tensor_count == 0 {
+            return Err("it holds no latent".into());
         }
-        let mut dims = Vec::with_capacity(rank);
-        let mut count: usize = 1;
-        for _ in 0..rank {
-            let dim = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
-            rest = &rest[8..];
-            let dim = usize::try_from(dim).map_err(|_| format!("dimension {dim} is too large"))?;
-            count = count
-                .checked_mul(dim)
-                .ok_or_else(|| "its dimensions overflow".to_string())?;
-            dims.push(dim);
+        let mut tensors = Vec::with_capacity(tensor_count);
+        for _ in 0..tensor_count {
+            let rank = reader.count("dimensions", MAX_RANK)?;
+            if rank == 0 {
+                return Err("a tensor of rank 0".into());
+            }
+            let mut dims = Vec::with_capacity(rank);
+            let mut count: usize = 1;
+            for _ in 0..rank {
+                let dim = reader.long()?;
+                let dim =
+                    usize::try_from(dim).map_err(|_| format!("dimension {dim} is too large"))?;
+                count = count
+                    .checked_mul(dim)
+                    .ok_or_else(|| "its dimensions overflow".to_string())?;
+                dims.push(dim);
+            }
+            let length = count
+                .checked_mul(4)
+                .filter(|length| *length <= reader.0.len())
+                .ok_or_else(|| {
+                    format!(
+                        "its dimensions {dims:?} need more bytes than the {} left",
+                        reader.0.len()
+                    )
+                })?;
+            let values = reader
+                .take(length)?
+                .chunks_exact(4)
+                .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
+                .collect();
+            tensors.push(StateTensor { dims, values });
         }
-        if Some(rest.len()) != count.checked_mul(4) {
-            return Err(format!(
-                "it holds {} bytes of values, its dimensions {dims:?} need {}",
-                rest.len(),
-                count.saturating_mul(4)
-            ));
+        if !reader.0.is_empty() {
+            return Err(format!("{} bytes follow the last tensor", reader.0.len()));
         }
-        let values = rest
-            .chunks_exact(4)
-            .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
-            .collect();
         Ok(SamplingState {
             step,
             steps,
-            dims,
-            values,
+            tensors,
+            counters,
         })
+    }
+
+    /// The latent (the first tensor).
+    pub fn latent(&self) -> &StateTensor {
+        &self.tensors[0]
     }
 }
 
@@ -152,7 +223,11 @@ impl<'a> Checkpoints<'a> {
     /// The state to start from, if it fits a run of `steps` steps on a latent of `dims`.
     pub fn take_resume(&mut self, steps: u32, dims: &[usize]) -> Option<SamplingState> {
         let state = self.resume.take()?;
-        (state.steps == steps && state.dims == dims && state.step < steps).then(|| {
+        let fits = state
+            .tensors
+            .first()
+            .is_some_and(|latent| latent.dims == dims);
+        (fits && state.steps == steps && state.step < steps).then(|| {
             self.resumed_from = state.step;
             state
         })
@@ -167,8 +242,32 @@ mod tests {
         SamplingState {
             step: 4,
             steps: 10,
-            dims: vec![2, 1, 3],
-            values: vec![0.5, -1.0, 2.0, 3.25, f32::MIN_POSITIVE, -0.0],
+            tensors: vec![
+                StateTensor {
+                    dims: vec![2, 1, 3],
+                    values: vec![0.5, -1.0, 2.0, 3.25, f32::MIN_POSITIVE, -0.0],
+                },
+                StateTensor {
+                    dims: vec![1],
+                    values: vec![7.0],
+                },
+            ],
+            counters: vec![2, 0, u64::MAX],
+        }
+    }
+
+    fn with_latent(dims: Vec<usize>) -> SamplingState {
+        let count = dims
+            .iter()
+            .try_fold(1usize, |count, dim| count.checked_mul(*dim))
+            .unwrap_or(64)
+            .min(64);
+        SamplingState {
+            tensors: vec![StateTensor {
+                dims,
+                values: vec![0.0; count],
+            }],
+            ..state()
         }
     }
 
@@ -205,20 +304,23 @@ mod tests {
                 .unwrap_err()
                 .contains("partway")
         );
-        let lying = SamplingState {
-            dims: vec![2, 1, 4],
-            ..state()
-        };
+        let lying = with_latent(vec![2, 1, 40]);
         assert!(
             SamplingState::decode(&lying.encode(&fingerprint), &fingerprint)
                 .unwrap_err()
-                .contains("need 32")
+                .contains("need more bytes")
         );
-        let huge = SamplingState {
-            dims: vec![usize::MAX, 2],
+        let huge = with_latent(vec![usize::MAX, 2]);
+        assert!(SamplingState::decode(&huge.encode(&fingerprint), &fingerprint).is_err());
+        let empty = SamplingState {
+            tensors: Vec::new(),
             ..state()
         };
-        assert!(SamplingState::decode(&huge.encode(&fingerprint), &fingerprint).is_err());
+        assert!(
+            SamplingState::decode(&empty.encode(&fingerprint), &fingerprint)
+                .unwrap_err()
+                .contains("no latent")
+        );
     }
 
     #[test]
@@ -248,6 +350,12 @@ mod tests {
             ..Checkpoints::off(&mut save)
         };
         assert_eq!(checkpoints.take_resume(12, &[2, 1, 3]), None);
+        checkpoints.resume = Some(state());
+        assert_eq!(
+            checkpoints.take_resume(10, &[2, 1, 4]),
+            None,
+            "another latent shape"
+        );
         assert_eq!(checkpoints.resumed_from, 0);
         checkpoints.resume = Some(state());
         assert_eq!(checkpoints.take_resume(10, &[2, 1, 3]), Some(state()));

@@ -18,7 +18,7 @@ pub use catalog::{
     Backend, Catalog, CatalogError, ModelEntry, REELFARM_TINY, UnknownModel, WAN_2_1_T2V_1_3B,
 };
 #[cfg(feature = "runtime")]
-pub use checkpoint::{Checkpoints, SamplingState};
+pub use checkpoint::{Checkpoints, SamplingState, StateTensor};
 pub use memory::{MemoryModel, SegmentShape};
 #[cfg(feature = "runtime")]
 pub use runtime::{ClipDecoder, GenerateRequest, GeneratedClip, ModelError, ModelRuntime};

@@ -18,7 +18,8 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     /// Every 10 steps of a final pass: a 50-step Wan final loses at most a fifth of its
-    /// steps with its worker, for five saves of its latent (about 8 MB each at 480p).
+    /// steps with its worker, for four saves of its state (about 34 MB each for a 5 s 480p
+    /// window: the latents and UniPC's history).
     fn default() -> Self {
         CheckpointPolicy {
             every_steps: 10,

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use super::denoiser::Denoiser;
 use super::layout::{TokenGrid, map_elementwise};
 use super::weights::GaussianRng;
-use reelfarm_models::{Checkpoints, ModelError, SamplingState};
+use reelfarm_models::{Checkpoints, ModelError, SamplingState, StateTensor};
 
 /// `steps + 1` flow times from 1 to 0. `shift` > 1 spends more steps at high noise, where the
 /// layout of the picture is decided (the SD3 / Wan "shifted" schedule).
@@ -144,10 +144,13 @@ pub(crate) fn sample(
     let times = flow_times(plan.steps, plan.flow_shift);
     let first_noise = plan.noise.get(plan.first_index)?;
     let (mut latent, start) = match checkpoints.take_resume(plan.steps, plan.noise.dims()) {
-        Some(state) => (
-            Tensor::from_vec(state.values, state.dims, &Device::Cpu)?,
-            state.step,
-        ),
+        Some(mut state) => {
+            let latent = state.tensors.swap_remove(0);
+            (
+                Tensor::from_vec(latent.values, latent.dims, &Device::Cpu)?,
+                state.step,
+            )
+        }
         None => (plan.noise.clone(), 0),
     };
     if start > 0 {
@@ -170,8 +173,12 @@ pub(crate) fn sample(
             (checkpoints.save)(&SamplingState {
                 step: step + 1,
                 steps: plan.steps,
-                dims: latent.dims().to_vec(),
-                values: latent.flatten_all()?.to_vec1::<f32>()?,
+                tensors: vec![StateTensor {
+                    dims: latent.dims().to_vec(),
+                    values: latent.flatten_all()?.to_vec1::<f32>()?,
+                }],
+                // Euler carries nothing from one step to the next.
+                counters: Vec::new(),
             })?;
         }
         on_step(step + 1, plan.steps);

@@ -25,6 +25,8 @@ use crate::umt5::TextEncoder;
 use crate::vae::{Tiling, WanVae};
 use crate::weights::{Checkpoint, Component};
 use reelfarm_media::frame::RgbFrame;
+use reelfarm_models::runtime::ModelError;
+use reelfarm_models::{Checkpoints, SamplingState, StateTensor};
 
 /// Pixels per latent cell side times the transformer's patch: render sizes are multiples of it.
 pub const SIZE_MULTIPLE: u32 = 16;
@@ -97,6 +99,43 @@ pub struct Pipeline {
 
 /// Prompts whose embeddings stay cached (8 MB each at 512 × 4096 in f32).
 const CACHED_PROMPTS: usize = 16;
+
+/// A tensor as a checkpoint stores it: float32 on the CPU (every dtype the latents take,
+/// f32, bf16 or f16, goes there and back exactly).
+fn state_tensor(tensor: &Tensor) -> Result<StateTensor> {
+    Ok(StateTensor {
+        dims: tensor.dims().to_vec(),
+        values: tensor
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<f32>()?,
+    })
+}
+
+/// The latents' dtype in a checkpoint's counters (the Euler sampler leaves them in the model
+/// output's dtype; a resumed run goes on in the same one).
+fn dtype_code(dtype: DType) -> Result<u64> {
+    match dtype {
+        DType::F32 => Ok(0),
+        DType::BF16 => Ok(1),
+        DType::F16 => Ok(2),
+        other => Err(WanError::InvalidRequest(format!(
+            "latents of dtype {other:?} cannot be checkpointed"
+        ))),
+    }
+}
+
+fn dtype_from_code(code: u64) -> Result<DType> {
+    match code {
+        0 => Ok(DType::F32),
+        1 => Ok(DType::BF16),
+        2 => Ok(DType::F16),
+        other => Err(WanError::InvalidRequest(format!(
+            "checkpoint names latent dtype {other}, not 0 (f32), 1 (bf16) or 2 (f16)"
+        ))),
+    }
+}
 
 /// What a step reports: `(done, total)`.
 pub type OnStep<'a> = &'a mut dyn FnMut(u32, u32);
@@ -191,6 +230,33 @@ impl Pipeline {
         cancel: &AtomicBool,
         observe: &mut dyn FnMut(usize, &Tensor),
     ) -> Result<Tensor> {
+        let mut save = |_: &SamplingState| Ok(());
+        let mut off = Checkpoints::off(&mut save);
+        self.sample_with(sampling, &mut off, on_step, cancel, observe)
+    }
+
+    /// `sample` that starts from `checkpoints.resume` when it fits this run (the latents and
+    /// the sampler's carried history, at its step) and saves both when a save is due. The
+    /// conditioning and the initial noise are recomputed from the request, so a resumed run
+    /// takes exactly the steps an uninterrupted one would.
+    pub fn sample_checkpointed(
+        &self,
+        sampling: &Sampling,
+        checkpoints: &mut Checkpoints,
+        on_step: OnStep,
+        cancel: &AtomicBool,
+    ) -> Result<Tensor> {
+        self.sample_with(sampling, checkpoints, on_step, cancel, &mut |_, _| {})
+    }
+
+    fn sample_with(
+        &self,
+        sampling: &Sampling,
+        checkpoints: &mut Checkpoints,
+        on_step: OnStep,
+        cancel: &AtomicBool,
+        observe: &mut dyn FnMut(usize, &Tensor),
+    ) -> Result<Tensor> {
         let shape = self.latent_shape(sampling)?;
         // As the reference: guidance at or below 1 runs the conditional branch alone.
         let guided = sampling.guidance > 1.0;
@@ -230,7 +296,24 @@ impl Pipeline {
         let mut sampler = new_sampler(&self.scheduler, sampling.steps as usize)?;
         let mut latents = noise.clone();
         let total = sampling.steps;
-        for step in 0..sampling.steps as usize {
+        let mut start = 0;
+        if let Some(state) = checkpoints.take_resume(total, &shape) {
+            let device = &self.device;
+            let mut tensors = state
+                .tensors
+                .into_iter()
+                .map(|part| Tensor::from_vec(part.values, part.dims, device))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let (dtype, counters) = state
+                .counters
+                .split_first()
+                .ok_or_else(|| WanError::InvalidRequest("checkpoint without a dtype".into()))?;
+            latents = tensors.remove(0).to_dtype(dtype_from_code(*dtype)?)?;
+            start = state.step as usize;
+            sampler.restore(tensors, counters, start)?;
+            on_step(state.step, total);
+        }
+        for step in start..sampling.steps as usize {
             if cancel.load(Ordering::Relaxed) {
                 return Err(WanError::Cancelled);
             }
@@ -259,6 +342,25 @@ impl Pipeline {
                 velocity
             };
             latents = sampler.step(&velocity, step, &latents)?;
+            if checkpoints.due(step as u32 + 1, total) {
+                let (carried, counters) = sampler.carried();
+                let mut tensors = vec![state_tensor(&latents)?];
+                for tensor in &carried {
+                    tensors.push(state_tensor(tensor)?);
+                }
+                let state = SamplingState {
+                    step: step as u32 + 1,
+                    steps: total,
+                    tensors,
+                    counters: std::iter::once(dtype_code(latents.dtype())?)
+                        .chain(counters)
+                        .collect(),
+                };
+                (checkpoints.save)(&state).map_err(|error| match error {
+                    ModelError::Cancelled => WanError::Cancelled,
+                    other => WanError::InvalidRequest(format!("saving a checkpoint: {other}")),
+                })?;
+            }
             on_step(step as u32 + 1, total);
         }
         if let Some(condition) = &condition {

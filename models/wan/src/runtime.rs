@@ -9,6 +9,7 @@ use reelfarm_models::retime;
 use reelfarm_models::runtime::{
     ClipDecoder, GenerateRequest, GeneratedClip, ModelError, ModelRuntime,
 };
+use reelfarm_models::{Checkpoints, SamplingState};
 
 use crate::error::Result;
 use crate::frames::{picture_tensor, placed_picture_tensor};
@@ -39,6 +40,7 @@ impl WanRuntime {
     fn render(
         &self,
         request: &GenerateRequest,
+        checkpoints: &mut Checkpoints,
         on_step: &mut dyn FnMut(u32, u32),
         cancel: &AtomicBool,
     ) -> Result<GeneratedClip> {
@@ -80,7 +82,9 @@ impl WanRuntime {
             first_frame,
             tiling: request.low_memory.then(Tiling::default),
         };
-        let latents = self.pipeline.sample(&sampling, on_step, cancel)?;
+        let latents = self
+            .pipeline
+            .sample_checkpointed(&sampling, checkpoints, on_step, cancel)?;
         let crop = (
             x as usize,
             y as usize,
@@ -115,8 +119,19 @@ impl ModelRuntime for WanRuntime {
         on_step: &mut dyn FnMut(u32, u32),
         cancel: &AtomicBool,
     ) -> Result<GeneratedClip, ModelError> {
+        let mut save = |_: &SamplingState| Ok(());
+        self.generate_with_checkpoints(request, &mut Checkpoints::off(&mut save), on_step, cancel)
+    }
+
+    fn generate_with_checkpoints(
+        &self,
+        request: &GenerateRequest,
+        checkpoints: &mut Checkpoints,
+        on_step: &mut dyn FnMut(u32, u32),
+        cancel: &AtomicBool,
+    ) -> Result<GeneratedClip, ModelError> {
         request.validate()?;
-        Ok(self.render(request, on_step, cancel)?)
+        Ok(self.render(request, checkpoints, on_step, cancel)?)
     }
 }
 

@@ -62,6 +62,24 @@ pub trait Sampler: Send {
 
     /// Forgets the history so the schedule can be sampled again from any step.
     fn reset(&mut self);
+
+    /// What the sampler carries from one step to the next (a multistep history, float32),
+    /// and its counters: with the latents, all a checkpoint needs to go on exactly.
+    fn carried(&self) -> (Vec<Tensor>, Vec<u64>) {
+        (Vec::new(), Vec::new())
+    }
+
+    /// Takes back what `carried` gave, so the next step is `next_step`.
+    fn restore(&mut self, tensors: Vec<Tensor>, counters: &[u64], next_step: usize) -> Result<()> {
+        let _ = next_step;
+        if tensors.is_empty() && counters.is_empty() {
+            Ok(())
+        } else {
+            Err(WanError::InvalidRequest(
+                "this sampler carries nothing between steps".into(),
+            ))
+        }
+    }
 }
 
 impl SchedulerConfig {

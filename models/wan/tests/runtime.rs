@@ -181,3 +181,79 @@ fn a_missing_checkpoint_names_the_layout_it_expected() {
     assert!(message.contains("model_index.json: missing"), "{message}");
     assert!(message.contains("Wan2.1-T2V-1.3B-Diffusers"), "{message}");
 }
+
+/// A window killed after a checkpoint and resumed from it (latents and UniPC's multistep
+/// history through the stored form) ends in the same frames as one never stopped, continuing
+/// or not, and runs only the steps after the checkpoint.
+#[test]
+fn a_resumed_window_ends_exactly_like_an_uninterrupted_one() {
+    use std::sync::atomic::Ordering;
+
+    use reelfarm_models::{Checkpoints, SamplingState};
+
+    let model = runtime();
+    let handoff = model
+        .generate(&request(9, 16), &mut |_, _| {}, &AtomicBool::new(false))
+        .unwrap()
+        .last_frame()
+        .unwrap();
+    for first_frame in [None, Some(handoff)] {
+        let window = GenerateRequest {
+            steps: 5,
+            first_frame,
+            ..request(9, 16)
+        };
+        let frames = |clip: &reelfarm_models::GeneratedClip| {
+            (0..clip.len())
+                .map(|index| clip.frame(index))
+                .collect::<Vec<_>>()
+        };
+        let whole = frames(
+            &model
+                .generate(&window, &mut |_, _| {}, &AtomicBool::new(false))
+                .unwrap(),
+        );
+        let fingerprint = [5; 32];
+        let mut stored = Vec::new();
+        let mut save = |state: &SamplingState| {
+            stored.push(state.encode(&fingerprint));
+            Ok(())
+        };
+        let cancel = AtomicBool::new(false);
+        let mut checkpoints = Checkpoints {
+            every: 3,
+            ..Checkpoints::off(&mut save)
+        };
+        let killed = model.generate_with_checkpoints(
+            &window,
+            &mut checkpoints,
+            &mut |done, _| cancel.store(done == 4, Ordering::Relaxed),
+            &cancel,
+        );
+        assert_eq!(killed.unwrap_err(), ModelError::Cancelled);
+        assert_eq!(stored.len(), 1, "one checkpoint, after step 3");
+        let state = SamplingState::decode(&stored[0], &fingerprint).unwrap();
+        assert_eq!((state.step, state.steps), (3, 5));
+        assert!(
+            state.tensors.len() > 1,
+            "UniPC's history travels with the latents"
+        );
+        let mut nothing = |_: &SamplingState| Ok(());
+        let mut resumed = Checkpoints {
+            resume: Some(state),
+            ..Checkpoints::off(&mut nothing)
+        };
+        let mut steps_run = Vec::new();
+        let clip = model
+            .generate_with_checkpoints(
+                &window,
+                &mut resumed,
+                &mut |done, _| steps_run.push(done),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+        assert_eq!(resumed.resumed_from, 3);
+        assert_eq!(steps_run, vec![3, 4, 5]);
+        assert!(frames(&clip) == whole, "resumed frames differ");
+    }
+}

@@ -324,6 +324,45 @@ impl Sampler for UniPcSampler {
         Ok(next.to_dtype(sample.dtype())?)
     }
 
+    /// The history (oldest first) then the last sample; counters: how many predictions, whether
+    /// a last sample, `lower_order_nums`, `this_order`.
+    fn carried(&self) -> (Vec<Tensor>, Vec<u64>) {
+        let mut tensors: Vec<Tensor> = self.history.iter().cloned().collect();
+        tensors.extend(self.last_sample.iter().cloned());
+        let counters = vec![
+            self.history.len() as u64,
+            u64::from(self.last_sample.is_some()),
+            self.lower_order_nums as u64,
+            self.this_order as u64,
+        ];
+        (tensors, counters)
+    }
+
+    fn restore(&mut self, tensors: Vec<Tensor>, counters: &[u64], next_step: usize) -> Result<()> {
+        let invalid = |why: String| Err(WanError::InvalidRequest(format!("UniPC state: {why}")));
+        let [history, has_last, lower, order] = counters else {
+            return invalid(format!("{} counters, expected 4", counters.len()));
+        };
+        let (history, has_last) = (*history as usize, *has_last as usize);
+        if history > self.config.solver_order
+            || has_last > 1
+            || history + has_last != tensors.len()
+            || next_step >= self.num_inference_steps()
+        {
+            return invalid(format!(
+                "{history} predictions, {has_last} samples and {} tensors before step {next_step}",
+                tensors.len()
+            ));
+        }
+        let mut tensors = tensors.into_iter();
+        self.history = tensors.by_ref().take(history).collect();
+        self.last_sample = tensors.next();
+        self.lower_order_nums = (*lower as usize).min(self.config.solver_order);
+        self.this_order = (*order as usize).min(self.config.solver_order);
+        self.next_step = Some(next_step);
+        Ok(())
+    }
+
     fn reset(&mut self) {
         self.history.clear();
         self.last_sample = None;
