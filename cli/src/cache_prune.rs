@@ -86,6 +86,14 @@ fn remove_dangling_entries(root: &Path) {
         return;
     };
     for entry in entries.flatten() {
+        // Only entries: a write in progress elsewhere has a temporary name.
+        if entry
+            .path()
+            .extension()
+            .is_none_or(|extension| extension != "json")
+        {
+            continue;
+        }
         let dangling = std::fs::read(entry.path())
             .ok()
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())

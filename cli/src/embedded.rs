@@ -64,6 +64,12 @@ impl EmbeddedFarm {
             SchedulerConfig {
                 catalog,
                 auth: AuthConfig::tokens(Some(&admin_token), Some(&worker_token)),
+                // Its workers live and die with the process (and its farm state with
+                // them): nothing could ever resume from a checkpoint.
+                checkpoints: reelfarm_core::farm::CheckpointPolicy {
+                    every_steps: 0,
+                    drafts: false,
+                },
                 ..SchedulerConfig::new(blob_store.clone())
             },
             listener,

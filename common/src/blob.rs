@@ -86,6 +86,15 @@ impl LocalBlobStore {
     }
 }
 
+/// A read (or a check that the object is there) refreshes its modification time, so a size
+/// bound on a local store (the embedded segment cache) can drop what was least recently used.
+fn refresh_time(path: &Path) {
+    let _ = std::fs::File::options()
+        .append(true)
+        .open(path)
+        .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+}
+
 /// Writes beside the target under a name no other write uses, syncs, renames, and syncs
 /// the folder: a reader sees the old object or the new one, a crash loses neither, and a
 /// failed write leaves nothing behind.
@@ -134,12 +143,7 @@ impl BlobStore for LocalBlobStore {
         let path = self.path_of(key)?;
         match tokio::fs::read(&path).await {
             Ok(bytes) => {
-                // A read refreshes the object's time, so a size bound on a local store (the
-                // embedded segment cache) can drop what was least recently used.
-                let _ = std::fs::File::options()
-                    .append(true)
-                    .open(&path)
-                    .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+                refresh_time(&path);
                 Ok(Bytes::from(bytes))
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(
@@ -199,9 +203,14 @@ impl BlobStore for LocalBlobStore {
 
     async fn exists(&self, key: &str) -> Result<bool, Error> {
         let path = self.path_of(key)?;
-        tokio::fs::try_exists(&path)
+        let exists = tokio::fs::try_exists(&path)
             .await
-            .map_err(|error| Error::Unavailable(format!("checking {}: {error}", path.display())))
+            .map_err(|error| Error::Unavailable(format!("checking {}: {error}", path.display())))?;
+        if exists {
+            // A segment cache hit checks its objects exist: that is a use too.
+            refresh_time(&path);
+        }
+        Ok(exists)
     }
 
     async fn list_folder(&self, dir: &str) -> Result<Vec<Listed>, Error> {

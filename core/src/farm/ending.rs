@@ -27,6 +27,8 @@ impl Farm {
             .map(|shot| keys::reference_image(id, shot))
             .collect();
         for (index, task) in record.segments.iter().enumerate() {
+            // Left by a cancelled or failed render, or saved late by a fenced-off attempt.
+            keys.push(keys::segment_checkpoint(&record.segment_prefix(index)));
             for attempt in 1..=task.attempt {
                 keys.extend(keys::attempt_objects(
                     &record.attempt_prefix(index, attempt),

@@ -677,7 +677,11 @@ impl Farm {
                     record.state = SequenceState::Stitching;
                 }
             }
-            TaskRef::Stitch if record.judge_seams(&seams, now) => {}
+            TaskRef::Stitch if let Some(stale) = record.judge_seams(&seams, now) => {
+                if !stale.is_empty() {
+                    actions.push(Action::DeleteObjects { keys: stale });
+                }
+            }
             TaskRef::Stitch => {
                 record.state = SequenceState::Succeeded;
                 record.finished_unix_s = Some(now);

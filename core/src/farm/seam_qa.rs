@@ -4,7 +4,11 @@
 //! a new seed, up to `seam_qa_tries` new seeds per join. Then the best try is kept; when that
 //! is not the last one rendered, its seed is rendered once more (renders are deterministic,
 //! so it comes back as it scored) rather than every try's chain being kept in the store.
+//! The joins further down a chain that renders again start from a new picture: they are
+//! judged afresh once it has, their earlier tries forgotten.
 //! Part of the pure `farm`: the scores come in with the stitch's completion.
+
+use std::collections::BTreeSet;
 
 use reelfarm_common::pb;
 use serde::{Deserialize, Serialize};
@@ -25,12 +29,12 @@ pub struct SeamTry {
 }
 
 impl SeamTry {
-    fn new(score: &pb::SeamScore, seed: u64) -> SeamTry {
+    fn new(score: &pb::SeamScore, seed: u64, passed: bool) -> SeamTry {
         SeamTry {
             segment_id: score.segment_id.clone(),
             seed,
             badness: score.badness,
-            passed: score.passed,
+            passed,
             delta_e00_after: score.delta_e00_after,
             within_p95: score.within_p95,
             structure_jump: score.structure_jump,
@@ -80,23 +84,43 @@ impl SequenceRecord {
             .unwrap_or(self.plan.segments[index].seed)
     }
 
-    /// Judges a finished stitch's `scores`; true when joins go back to rendering (the
-    /// sequence is not done yet). Records every try of a join that failed at least once.
-    pub(super) fn judge_seams(&mut self, scores: &[pb::SeamScore], now: f64) -> bool {
+    /// Judges a finished stitch's `scores`. Returns the cache entries of the segments that
+    /// render again (their pixels no longer follow their keys: the entries go, so nobody
+    /// reuses the objects about to be superseded), or `None` when the sequence is done.
+    /// Records every try of a join that failed at least once.
+    ///
+    /// Joins are taken in plan order (a continuation comes after what it continues): once a
+    /// join renders again, the joins down its chain are not judged this round, since their
+    /// starting picture is about to change; they are judged afresh, tries forgotten, after it.
+    pub(super) fn judge_seams(
+        &mut self,
+        scores: &[pb::SeamScore],
+        now: f64,
+    ) -> Option<Vec<String>> {
         if !self.sequence.seam_qa_enabled() {
-            return false;
+            return None;
         }
         let budget = self.sequence.seam_qa_tries as usize;
+        let mut judged: Vec<(usize, &pb::SeamScore)> = scores
+            .iter()
+            .filter(|score| finite(score))
+            .filter_map(|score| {
+                let index =
+                    self.plan.segments.iter().position(|planned| {
+                        planned.id == score.segment_id && planned.on_timeline
+                    })?;
+                Some((index, score))
+            })
+            .collect();
+        judged.sort_by_key(|(index, _)| *index);
         let mut again = Vec::new();
-        for score in scores.iter().filter(|score| finite(score)) {
-            let Some(index) = self
-                .plan
-                .segments
-                .iter()
-                .position(|planned| planned.id == score.segment_id && planned.on_timeline)
-            else {
+        let mut rendered_again = BTreeSet::new();
+        for (index, score) in judged {
+            if rendered_again.contains(&index) {
                 continue;
-            };
+            }
+            // The farm's own verdict from the badness, whatever the worker said.
+            let passed = score.badness <= 1.0;
             let seed = self.seed_of(index);
             let earlier = self
                 .seam_tries
@@ -106,11 +130,11 @@ impl SequenceRecord {
                 // The kept try, rendered back: judged already.
                 continue;
             }
-            if earlier.count() == 0 && score.passed {
+            if earlier.count() == 0 && passed {
                 continue;
             }
-            self.seam_tries.push(SeamTry::new(score, seed));
-            if score.passed {
+            self.seam_tries.push(SeamTry::new(score, seed, passed));
+            if passed {
                 continue;
             }
             let tries: Vec<&SeamTry> = self
@@ -119,26 +143,62 @@ impl SequenceRecord {
                 .filter(|tried| tried.segment_id == score.segment_id)
                 .collect();
             let new_seeds = tries.len() - 1;
-            if new_seeds < budget {
-                let planned = self.plan.segments[index].seed;
-                again.push((index, qa_seed(planned, new_seeds as u64 + 1)));
-            } else if let Some(best) = tries
-                .iter()
-                .min_by(|a, b| a.badness.total_cmp(&b.badness))
-                .filter(|best| best.seed != seed)
-            {
-                again.push((index, best.seed));
+            let next = if new_seeds < budget {
+                Some(qa_seed(
+                    self.plan.segments[index].seed,
+                    new_seeds as u64 + 1,
+                ))
+            } else {
+                tries
+                    .iter()
+                    .min_by(|a, b| a.badness.total_cmp(&b.badness))
+                    .map(|best| best.seed)
+                    .filter(|best| *best != seed)
+            };
+            if let Some(next) = next {
+                again.push((index, next));
+                rendered_again.extend(self.chain(index));
             }
         }
-        for &(index, seed) in &again {
-            self.render_again(index, seed, now);
+        if again.is_empty() {
+            return None;
         }
-        !again.is_empty()
+        let roots: BTreeSet<usize> = again.iter().map(|(index, _)| *index).collect();
+        for &(index, seed) in &again {
+            self.segments[index].qa_seed = Some(seed);
+        }
+        let mut stale_entries = Vec::new();
+        for &member in &rendered_again {
+            if !roots.contains(&member) {
+                // Its picture to start from changes: earlier tries and choices no longer hold.
+                let id = self.plan.segments[member].id.clone();
+                self.seam_tries.retain(|tried| tried.segment_id != id);
+                self.segments[member].qa_seed = None;
+            }
+            let task = &mut self.segments[member];
+            task.state = if roots.contains(&member) {
+                TaskState::Ready
+            } else {
+                TaskState::Blocked
+            };
+            task.ready_since_unix_s = now;
+            task.excused_attempts += 1;
+            stale_entries.extend(
+                task.cache_key
+                    .take()
+                    .map(|key| crate::cache::entry_key(&key)),
+            );
+            task.reused_from = None;
+            task.error = Some("seam QA: rendering again with a new seed".into());
+        }
+        self.stitch.state = TaskState::Blocked;
+        self.stitch.excused_attempts += 1;
+        self.state = SequenceState::Rendering;
+        Some(stale_entries)
     }
 
-    /// Segment `index` renders again with `seed`, and every segment conditioned on it, directly
-    /// or down a chain, renders after it; the stitch waits. None of it uses up attempts.
-    fn render_again(&mut self, index: usize, seed: u64, now: f64) {
+    /// Segment `index` and every segment conditioned on it, directly or down a chain.
+    fn chain(&self, index: usize) -> Vec<usize> {
         let mut chain = vec![index];
         let mut next = 0;
         while next < chain.len() {
@@ -153,23 +213,6 @@ impl SequenceRecord {
             );
             next += 1;
         }
-        self.segments[index].qa_seed = Some(seed);
-        for &member in &chain {
-            let task = &mut self.segments[member];
-            task.state = if member == index {
-                TaskState::Ready
-            } else {
-                TaskState::Blocked
-            };
-            task.ready_since_unix_s = now;
-            task.excused_attempts += 1;
-            // Its pixels no longer follow from the plan: no cache entry under the plan's key.
-            task.cache_key = None;
-            task.reused_from = None;
-            task.error = Some("seam QA: rendering again with a new seed".into());
-        }
-        self.stitch.state = TaskState::Blocked;
-        self.stitch.excused_attempts += 1;
-        self.state = SequenceState::Rendering;
+        chain
     }
 }

@@ -298,20 +298,20 @@ impl Pipeline {
         let total = sampling.steps;
         let mut start = 0;
         if let Some(state) = checkpoints.take_resume(total, &shape) {
-            let device = &self.device;
-            let mut tensors = state
-                .tensors
-                .into_iter()
-                .map(|part| Tensor::from_vec(part.values, part.dims, device))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let (dtype, counters) = state
-                .counters
-                .split_first()
-                .ok_or_else(|| WanError::InvalidRequest("checkpoint without a dtype".into()))?;
-            latents = tensors.remove(0).to_dtype(dtype_from_code(*dtype)?)?;
-            start = state.step as usize;
-            sampler.restore(tensors, counters, start)?;
-            on_step(state.step, total);
+            let step = state.step;
+            match self.resume(state, &shape, sampler.as_mut()) {
+                Ok(resumed) => {
+                    latents = resumed;
+                    start = step as usize;
+                    on_step(step, total);
+                }
+                // A state this sampler cannot take (another scheduler configuration, a
+                // damaged history): rendering from noise is always right, only slower.
+                Err(_) => {
+                    sampler.reset();
+                    checkpoints.resumed_from = 0;
+                }
+            }
         }
         for step in start..sampling.steps as usize {
             if cancel.load(Ordering::Relaxed) {
@@ -366,6 +366,33 @@ impl Pipeline {
         if let Some(condition) = &condition {
             latents = hold_first_frame(&latents, condition, &noise, 0.0)?;
         }
+        Ok(latents)
+    }
+
+    /// The latents of a checkpointed state, with the sampler set to go on from its step;
+    /// every tensor must have the latents' shape.
+    fn resume(
+        &self,
+        state: SamplingState,
+        shape: &[usize],
+        sampler: &mut dyn crate::scheduler::Sampler,
+    ) -> Result<Tensor> {
+        if state.tensors.iter().any(|part| part.dims != shape) {
+            return Err(WanError::InvalidRequest(
+                "checkpoint tensors of another shape".into(),
+            ));
+        }
+        let mut tensors = state
+            .tensors
+            .into_iter()
+            .map(|part| Tensor::from_vec(part.values, part.dims, &self.device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (dtype, counters) = state
+            .counters
+            .split_first()
+            .ok_or_else(|| WanError::InvalidRequest("checkpoint without a dtype".into()))?;
+        let latents = tensors.remove(0).to_dtype(dtype_from_code(*dtype)?)?;
+        sampler.restore(tensors, counters, state.step as usize)?;
         Ok(latents)
     }
 

@@ -234,6 +234,24 @@ fn a_resumed_window_ends_exactly_like_an_uninterrupted_one() {
         assert_eq!(stored.len(), 1, "one checkpoint, after step 3");
         let state = SamplingState::decode(&stored[0], &fingerprint).unwrap();
         assert_eq!((state.step, state.steps), (3, 5));
+        // A state the sampler cannot take renders from noise, never fails the window.
+        let mut broken = state.clone();
+        broken.counters.truncate(1);
+        let mut nothing = |_: &SamplingState| Ok(());
+        let mut refused = Checkpoints {
+            resume: Some(broken),
+            ..Checkpoints::off(&mut nothing)
+        };
+        let clip = model
+            .generate_with_checkpoints(
+                &window,
+                &mut refused,
+                &mut |_, _| {},
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+        assert_eq!(refused.resumed_from, 0);
+        assert!(frames(&clip) == whole, "from noise, the same window");
         assert!(
             state.tensors.len() > 1,
             "UniPC's history travels with the latents"

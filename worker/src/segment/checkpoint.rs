@@ -63,7 +63,14 @@ impl Store {
         }
         let key = &checkpoint.key;
         match checkpoint.store.get(key).await {
-            Ok(bytes) => match SamplingState::decode(&bytes, &checkpoint.fingerprint) {
+            // Hashing and decoding tens of MB: off the runtime's threads.
+            Ok(bytes) => match tokio::task::spawn_blocking({
+                let fingerprint = checkpoint.fingerprint;
+                move || SamplingState::decode(&bytes, &fingerprint)
+            })
+            .await
+            .unwrap_or_else(|error| Err(format!("decoding thread failed: {error}")))
+            {
                 Ok(state) => {
                     info!(
                         segment = %task.segment_id,

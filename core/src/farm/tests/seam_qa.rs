@@ -208,3 +208,111 @@ fn scores_that_are_not_numbers_or_name_no_segment_change_nothing() {
     );
     assert_eq!(farm.sequences["seq"].state, SequenceState::Succeeded);
 }
+
+/// Both joins of a chain fail in one stitch: only the upstream one renders again (with the
+/// segment after it waiting for it), and the downstream join is judged afresh afterwards,
+/// against its new picture. The renders' cache entries are deleted.
+#[test]
+fn the_upstream_join_of_a_chain_goes_first_and_the_one_after_is_judged_afresh() {
+    let mut farm = chain_farm(Pass::Final);
+    let planned_two = farm.sequences["seq"].plan.segments[2].seed;
+    let (stitch, _) = render_until_stitch(&mut farm);
+    for (index, key) in [(1, "k1"), (2, "k2")] {
+        farm.sequences.get_mut("seq").unwrap().segments[index].cache_key = Some(key.into());
+    }
+    let completion = Completion {
+        seams: vec![score("s001-00", 2.0), score("s002-00", 3.0)],
+        ..Completion::default()
+    };
+    let actions = farm.complete_with(&stitch, completion, 5.0).unwrap();
+    assert!(
+        actions.iter().any(|action| matches!(
+            action,
+            Action::DeleteObjects { keys } if keys == &[
+                "cache/segments/k1.json".to_string(),
+                "cache/segments/k2.json".to_string(),
+            ]
+        )),
+        "{actions:?}"
+    );
+    let record = &farm.sequences["seq"];
+    let tries: Vec<&str> = record
+        .seam_tries
+        .iter()
+        .map(|tried| tried.segment_id.as_str())
+        .collect();
+    assert_eq!(
+        tries,
+        ["s001-00"],
+        "the downstream join waits for its new picture"
+    );
+    assert_eq!(record.segments[1].state, TaskState::Ready);
+    assert_eq!(record.segments[2].state, TaskState::Blocked);
+    let placed = assigned(&farm.dispatch());
+    assert_eq!(
+        placed.len(),
+        1,
+        "only the upstream continuation: {placed:?}"
+    );
+    assert!(placed[0].1.assignment_id.contains("s001-00"));
+    complete(&mut farm, &placed[0].1);
+    assert_eq!(farm.sequences["seq"].segments[2].state, TaskState::Ready);
+
+    let (stitch, again) = render_until_stitch(&mut farm);
+    assert_eq!(
+        again,
+        vec![("s002-00".to_string(), planned_two)],
+        "its own seed, afresh"
+    );
+    stitched(
+        &mut farm,
+        &stitch,
+        vec![score("s001-00", 0.5), score("s002-00", 3.0)],
+    );
+    let record = &farm.sequences["seq"];
+    assert_eq!(record.segments[2].qa_seed, Some(qa_seed(planned_two, 1)));
+    assert_eq!(
+        record.segments[1].state,
+        TaskState::Done,
+        "the passing join stays"
+    );
+    let judged: Vec<(&str, u64)> = record
+        .seam_tries
+        .iter()
+        .map(|tried| (tried.segment_id.as_str(), tried.seed))
+        .collect();
+    assert_eq!(judged.len(), 3, "{judged:?}");
+}
+
+#[test]
+fn a_worker_saying_passed_does_not_make_a_bad_join_pass() {
+    let mut farm = chain_farm(Pass::Final);
+    let (stitch, _) = render_until_stitch(&mut farm);
+    let lying = pb::SeamScore {
+        passed: true,
+        ..score("s001-00", 1.5)
+    };
+    stitched(&mut farm, &stitch, vec![lying]);
+    assert_eq!(farm.sequences["seq"].state, SequenceState::Rendering);
+    assert!(!farm.sequences["seq"].seam_tries[0].passed);
+}
+
+#[test]
+fn the_spec_s_seam_qa_settings_survive_a_new_leader() {
+    let mut farm = farm_of_workers(1);
+    let mut sequence = sequence(&[Transition::Cut, Transition::Continue]);
+    sequence.seam_qa = Some(false);
+    sequence.seam_qa_tries = 4;
+    let plan = planner::plan(&sequence, &reelfarm_tiny());
+    farm.submit("seq".into(), None, sequence, plan, 0.0);
+    let records = records::sequence_records(&farm, "seq");
+    let restored = records::restore(
+        3,
+        &reelfarm_models::Catalog::builtin(),
+        &records,
+        &BTreeMap::new(),
+    )
+    .farm;
+    let restored = &restored.sequences["seq"].sequence;
+    assert_eq!((restored.seam_qa, restored.seam_qa_tries), (Some(false), 4));
+}
