@@ -1,6 +1,7 @@
 //! Integration-test harness: embedded farms on loopback and an independent video reader.
 
 pub mod cluster;
+pub mod fake_videos;
 pub mod farm;
 pub mod fault_proxy;
 pub mod leading;
