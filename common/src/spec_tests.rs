@@ -376,6 +376,30 @@ fn priority_out_of_range_and_empty_owner_are_named() {
     assert!(error.contains("owner: must not be empty"), "{error}");
 }
 
+#[test]
+fn seam_qa_defaults_by_pass_is_bounded_and_round_trips_through_the_api() {
+    let draft = check(GOOD).unwrap();
+    assert_eq!((draft.seam_qa, draft.seam_qa_tries), (None, 2));
+    assert!(!draft.seam_qa_enabled(), "off for drafts by default");
+    let final_pass = check(&format!("pass: final\n{GOOD}")).unwrap();
+    assert!(final_pass.seam_qa_enabled(), "on for finals by default");
+    let told = check(&format!(
+        "pass: final\nseam_qa: false\nseam_qa_tries: 4\n{GOOD}"
+    ))
+    .unwrap();
+    assert!(!told.seam_qa_enabled());
+    assert_eq!(told.seam_qa_tries, 4);
+    let back = sequence_from_pb(sequence_to_pb(&told), &models()).unwrap();
+    assert_eq!(back, told);
+    for tries in [0, 6] {
+        let error = error_of(&format!("seam_qa_tries: {tries}\n{GOOD}"));
+        assert!(
+            error.contains("seam_qa_tries: must be between 1 and 5"),
+            "{error}"
+        );
+    }
+}
+
 /// A 1-bit grayscale PNG of `width`x`height`, all black: a few KB even at 8K.
 fn blank_png(width: u32, height: u32) -> Vec<u8> {
     let mut bytes = Vec::new();
