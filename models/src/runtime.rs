@@ -126,27 +126,30 @@ impl From<candle_core::Error> for ModelError {
 
 pub trait ModelRuntime: Send + Sync {
     fn id(&self) -> &str;
-    /// Renders a clip; `on_step(done, total)` after every denoising step, and `cancel` is
-    /// checked before every step (then the result is `ModelError::Cancelled`).
-    fn generate(
-        &self,
-        request: &GenerateRequest,
-        on_step: &mut dyn FnMut(u32, u32),
-        cancel: &AtomicBool,
-    ) -> Result<GeneratedClip, ModelError>;
 
-    /// `generate` that saves its sampling state every `checkpoints.every` steps and starts
-    /// from `checkpoints.resume` when it fits. A model without checkpoints renders from noise
-    /// and saves nothing (the default), which is always correct, only slower to recover.
+    /// Renders a clip, saving its sampling state every `checkpoints.every` steps and starting
+    /// from `checkpoints.resume` when it fits (a state that does not is ignored: rendering
+    /// from noise is always correct, only slower). `on_step(done, total)` follows every
+    /// denoising step, and `cancel` is checked before every step (then the result is
+    /// `ModelError::Cancelled`).
     fn generate_with_checkpoints(
         &self,
         request: &GenerateRequest,
         checkpoints: &mut crate::checkpoint::Checkpoints,
         on_step: &mut dyn FnMut(u32, u32),
         cancel: &AtomicBool,
+    ) -> Result<GeneratedClip, ModelError>;
+
+    /// `generate_with_checkpoints` from noise, saving nothing.
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        on_step: &mut dyn FnMut(u32, u32),
+        cancel: &AtomicBool,
     ) -> Result<GeneratedClip, ModelError> {
-        let _ = checkpoints;
-        self.generate(request, on_step, cancel)
+        let mut save = |_: &crate::checkpoint::SamplingState| Ok(());
+        let mut off = crate::checkpoint::Checkpoints::off(&mut save);
+        self.generate_with_checkpoints(request, &mut off, on_step, cancel)
     }
 }
 

@@ -66,7 +66,7 @@ use self::vae::{LatentGeometry, Vae};
 pub use self::weights::TinyWeights;
 use reelfarm_models::{
     Checkpoints, GenerateRequest, GeneratedClip, MemoryModel, ModelError, ModelRuntime,
-    SamplingState, SegmentShape,
+    SegmentShape,
 };
 
 /// Where the shipped weights live in the source tree (`reelfarm train-tiny` rewrites them).
@@ -289,16 +289,6 @@ const TEMPORAL_MARGIN: usize = 2;
 impl ModelRuntime for TinyModel {
     fn id(&self) -> &str {
         &self.id
-    }
-
-    fn generate(
-        &self,
-        request: &GenerateRequest,
-        on_step: &mut dyn FnMut(u32, u32),
-        cancel: &AtomicBool,
-    ) -> Result<GeneratedClip, ModelError> {
-        let mut save = |_: &SamplingState| Ok(());
-        self.generate_with_checkpoints(request, &mut Checkpoints::off(&mut save), on_step, cancel)
     }
 
     fn generate_with_checkpoints(

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::*;
 use reelfarm_media::frame::RgbFrame;
-use reelfarm_models::{GenerateRequest, GeneratedClip};
+use reelfarm_models::{GenerateRequest, GeneratedClip, SamplingState};
 
 fn model() -> TinyModel {
     TinyModel::from_seed(42).expect("model")

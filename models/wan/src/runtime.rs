@@ -5,11 +5,11 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
 use reelfarm_media::frame::RgbFrame;
+use reelfarm_models::Checkpoints;
 use reelfarm_models::retime;
 use reelfarm_models::runtime::{
     ClipDecoder, GenerateRequest, GeneratedClip, ModelError, ModelRuntime,
 };
-use reelfarm_models::{Checkpoints, SamplingState};
 
 use crate::error::Result;
 use crate::frames::{picture_tensor, placed_picture_tensor};
@@ -111,16 +111,6 @@ impl WanRuntime {
 impl ModelRuntime for WanRuntime {
     fn id(&self) -> &str {
         &self.id
-    }
-
-    fn generate(
-        &self,
-        request: &GenerateRequest,
-        on_step: &mut dyn FnMut(u32, u32),
-        cancel: &AtomicBool,
-    ) -> Result<GeneratedClip, ModelError> {
-        let mut save = |_: &SamplingState| Ok(());
-        self.generate_with_checkpoints(request, &mut Checkpoints::off(&mut save), on_step, cancel)
     }
 
     fn generate_with_checkpoints(
