@@ -271,6 +271,10 @@ pub struct SubmitArgs {
     /// this tenant rendered before is reused from the segment cache, not rendered again.
     #[arg(long)]
     no_cache: bool,
+    /// Refuse the submission when its hosted clips (openai-videos models) are estimated to
+    /// cost more than this many US dollars; the estimate is printed on submit.
+    #[arg(long, value_name = "USD")]
+    max_cost: Option<f64>,
     #[command(flatten)]
     scheduler: SchedulerArgs,
 }
@@ -633,6 +637,7 @@ async fn submit(args: SubmitArgs) -> Result<()> {
             spec: Some(spec_pb.clone()),
             idempotency_key: key.clone(),
             no_cache: args.no_cache,
+            max_cost_usd: args.max_cost,
         });
         reelfarm_common::trace_context::to_metadata(&mut request, &traceparent);
         async move { grpc.submit_sequence(request).await }
@@ -659,6 +664,11 @@ async fn submit(args: SubmitArgs) -> Result<()> {
     if !args.quiet
         && !args.watch
         && let Some(line) = crate::progress::reuse_line(&status)
+    {
+        eprintln!("{line}");
+    }
+    if !args.quiet
+        && let Some(line) = crate::progress::cost_line(&status)
     {
         eprintln!("{line}");
     }

@@ -198,6 +198,12 @@ pub struct WorkerArgs {
     /// this machine's CPU as one device when there is no NVIDIA driver.
     #[arg(long, env = "REELFARM_SIMULATE_GPUS")]
     pub simulate_gpus: Option<String>,
+    /// Call the catalog's hosted models (backend openai-videos) instead of running local
+    /// ones: the worker's devices become concurrency slots, as many as the largest
+    /// max_concurrent_jobs, and each model's API key is read from its api_key_env or
+    /// api_key_file. Run one such worker per API account. See README "Hosted models".
+    #[arg(long, env = "REELFARM_HOSTED", num_args = 0..=1, default_missing_value = "true")]
+    pub hosted: Option<bool>,
     /// reelfarm-tiny weights (safetensors); default: the built-in trained weights.
     #[arg(long, env = "REELFARM_TINY_WEIGHTS")]
     pub weights: Option<PathBuf>,
@@ -246,7 +252,7 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// This layer over `lower`.
     pub fn or(self, lower: Self) -> Self {
-        layer!(self, lower; scheduler, name, simulate_gpus, weights, models, text_encoder_on_cpu,
+        layer!(self, lower; scheduler, name, simulate_gpus, hosted, weights, models, text_encoder_on_cpu,
             weights_cache, connect_timeout, drain_timeout, health_listen, token_file, tls_ca_file,
             tls_cert_file, tls_key_file)
     }

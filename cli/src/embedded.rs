@@ -96,6 +96,7 @@ impl EmbeddedFarm {
                     name: format!("cpu{index}"),
                     store: blob_store.clone(),
                     models: models.clone(),
+                    hosted: Vec::new(),
                     inventory: Arc::new(Inventory::Fixed(vec![cpu_device(share)])),
                     connect_timeout: Duration::from_secs(10),
                     // Shutting down an embedded farm stops its work at once.

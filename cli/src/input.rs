@@ -57,6 +57,19 @@ pub fn load_spec(
         }
         sequence.steps = Some(steps);
     }
+    // What the shots' models cannot do (a hosted model's limits), named like spec errors.
+    if let Some(catalog) = catalog {
+        let problems = reelfarm_core::planner::check_models(&sequence, catalog);
+        if !problems.is_empty() {
+            return Err(InputError(
+                problems
+                    .iter()
+                    .map(|(field, reason)| format!("{}: {field}: {reason}", path.display()))
+                    .collect(),
+            )
+            .into());
+        }
+    }
     Ok(sequence)
 }
 

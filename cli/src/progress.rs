@@ -52,6 +52,17 @@ pub fn reuse_line(status: &pb::SequenceStatus) -> Option<String> {
     })
 }
 
+/// What a sequence's hosted clips cost: paid so far against the plan's estimate (`None`
+/// when it has no hosted shot).
+pub fn cost_line(status: &pb::SequenceStatus) -> Option<String> {
+    (status.estimated_cost_usd > 0.0).then(|| {
+        format!(
+            "cost: ${:.2} paid of ${:.2} estimated (hosted clips)",
+            status.cost_usd, status.estimated_cost_usd
+        )
+    })
+}
+
 impl ProgressView {
     pub fn new(status: &pb::SequenceStatus, quiet: bool) -> Self {
         let plain = !std::io::stderr().is_terminal();

@@ -218,6 +218,7 @@ pub(crate) async fn submit_and_follow(
         spec: Some(spec_pb),
         idempotency_key: uuid::Uuid::new_v4().to_string(),
         no_cache,
+        max_cost_usd: None,
     };
     let submitted = client
         .submit_sequence(request)

@@ -343,16 +343,43 @@ pub async fn run_worker(
         .unwrap_or_else(|| "worker".to_string());
     let connect_timeout = seconds(args.connect_timeout, 30.0, "connect-timeout")?;
     let drain_timeout = seconds(args.drain_timeout, 25.0, "drain-timeout")?;
-    let (inventory, inventory_line) =
-        reelfarm_worker::inventory::Inventory::discover(args.simulate_gpus.as_deref())
-            .map_err(anyhow::Error::msg)?;
-    let devices = inventory.devices();
     let catalog = crate::input::load_catalog(args.models.as_deref())?;
+    let hosted_mode = args.hosted.unwrap_or(false);
+    let hosted = if hosted_mode {
+        let hosted = reelfarm_worker::hosted::load_hosted(&catalog)?;
+        if hosted.is_empty() {
+            anyhow::bail!(
+                "--hosted: the catalog has no openai-videos model; add one with --models \
+                 (README \"Hosted models\")"
+            );
+        }
+        hosted
+    } else {
+        Vec::new()
+    };
+    let (inventory, inventory_line) = if hosted_mode {
+        let slots = hosted
+            .iter()
+            .map(|model| model.api.spec().max_concurrent_jobs)
+            .max()
+            .unwrap_or(1);
+        let ids: Vec<&str> = hosted.iter().map(|model| model.id.as_str()).collect();
+        (
+            reelfarm_worker::inventory::Inventory::Fixed(reelfarm_worker::hosted::slots(slots)),
+            format!("hosted: {slots} concurrency slot(s) for {}", ids.join(", ")),
+        )
+    } else {
+        reelfarm_worker::inventory::Inventory::discover(args.simulate_gpus.as_deref())
+            .map_err(anyhow::Error::msg)?
+    };
+    let devices = inventory.devices();
     let wan = reelfarm_worker::runtimes::WanOptions {
         text_encoder_on_cpu: args.text_encoder_on_cpu.unwrap_or(true),
         ..reelfarm_worker::runtimes::WanOptions::best_available()
     };
-    check_wan_devices(&catalog, &inventory, &wan)?;
+    if !hosted_mode {
+        check_wan_devices(&catalog, &inventory, &wan)?;
+    }
     // s3:// checkpoints come from the same S3 as the store (another bucket may be named).
     let store_args = store_flags.or(file.store);
     let s3 = match crate::config::store_choice(store_args.clone())? {
@@ -363,11 +390,19 @@ pub async fn run_worker(
         .weights_cache
         .clone()
         .unwrap_or_else(default_weights_cache);
-    let catalog = reelfarm_worker::weights_cache::localize(&catalog, &weights_cache, s3.as_ref())
-        .await
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let models =
-        reelfarm_worker::runtimes::load_runtimes_with(&catalog, args.weights.as_deref(), &wan)?;
+    let catalog = if hosted_mode {
+        catalog
+    } else {
+        reelfarm_worker::weights_cache::localize(&catalog, &weights_cache, s3.as_ref())
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?
+    };
+    // A hosted worker runs no local model: its slots are for API calls only.
+    let models = if hosted_mode {
+        Vec::new()
+    } else {
+        reelfarm_worker::runtimes::load_runtimes_with(&catalog, args.weights.as_deref(), &wan)?
+    };
     let store = open_store(store_args).await?;
     eprintln!(
         "reelfarm worker {name}: {} device(s), store {}, schedulers {}",
@@ -381,6 +416,7 @@ pub async fn run_worker(
         name,
         store,
         models,
+        hosted,
         inventory: Arc::new(inventory),
         connect_timeout,
         drain_timeout,

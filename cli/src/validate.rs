@@ -10,7 +10,9 @@ pub fn print_plan(sequence: &Sequence, catalog: &Catalog) {
     let Ok(model) = catalog.require(&sequence.model) else {
         return;
     };
-    let plan = planner::plan(sequence, model);
+    let Ok(plan) = planner::plan_with(sequence, catalog) else {
+        return;
+    };
     println!(
         "ok: {} — {} shots, {:.2} s, {} frames at {} fps, {}x{}, {} pass, model {}",
         sequence.display_title(),
@@ -23,9 +25,16 @@ pub fn print_plan(sequence: &Sequence, catalog: &Catalog) {
         sequence.pass.name(),
         model.id
     );
+    let mixed = plan
+        .segments
+        .iter()
+        .any(|segment| segment.model != model.id);
+    if mixed {
+        println!("  shots with their own model: the MODEL column names each segment's");
+    }
     println!(
-        "  {:<10} {:>7} {:>8} {:>7} {:>6}  {:<10} memory",
-        "segment", "start", "frames", "render", "steps", "join"
+        "  {:<10} {:>7} {:>8} {:>7} {:>6}  {:<16} {:<9} model",
+        "segment", "start", "frames", "render", "steps", "join", "memory"
     );
     for segment in &plan.segments {
         let join = match (segment.join, segment.continues_from) {
@@ -33,15 +42,40 @@ pub fn print_plan(sequence: &Sequence, catalog: &Catalog) {
             (Join::Crossfade, _) => format!("crossfade {}f", segment.lead_frames),
             _ => "cut".to_string(),
         };
+        let model_cell = if segment.clip_seconds > 0 {
+            format!(
+                "{} ({} s clip, ${:.2})",
+                segment.model, segment.clip_seconds, segment.cost_usd
+            )
+        } else {
+            segment.model.clone()
+        };
         println!(
-            "  {:<10} {:>6.2}s {:>8} {:>7} {:>6}  {:<10} {:.1} GiB",
+            "  {:<10} {:>6.2}s {:>8} {:>7} {:>6}  {:<16} {:<9} {model_cell}",
             segment.id,
             segment.timeline_start_frame as f64 / f64::from(plan.fps),
             segment.timeline_frames,
             segment.render_frames,
             segment.steps,
             join,
-            segment.memory_estimate_bytes as f64 / f64::from(1u32 << 30)
+            format!(
+                "{:.1} GiB",
+                segment.memory_estimate_bytes as f64 / f64::from(1u32 << 30)
+            ),
+        );
+    }
+    let cost = plan.estimated_cost_usd();
+    if cost > 0.0 {
+        let hosted: Vec<&planner::PlannedSegment> = plan
+            .segments
+            .iter()
+            .filter(|s| s.clip_seconds > 0)
+            .collect();
+        let seconds: u32 = hosted.iter().map(|s| s.clip_seconds).sum();
+        println!(
+            "estimated cost: ${cost:.2} for {} hosted clips ({seconds} s billed); \
+             seam QA re-renders and retries of failed jobs cost more",
+            hosted.len()
         );
     }
 }

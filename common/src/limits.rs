@@ -275,6 +275,7 @@ mod tests {
             }),
             idempotency_key: String::new(),
             no_cache: false,
+            max_cost_usd: None,
         }
     }
 
@@ -292,6 +293,7 @@ mod tests {
             spec: None,
             idempotency_key: long.clone(),
             no_cache: false,
+            max_cost_usd: None,
         })
         .unwrap_err()
         .to_string();

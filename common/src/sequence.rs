@@ -195,12 +195,19 @@ pub struct Shot {
     pub variants: u32,
     /// The take on the timeline (0-based; the others show on the contact sheet).
     pub take: u32,
+    /// Its own catalog model (`None`: the sequence's).
+    pub model: Option<String>,
 }
 
 /// The most takes one shot may ask for.
 pub const MAX_VARIANTS: u32 = 8;
 
 impl Shot {
+    /// The catalog model this shot renders with.
+    pub fn model_id<'a>(&'a self, sequence_model: &'a str) -> &'a str {
+        self.model.as_deref().unwrap_or(sequence_model)
+    }
+
     pub fn display_name(&self, index: usize) -> String {
         self.name.clone().unwrap_or_else(|| format!("shot {index}"))
     }

@@ -143,6 +143,9 @@ pub struct ShotDoc {
     pub variants: Option<u32>,
     /// Which take is on the timeline (0-based, below `variants`; default 0).
     pub take: Option<u32>,
+    /// The catalog model this shot renders with (default: the sequence's `model`), so one
+    /// sequence can mix local and hosted shots.
+    pub model: Option<String>,
     /// The image itself, when it came over the API instead of from a file.
     #[serde(skip)]
     pub inline_reference: Option<Reference>,
@@ -518,9 +521,21 @@ pub fn validate(
                 ),
             );
         }
+        if let (Some(known_models), Some(model)) = (known_models, &shot.model)
+            && !known_models.contains(model)
+        {
+            fail(
+                at("model"),
+                format!(
+                    "unknown model {model:?}; available: {}",
+                    known_models.join(", ")
+                ),
+            );
+        }
         shots.push(Shot {
             variants,
             take,
+            model: shot.model,
             prompt,
             duration_seconds,
             transition,

@@ -33,15 +33,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The cache key of every planned segment, in plan order. `weights` names the model's
-/// weights (`ModelEntry::weights_identity`); `reference_digests[shot]` is the SHA-256 of
+/// The cache key of every planned segment, in plan order: each segment's model and what
+/// names its weights (`ModelEntry::weights_identity`) are in its key; `reference_digests[shot]` is the SHA-256 of
 /// that shot's reference PNG, if it has one. `tenant` is the owner: one tenant never
 /// reuses another's segments, or a hit would tell it what another tenant had rendered.
 pub fn segment_keys(
     plan: &Plan,
     tenant: Option<&str>,
-    model: &str,
-    weights: &str,
     reference_digests: &[Option<String>],
 ) -> Vec<String> {
     let mut keys: Vec<String> = Vec::with_capacity(plan.segments.len());
@@ -68,8 +66,8 @@ pub fn segment_keys(
                 "tenant",
                 tenant.map(|t| format!("owner {t}")).unwrap_or_default(),
             ),
-            ("model", model.to_string()),
-            ("weights", weights.to_string()),
+            ("model", segment.model.clone()),
+            ("weights", segment.weights_identity.clone()),
             ("prompt", segment.prompt.clone()),
             ("negative", segment.negative.clone()),
             ("seed", segment.seed.to_string()),
@@ -219,7 +217,7 @@ shots:
 
     fn keys_of(yaml: &str) -> Vec<String> {
         let plan = planner::plan(&sequence(yaml), &reelfarm_tiny());
-        segment_keys(&plan, None, "reelfarm-tiny", "digest x", &[])
+        segment_keys(&plan, None, &[])
     }
 
     #[test]
@@ -251,19 +249,14 @@ shots:
     #[test]
     fn every_input_that_decides_pixels_is_in_the_key() {
         let plan = planner::plan(&sequence(SPEC), &reelfarm_tiny());
-        let base = segment_keys(&plan, None, "m", "w", &[]);
-        let differs = |plan: &Plan, model: &str, weights: &str, refs: &[Option<String>]| {
-            segment_keys(plan, None, model, weights, refs)[0] != base[0]
-        };
-        assert!(differs(&plan, "other", "w", &[]));
-        assert!(differs(&plan, "m", "other weights", &[]));
-        let tenant_a = segment_keys(&plan, Some("a"), "m", "w", &[]);
+        let base = segment_keys(&plan, None, &[]);
+        let differs = |plan: &Plan| segment_keys(plan, None, &[])[0] != base[0];
+        let tenant_a = segment_keys(&plan, Some("a"), &[]);
         assert_ne!(tenant_a[0], base[0]);
-        assert_ne!(
-            tenant_a[0],
-            segment_keys(&plan, Some("b"), "m", "w", &[])[0]
-        );
-        let edits: [fn(&mut Plan); 9] = [
+        assert_ne!(tenant_a[0], segment_keys(&plan, Some("b"), &[])[0]);
+        let edits: [fn(&mut Plan); 11] = [
+            |p| p.segments[0].model = "other".into(),
+            |p| p.segments[0].weights_identity = "other weights".into(),
             |p| p.segments[0].negative = "blur".into(),
             |p| p.segments[0].seed += 1,
             |p| p.width += 16,
@@ -277,13 +270,13 @@ shots:
         for edit in edits {
             let mut edited = plan.clone();
             edit(&mut edited);
-            assert!(differs(&edited, "m", "w", &[]));
+            assert!(differs(&edited));
         }
         // A reference counts only for a segment that starts from it, by its bytes' digest.
         let mut with_reference = plan.clone();
         with_reference.segments[0].uses_reference = true;
-        let a = segment_keys(&with_reference, None, "m", "w", &[Some(sha256_hex(b"a"))]);
-        let b = segment_keys(&with_reference, None, "m", "w", &[Some(sha256_hex(b"b"))]);
+        let a = segment_keys(&with_reference, None, &[Some(sha256_hex(b"a"))]);
+        let b = segment_keys(&with_reference, None, &[Some(sha256_hex(b"b"))]);
         assert_ne!(a[0], b[0]);
         assert_ne!(a[1], b[1], "the continuation chains its predecessor");
         assert_eq!(a[2], b[2]);

@@ -22,12 +22,18 @@
 //! 5. **Takes.** A shot with `variants: N` also renders its N-1 other takes, each from its
 //!    own seed base (`take_seed`), as alternate segments off the timeline; the stitch shows
 //!    them on the contact sheet, and `pick` moves one onto the timeline (`take`).
-//! 6. **Seeds.** Derived from (sequence or shot seed, shot index, segment index) by a fixed
+//! 6. **Models.** A shot renders with its own `model` when it names one, else the
+//!    sequence's. A hosted model (`openai-videos`) renders clips of a few allowed lengths
+//!    only: its shot is covered by the fewest clips (the longest allowed, then the shortest
+//!    that holds the rest), continuing one another, and each segment names the clip length
+//!    it is billed for (`clip_seconds`, `cost_usd`); the worker trims the clip to the
+//!    segment's frames.
+//! 7. **Seeds.** Derived from (sequence or shot seed, shot index, segment index) by a fixed
 //!    mixing function: the same spec always renders the same frames, and re-rendering one
 //!    shot does not change any other.
 
 use reelfarm_common::sequence::{Pass, Sequence, Transition};
-use reelfarm_models::{ModelEntry, SegmentShape};
+use reelfarm_models::{Catalog, ModelEntry, SegmentShape, UnknownModel};
 
 /// How a segment's first frame relates to what came before it on the timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +75,12 @@ pub struct PlannedSegment {
     pub uses_reference: bool,
     pub steps: u32,
     pub guidance: f32,
+    /// The catalog model that renders it, and what names its weights (cache keys).
+    pub model: String,
+    pub weights_identity: String,
+    /// A hosted model's billed clip length (0: a local model), and its price.
+    pub clip_seconds: u32,
+    pub cost_usd: f64,
     /// Peak memory by the catalog's estimator, and in the model's low-memory mode (tiled
     /// decode), the last rung of the out-of-memory ladder.
     pub memory_estimate_bytes: u64,
@@ -92,6 +104,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// What the hosted segments of this plan are estimated to cost (alternate takes included).
+    pub fn estimated_cost_usd(&self) -> f64 {
+        self.segments.iter().map(|segment| segment.cost_usd).sum()
+    }
+
     /// Memory the stitch of this plan holds at its peak: the largest segment's file (the
     /// stitch fetches one at a time; encoded at most ~1 bit per pixel per frame, three times
     /// the intermediate budget, held twice while it is opened), the final video (three times
@@ -115,13 +132,33 @@ impl Plan {
     }
 }
 
+/// The plan of a sequence whose every shot renders with `model`.
 pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
+    plan_shots(sequence, &vec![model; sequence.shots.len()])
+}
+
+/// The plan of a sequence with each shot's own model (`Shot::model`) from `catalog`.
+pub fn plan_with(sequence: &Sequence, catalog: &Catalog) -> Result<Plan, UnknownModel> {
+    let models = shot_models(sequence, catalog)?;
+    Ok(plan_shots(sequence, &models))
+}
+
+/// Each shot's catalog entry.
+pub fn shot_models<'a>(
+    sequence: &Sequence,
+    catalog: &'a Catalog,
+) -> Result<Vec<&'a ModelEntry>, UnknownModel> {
+    sequence
+        .shots
+        .iter()
+        .map(|shot| catalog.require(shot.model_id(&sequence.model)))
+        .collect()
+}
+
+/// `models[shot]` renders that shot.
+fn plan_shots(sequence: &Sequence, models: &[&ModelEntry]) -> Plan {
     let (width, height) = sequence.frame_size();
     let fps = f64::from(sequence.fps);
-    let steps = sequence.steps.unwrap_or(match sequence.pass {
-        Pass::Draft => model.draft_steps,
-        Pass::Final => model.final_steps,
-    });
     let mut segments: Vec<PlannedSegment> = Vec::new();
     let mut seconds_so_far = 0.0;
     let scenes = sequence.scenes();
@@ -135,11 +172,33 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
         seconds_so_far += shot.duration_seconds;
         let shot_end = (seconds_so_far * fps).round() as u64;
         let shot_frames = shot_end - shot_start;
-
-        let windows = u64::from(window_count(shot.duration_seconds, model.window_seconds))
-            .min(shot_frames.max(1));
-        let base = shot_frames / windows;
-        let remainder = shot_frames % windows;
+        let model = models[shot_index];
+        let steps = sequence.steps.unwrap_or(match sequence.pass {
+            Pass::Draft => model.draft_steps,
+            Pass::Final => model.final_steps,
+        });
+        let windows = match &model.hosted {
+            Some(hosted) => {
+                let first_lead = match shot.transition {
+                    Transition::Cut => 0,
+                    Transition::Continue => 1 + blend_frames,
+                    Transition::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps)
+                        .round()
+                        .max(1.0) as u64,
+                };
+                let longest = u64::from(hosted.longest_clip()) * u64::from(sequence.fps);
+                clip_windows(shot_frames, longest, first_lead, 1 + blend_frames)
+            }
+            None => {
+                let count = u64::from(window_count(shot.duration_seconds, model.window_seconds))
+                    .min(shot_frames.max(1));
+                let base = shot_frames / count;
+                let remainder = shot_frames % count;
+                (0..count)
+                    .map(|index| base + u64::from(index < remainder))
+                    .collect()
+            }
+        };
         let prompt = match &sequence.style {
             Some(style) => format!("{}, {style}", shot.prompt),
             None => shot.prompt.clone(),
@@ -160,8 +219,8 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
             let base_seed = take_seed(first_base, shot_index as u64, take);
             let mut previous = before_shot;
             let mut start = shot_start;
-            for segment_index in 0..windows {
-                let timeline_frames = base + u64::from(segment_index < remainder);
+            for (segment_index, &timeline_frames) in windows.iter().enumerate() {
+                let segment_index = segment_index as u64;
                 let join = match (segment_index, shot.transition) {
                     (0, Transition::Cut) => Join::Cut,
                     (0, Transition::Crossfade) => Join::Crossfade,
@@ -216,6 +275,10 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
                     uses_reference: segment_index == 0 && shot.reference.is_some(),
                     steps,
                     guidance: model.guidance,
+                    model: model.id.clone(),
+                    weights_identity: model.weights_identity(),
+                    clip_seconds: 0,
+                    cost_usd: 0.0,
                     memory_estimate_bytes: 0,
                     low_memory_estimate_bytes: 0,
                     work_seconds: 0.0,
@@ -236,6 +299,13 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
                     ..shape
                 });
                 segment.work_seconds = model.work_seconds(&shape, steps);
+                if let Some(hosted) = &model.hosted {
+                    // The planner sized the window to fit the longest clip.
+                    segment.clip_seconds = hosted
+                        .clip_for(segment.render_frames, sequence.fps)
+                        .unwrap_or_else(|| hosted.longest_clip());
+                    segment.cost_usd = hosted.cost_usd(segment.clip_seconds);
+                }
                 start += timeline_frames;
                 previous = Some(index);
                 if on_timeline {
@@ -267,9 +337,105 @@ pub fn plan(sequence: &Sequence, model: &ModelEntry) -> Plan {
         fps: sequence.fps,
         total_frames: sequence.total_frames(),
         segments,
-        load_seconds: model.load_seconds(),
+        load_seconds: models
+            .iter()
+            .map(|model| model.load_seconds())
+            .fold(0.0, f64::max),
     }
 }
+
+/// A hosted shot's windows: clips of at most `longest` frames, the first with `first_lead`
+/// frames before its timeline frames and the others with `lead` (a continuation's handoff
+/// frame and blend): each takes as much of the shot as fits, so the count is the fewest.
+/// A lead that leaves no room keeps one frame per clip (`check_models` refuses such specs).
+fn clip_windows(shot_frames: u64, longest: u64, first_lead: u64, lead: u64) -> Vec<u64> {
+    if shot_frames == 0 {
+        return vec![0];
+    }
+    let mut windows = Vec::new();
+    let mut left = shot_frames;
+    let mut this_lead = first_lead;
+    while left > 0 {
+        let take = left.min(longest.saturating_sub(this_lead).max(1));
+        windows.push(take);
+        left -= take;
+        this_lead = lead;
+    }
+    windows
+}
+
+/// What a spec asks that its shots' models cannot do, as (field path, reason): hosted
+/// models take no negative prompt and no step count, upscale at most `MAX_HOSTED_UPSCALE`,
+/// and need room in their longest clip for a crossfade or continuation lead. Unknown models
+/// are the spec validator's to report.
+pub fn check_models(sequence: &Sequence, catalog: &Catalog) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let (width, height) = sequence.frame_size();
+    let fps = f64::from(sequence.fps);
+    let blend = (sequence.continuity_blend_seconds * fps).round() as u64;
+    for (index, shot) in sequence.shots.iter().enumerate() {
+        let Some(model) = catalog.get(shot.model_id(&sequence.model)) else {
+            continue;
+        };
+        let Some(hosted) = &model.hosted else {
+            continue;
+        };
+        let whose = format!("model {} (openai-videos, shot {index})", model.id);
+        if shot.negative.is_some() {
+            problems.push((
+                format!("shots[{index}].negative"),
+                format!("{whose} takes no negative prompt; remove it"),
+            ));
+        } else if sequence.negative.is_some() {
+            problems.push((
+                "negative".to_string(),
+                format!(
+                    "{whose} takes no negative prompt; remove it or give the shot a local model"
+                ),
+            ));
+        }
+        if sequence.steps.is_some() {
+            problems.push((
+                "steps".to_string(),
+                format!("{whose} chooses its own steps; remove steps"),
+            ));
+        }
+        let (w, h) = hosted.nearest_size(width, height);
+        let upscale = (f64::from(width) / f64::from(w)).max(f64::from(height) / f64::from(h));
+        if upscale > MAX_HOSTED_UPSCALE + 1e-9 {
+            problems.push((
+                "resolution".to_string(),
+                format!(
+                    "{whose} renders at most {w}x{h} for a {width}x{height} frame, an upscale of \
+                     {upscale:.2}x (at most {MAX_HOSTED_UPSCALE}x); choose a lower resolution"
+                ),
+            ));
+        }
+        let longest = u64::from(hosted.longest_clip()) * u64::from(sequence.fps);
+        let lead = match shot.transition {
+            Transition::Cut => 0,
+            Transition::Continue => 1 + blend,
+            Transition::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps).round() as u64,
+        };
+        if lead.max(1 + blend) >= longest {
+            problems.push((
+                format!("shots[{index}].transition"),
+                format!(
+                    "{whose}: a {lead}-frame lead leaves no room in its longest clip \
+                     ({} s); shorten the crossfade or the continuity blend",
+                    hosted.longest_clip()
+                ),
+            ));
+        }
+    }
+    // A sequence-wide field is named once, for the first shot it troubles.
+    let mut named = std::collections::BTreeSet::new();
+    problems.retain(|(path, _)| named.insert(path.clone()));
+    problems
+}
+
+/// The most a hosted clip is scaled up to cover the sequence's frame (1.5: 720p to 1080p).
+pub const MAX_HOSTED_UPSCALE: f64 = 1.5;
 
 /// Fewest windows of at most `window` seconds; a float tolerance keeps 40.0 s at 2 windows.
 fn window_count(duration_seconds: f64, window_seconds: f64) -> u32 {

@@ -19,6 +19,7 @@ fn shot(duration_seconds: f64, transition: Transition) -> Shot {
         scene: None,
         variants: 1,
         take: 0,
+        model: None,
     }
 }
 
@@ -352,4 +353,173 @@ fn variants_add_alternate_takes_off_the_timeline_that_pick_can_swap_in() {
         key(take_zero),
         key(&with_takes.segments[index_of("s000-01")])
     );
+}
+
+/// A catalog with a hosted model of OpenAI's clip lengths and landscape/portrait sizes.
+fn hosted_catalog() -> Catalog {
+    let mut catalog = Catalog::builtin();
+    catalog
+        .add_toml(
+            r#"
+[[model]]
+id = "sora-test"
+backend = "openai-videos"
+remote_model = "sora-2"
+base_url = "https://api.example.com/v1"
+api_key_env = "KEY"
+clip_seconds = [4, 8, 12]
+sizes = ["1280x720", "720x1280"]
+price_per_second_usd = 0.5
+"#,
+            "hosted.toml",
+        )
+        .unwrap();
+    catalog
+}
+
+fn hosted(mut shot: Shot) -> Shot {
+    shot.model = Some("sora-test".into());
+    shot
+}
+
+#[test]
+fn a_hosted_shot_takes_the_fewest_clips_each_billed_at_the_shortest_length_that_holds_it() {
+    let catalog = hosted_catalog();
+    // 14 s at 24 fps: a 12 s clip (288 frames), then the rest (48) after its 7-frame lead
+    // (the handoff frame and a 0.25 s blend): a 4 s clip.
+    let mut spec = sequence(
+        vec![
+            hosted(shot(14.0, Transition::Cut)),
+            shot(6.0, Transition::Continue),
+            hosted(shot(3.0, Transition::Cut)),
+        ],
+        24,
+    );
+    spec.steps = None;
+    let plan = plan_with(&spec, &catalog).unwrap();
+    let summary: Vec<(&str, u64, u64, u32)> = plan
+        .segments
+        .iter()
+        .map(|s| {
+            (
+                s.model.as_str(),
+                s.timeline_frames,
+                s.render_frames,
+                s.clip_seconds,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("sora-test", 288, 288, 12),
+            ("sora-test", 48, 55, 4),
+            // A local shot continuing a hosted one: its model's window and stride.
+            ("reelfarm-tiny", 144, 153, 0),
+            ("sora-test", 72, 72, 4),
+        ]
+    );
+    assert_eq!(plan.segments[2].continues_from, Some(1));
+    assert!((plan.estimated_cost_usd() - 10.0).abs() < 1e-9);
+    // A hosted segment's steps are its progress percentage; a local one keeps its own.
+    assert_eq!((plan.segments[0].steps, plan.segments[2].steps), (100, 8));
+    assert_eq!(
+        plan.total_frames,
+        plan.segments.iter().map(|s| s.timeline_frames).sum::<u64>()
+    );
+    // The whole sequence on the hosted model: the sequence's model covers every shot.
+    spec.model = "sora-test".into();
+    let all = plan_with(&spec, &catalog).unwrap();
+    assert!(
+        all.segments
+            .iter()
+            .all(|s| s.model == "sora-test" && s.clip_seconds > 0)
+    );
+}
+
+proptest! {
+    /// Every hosted window fits its clip, the timeline stays exact, and no fewer clips could
+    /// cover the shot.
+    #[test]
+    fn hosted_windows_fit_their_clips_and_are_fewest(
+        seconds in proptest::collection::vec(1.0f64..40.0, 1..6),
+        fps in prop_oneof![Just(8u32), Just(24), Just(30)],
+        continuing in any::<bool>(),
+    ) {
+        let catalog = hosted_catalog();
+        let shots = seconds
+            .iter()
+            .enumerate()
+            .map(|(index, &s)| {
+                let transition = if continuing && index > 0 { Transition::Continue } else { Transition::Cut };
+                hosted(shot((s * 8.0).round() / 8.0, transition))
+            })
+            .collect();
+        let mut spec = sequence(shots, fps);
+        spec.steps = None;
+        let plan = plan_with(&spec, &catalog).unwrap();
+        prop_assert_eq!(plan.segments.iter().map(|s| s.timeline_frames).sum::<u64>(), spec.total_frames());
+        let longest = 12 * u64::from(fps);
+        for segment in &plan.segments {
+            prop_assert!(segment.render_frames == segment.lead_frames + segment.timeline_frames);
+            prop_assert!(u64::from(segment.clip_seconds) * u64::from(fps) >= segment.render_frames);
+            prop_assert!(segment.render_frames <= longest);
+        }
+        // Fewest: n clips hold the first's room plus n - 1 continuations' (each after a lead
+        // of the handoff frame and the blend); no smaller n holds the shot.
+        let lead = 1 + (spec.continuity_blend_seconds * f64::from(fps)).round() as u64;
+        for (shot_index, shot) in spec.shots.iter().enumerate() {
+            let windows: Vec<_> = plan.segments.iter().filter(|s| s.shot_index == shot_index as u32).collect();
+            let frames: u64 = windows.iter().map(|s| s.timeline_frames).sum();
+            let first_lead = if shot.transition == Transition::Continue { lead } else { 0 };
+            let room = |n: u64| (longest - first_lead) + (n - 1) * (longest - lead);
+            let fewest = (1..).find(|&n| room(n) >= frames).unwrap();
+            prop_assert_eq!(windows.len() as u64, fewest, "{} frames", frames);
+        }
+    }
+}
+
+#[test]
+fn what_a_hosted_model_cannot_do_is_refused_naming_the_field() {
+    let mut catalog = hosted_catalog();
+    catalog
+        .add_toml(
+            "[[model]]\nid = \"small\"\nbase = \"sora-test\"\nsizes = [\"640x360\"]\n",
+            "small.toml",
+        )
+        .unwrap();
+    let mut spec = sequence(vec![hosted(shot(6.0, Transition::Cut))], 24);
+    spec.steps = Some(20);
+    spec.negative = Some("text".into());
+    spec.resolution = Resolution::P1080;
+    let problems = check_models(&spec, &catalog);
+    let fields: Vec<&str> = problems.iter().map(|(field, _)| field.as_str()).collect();
+    // 1080p from 1280x720 is the 1.5x allowed.
+    assert_eq!(fields, ["negative", "steps"]);
+    spec.steps = None;
+    spec.negative = None;
+    assert!(check_models(&spec, &catalog).is_empty());
+    spec.shots[0].model = Some("small".into());
+    let problems = check_models(&spec, &catalog);
+    assert_eq!(problems[0].0, "resolution");
+    assert!(
+        problems[0]
+            .1
+            .contains("renders at most 640x360 for a 1920x1080 frame, an upscale of 3.00x"),
+        "{problems:?}"
+    );
+    // A crossfade as long as the longest clip leaves no room.
+    let mut crossfading = sequence(
+        vec![
+            shot(4.0, Transition::Cut),
+            hosted(shot(20.0, Transition::Crossfade)),
+        ],
+        24,
+    );
+    crossfading.steps = None;
+    crossfading.shots[1].crossfade_seconds = Some(12.0);
+    let problems = check_models(&crossfading, &catalog);
+    assert_eq!(problems[0].0, "shots[1].transition", "{problems:?}");
+    // Local shots are the spec validator's business.
+    assert!(check_models(&sequence(vec![shot(6.0, Transition::Cut)], 24), &catalog).is_empty());
 }

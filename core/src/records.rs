@@ -112,6 +112,14 @@ pub struct TaskDoc {
     pub resumed_from_step: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qa_seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero_cost")]
+    pub cost_usd: f64,
+}
+
+fn is_zero_cost(value: &f64) -> bool {
+    *value == 0.0
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -264,6 +272,8 @@ fn task_doc(task: &TaskRecord) -> TaskDoc {
         reused_from: task.reused_from.clone(),
         resumed_from_step: task.resumed_from_step,
         qa_seed: task.qa_seed,
+        remote_job_id: task.remote_job_id.clone(),
+        cost_usd: task.cost_usd,
     }
 }
 
@@ -503,10 +513,8 @@ fn restore_sequence(
     let spec_key = format!("{SEQUENCES}{id}/spec");
     let sequence = sequence_from_stored(required(records, &spec_key)?, catalog)
         .map_err(|error| Error::Internal(format!("{spec_key}: {error}")))?;
-    let model = catalog
-        .require(&sequence.model)
+    let plan = planner::plan_with(&sequence, catalog)
         .map_err(|unknown| Error::Internal(format!("{spec_key}: {unknown}")))?;
-    let plan = planner::plan(&sequence, model);
     let task = |name: &str| -> Result<TaskRecord, Error> {
         let key = task_key(id, name);
         let doc: TaskDoc = decode(&key, required(records, &key)?)?;
@@ -536,6 +544,8 @@ fn restore_sequence(
             reused_from: doc.reused_from,
             resumed_from_step: doc.resumed_from_step,
             qa_seed: doc.qa_seed,
+            remote_job_id: doc.remote_job_id,
+            cost_usd: doc.cost_usd,
         })
     };
     let segments = plan

@@ -44,6 +44,7 @@ fn sequence(shots: usize) -> Sequence {
                 scene: None,
                 variants: 1,
                 take: 0,
+                model: None,
             })
             .collect(),
     }

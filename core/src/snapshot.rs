@@ -94,6 +94,10 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
             resumed_from_step: task.resumed_from_step,
             take: planned.take,
             alternate: !planned.on_timeline,
+            model: planned.model.clone(),
+            clip_seconds: planned.clip_seconds,
+            cost_usd: task.cost_usd,
+            remote_job_id: task.remote_job_id.clone().unwrap_or_default(),
         })
         .collect();
     let succeeded = record.state == SequenceState::Succeeded;
@@ -107,6 +111,8 @@ pub fn sequence_status(record: &SequenceRecord) -> pb::SequenceStatus {
         total_frames: record.plan.total_frames,
         duration_seconds: record.sequence.total_duration_seconds(),
         shot_count: record.sequence.shots.len() as u32,
+        estimated_cost_usd: record.plan.estimated_cost_usd(),
+        cost_usd: record.segments.iter().map(|task| task.cost_usd).sum(),
         segments,
         stitch: Some(task_status(&record.stitch, record.plan.total_frames)),
         video_key: if succeeded {
@@ -251,6 +257,7 @@ fn stitch_parts(record: &SequenceRecord, on_timeline: bool) -> Vec<pb::StitchPar
                 grade_reference: planned.grade_reference,
                 shot_name,
                 reused: done.reused_from.is_some(),
+                cost_usd: done.cost_usd,
                 take: planned.take,
                 seed: record.seed_of(index),
             }
@@ -282,7 +289,7 @@ pub fn assignment_message(
                 segment_id: planned.id.clone(),
                 shot_index: planned.shot_index,
                 segment_index: planned.segment_index,
-                model: record.sequence.model.clone(),
+                model: planned.model.clone(),
                 prompt: planned.prompt.clone(),
                 negative: planned.negative.clone(),
                 width: record.plan.width,
@@ -307,6 +314,11 @@ pub fn assignment_message(
                 } else {
                     String::new()
                 },
+                clip_seconds: planned.clip_seconds,
+                remote_job_id: record.segments[index]
+                    .remote_job_id
+                    .clone()
+                    .unwrap_or_default(),
             })
         }
         TaskRef::Stitch => pb::assignment::Task::Stitch(pb::StitchTask {

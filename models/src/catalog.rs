@@ -21,8 +21,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 mod file;
+pub mod hosted;
 
 pub(crate) use file::{WAN_TEMPORAL_STRIDE, whole};
+pub use hosted::{HostedAuth, HostedSpec, KeySource};
 
 use crate::memory::{
     MemoryModel, REELFARM_TINY_MEMORY, SegmentShape, WAN_2_1_1_3B_MEMORY, WAN_2_1_14B_MEMORY,
@@ -41,6 +43,9 @@ pub enum Backend {
     Wan,
     /// A published model the placement simulator renders; no worker serves it.
     Simulated,
+    /// A hosted model behind the OpenAI videos API (`hosted`): a worker started with
+    /// `--hosted` calls it.
+    OpenAiVideos,
 }
 
 impl Backend {
@@ -49,6 +54,7 @@ impl Backend {
             Backend::Tiny => "tiny",
             Backend::Wan => "wan",
             Backend::Simulated => "simulated",
+            Backend::OpenAiVideos => "openai-videos",
         }
     }
 }
@@ -76,6 +82,8 @@ pub struct ModelEntry {
     /// include it, so new weights never reuse a segment the old ones rendered. Without it
     /// the `weights` location stands for them (`weights_identity`).
     pub weights_digest: Option<String>,
+    /// The API, limits and price of a hosted model (`Backend::OpenAiVideos` only).
+    pub hosted: Option<HostedSpec>,
 }
 
 impl ModelEntry {
@@ -145,6 +153,7 @@ pub fn reelfarm_tiny() -> ModelEntry {
         memory: REELFARM_TINY_MEMORY,
         weights: None,
         weights_digest: Some(format!("sha256:{}", env!("REELFARM_TINY_WEIGHTS_SHA256"))),
+        hosted: None,
     }
 }
 
@@ -169,6 +178,7 @@ pub fn wan_2_1_t2v_1_3b() -> ModelEntry {
         memory: WAN_2_1_1_3B_MEMORY,
         weights: None,
         weights_digest: None,
+        hosted: None,
     }
 }
 
@@ -188,6 +198,7 @@ pub fn simulated_models() -> Vec<ModelEntry> {
         memory,
         weights: None,
         weights_digest: None,
+        hosted: None,
     };
     vec![
         wan("sim-wan2.1-1.3b", WAN_2_1_1_3B_MEMORY),

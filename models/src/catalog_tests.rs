@@ -154,7 +154,7 @@ fn a_redeclared_builtin_keeps_its_backend() {
     );
     assert_eq!(
         error_of("[[model]]\nid = \"reelfarm-tiny\"\nbackend = \"sora\"\n"),
-        "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny, wan"
+        "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny, wan, openai-videos"
     );
     // Naming the backend it has is allowed.
     let catalog =
@@ -276,7 +276,7 @@ fn file_errors_name_the_entry_and_the_field() {
         ),
         (
             "[[model]]\nid = \"x\"\nbackend = \"sora\"\n",
-            "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny, wan",
+            "models.toml: model[0].backend: unknown backend \"sora\"; available: tiny, wan, openai-videos",
         ),
         (
             "[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n\n[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\n",
@@ -442,5 +442,109 @@ weights_digest = "rev-7"
     assert!(
         error_of("[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nweights_digest = \"\"\n")
             .contains("model[0].weights_digest: must be 1-200 printable characters")
+    );
+}
+
+/// The README's two hosted entries: OpenAI itself and a gateway with its own key file.
+const HOSTED: &str = r#"
+[[model]]
+id = "sora-2-pro"
+backend = "openai-videos"
+remote_model = "sora-2-pro"
+base_url = "https://api.openai.com/v1/"
+api_key_env = "OPENAI_API_KEY"
+clip_seconds = [12, 4, 8]
+sizes = ["1280x720", "720x1280", "1792x1024", "1024x1792"]
+price_per_second_usd = 0.5
+max_concurrent_jobs = 4
+requests_per_minute = 50
+
+[[model]]
+id = "studio-gateway-sora"
+base = "sora-2-pro"
+base_url = "http://litellm.internal:4000/v1"
+api_key_file = "/var/run/secrets/litellm/key"
+remote_model = "sora-hd"
+"#;
+
+#[test]
+fn a_hosted_entry_carries_its_api_limits_and_price_and_a_base_lends_them() {
+    let catalog = with(HOSTED).unwrap();
+    let pro = catalog.require("sora-2-pro").unwrap();
+    assert_eq!(pro.backend, Backend::OpenAiVideos);
+    let spec = pro.hosted.as_ref().unwrap();
+    assert_eq!(spec.base_url, "https://api.openai.com/v1");
+    assert_eq!(spec.key, KeySource::Env("OPENAI_API_KEY".into()));
+    assert_eq!(spec.clip_seconds, [4, 8, 12]);
+    assert_eq!(spec.sizes[2], (1792, 1024));
+    assert_eq!(
+        (spec.max_concurrent_jobs, spec.requests_per_minute),
+        (4, 50)
+    );
+    // The longest clip is the window; one output frame per frame; nothing to load.
+    assert_eq!((pro.window_seconds, pro.temporal_stride), (12.0, 1));
+    assert_eq!(pro.load_seconds(), 0.0);
+    let gateway = catalog.require("studio-gateway-sora").unwrap();
+    let via = gateway.hosted.as_ref().unwrap();
+    assert_eq!(
+        via.key,
+        KeySource::File("/var/run/secrets/litellm/key".into())
+    );
+    assert_eq!(
+        (via.remote_model.as_str(), via.price_per_second_usd),
+        ("sora-hd", 0.5)
+    );
+    // Another remote model is other pixels: cache keys differ.
+    assert_ne!(gateway.weights_identity(), pro.weights_identity());
+}
+
+#[test]
+fn a_hosted_entry_refuses_what_it_cannot_use_naming_the_field() {
+    let entry = |extra: &str| {
+        format!(
+            "[[model]]\nid = \"h\"\nbackend = \"openai-videos\"\nremote_model = \"sora-2\"\n\
+             base_url = \"https://api.openai.com/v1\"\napi_key_env = \"K\"\nclip_seconds = [4]\n\
+             sizes = [\"1280x720\"]\nprice_per_second_usd = 0.1\n{extra}"
+        )
+    };
+    assert!(with(&entry("")).is_ok());
+    for (extra, expected) in [
+        (
+            "final_steps = 4\n",
+            "model[0].final_steps: is not used by an openai-videos model",
+        ),
+        (
+            "sizes = [\"1280x721\"]\n",
+            "model[0].sizes[0]: \"1280x721\" must be WIDTHxHEIGHT",
+        ),
+        (
+            "api_key_file = \"/k\"\n",
+            "model[0].api_key_file: give api_key_env or api_key_file",
+        ),
+        (
+            "auth = \"basic\"\n",
+            "model[0].auth: unknown auth \"basic\"",
+        ),
+        (
+            "max_concurrent_jobs = 0\n",
+            "model[0].max_concurrent_jobs: must be within 1..=256",
+        ),
+    ] {
+        // A key given twice is a TOML error; replace instead of append for those.
+        let text = if extra.starts_with("sizes") {
+            entry("").replace("sizes = [\"1280x720\"]\n", extra)
+        } else {
+            entry(extra)
+        };
+        let error = error_of(&text);
+        assert!(error.contains(expected), "{extra}: {error}");
+    }
+    assert!(
+        error_of("[[model]]\nid = \"x\"\nbase = \"reelfarm-tiny\"\nclip_seconds = [4]\n")
+            .contains("model[0].clip_seconds: is for backend \"openai-videos\" only")
+    );
+    assert!(
+        error_of("[[model]]\nid = \"x\"\nbackend = \"openai-videos\"\nremote_model = \"s\"\n")
+            .contains("model[0].base_url: is required for an openai-videos model")
     );
 }

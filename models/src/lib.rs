@@ -15,7 +15,8 @@ pub mod retime;
 pub mod runtime;
 
 pub use catalog::{
-    Backend, Catalog, CatalogError, ModelEntry, REELFARM_TINY, UnknownModel, WAN_2_1_T2V_1_3B,
+    Backend, Catalog, CatalogError, HostedAuth, HostedSpec, KeySource, ModelEntry, REELFARM_TINY,
+    UnknownModel, WAN_2_1_T2V_1_3B,
 };
 #[cfg(feature = "runtime")]
 pub use checkpoint::{Checkpoints, SamplingState, StateTensor};

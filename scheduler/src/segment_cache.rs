@@ -7,7 +7,6 @@ use reelfarm_common::sequence::Sequence;
 use reelfarm_core::cache::{self, CacheEntry};
 use reelfarm_core::farm::Cached;
 use reelfarm_core::planner::Plan;
-use reelfarm_models::ModelEntry;
 use tracing::warn;
 
 /// Lookups in flight at once.
@@ -18,7 +17,6 @@ pub async fn look_up(
     store: &dyn BlobStore,
     sequence: &Sequence,
     plan: &Plan,
-    model: &ModelEntry,
     reuse: bool,
 ) -> Cached {
     let digests: Vec<Option<String>> = sequence
@@ -30,13 +28,7 @@ pub async fn look_up(
                 .map(|reference| cache::sha256_hex(&reference.png))
         })
         .collect();
-    let keys = cache::segment_keys(
-        plan,
-        sequence.owner.as_deref(),
-        &model.id,
-        &model.weights_identity(),
-        &digests,
-    );
+    let keys = cache::segment_keys(plan, sequence.owner.as_deref(), &digests);
     if !reuse {
         return Cached {
             keys,

@@ -14,8 +14,8 @@ pub mod sidecar;
 pub mod timeline;
 
 pub use pipeline::{
-    AlternateTake, Join, Progress, SequenceStitch, StitchError, StitchInput, StitchOutputs,
-    StitchReport, Stitched, TakeReport, Unwatched, VideoSource, dissolve, stitch, stitch_sequence,
-    stitch_with_takes, timeline_of,
+    AlternateTake, Join, Progress, SequenceStitch, ShotCost, StitchError, StitchInput,
+    StitchOutputs, StitchReport, Stitched, TakeReport, Unwatched, VideoSource, dissolve, stitch,
+    stitch_sequence, stitch_with_takes, timeline_of,
 };
 pub use sidecar::Sidecar;

@@ -129,6 +129,14 @@ pub struct TakeReport {
     pub on_timeline: bool,
 }
 
+/// What one shot's hosted clips cost (every take and every paid render).
+#[derive(Debug, Clone, Serialize)]
+pub struct ShotCost {
+    pub shot_index: u32,
+    pub shot_name: String,
+    pub cost_usd: f64,
+}
+
 /// Where a part's file comes from: already in memory, or fetched only when the stitch
 /// reaches that part, so a long sequence holds one segment file at a time.
 pub enum VideoSource {
@@ -167,6 +175,11 @@ pub struct StitchReport {
     /// Every take of the shots that asked for variants; `reelfarm pick` swaps one in.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub takes: Vec<TakeReport>,
+    /// What the hosted clips cost, in total and per shot (absent when nothing was paid).
+    #[serde(skip_serializing_if = "is_free")]
+    pub cost_usd: f64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shot_costs: Vec<ShotCost>,
     pub color_match: &'static str,
     pub joins: Vec<JoinMetrics>,
     pub decode_seconds: f64,
@@ -523,6 +536,12 @@ pub struct SequenceStitch {
     pub reused_segments: usize,
     /// Every take of the shots that have several (`variants`), the picked ones included.
     pub takes: Vec<TakeReport>,
+    /// The shots whose hosted clips cost something.
+    pub shot_costs: Vec<ShotCost>,
+}
+
+fn is_free(cost_usd: &f64) -> bool {
+    *cost_usd == 0.0
 }
 
 /// Everything a sequence's stitch delivers, as bytes ready to store.
@@ -574,6 +593,8 @@ pub fn stitch_with_takes(
         segments: inputs.len(),
         reused_segments: sequence.reused_segments,
         takes: sequence.takes.clone(),
+        cost_usd: sequence.shot_costs.iter().map(|shot| shot.cost_usd).sum(),
+        shot_costs: sequence.shot_costs.clone(),
         color_match: sequence.method.name(),
         joins: stitched.joins.clone(),
         decode_seconds: stitched.decode_seconds,

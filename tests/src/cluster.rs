@@ -513,6 +513,36 @@ impl Cluster {
         Ok(())
     }
 
+    /// A hosted worker (`--hosted`): it calls the openai-videos models of the catalog file
+    /// `models`, with `env` giving their API keys; its devices are concurrency slots.
+    pub fn start_hosted_worker(
+        &mut self,
+        name: &str,
+        models: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
+        let mut command = self.command("worker");
+        if let Some((_, workers)) = &self.tokens {
+            command.env("REELFARM_TOKEN", workers);
+        }
+        command.envs(env.iter().copied());
+        let health = format!("127.0.0.1:{}", free_port());
+        self.worker_health.push(health.clone());
+        command
+            .arg("--health-listen")
+            .arg(health)
+            .arg("--scheduler")
+            .arg(self.scheduler_list())
+            .arg("--name")
+            .arg(name)
+            .arg("--hosted")
+            .arg("--models")
+            .arg(models);
+        let process = Process::spawn(name, command, &self.dir)?;
+        self.workers.push(process);
+        Ok(())
+    }
+
     /// Runs a client verb of the binary against the schedulers; (exit code, stdout, stderr).
     /// As the admin when the farm authenticates.
     pub fn client(&self, args: &[&str]) -> Result<(i32, String, String)> {

@@ -41,6 +41,7 @@ pub async fn submit(
             spec: Some(spec),
             idempotency_key: key.into(),
             no_cache: false,
+            max_cost_usd: None,
         })
         .await?
         .into_inner())

@@ -60,6 +60,7 @@ impl TestFarm {
             spec: Some(spec),
             idempotency_key: String::new(),
             no_cache,
+            max_cost_usd: None,
         };
         let submitted = self.client.submit_sequence(request).await?.into_inner();
         let seen = self.watch_to_end(&submitted.sequence_id, timeout).await?;

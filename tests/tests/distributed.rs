@@ -253,6 +253,7 @@ async fn a_fenced_off_worker_s_late_result_is_refused_and_changes_nothing() {
                 objects: Vec::new(),
                 resumed_from_step: 0,
                 seams: Vec::new(),
+                cost_usd: 0.0,
             })
             .await;
         match late {

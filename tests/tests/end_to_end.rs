@@ -16,6 +16,7 @@ async fn a_multi_shot_sequence_renders_to_an_exact_mp4() {
         spec: Some(three_shot_spec(2)),
         idempotency_key: "e2e".into(),
         no_cache: false,
+        max_cost_usd: None,
     };
     let submitted = farm
         .client
@@ -91,6 +92,7 @@ async fn submit_error(farm: &mut TestFarm, spec: Option<pb::SequenceSpec>) -> to
         spec,
         idempotency_key: String::new(),
         no_cache: false,
+        max_cost_usd: None,
     };
     farm.client
         .submit_sequence(request)
@@ -156,6 +158,7 @@ async fn the_same_idempotency_key_returns_the_same_sequence_and_cancel_stops_it(
         spec: Some(spec),
         idempotency_key: "same-key".into(),
         no_cache: false,
+        max_cost_usd: None,
     };
     let first = farm
         .client

@@ -785,6 +785,7 @@ async fn a_segment_whose_worker_dies_resumes_from_its_checkpoint_and_renders_the
                 spec: Some(spec),
                 idempotency_key: String::new(),
                 no_cache: true,
+                max_cost_usd: None,
             })
             .await?
             .into_inner()

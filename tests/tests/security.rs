@@ -54,6 +54,7 @@ async fn each_oversized_field_is_refused_by_name_and_the_leader_is_unchanged() {
             spec: Some(spec),
             idempotency_key: key,
             no_cache: false,
+            max_cost_usd: None,
         };
         expect_refused(
             "idempotency key",
@@ -413,6 +414,7 @@ async fn anonymous_calls_are_refused_and_tenants_see_only_their_own_sequences() 
                 }),
                 idempotency_key: String::new(),
                 no_cache: false,
+                max_cost_usd: None,
             })
             .await;
         if code_of(&claimed) != Some(tonic::Code::PermissionDenied) {

@@ -118,6 +118,7 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
                         spec: Some(specs[*sequence].clone()),
                         idempotency_key: String::new(),
                         no_cache: false,
+                        max_cost_usd: None,
                     })
                     .await?
                     .into_inner();
@@ -140,6 +141,7 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
                         objects: Vec::new(),
                         resumed_from_step: 0,
                         seams: Vec::new(),
+                        cost_usd: 0.0,
                     })
                     .await?;
             }

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod health;
+pub mod hosted;
 pub mod inventory;
 pub mod memory_meter;
 pub mod runtimes;

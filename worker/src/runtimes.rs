@@ -66,8 +66,9 @@ pub fn load_runtimes_with(
                     runtimes.push(runtime);
                 }
             }
-            // Only the placement simulator renders these.
-            Backend::Simulated => {}
+            // Only the placement simulator renders these; hosted models are called by a
+            // worker started with `--hosted` (`crate::hosted`).
+            Backend::Simulated | Backend::OpenAiVideos => {}
         }
     }
     Ok(runtimes)

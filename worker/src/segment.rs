@@ -26,7 +26,7 @@ pub struct SegmentResult {
     pub resumed_from_step: u32,
 }
 
-struct Encoded {
+pub(crate) struct Encoded {
     video: Vec<u8>,
     sidecar: Sidecar,
     handoff_frame_png: Vec<u8>,
@@ -57,7 +57,7 @@ pub async fn run_segment(
     };
     let checkpoint = checkpoint::Store::open(&task, store.clone()).await;
     let blocking_task = task.clone();
-    let encoded = tokio::task::spawn_blocking(move || {
+    let mut encoded = tokio::task::spawn_blocking(move || {
         render_and_encode(
             &blocking_task,
             model.as_ref(),
@@ -73,13 +73,22 @@ pub async fn run_segment(
             format!("render thread failed: {error}"),
         )
     })??;
-    phases.extend(encoded.phases);
+    phases.extend(std::mem::take(&mut encoded.phases));
+    store_encoded(&task, encoded, store.as_ref(), phases).await
+}
 
+/// Writes an encoded segment: sidecar, handoff frame, then the video (its presence means the
+/// whole segment is in the store).
+pub(crate) async fn store_encoded(
+    task: &pb::SegmentTask,
+    encoded: Encoded,
+    store: &dyn BlobStore,
+    mut phases: Phases,
+) -> Result<SegmentResult, TaskFailure> {
     let start = unix_now_s();
     let video_key = keys::segment_video(&task.output_prefix);
     let sidecar = serde_json::to_vec_pretty(&encoded.sidecar)
         .map_err(|error| TaskFailure::invalid(error.to_string()))?;
-    let store = store.as_ref();
     let objects = vec![
         put_recorded(store, &keys::segment_sidecar(&task.output_prefix), sidecar).await?,
         put_recorded(
@@ -107,18 +116,7 @@ fn render_and_encode(
     mut checkpoint: checkpoint::Store,
     progress: &Progress,
 ) -> Result<Encoded, TaskFailure> {
-    if task.width == 0 || task.height == 0 || task.fps == 0 || task.timeline_frames == 0 {
-        return Err(TaskFailure::invalid(format!(
-            "segment {} has an empty size, rate or length",
-            task.segment_id
-        )));
-    }
-    if task.render_frames < task.lead_frames + task.timeline_frames {
-        return Err(TaskFailure::invalid(format!(
-            "segment {} renders fewer frames than it keeps",
-            task.segment_id
-        )));
-    }
+    check_shape(task)?;
     let mut phases = Phases::default();
     let request = GenerateRequest {
         prompt: task.prompt.clone(),
@@ -174,7 +172,35 @@ fn render_and_encode(
     phases.record("model", &task.segment_id, model_start);
     let model_seconds = unix_now_s() - model_start;
     progress.check_cancelled()?;
+    encode_clip(task, &clip, phases, model_seconds, checkpoints.resumed_from)
+}
 
+/// Checks a segment task's frame counts before anything renders.
+pub(crate) fn check_shape(task: &pb::SegmentTask) -> Result<(), TaskFailure> {
+    if task.width == 0 || task.height == 0 || task.fps == 0 || task.timeline_frames == 0 {
+        return Err(TaskFailure::invalid(format!(
+            "segment {} has an empty size, rate or length",
+            task.segment_id
+        )));
+    }
+    if task.render_frames < task.lead_frames + task.timeline_frames {
+        return Err(TaskFailure::invalid(format!(
+            "segment {} renders fewer frames than it keeps",
+            task.segment_id
+        )));
+    }
+    Ok(())
+}
+
+/// Encodes a rendered clip as the segment: drops a continuation's conditioning frame, keeps
+/// the lead and timeline frames, samples colours for the sidecar and picks the handoff frame.
+pub(crate) fn encode_clip(
+    task: &pb::SegmentTask,
+    clip: &reelfarm_models::GeneratedClip,
+    mut phases: Phases,
+    model_seconds: f64,
+    resumed_from_step: u32,
+) -> Result<Encoded, TaskFailure> {
     // A continuation's first lead frame is the conditioning picture itself: drop it; its
     // other lead frames (the continuity blend) stay, like a crossfade's dissolve handle.
     let first = u64::from(task.join == pb::JoinKind::Continue as i32).min(task.lead_frames);
@@ -194,7 +220,7 @@ fn render_and_encode(
     let (mut last_frame, mut handoff_frame) = (None, None);
     let mirrored = mirror_if_told(&task.segment_id);
     for index in first..end {
-        let mut frame = clip.frame(index as u32);
+        let mut frame = clip.try_frame(index as u32)?;
         if mirrored && index >= task.lead_frames {
             mirror(&mut frame);
         }
@@ -228,7 +254,7 @@ fn render_and_encode(
         sidecar,
         handoff_frame_png,
         phases,
-        resumed_from_step: checkpoints.resumed_from,
+        resumed_from_step,
     })
 }
 

@@ -10,7 +10,7 @@ use reelfarm_common::sequence::ColorMatch;
 use reelfarm_common::{pb, unix_now_s};
 use reelfarm_stitch::grading::SegmentColor;
 use reelfarm_stitch::{
-    AlternateTake, Join, SequenceStitch, Sidecar, StitchError, StitchInput, TakeReport,
+    AlternateTake, Join, SequenceStitch, ShotCost, Sidecar, StitchError, StitchInput, TakeReport,
     VideoSource, stitch_with_takes,
 };
 
@@ -139,8 +139,27 @@ pub async fn run_stitch(
     let mut takes = takes;
     takes.sort_by_key(|take| (take.shot_index, take.take));
 
+    let mut shot_costs: Vec<ShotCost> = Vec::new();
+    for part in task.parts.iter().chain(&task.alternates) {
+        if part.cost_usd <= 0.0 {
+            continue;
+        }
+        match shot_costs
+            .iter_mut()
+            .find(|shot| shot.shot_index == part.shot_index)
+        {
+            Some(shot) => shot.cost_usd += part.cost_usd,
+            None => shot_costs.push(ShotCost {
+                shot_index: part.shot_index,
+                shot_name: part.shot_name.clone(),
+                cost_usd: part.cost_usd,
+            }),
+        }
+    }
+    shot_costs.sort_by_key(|shot| shot.shot_index);
     let sequence = SequenceStitch {
         takes,
+        shot_costs,
         reused_segments: task.parts.iter().filter(|part| part.reused).count(),
         title: task.title.clone(),
         width: task.width,

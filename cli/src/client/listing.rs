@@ -141,7 +141,15 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
     if !status.error.is_empty() {
         println!("error: {}", status.error);
     }
+    if let Some(line) = crate::progress::cost_line(&status) {
+        println!("{line}");
+    }
     println!();
+    // Hosted segments show their model, billed clip and cost.
+    let hosted = status
+        .segments
+        .iter()
+        .any(|segment| segment.clip_seconds > 0);
     let rows = status
         .segments
         .iter()
@@ -173,23 +181,27 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
                 or_dash(&segment.error),
             ]
         })
+        .map(|mut row: Vec<String>| {
+            if hosted {
+                row.insert(row.len() - 1, hosted_cell(&status.segments, &row[0]));
+            }
+            row
+        })
         .collect();
-    print!(
-        "{}",
-        table::render(
-            &[
-                "SEGMENT",
-                "SHOT",
-                "STATE",
-                "STEP",
-                "WORKER/GPU",
-                "ATTEMPT",
-                "MIB EST/PEAK",
-                "ERROR"
-            ],
-            rows
-        )
-    );
+    let mut headers = vec![
+        "SEGMENT",
+        "SHOT",
+        "STATE",
+        "STEP",
+        "WORKER/GPU",
+        "ATTEMPT",
+        "MIB EST/PEAK",
+        "ERROR",
+    ];
+    if hosted {
+        headers.insert(headers.len() - 1, "HOSTED CLIP / COST");
+    }
+    print!("{}", table::render(&headers, rows));
     Ok(())
 }
 
@@ -265,6 +277,17 @@ pub(super) async fn print_workers(client: &mut Client) -> Result<()> {
         )
     );
     Ok(())
+}
+
+/// A hosted segment's model, billed clip length and what it cost so far (`-` for local).
+fn hosted_cell(segments: &[pb::SegmentStatus], id: &str) -> String {
+    match segments.iter().find(|segment| segment.segment_id == id) {
+        Some(segment) if segment.clip_seconds > 0 => format!(
+            "{} {} s ${:.2}",
+            segment.model, segment.clip_seconds, segment.cost_usd
+        ),
+        _ => "-".to_string(),
+    }
 }
 
 /// Reserved (or estimated) and measured peak memory, with the out-of-memory ladder's state.

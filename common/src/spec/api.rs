@@ -25,6 +25,7 @@ pub fn sequence_from_pb(
             reference: None,
             variants: shot.variants,
             take: shot.take,
+            model: shot.model,
             inline_reference: shot.reference_png.map(|png| Reference {
                 name: shot
                     .reference_name
@@ -104,6 +105,7 @@ pub fn sequence_to_pb(sequence: &Sequence) -> pb::SequenceSpec {
                 name: shot.name.clone(),
                 variants: (shot.variants > 1).then_some(shot.variants),
                 take: (shot.take > 0).then_some(shot.take),
+                model: shot.model.clone(),
                 scene: shot.scene.clone(),
                 reference_upload: None,
             })

@@ -21,6 +21,8 @@ pub struct Completion {
     pub resumed_from_step: u32,
     /// A stitch's continuity joins, scored.
     pub seams: Vec<pb::SeamScore>,
+    /// What a hosted segment's clip cost (at most its planned price).
+    pub cost_usd: f64,
 }
 
 impl Farm {
@@ -58,8 +60,10 @@ impl Farm {
             peak_memory_bytes,
             resumed_from_step,
             seams,
+            cost_usd,
         } = completion;
         self.check_objects(reference, &objects)?;
+        self.check_cost(reference, cost_usd)?;
         self.check_resumed_step(reference, resumed_from_step)?;
         self.check_peak(reference, peak_memory_bytes)?;
         let assignment = self.take_current(reference)?;
@@ -94,9 +98,13 @@ impl Farm {
             }
             TaskRef::Stitch => 0.0,
         };
+        let model = match assignment.task {
+            TaskRef::Segment(index) => record.plan.segments[index].model.clone(),
+            TaskRef::Stitch => record.sequence.model.clone(),
+        };
         self.events.push(FarmEvent::Completed {
             stitch: assignment.task == TaskRef::Stitch,
-            model: record.sequence.model.clone(),
+            model: model.clone(),
             video_seconds,
             device_seconds,
         });
@@ -111,7 +119,7 @@ impl Farm {
                 key,
                 &record.attempt_prefix(index, assignment.attempt),
                 &objects,
-                &record.sequence.model,
+                &model,
                 now,
             );
             actions.push(Action::WriteObject {
@@ -126,6 +134,9 @@ impl Farm {
         task.reused_from = None;
         task.resumed_from_step = resumed_from_step;
         task.peak_memory_bytes = peak_memory_bytes;
+        task.cost_usd += cost_usd;
+        // The clip is ours now: a later render of this segment is a new job.
+        task.remote_job_id = None;
         task.progress_done = task.progress_total;
         task.error = None;
         match assignment.task {

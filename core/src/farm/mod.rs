@@ -101,6 +101,11 @@ pub struct TaskRecord {
     pub resumed_from_step: u32,
     /// The seed seam QA chose for it (`None`: the plan's).
     pub qa_seed: Option<u64>,
+    /// A hosted segment's remote job, from its creation until its clip is accepted or the
+    /// job failed: a new attempt polls it instead of creating (and paying for) another.
+    pub remote_job_id: Option<String>,
+    /// What its hosted clips cost so far, every paid render counted (seam QA's too).
+    pub cost_usd: f64,
 }
 
 /// An object a task wrote, as its worker computed it before the upload.
@@ -149,6 +154,8 @@ impl TaskRecord {
             reused_from: None,
             resumed_from_step: 0,
             qa_seed: None,
+            remote_job_id: None,
+            cost_usd: 0.0,
         }
     }
 }
@@ -584,8 +591,8 @@ impl Farm {
         device.reserved_bytes += reserved_bytes;
         device.running.push(assignment_id.clone());
         let device_index = device.device.index;
-        if let TaskRef::Segment(_) = task {
-            let model = &self.sequences[id].sequence.model;
+        if let TaskRef::Segment(index) = task {
+            let model = &self.sequences[id].plan.segments[index].model;
             device.resident_models.retain(|m| m != model);
             device.resident_models.insert(0, model.clone());
             device.resident_models.truncate(RESIDENT_MODELS);
@@ -659,6 +666,7 @@ pub use seam_qa::{SeamTry, qa_seed};
 mod deadlines;
 mod ending;
 mod failures;
+mod hosted;
 mod pool;
 mod repair;
 mod tokens;

@@ -37,8 +37,8 @@ impl PlacementState {
     }
 
     fn correction_key(&mut self, record: &SequenceRecord, index: usize) -> CorrectionKey {
-        let model = self.ids.model(&record.sequence.model);
         let planned = &record.plan.segments[index];
+        let model = self.ids.model(&planned.model);
         CorrectionKey::new(
             model,
             &SegmentShape {
@@ -114,7 +114,7 @@ impl PlacementState {
                     reserve_bytes,
                     cold_extra_bytes,
                     min_gpu_bytes: record.segments[index].min_gpu_bytes,
-                    model: self.ids.model(&record.sequence.model),
+                    model: self.ids.model(&record.plan.segments[index].model),
                     work_seconds: record.plan.segments[index].work_seconds,
                     max_speed: f64::INFINITY,
                     chain_seconds_behind: record.plan.segments[index].chain_work_seconds,

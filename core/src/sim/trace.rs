@@ -219,6 +219,7 @@ fn sequence(
             scene: None,
             variants: 1,
             take: 0,
+            model: None,
         });
     }
     Sequence {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::hosted::{HOSTED_MEMORY, HOSTED_PROGRESS_STEPS, HostedDoc};
 use super::{Backend, Catalog, CatalogError, ModelEntry};
 use crate::memory::MemoryModel;
 
@@ -106,7 +107,7 @@ impl Catalog {
     }
 
     /// A file entry made whole: the base's settings under the entry's own, then checked.
-    fn resolve(&self, doc: EntryDoc) -> Result<ModelEntry, (String, String)> {
+    fn resolve(&self, mut doc: EntryDoc) -> Result<ModelEntry, (String, String)> {
         let field = |name: &str| name.to_string();
         check_id(&doc.id).map_err(|reason| (field("id"), reason))?;
         let base = match &doc.base {
@@ -138,6 +139,19 @@ impl Catalog {
             return Err((
                 field("base"),
                 format!("{} models run only in the simulator", backend.name()),
+            ));
+        }
+        let hosted_doc = doc.hosted_doc();
+        if backend == Backend::OpenAiVideos {
+            return resolve_hosted(doc, hosted_doc, base.as_ref());
+        }
+        if let Some(name) = hosted_doc.first_given() {
+            return Err((
+                field(name),
+                format!(
+                    "is for backend \"openai-videos\" only; this entry's backend is {}",
+                    backend.name()
+                ),
             ));
         }
         let pick = |value: Option<f64>, of_base: Option<f64>, name: &str| {
@@ -183,10 +197,56 @@ impl Catalog {
                     .or(base.as_ref().and_then(|b| b.weights_digest.clone())),
             },
             weights: doc.weights.or(base.and_then(|b| b.weights)),
+            hosted: None,
         };
         check_entry(&entry)?;
         Ok(entry)
     }
+}
+
+/// A hosted entry: its API fields over its base's, and the farm-side settings every hosted
+/// model shares (one frame per latent frame, no steps of its own, `HOSTED_MEMORY`); the
+/// settings of a local model are refused by name.
+fn resolve_hosted(
+    doc: EntryDoc,
+    hosted: HostedDoc,
+    base: Option<&ModelEntry>,
+) -> Result<ModelEntry, (String, String)> {
+    let local_only = [
+        ("native_fps", doc.native_fps.is_some()),
+        ("window_seconds", doc.window_seconds.is_some()),
+        ("temporal_stride", doc.temporal_stride.is_some()),
+        ("draft_steps", doc.draft_steps.is_some()),
+        ("final_steps", doc.final_steps.is_some()),
+        ("guidance", doc.guidance.is_some()),
+        ("memory", doc.memory.is_some()),
+        ("weights", doc.weights.is_some()),
+        ("weights_digest", doc.weights_digest.is_some()),
+    ];
+    if let Some((name, _)) = local_only.iter().find(|(_, given)| *given) {
+        return Err((
+            name.to_string(),
+            "is not used by an openai-videos model (the service picks it); leave it out"
+                .to_string(),
+        ));
+    }
+    let spec = hosted.resolve(base.and_then(|b| b.hosted.as_ref()))?;
+    Ok(ModelEntry {
+        id: doc.id,
+        backend: Backend::OpenAiVideos,
+        native_fps: None,
+        window_seconds: f64::from(spec.longest_clip()),
+        temporal_stride: 1,
+        // The service's progress is a percentage: a hosted segment's "steps" are its 100.
+        draft_steps: HOSTED_PROGRESS_STEPS,
+        final_steps: HOSTED_PROGRESS_STEPS,
+        guidance: 0.0,
+        memory: HOSTED_MEMORY,
+        weights: None,
+        // What renders is the remote model: cache keys change when it does.
+        weights_digest: Some(format!("remote {} at {}", spec.remote_model, spec.base_url)),
+        hosted: Some(spec),
+    })
 }
 
 fn is_builtin(id: &str) -> bool {
@@ -198,9 +258,10 @@ fn parse_backend(name: &str) -> Result<Backend, (String, String)> {
     match name {
         "tiny" => Ok(Backend::Tiny),
         "wan" => Ok(Backend::Wan),
+        "openai-videos" => Ok(Backend::OpenAiVideos),
         other => Err((
             "backend".to_string(),
-            format!("unknown backend {other:?}; available: tiny, wan"),
+            format!("unknown backend {other:?}; available: tiny, wan, openai-videos"),
         )),
     }
 }
@@ -404,9 +465,38 @@ struct EntryDoc {
     memory: Option<MemoryDoc>,
     weights: Option<String>,
     weights_digest: Option<String>,
+    // openai-videos (`hosted.rs`).
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+    api_key_file: Option<String>,
+    auth: Option<String>,
+    remote_model: Option<String>,
+    clip_seconds: Option<Vec<u32>>,
+    sizes: Option<Vec<String>>,
+    price_per_second_usd: Option<f64>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    max_concurrent_jobs: Option<u32>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    requests_per_minute: Option<u32>,
 }
 
 impl EntryDoc {
+    /// The openai-videos fields, taken out of the entry.
+    fn hosted_doc(&mut self) -> HostedDoc {
+        HostedDoc {
+            base_url: self.base_url.take(),
+            api_key_env: self.api_key_env.take(),
+            api_key_file: self.api_key_file.take(),
+            auth: self.auth.take(),
+            remote_model: self.remote_model.take(),
+            clip_seconds: self.clip_seconds.take(),
+            sizes: self.sizes.take(),
+            price_per_second_usd: self.price_per_second_usd.take(),
+            max_concurrent_jobs: self.max_concurrent_jobs.take(),
+            requests_per_minute: self.requests_per_minute.take(),
+        }
+    }
+
     /// A built-in's id without `base`: the file re-declares that built-in.
     fn redeclares_builtin(&self) -> bool {
         self.base.is_none() && is_builtin(&self.id)

@@ -61,6 +61,9 @@ impl SequenceService for Api {
         }
         let uploads = uploads::resolve(&self.0.store, &mut spec).await?;
         let sequence = spec::sequence_from_pb(spec, &self.0.catalog.ids()).map_err(Error::from)?;
+        if let Some(budget) = request.max_cost_usd {
+            check_budget(&sequence, &self.0.catalog, budget)?;
+        }
         let (sequence_id, created) = self
             .accept(sequence, key, request.no_cache, &incoming, None)
             .await?;
@@ -669,11 +672,16 @@ impl Api {
         incoming: &str,
         revision: Option<Revision>,
     ) -> Result<(String, bool), Status> {
-        let model = self
-            .0
-            .catalog
-            .require(&sequence.model)
+        let plan = planner::plan_with(&sequence, &self.0.catalog)
             .map_err(|unknown| Error::InvalidArgument(format!("model: {unknown}")))?;
+        let problems = planner::check_models(&sequence, &self.0.catalog);
+        if !problems.is_empty() {
+            let lines: Vec<String> = problems
+                .iter()
+                .map(|(path, reason)| format!("{path}: {reason}"))
+                .collect();
+            return Err(Error::InvalidArgument(lines.join("\n")).into());
+        }
         // Refuse early on a follower, before uploading reference images.
         self.0.leadership().await?;
         let id = format!("seq-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -690,16 +698,9 @@ impl Api {
             }
         }
         let planning = unix_now_s();
-        let plan = planner::plan(&sequence, model);
         let segments = plan.segments.len();
-        let cached = crate::segment_cache::look_up(
-            self.0.store.as_ref(),
-            &sequence,
-            &plan,
-            model,
-            !no_cache,
-        )
-        .await;
+        let cached =
+            crate::segment_cache::look_up(self.0.store.as_ref(), &sequence, &plan, !no_cache).await;
         let reused = cached.hits.iter().flatten().count();
         let span = trace_context::start_span(
             "sequence",
@@ -739,4 +740,28 @@ impl Api {
         }
         Ok((sequence_id, created))
     }
+}
+
+/// `--max-cost`: a sequence whose hosted clips are estimated above the budget is refused,
+/// with both figures.
+fn check_budget(
+    sequence: &reelfarm_common::sequence::Sequence,
+    catalog: &reelfarm_models::Catalog,
+    budget: f64,
+) -> Result<(), Error> {
+    if !budget.is_finite() || budget < 0.0 {
+        return Err(Error::InvalidArgument(format!(
+            "max_cost_usd: {budget} must be a non-negative number of dollars"
+        )));
+    }
+    let plan = planner::plan_with(sequence, catalog)
+        .map_err(|unknown| Error::InvalidArgument(format!("model: {unknown}")))?;
+    let estimated = plan.estimated_cost_usd();
+    if estimated > budget + 1e-9 {
+        return Err(Error::InvalidArgument(format!(
+            "max_cost_usd: the hosted clips are estimated at ${estimated:.2}, above the budget of \
+             ${budget:.2}; raise --max-cost, shorten the sequence or move shots to a local model"
+        )));
+    }
+    Ok(())
 }

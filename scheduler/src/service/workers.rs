@@ -235,6 +235,7 @@ impl WorkerService for Api {
                             peak_memory_bytes: request.peak_memory_bytes,
                             resumed_from_step: request.resumed_from_step,
                             seams: request.seams,
+                            cost_usd: request.cost_usd,
                         },
                         unix_now_s(),
                     )?,
@@ -286,6 +287,37 @@ impl WorkerService for Api {
         }
         result?;
         Ok(Response::new(pb::FailTaskResponse {}))
+    }
+
+    async fn record_remote_job(
+        &self,
+        request: Request<pb::RecordRemoteJobRequest>,
+    ) -> Result<Response<pb::RecordRemoteJobResponse>, Status> {
+        let caller = self
+            .caller(&request, Need::Worker, "RecordRemoteJob")
+            .await?;
+        let request = request.into_inner();
+        let reference = require_ref(request.assignment)?;
+        self.reports_on(&caller, &reference).await?;
+        // `apply` commits the record to the state store before this answers: the worker
+        // polls only a job a new leader would also know.
+        let result = self
+            .0
+            .apply(|farm| {
+                farm.record_remote_job(&reference, &request.remote_job_id)?;
+                Ok(((), Vec::new()))
+            })
+            .await;
+        match &result {
+            Ok(()) => {
+                info!(assignment = %reference.assignment_id, remote_job = %request.remote_job_id, "remote job recorded")
+            }
+            Err(error) => {
+                warn!(assignment = %reference.assignment_id, %error, "remote job not recorded")
+            }
+        }
+        result?;
+        Ok(Response::new(pb::RecordRemoteJobResponse {}))
     }
 
     async fn heartbeat(

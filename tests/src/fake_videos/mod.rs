@@ -52,6 +52,8 @@ pub struct Arrival {
     pub at: Instant,
     pub method: String,
     pub path: String,
+    /// The status of an injected fault's answer (429, 500); `None`: served normally.
+    pub fault: Option<u16>,
 }
 
 /// The fields of one accepted create call.
@@ -222,9 +224,13 @@ async fn gate(
             at: Instant::now(),
             method: method.to_string(),
             path: uri.path().to_string(),
+            fault: None,
         });
         if state.faults.too_many > 0 {
             state.faults.too_many -= 1;
+            if let Some(arrival) = state.arrivals.last_mut() {
+                arrival.fault = Some(429);
+            }
             let wait = state.faults.retry_after_s;
             let mut response = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -240,6 +246,9 @@ async fn gate(
         }
         if state.faults.server_errors > 0 {
             state.faults.server_errors -= 1;
+            if let Some(arrival) = state.arrivals.last_mut() {
+                arrival.fault = Some(500);
+            }
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use self::machine::{Agent, Effect, Event};
 use crate::Error;
+use crate::hosted::{HostedModel, RecordJob, run_hosted_segment};
 use crate::inventory::Inventory;
 use crate::memory_meter::PeakMeter;
 use crate::segment::run_segment;
@@ -36,6 +37,8 @@ pub struct WorkerConfig {
     pub name: String,
     pub store: Arc<dyn BlobStore>,
     pub models: Vec<Arc<dyn ModelRuntime>>,
+    /// Hosted models this worker calls (`--hosted`; its devices are then concurrency slots).
+    pub hosted: Vec<Arc<HostedModel>>,
     pub inventory: Arc<Inventory>,
     /// How long to keep trying to reach a leading scheduler at start.
     pub connect_timeout: Duration,
@@ -206,7 +209,12 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut driver = Driver {
         agent: Agent::new(config.drain_timeout),
-        model_ids: config.models.iter().map(|m| m.id().to_string()).collect(),
+        model_ids: config
+            .models
+            .iter()
+            .map(|m| m.id().to_string())
+            .chain(config.hosted.iter().map(|m| m.id.clone()))
+            .collect(),
         models: Arc::new(config.models.clone()),
         config,
         worker_id,
@@ -309,6 +317,7 @@ impl Driver {
                     link: self.link.clone(),
                     store: self.config.store.clone(),
                     models: self.models.clone(),
+                    hosted: self.config.hosted.clone(),
                     running: self.running.clone(),
                     devices: self.config.inventory.devices(),
                     handing_back: self.handing_back.clone(),
@@ -458,6 +467,7 @@ struct Context {
     link: Arc<Link>,
     store: Arc<dyn BlobStore>,
     models: Arc<Vec<Arc<dyn ModelRuntime>>>,
+    hosted: Vec<Arc<HostedModel>>,
     running: Running,
     devices: Vec<pb::Device>,
     /// Set while the worker shuts down: a cancelled task is handed back, not failed.
@@ -516,7 +526,27 @@ async fn execute(
 
     let result = match assignment.task {
         Some(pb::assignment::Task::Segment(task)) => {
+            let hosted = context.hosted.iter().find(|model| model.id == task.model);
             match context.models.iter().find(|model| model.id() == task.model) {
+                _ if hosted.is_some() => run_hosted_segment(
+                    task,
+                    hosted.cloned().expect("matched"),
+                    context.store.clone(),
+                    progress,
+                    record_job_via(context.link.clone(), reference.clone()),
+                    context.handing_back.clone(),
+                )
+                .await
+                .map(|done| {
+                    (
+                        done.segment.video_key,
+                        done.segment.phases,
+                        done.segment.objects,
+                        0,
+                        Vec::new(),
+                        done.cost_usd,
+                    )
+                }),
                 Some(model) => run_segment(task, model.clone(), context.store.clone(), progress)
                     .await
                     .map(|done| {
@@ -526,6 +556,7 @@ async fn execute(
                             done.objects,
                             done.resumed_from_step,
                             Vec::new(),
+                            0.0,
                         )
                     }),
                 None => Err(TaskFailure::invalid(format!(
@@ -537,7 +568,16 @@ async fn execute(
         Some(pb::assignment::Task::Stitch(task)) => {
             run_stitch(task, context.store.clone(), progress)
                 .await
-                .map(|done| (done.video_key, done.phases, done.objects, 0, done.seams))
+                .map(|done| {
+                    (
+                        done.video_key,
+                        done.phases,
+                        done.objects,
+                        0,
+                        done.seams,
+                        0.0,
+                    )
+                })
         }
         None => Err(TaskFailure::invalid("assignment without a task")),
     };
@@ -547,7 +587,7 @@ async fn execute(
         .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));
     let traceparent = span.traceparent.clone();
     match result {
-        Ok((output_key, phases, objects, resumed_from_step, seams)) => {
+        Ok((output_key, phases, objects, resumed_from_step, seams, cost_usd)) => {
             crate::worker_metrics::task_done(segment_labels, &phases, peak_memory_bytes);
             span.finish(&phases, None);
             let request = pb::CompleteTaskRequest {
@@ -558,6 +598,7 @@ async fn execute(
                 objects,
                 resumed_from_step,
                 seams,
+                cost_usd,
             };
             deliver(&context.link, &reference, "result", |mut client| {
                 let mut request = tonic::Request::new(request.clone());
@@ -652,6 +693,42 @@ where
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Records a hosted segment's remote job with the leader, following it through failovers
+/// (a created job must be recorded before it is polled); `Err` when the leader refuses it
+/// (the assignment is no longer current) or none answers in time.
+fn record_job_via(link: Arc<Link>, reference: pb::AssignmentRef) -> RecordJob {
+    Box::new(move |remote_job_id: String| {
+        let link = link.clone();
+        let reference = reference.clone();
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + DELIVERY_PATIENCE;
+            loop {
+                let last_error = match link.client(RECONNECT_PATIENCE).await {
+                    Ok((generation, mut client)) => {
+                        let request = pb::RecordRemoteJobRequest {
+                            assignment: Some(reference.clone()),
+                            remote_job_id: remote_job_id.clone(),
+                        };
+                        match client.record_remote_job(request).await {
+                            Ok(_) => return Ok(()),
+                            Err(status) if leader::is_transient(&status) => {
+                                link.broken(generation).await;
+                                status.message().to_string()
+                            }
+                            Err(status) => return Err(status.message().to_string()),
+                        }
+                    }
+                    Err(error) => error.to_string(),
+                };
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("no leader recorded it: {last_error}"));
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    })
 }
 
 /// Sends the newest progress, dropping stale updates; a `stop` answer cancels the task.

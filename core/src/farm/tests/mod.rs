@@ -39,6 +39,7 @@ fn sequence(transitions: &[Transition]) -> Sequence {
                 scene: None,
                 variants: 1,
                 take: 0,
+                model: None,
             })
             .collect(),
     }
@@ -614,5 +615,6 @@ fn a_drained_worker_gets_no_new_work_and_keeps_what_it_runs() {
 mod cache;
 mod checkpoints;
 mod deadlines;
+mod hosted;
 mod repair;
 mod seam_qa;
