@@ -49,6 +49,18 @@ impl EmbeddedFarm {
         catalog: Arc<Catalog>,
         models: Vec<Arc<dyn ModelRuntime>>,
     ) -> Result<Self> {
+        Self::start_with_hosted(work_dir, workers, catalog, models, Vec::new()).await
+    }
+
+    /// `start`, plus one hosted worker calling `hosted` (its concurrency slots are the
+    /// largest max_concurrent_jobs among them) when any is given.
+    pub async fn start_with_hosted(
+        work_dir: &Path,
+        workers: usize,
+        catalog: Arc<Catalog>,
+        models: Vec<Arc<dyn ModelRuntime>>,
+        hosted: Vec<Arc<reelfarm_worker::hosted::HostedModel>>,
+    ) -> Result<Self> {
         let store = Arc::new(LocalBlobStore::new(store_root(work_dir))?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -109,7 +121,31 @@ impl EmbeddedFarm {
                     signalled(worker_signal.clone()),
                 ))
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut workers = workers;
+        if !hosted.is_empty() {
+            let slots = hosted
+                .iter()
+                .map(|model| model.api.spec().max_concurrent_jobs)
+                .max()
+                .unwrap_or(1);
+            let config = WorkerConfig {
+                scheduler_urls: vec![url.clone()],
+                name: "hosted".into(),
+                store: blob_store.clone(),
+                models: Vec::new(),
+                hosted,
+                inventory: Arc::new(Inventory::Fixed(reelfarm_worker::hosted::slots(slots))),
+                connect_timeout: Duration::from_secs(10),
+                drain_timeout: Duration::ZERO,
+                bearer: worker_bearer.clone(),
+                tls: Default::default(),
+            };
+            workers.push(tokio::spawn(reelfarm_worker::run(
+                config,
+                signalled(worker_signal.clone()),
+            )));
+        }
         Ok(EmbeddedFarm {
             url,
             bearer: Bearer::new(&admin_token)?,

@@ -88,18 +88,37 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
     let started = Instant::now();
     let runtimes = reelfarm_worker::runtimes::load_runtimes(&catalog, options.weights.as_deref())
         .map_err(|error| InputError(vec![error.to_string()]))?;
-    if !runtimes
-        .iter()
-        .any(|runtime| runtime.id() == sequence.model)
-    {
-        return Err(InputError(vec![format!(
-            "model {}: no weights configured on this machine; re-declare it in a catalog file \
-             given with --models, e.g. `[[model]]` `id = \"{}\"` `weights = \"/path/to/checkpoint\"` \
-             (README \"Running Wan 2.1\")",
-            sequence.model, sequence.model
-        )])
-        .into());
+    // Every model a shot names must run here: a local one needs its weights, a hosted one
+    // its API key (the embedded farm then calls it from an in-process hosted worker).
+    let used = reelfarm_core::planner::shot_models(&sequence, &catalog)
+        .map_err(|unknown| InputError(vec![format!("model: {unknown}")]))?;
+    let mut hosted_ids: Vec<String> = Vec::new();
+    for model in &used {
+        if model.hosted.is_some() {
+            if !hosted_ids.contains(&model.id) {
+                hosted_ids.push(model.id.clone());
+            }
+        } else if !runtimes.iter().any(|runtime| runtime.id() == model.id) {
+            return Err(InputError(vec![format!(
+                "model {}: no weights configured on this machine; re-declare it in a catalog file \
+                 given with --models, e.g. `[[model]]` `id = \"{}\"` `weights = \"/path/to/checkpoint\"` \
+                 (README \"Running Wan 2.1\")",
+                model.id, model.id
+            )])
+            .into());
+        }
     }
+    let hosted = if hosted_ids.is_empty() {
+        Vec::new()
+    } else {
+        let only_used = reelfarm_models::Catalog::from_entries(
+            used.iter()
+                .filter(|model| hosted_ids.contains(&model.id))
+                .map(|model| (*model).clone()),
+        );
+        reelfarm_worker::hosted::load_hosted(&only_used)
+            .map_err(|error| InputError(vec![error.to_string()]))?
+    };
     let temporary = tempfile::Builder::new()
         .prefix("reelfarm-")
         .tempdir()
@@ -116,9 +135,10 @@ pub async fn render(options: RenderOptions) -> Result<RenderOutcome> {
         .or_else(|| cache_dir.clone())
         .unwrap_or_else(|| temporary.path().to_path_buf());
     let catalog = with_weights_digest(catalog, options.weights.as_deref())?;
-    let farm = EmbeddedFarm::start(&work_dir, options.workers, catalog, runtimes)
-        .await
-        .with_context(|| format!("starting the embedded farm in {}", work_dir.display()))?;
+    let farm =
+        EmbeddedFarm::start_with_hosted(&work_dir, options.workers, catalog, runtimes, hosted)
+            .await
+            .with_context(|| format!("starting the embedded farm in {}", work_dir.display()))?;
     let startup_s = started.elapsed().as_secs_f64();
 
     let result = submit_and_follow(&farm, &sequence, options.no_cache, options.quiet).await;
@@ -328,6 +348,12 @@ pub fn print_summary(outcome: &RenderOutcome) {
     println!();
     for (name, value) in rows {
         println!("  {name:<14} {value}");
+    }
+    if outcome.status.estimated_cost_usd > 0.0 {
+        println!(
+            "  {:<14} ${:.2} paid for hosted clips (${:.2} estimated)",
+            "cost", outcome.status.cost_usd, outcome.status.estimated_cost_usd
+        );
     }
     if let Some(output) = &outcome.output {
         println!("  {:<14} {}", "output", output.display());

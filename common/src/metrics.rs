@@ -57,6 +57,9 @@ pub struct SchedulerMetrics {
     /// is the farm's throughput (video-seconds per GPU-hour × 3600).
     pub video_seconds: Counter<f64>,
     pub device_seconds: Counter<f64>,
+    /// US dollars paid for hosted clips, by owner (every finished segment adds, a local
+    /// one 0, so each owner who rendered has a series).
+    pub cost_usd: Counter<f64>,
 }
 
 pub fn scheduler() -> &'static SchedulerMetrics {
@@ -113,6 +116,10 @@ pub fn scheduler() -> &'static SchedulerMetrics {
             device_seconds: meter
                 .f64_counter("reelfarm_throughput_device_seconds_total")
                 .with_description("Device seconds spent rendering finished segments")
+                .build(),
+            cost_usd: meter
+                .f64_counter("reelfarm_cost_usd_total")
+                .with_description("US dollars paid for hosted model clips, by owner")
                 .build(),
         }
     })

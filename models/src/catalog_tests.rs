@@ -508,6 +508,23 @@ fn a_hosted_entry_refuses_what_it_cannot_use_naming_the_field() {
         )
     };
     assert!(with(&entry("")).is_ok());
+    // Helm's toToml writes every number as a float: whole ones are taken.
+    let from_helm = entry("").replace("clip_seconds = [4]", "clip_seconds = [4.0, 8.0]");
+    let catalog = with(&from_helm).unwrap();
+    assert_eq!(
+        catalog
+            .require("h")
+            .unwrap()
+            .hosted
+            .as_ref()
+            .unwrap()
+            .clip_seconds,
+        [4, 8]
+    );
+    assert!(
+        error_of(&entry("").replace("clip_seconds = [4]", "clip_seconds = [4.5]"))
+            .contains("model[0].clip_seconds")
+    );
     for (extra, expected) in [
         (
             "final_steps = 4\n",

@@ -101,12 +101,16 @@ pub(crate) fn record_events(
                 model,
                 video_seconds,
                 device_seconds,
+                owner,
+                cost_usd,
             } => {
                 m.tasks_completed.add(1, &[label("kind", kind(stitch))]);
                 if !stitch {
                     let by_model = [label("model", model)];
                     m.video_seconds.add(video_seconds, &by_model);
                     m.device_seconds.add(device_seconds, &by_model);
+                    let owner = owner.unwrap_or_else(|| "unowned".to_string());
+                    m.cost_usd.add(cost_usd, &[label("owner", owner)]);
                 }
             }
             FarmEvent::Failed { stitch, class } => m.tasks_failed.add(

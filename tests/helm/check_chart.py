@@ -105,7 +105,8 @@ def check_manifests(docs, label, app_version, etcd_bundled=True):
             for hook in container.get("lifecycle", {}).values():
                 check("$(" not in " ".join(hook.get("exec", {}).get("command", [])),
                       f"{where}: a hook's $(VAR) is passed on unexpanded: {hook}")
-            if doc["metadata"]["labels"].get("app.kubernetes.io/component") == "worker":
+            labels = doc["metadata"]["labels"]
+            if labels.get("app.kubernetes.io/component") == "worker" and labels.get("reelfarm.io/pool") != "hosted":
                 for part in ("requests", "limits"):
                     check(int(resources.get(part, {}).get("nvidia.com/gpu", 0)) >= 1,
                           f"{where}: no nvidia.com/gpu in {part}")
@@ -390,6 +391,34 @@ def check_refused(values, words, what):
         check(all(w in str(error) for w in words), f"{what}: the error does not name {words}: {error}")
 
 
+def check_hosted(docs, values):
+    """The hosted worker: one replica, --hosted, no GPU, its keys a Secret mounted read-only."""
+    hosted = find(docs, "Deployment", "demo-reelfarm-worker-hosted")
+    if not hosted:
+        failures.append("hosted: no demo-reelfarm-worker-hosted Deployment")
+        return
+    check(hosted["spec"]["replicas"] == 1, "hosted: one replica paces one API account")
+    pod, pod_containers = containers(hosted)
+    worker = pod_containers[0]
+    check(worker.get("args") == ["worker", "--hosted"], f"hosted: args {worker.get('args')}")
+    for part in ("requests", "limits"):
+        check("nvidia.com/gpu" not in worker["resources"].get(part, {}), f"hosted: asks for a GPU in {part}")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    keys = volumes.get("hosted-keys", {}).get("secret", {})
+    check(keys.get("secretName") == values["hosted"]["keysSecret"], f"hosted: keys volume {keys}")
+    mounts = {m["name"]: m for m in worker.get("volumeMounts", [])}
+    check(mounts.get("hosted-keys", {}).get("readOnly") is True
+          and mounts["hosted-keys"].get("mountPath") == "/var/run/secrets/reelfarm-hosted",
+          f"hosted: keys mount {mounts.get('hosted-keys')}")
+    check(env_of(worker).get("REELFARM_MODELS") == "/etc/reelfarm/models/models.toml", "hosted: no catalog")
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-models")]
+    text = maps[0]["data"]["models.toml"] if maps else ""
+    check('backend = "openai-videos"' in text, f"hosted: models.toml is {text!r}")
+    out = os.environ.get("REELFARM_CHART_HOSTED_MODELS_OUT")
+    if out:
+        Path(out).write_text(text)
+
+
 def check_models(docs, values):
     """The catalog reaches schedulers and workers as one file; workers mount the weights."""
     maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-models")]
@@ -486,6 +515,18 @@ def main():
     lint(external, "external-etcd")
     docs = check_manifests(render(external, "external-etcd"), "external-etcd", app_version, etcd_bundled=False)
     check_secured(docs, "external-etcd", external)
+
+    # The hosted worker beside the GPU pools, with a Sora entry whose key is a Secret file.
+    sora = {"id": "sora-2-pro", "backend": "openai-videos", "remote_model": "sora-2-pro",
+            "base_url": "https://api.openai.com/v1", "api_key_file": "/var/run/secrets/reelfarm-hosted/openai",
+            "clip_seconds": [4, 8, 12], "sizes": ["1280x720", "720x1280", "1792x1024", "1024x1792"],
+            "price_per_second_usd": 0.5, "max_concurrent_jobs": 4, "requests_per_minute": 50}
+    hosted = merged(example, {"hosted": {"enabled": True, "keysSecret": "reelfarm-hosted-keys"}})
+    hosted["models"] = dict(hosted["models"], catalog=example["models"]["catalog"] + [sora])
+    lint(hosted, "hosted")
+    docs = check_manifests(render(hosted, "hosted"), "hosted", app_version)
+    check_hosted(docs, hosted)
+    check_refused({"hosted": {"enabled": True}}, ["hosted.keysSecret"], "a hosted worker without its keys")
 
     check_refused({"tls": {"enabled": True}}, ["tls.secretName", "tls.certManager.enabled"], "TLS without a certificate")
     check_refused({"tls": {"enabled": True, "certManager": {"enabled": True}}}, ["issuerRef.name"], "cert-manager without an issuer")

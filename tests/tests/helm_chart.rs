@@ -13,9 +13,11 @@ fn the_chart_lints_renders_and_validates_for_both_value_sets() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models.toml");
+    let hosted_models = dir.path().join("hosted-models.toml");
     let output = Command::new("python3")
         .arg("tests/helm/check_chart.py")
         .env("REELFARM_CHART_MODELS_OUT", &models)
+        .env("REELFARM_CHART_HOSTED_MODELS_OUT", &hosted_models)
         .current_dir(&root)
         .output()
         .expect("python3 runs");
@@ -36,5 +38,18 @@ fn the_chart_lints_renders_and_validates_for_both_value_sets() {
     assert_eq!(
         entry.weights.as_deref(),
         Some("/models/coastline-tiny.safetensors")
+    );
+    // The hosted entry, as Helm's toToml wrote it (numbers as floats), is one reelfarm takes.
+    let catalog = reelfarm_models::Catalog::builtin_with_file(&hosted_models).unwrap();
+    let sora = catalog
+        .require("sora-2-pro")
+        .unwrap()
+        .hosted
+        .clone()
+        .unwrap();
+    assert_eq!(sora.clip_seconds, [4, 8, 12]);
+    assert_eq!(
+        sora.key,
+        reelfarm_models::KeySource::File("/var/run/secrets/reelfarm-hosted/openai".into())
     );
 }

@@ -343,6 +343,27 @@ async fn a_sequence_mixing_a_local_and_a_hosted_shot_renders_into_one_video() {
             bail!("mixed report cost: {}", report["cost_usd"]);
         }
 
+        // The spend by owner, as the dashboard reads it from the scheduler.
+        let scheduler_metrics = farm
+            .cluster
+            .metrics
+            .iter()
+            .find(|(role, _)| *role == "scheduler")
+            .map(|(_, address)| address.clone())
+            .context("the scheduler serves metrics")?;
+        let text = reelfarm_tests::cluster::http_get(&scheduler_metrics, "/metrics")
+            .context("scraping the scheduler")?;
+        let spent: f64 = text
+            .lines()
+            .filter(|line| {
+                line.starts_with("reelfarm_cost_usd_total{") && line.contains("owner=\"unowned\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if (spent - 0.8).abs() > 1e-9 {
+            bail!("reelfarm_cost_usd_total for the owner: {spent}\n{text}");
+        }
+
         // Cancelling a sequence deletes its running remote job: nothing more is paid for.
         fake.set_job_seconds(120.0);
         let mut slow = shot("a storm rolls in over the bay", 4.0, "cut");
@@ -433,4 +454,64 @@ async fn the_api_client_keeps_its_pace_and_waits_as_a_429_tells_it() {
         );
     }
     assert_eq!(fake.created(), 1, "the refused create made no job");
+}
+
+/// `reelfarm render` on one machine with a hosted shot: the embedded farm calls the API from
+/// an in-process hosted worker, and the summary says what it cost. A missing key is named
+/// before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_render_calls_a_hosted_model_and_prints_the_cost() {
+    let fake = FakeVideos::start(0.5).await.expect("the fake API starts");
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = write_catalog(dir.path(), &fake).unwrap();
+    let spec = dir.path().join("mixed.yaml");
+    std::fs::write(
+        &spec,
+        "title: mixed\nfps: 8\nshots:\n  - prompt: a lighthouse at dusk\n    duration: 3\n  \
+         - prompt: the keeper climbs the stairs\n    duration: 3\n    transition: continue\n    \
+         model: sora-fake\n",
+    )
+    .unwrap();
+    let output = dir.path().join("mixed.mp4");
+    let render = |key: Option<&str>| {
+        let mut command = std::process::Command::new(reelfarm_tests::cluster::reelfarm_binary());
+        command
+            .arg("render")
+            .arg(&spec)
+            .arg("--models")
+            .arg(&catalog)
+            .arg("-o")
+            .arg(&output)
+            .arg("--quiet")
+            .env_remove(KEY_VARIABLE)
+            .env("XDG_CACHE_HOME", dir.path().join("cache"));
+        if let Some(key) = key {
+            command.env(KEY_VARIABLE, key);
+        }
+        command.output().unwrap()
+    };
+    let missing = tokio::task::block_in_place(|| render(None));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("model sora-fake: the API key variable FAKE_VIDEOS_API_KEY is not set"),
+        "{stderr}"
+    );
+    assert_eq!(fake.created(), 0);
+    // The fake serves on this runtime's other thread meanwhile.
+    let rendered = tokio::task::block_in_place(|| render(Some(&fake.api_key)));
+    let stdout = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    // 3 s + the 0.5 s blend's 4 frames and the handoff frame: a 4 s clip at $0.10/s.
+    assert!(
+        stdout.contains("$0.40 paid for hosted clips ($0.40 estimated)"),
+        "{stdout}"
+    );
+    let video = probe::probe(&output);
+    assert_eq!((video.width, video.height, video.frames), (848, 480, 48));
+    assert_eq!(fake.created(), 1);
 }

@@ -84,6 +84,7 @@ fn the_dashboard_has_a_datasource_variable_and_the_panels_operators_need() {
         "reelfarm_scheduler_tasks_failed_total",
         "reelfarm_stitch_seam_delta_e00_bucket",
         "reelfarm_worker_peak_over_estimate_ratio_bucket",
+        "reelfarm_cost_usd_total",
     ] {
         assert!(text.contains(metric), "no panel queries {metric}");
     }

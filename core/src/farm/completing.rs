@@ -107,6 +107,8 @@ impl Farm {
             model: model.clone(),
             video_seconds,
             device_seconds,
+            owner: record.sequence.owner.clone(),
+            cost_usd,
         });
         let mut actions = Vec::new();
         if !superseded.is_empty() {

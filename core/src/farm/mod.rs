@@ -359,6 +359,9 @@ pub enum FarmEvent {
         model: String,
         video_seconds: f64,
         device_seconds: f64,
+        /// Who the sequence is for (`None`: its own owner), and what the result cost.
+        owner: Option<String>,
+        cost_usd: f64,
     },
     Failed {
         stitch: bool,

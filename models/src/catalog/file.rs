@@ -471,6 +471,7 @@ struct EntryDoc {
     api_key_file: Option<String>,
     auth: Option<String>,
     remote_model: Option<String>,
+    #[serde(default, deserialize_with = "whole::optional_list")]
     clip_seconds: Option<Vec<u32>>,
     sizes: Option<Vec<String>>,
     price_per_second_usd: Option<f64>,
@@ -580,5 +581,15 @@ pub(crate) mod whole {
         deserializer: D,
     ) -> Result<Option<u32>, D::Error> {
         number(deserializer).map(Some)
+    }
+
+    /// A list of whole numbers (`[4, 8, 12]`, or `[4.0, 8.0, 12.0]` from Helm).
+    pub(crate) fn optional_list<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u32>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Whole(#[serde(deserialize_with = "number")] u32);
+        Vec::<Whole>::deserialize(deserializer)
+            .map(|list| Some(list.into_iter().map(|Whole(value)| value).collect()))
     }
 }
