@@ -412,19 +412,29 @@ pub fn check_models(sequence: &Sequence, catalog: &Catalog) -> Vec<(String, Stri
             ));
         }
         let longest = u64::from(hosted.longest_clip()) * u64::from(sequence.fps);
-        let lead = match shot.transition {
-            Transition::Cut => 0,
-            Transition::Continue => 1 + blend,
-            Transition::Crossfade => (shot.crossfade_seconds.unwrap_or(0.0) * fps).round() as u64,
+        let continuation = 1 + blend;
+        let (lead, field) = match shot.transition {
+            Transition::Cut => (0, String::new()),
+            Transition::Continue => (continuation, "continuity_blend".to_string()),
+            Transition::Crossfade => (
+                (shot.crossfade_seconds.unwrap_or(0.0) * fps).round() as u64,
+                format!("shots[{index}].crossfade"),
+            ),
         };
-        if lead.max(1 + blend) >= longest {
+        let shot_frames = (shot.duration_seconds * fps).round() as u64;
+        let room = |lead: u64| {
+            format!(
+                "{whose}: a {lead}-frame lead leaves no room in its longest clip ({} s, {longest} frames)",
+                hosted.longest_clip()
+            )
+        };
+        if lead >= longest {
+            problems.push((field, room(lead) + "; shorten it"));
+        } else if shot_frames + lead > longest && continuation >= longest {
+            // The shot takes several clips, each continuing the one before.
             problems.push((
-                format!("shots[{index}].transition"),
-                format!(
-                    "{whose}: a {lead}-frame lead leaves no room in its longest clip \
-                     ({} s); shorten the crossfade or the continuity blend",
-                    hosted.longest_clip()
-                ),
+                "continuity_blend".to_string(),
+                room(continuation) + "; shorten it",
             ));
         }
     }

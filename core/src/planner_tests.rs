@@ -519,7 +519,21 @@ fn what_a_hosted_model_cannot_do_is_refused_naming_the_field() {
     crossfading.steps = None;
     crossfading.shots[1].crossfade_seconds = Some(12.0);
     let problems = check_models(&crossfading, &catalog);
-    assert_eq!(problems[0].0, "shots[1].transition", "{problems:?}");
+    assert_eq!(problems[0].0, "shots[1].crossfade", "{problems:?}");
+    // A continuity blend as long as the clip leaves a continuing shot no room.
+    let mut blended = sequence(
+        vec![
+            shot(4.0, Transition::Cut),
+            hosted(shot(3.0, Transition::Continue)),
+        ],
+        24,
+    );
+    blended.steps = None;
+    blended.continuity_blend_seconds = 12.0;
+    assert_eq!(check_models(&blended, &catalog)[0].0, "continuity_blend");
+    // A cut shot that fits one clip needs no room for a continuation.
+    blended.shots[1].transition = Transition::Cut;
+    assert!(check_models(&blended, &catalog).is_empty());
     // Local shots are the spec validator's business.
     assert!(check_models(&sequence(vec![shot(6.0, Transition::Cut)], 24), &catalog).is_empty());
 }

@@ -256,12 +256,17 @@ impl Shared {
                     info!(worker = %worker, assignment = %id, "assigned");
                     (worker, pb::worker_command::Command::Assign(*assignment))
                 }
-                Action::Cancel { worker, assignment } => {
+                Action::Cancel {
+                    worker,
+                    assignment,
+                    discard,
+                } => {
                     info!(worker = %worker, assignment = %assignment.assignment_id, "cancel sent");
                     (
                         worker,
                         pb::worker_command::Command::Cancel(pb::CancelAssignment {
                             assignment: Some(assignment),
+                            discard_remote_job: discard,
                         }),
                     )
                 }
@@ -464,7 +469,10 @@ async fn take_back_stalled_while_running(shared: Arc<Shared>) {
             .apply(|farm| {
                 let actions = farm.take_back_stalled(unix_now_s());
                 for action in &actions {
-                    if let Action::Cancel { worker, assignment } = action {
+                    if let Action::Cancel {
+                        worker, assignment, ..
+                    } = action
+                    {
                         warn!(worker = %worker, assignment = %assignment.assignment_id, "no progress within the deadline; taken back and placed again");
                     }
                 }

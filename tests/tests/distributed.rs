@@ -269,6 +269,7 @@ async fn a_fenced_off_worker_s_late_result_is_refused_and_changes_nothing() {
                 reason: pb::FailureReason::ModelError as i32,
                 message: "made up".into(),
                 corrupt_keys: Vec::new(),
+                remote_job_unusable: false,
             })
             .await;
         match unknown {

@@ -21,8 +21,9 @@ use reelfarm_tests::leading::{
 use reelfarm_tests::{probe, shot};
 
 const DEADLINE: Duration = Duration::from_secs(300);
-/// The hosted model's request budget in the test: one request per 250 ms.
-const REQUESTS_PER_MINUTE: u32 = 240;
+/// The hosted model's request budget in the test: one request per 500 ms, about half what
+/// two jobs polling at the start of their backoff would send unpaced.
+const REQUESTS_PER_MINUTE: u32 = 120;
 const PRICE_PER_SECOND: f64 = 0.10;
 const KEY_VARIABLE: &str = "FAKE_VIDEOS_API_KEY";
 
@@ -174,6 +175,7 @@ async fn a_sixty_second_sequence_renders_through_the_hosted_api_across_failovers
             .collect();
         eprintln!("killing the hosted worker with recorded jobs {recorded:?}");
         cluster.workers[0].kill9();
+        let killed_at = std::time::Instant::now();
         cluster.start_hosted_worker("hosted-1", &catalog, &key)?;
 
         let done = poll_until_succeeded(cluster, &id, DEADLINE).await?;
@@ -199,20 +201,51 @@ async fn a_sixty_second_sequence_renders_through_the_hosted_api_across_failovers
         // The request budget: never two requests closer than the pace allows, and a 429's
         // request is sent again only after its Retry-After.
         let arrivals = fake.arrivals();
+        // Each hosted worker lets one request go per 500 ms (the two workers, one killed
+        // and its successor, each keep their own pace: checked apart). Arrival times also
+        // carry this busy machine's scheduling jitter, which does not add up: nine requests
+        // in a row span at least eight intervals, less 300 ms; two, at least 80% of one.
         let spacing = Duration::from_secs(60) / REQUESTS_PER_MINUTE;
-        let closest = arrivals
-            .windows(2)
-            .map(|pair| pair[1].at - pair[0].at)
-            .min()
-            .context("requests arrived")?;
-        eprintln!(
-            "{} requests; the closest two {closest:?} apart (budget {spacing:?})",
-            arrivals.len()
-        );
-        if closest < spacing * 4 / 5 {
-            bail!(
-                "two requests {closest:?} apart: the {REQUESTS_PER_MINUTE}/min budget was not kept"
-            );
+        let timeline = || {
+            let t0 = arrivals[0].at;
+            arrivals
+                .iter()
+                .map(|a| format!("{:>7.3} {} {} {:?}", (a.at - t0).as_secs_f64(), a.method, a.path, a.fault))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let (first, second): (Vec<_>, Vec<_>) =
+            arrivals.iter().partition(|arrival| arrival.at < killed_at);
+        if second.len() < 9 {
+            bail!("hosted-1 made fewer than nine requests:\n{}", timeline());
+        }
+        for (worker, part) in [("hosted-0", &first), ("hosted-1", &second)] {
+            let span = |n: usize| part.windows(n).map(|w| w[n - 1].at - w[0].at).min();
+            let (two, nine) = (span(2), span(9));
+            eprintln!("{worker}: {} requests; nine in a row span at least {nine:?}, two {two:?} (one per {spacing:?} allowed)", part.len());
+            let bursty = nine.is_some_and(|nine| nine + Duration::from_millis(300) < spacing * 8)
+                || two.is_some_and(|two| two < spacing * 4 / 5);
+            if bursty {
+                bail!(
+                    "{worker}: nine requests in {nine:?}, two {two:?} apart: the {REQUESTS_PER_MINUTE}/min budget was not kept\n{}",
+                    timeline()
+                );
+            }
+        }
+        // The budget as the service counts it: no minute holds more.
+        let most_in_a_minute = arrivals
+            .iter()
+            .enumerate()
+            .map(|(first, start)| {
+                arrivals[first..]
+                    .iter()
+                    .take_while(|a| a.at - start.at < Duration::from_secs(60))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        if most_in_a_minute > REQUESTS_PER_MINUTE as usize {
+            bail!("{most_in_a_minute} requests in one minute");
         }
         // The injected 429s were answered and the sequence went on (their Retry-After
         // timing: `the_api_client_keeps_its_pace_and_waits_as_a_429_tells_it`).
@@ -416,7 +449,7 @@ async fn the_api_client_keeps_its_pace_and_waits_as_a_429_tells_it() {
     };
     let api = Api::new(spec, fake.api_key.clone()).expect("a client");
     let video = api
-        .create("a pier", 4, (1280, 720), None)
+        .create("a pier", 4, (1280, 720), None, "key-1")
         .await
         .expect("created");
     fake.answer_too_many(1, 1);
@@ -435,16 +468,38 @@ async fn the_api_client_keeps_its_pace_and_waits_as_a_429_tells_it() {
     api.retrieve(&video.id)
         .await
         .expect("retrieved after two 500s");
-    let refused = api.create("a pier", 5, (1280, 720), None).await.err();
+    let refused = api
+        .create("a pier", 5, (1280, 720), None, "key-2")
+        .await
+        .err();
     assert!(
         matches!(&refused, Some(ApiError::Refused { status: 400, .. })),
         "{refused:?}"
+    );
+    // A create answered 5xx may have made a job: it is not sent again (never pay twice).
+    fake.answer_server_errors(1);
+    let ambiguous = api
+        .create("a pier", 4, (1280, 720), None, "key-3")
+        .await
+        .err();
+    assert!(
+        matches!(&ambiguous, Some(ApiError::Unavailable(m)) if m.contains("not retried")),
+        "{ambiguous:?}"
     );
     let arrivals = fake.arrivals();
     let faults: Vec<Option<u16>> = arrivals.iter().map(|a| a.fault).collect();
     assert_eq!(
         faults,
-        [None, Some(429), None, Some(500), Some(500), None, None]
+        [
+            None,
+            Some(429),
+            None,
+            Some(500),
+            Some(500),
+            None,
+            None,
+            Some(500)
+        ]
     );
     // 600 a minute: 100 ms apart at the least.
     for pair in arrivals.windows(2) {

@@ -642,6 +642,7 @@ async fn a_worker_reports_only_on_its_own_work_and_its_id_cannot_be_taken_over()
                 reason: pb::FailureReason::ModelError as i32,
                 message: "sabotage".into(),
                 corrupt_keys: Vec::new(),
+                remote_job_unusable: false,
             })
             .await;
         denied("FailTask", code_of(&failed))?;

@@ -157,6 +157,7 @@ async fn the_simulator_and_the_live_farm_decide_alike() -> anyhow::Result<()> {
                         reason: pb::FailureReason::OutOfMemory as i32,
                         message: "measured peak exceeds the GPU".into(),
                         corrupt_keys: Vec::new(),
+                        remote_job_unusable: false,
                     })
                     .await?;
             }

@@ -57,7 +57,7 @@ pub async fn run_segment(
     };
     let checkpoint = checkpoint::Store::open(&task, store.clone()).await;
     let blocking_task = task.clone();
-    let mut encoded = tokio::task::spawn_blocking(move || {
+    let encoded = tokio::task::spawn_blocking(move || {
         render_and_encode(
             &blocking_task,
             model.as_ref(),
@@ -73,7 +73,6 @@ pub async fn run_segment(
             format!("render thread failed: {error}"),
         )
     })??;
-    phases.extend(std::mem::take(&mut encoded.phases));
     store_encoded(&task, encoded, store.as_ref(), phases).await
 }
 
@@ -81,10 +80,12 @@ pub async fn run_segment(
 /// whole segment is in the store).
 pub(crate) async fn store_encoded(
     task: &pb::SegmentTask,
-    encoded: Encoded,
+    mut encoded: Encoded,
     store: &dyn BlobStore,
     mut phases: Phases,
 ) -> Result<SegmentResult, TaskFailure> {
+    // The render's own phases (model, encode) go with the ones before it.
+    phases.extend(std::mem::take(&mut encoded.phases));
     let start = unix_now_s();
     let video_key = keys::segment_video(&task.output_prefix);
     let sidecar = serde_json::to_vec_pretty(&encoded.sidecar)

@@ -15,6 +15,9 @@ pub struct TaskFailure {
     pub message: String,
     /// With `CorruptInput`: the inputs whose bytes failed their checksum.
     pub corrupt_keys: Vec<String>,
+    /// A hosted segment's remote job can give nothing (failed, gone, an unusable clip):
+    /// the scheduler forgets it, so the next attempt creates another.
+    pub remote_job_unusable: bool,
 }
 
 impl TaskFailure {
@@ -23,6 +26,7 @@ impl TaskFailure {
             reason,
             message: message.into(),
             corrupt_keys: Vec::new(),
+            remote_job_unusable: false,
         }
     }
 
@@ -41,6 +45,14 @@ impl TaskFailure {
 
     pub fn invalid(message: impl Into<String>) -> Self {
         TaskFailure::new(pb::FailureReason::InvalidTask, message)
+    }
+
+    /// This failure says the attempt's remote job can give nothing.
+    pub fn with_unusable_remote_job(self) -> Self {
+        TaskFailure {
+            remote_job_unusable: true,
+            ..self
+        }
     }
 }
 

@@ -21,7 +21,7 @@ pub struct Completion {
     pub resumed_from_step: u32,
     /// A stitch's continuity joins, scored.
     pub seams: Vec<pb::SeamScore>,
-    /// What a hosted segment's clip cost (at most its planned price).
+    /// What a hosted segment's clip cost (recorded within 0 and its planned price).
     pub cost_usd: f64,
 }
 
@@ -63,7 +63,7 @@ impl Farm {
             cost_usd,
         } = completion;
         self.check_objects(reference, &objects)?;
-        self.check_cost(reference, cost_usd)?;
+        let cost_usd = self.priced_cost(reference, cost_usd);
         self.check_resumed_step(reference, resumed_from_step)?;
         self.check_peak(reference, peak_memory_bytes)?;
         let assignment = self.take_current(reference)?;

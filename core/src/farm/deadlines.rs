@@ -138,6 +138,8 @@ impl Farm {
                     assignment_id: id,
                     attempt: assignment.attempt,
                 },
+                // Taken back, not unwanted: the next attempt polls a hosted segment's job.
+                discard: false,
             });
         }
         actions

@@ -135,6 +135,7 @@ impl Farm {
                     assignment_id: assignment_id.clone(),
                     attempt: assignment.attempt,
                 },
+                discard: true,
             })
             .collect();
         actions.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));

@@ -110,11 +110,6 @@ impl Farm {
         }
         let reason = format!("{}: {message}", class.describe());
         task.error = Some(reason.clone());
-        // A remote job that failed (or was never usable) is not polled again; one whose
-        // worker was lost may still finish and is.
-        if class != FailureClass::WorkerLost {
-            task.remote_job_id = None;
-        }
         self.events.push(FarmEvent::Failed {
             stitch: assignment.task == TaskRef::Stitch,
             class,

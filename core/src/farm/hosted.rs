@@ -64,19 +64,26 @@ impl Farm {
         Ok(())
     }
 
-    /// A completion's `cost_usd` is at most what the plan prices the segment at (a stitch
-    /// and a local segment cost nothing).
-    pub(super) fn check_cost(
-        &self,
-        reference: &pb::AssignmentRef,
-        cost_usd: f64,
-    ) -> Result<(), Error> {
-        if cost_usd == 0.0 {
-            return Ok(());
+    /// The worker found the current attempt's remote job unusable (it failed, is gone, or
+    /// its clip cannot be read): the next attempt creates a new one. Any other failure keeps
+    /// the job, which may still finish, for the next attempt to poll.
+    pub fn forget_remote_job(&mut self, reference: &pb::AssignmentRef) -> Result<(), Error> {
+        let assignment = self.current(reference)?.clone();
+        if let TaskRef::Segment(index) = assignment.task
+            && let Some(record) = self.sequences.get_mut(&assignment.sequence_id)
+        {
+            record.segments[index].remote_job_id = None;
+            self.changed.watch.insert(assignment.sequence_id);
         }
-        // A stale assignment is refused (and its device freed) by the completion itself.
+        Ok(())
+    }
+
+    /// What a completion's reported `cost_usd` is recorded as: within 0 and the plan's price
+    /// for the segment (a stitch and a local segment cost nothing). A worker whose catalog
+    /// prices differently never costs a paid clip its acceptance.
+    pub(super) fn priced_cost(&self, reference: &pb::AssignmentRef, reported: f64) -> f64 {
         let Some(assignment) = self.assignments.get(&reference.assignment_id) else {
-            return Ok(());
+            return 0.0;
         };
         let priced = match assignment.task {
             TaskRef::Segment(index) => self
@@ -85,11 +92,10 @@ impl Farm {
                 .map_or(0.0, |record| record.plan.segments[index].cost_usd),
             TaskRef::Stitch => 0.0,
         };
-        if !cost_usd.is_finite() || cost_usd < 0.0 || cost_usd > priced * (1.0 + 1e-9) + 1e-9 {
-            return Err(Error::InvalidArgument(format!(
-                "cost_usd: {cost_usd} is not within 0..={priced} (the segment's price)"
-            )));
+        if reported.is_finite() {
+            reported.clamp(0.0, priced)
+        } else {
+            0.0
         }
-        Ok(())
     }
 }

@@ -330,6 +330,9 @@ pub enum Action {
     Cancel {
         worker: WorkerId,
         assignment: pb::AssignmentRef,
+        /// The work is not wanted any more (its sequence ended): a hosted segment deletes
+        /// its remote job. False when the attempt is only fenced off or taken back.
+        discard: bool,
     },
 }
 

@@ -134,7 +134,9 @@ impl SequenceRecord {
                 continue;
             }
             self.seam_tries.push(SeamTry::new(score, seed, passed));
-            if passed {
+            // A hosted model takes no seed: another render is another paid clip that a
+            // "best try" could not bring back. Its join is judged and reported, not redone.
+            if passed || self.plan.segments[index].clip_seconds > 0 {
                 continue;
             }
             let tries: Vec<&SeamTry> = self

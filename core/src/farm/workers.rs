@@ -98,6 +98,7 @@ impl Farm {
                 actions.push(Action::Cancel {
                     worker: id.clone(),
                     assignment: reference.clone(),
+                    discard: false,
                 });
             }
         }

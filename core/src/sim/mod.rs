@@ -263,7 +263,9 @@ impl Run<'_> {
                 }
                 self.schedule(gpu);
             }
-            Action::Cancel { worker, assignment } => {
+            Action::Cancel {
+                worker, assignment, ..
+            } => {
                 // Only a failed sequence cancels: its running work stops and reports back.
                 let on_worker: Vec<usize> = self
                     .gpu_of

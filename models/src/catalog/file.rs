@@ -243,8 +243,12 @@ fn resolve_hosted(
         guidance: 0.0,
         memory: HOSTED_MEMORY,
         weights: None,
-        // What renders is the remote model: cache keys change when it does.
-        weights_digest: Some(format!("remote {} at {}", spec.remote_model, spec.base_url)),
+        // What renders is the remote model, at the sizes and lengths it is asked for: cache
+        // keys change when any of them does.
+        weights_digest: Some(format!(
+            "remote {} at {}, sizes {:?}, clips {:?}",
+            spec.remote_model, spec.base_url, spec.sizes, spec.clip_seconds
+        )),
         hosted: Some(spec),
     })
 }

@@ -269,6 +269,9 @@ impl WorkerService for Api {
         let result = self
             .0
             .apply(|farm| {
+                if request.remote_job_unusable {
+                    farm.forget_remote_job(&reference)?;
+                }
                 let actions = if class == FailureClass::CorruptInput {
                     farm.input_corrupt(
                         &reference,

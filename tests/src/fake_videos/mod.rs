@@ -96,17 +96,21 @@ struct Shared {
     fail_marker: Option<String>,
 }
 
-/// The fake server, serving until dropped.
+/// The fake server, serving until dropped. It runs on a runtime of its own thread, so a
+/// test that blocks its own threads (waiting on a child process) never delays its answers
+/// or the arrival times it records.
 pub struct FakeVideos {
     pub url: String,
     pub api_key: String,
     shared: Arc<Mutex<Shared>>,
-    server: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for FakeVideos {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -137,18 +141,35 @@ impl FakeVideos {
             .route("/v1/videos/{id}/content", get(content))
             .layer(axum::middleware::from_fn_with_state(shared.clone(), gate))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the fake videos API")?;
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding the fake videos API")?;
+        listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("the fake's runtime")?;
+        std::thread::Builder::new()
+            .name("fake-videos".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    });
+                    let _ = serve.await;
+                });
+            })
+            .context("the fake's thread")?;
         Ok(FakeVideos {
             url,
             api_key,
             shared,
-            server,
+            stop: Some(stop),
         })
     }
 

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use self::machine::{Agent, Effect, Event};
 use crate::Error;
-use crate::hosted::{HostedModel, RecordJob, run_hosted_segment};
+use crate::hosted::{HostedModel, NotRecorded, RecordJob, run_hosted_segment};
 use crate::inventory::Inventory;
 use crate::memory_meter::PeakMeter;
 use crate::segment::run_segment;
@@ -68,6 +68,9 @@ type Running = Arc<Mutex<HashMap<String, RunningTask>>>;
 
 struct RunningTask {
     cancel: Arc<AtomicBool>,
+    /// Set with a cancel that discards the work (its sequence ended): a hosted segment then
+    /// deletes its remote job.
+    discard: Arc<AtomicBool>,
     device_index: u32,
     meter: Arc<PeakMeter>,
     /// What the scheduler reserved for it on its device (0 for stitches: not sent).
@@ -402,6 +405,12 @@ impl Driver {
                             command: Some(pb::worker_command::Command::Cancel(cancel)),
                         })) => {
                             if let Some(reference) = cancel.assignment {
+                                if cancel.discard_remote_job
+                                    && let Some(task) =
+                                        lock(&self.running).get(&reference.assignment_id)
+                                {
+                                    task.discard.store(true, Ordering::Relaxed);
+                                }
                                 return Event::Cancel(reference);
                             }
                         }
@@ -475,17 +484,16 @@ struct Context {
 }
 
 /// Puts a task on the books before it starts, so a cancel that follows at once finds it.
-fn register_task(
-    running: &Running,
-    assignment: &pb::Assignment,
-) -> Option<(pb::AssignmentRef, Arc<AtomicBool>, Arc<PeakMeter>)> {
+fn register_task(running: &Running, assignment: &pb::Assignment) -> Option<Registered> {
     let reference = assignment.assignment.clone()?;
     let cancel = Arc::new(AtomicBool::new(false));
+    let discard = Arc::new(AtomicBool::new(false));
     let meter = Arc::new(PeakMeter::start());
     lock(running).insert(
         reference.assignment_id.clone(),
         RunningTask {
             cancel: cancel.clone(),
+            discard: discard.clone(),
             device_index: assignment.device_index,
             meter: meter.clone(),
             reserved_bytes: match &assignment.task {
@@ -494,14 +502,29 @@ fn register_task(
             },
         },
     );
-    Some((reference, cancel, meter))
+    Some(Registered {
+        reference,
+        cancel,
+        discard,
+        meter,
+    })
 }
 
-async fn execute(
-    assignment: pb::Assignment,
-    (reference, cancel, meter): (pb::AssignmentRef, Arc<AtomicBool>, Arc<PeakMeter>),
-    context: Context,
-) {
+/// A task on the books: its fencing token, its cancel and discard flags, its memory meter.
+struct Registered {
+    reference: pb::AssignmentRef,
+    cancel: Arc<AtomicBool>,
+    discard: Arc<AtomicBool>,
+    meter: Arc<PeakMeter>,
+}
+
+async fn execute(assignment: pb::Assignment, registered: Registered, context: Context) {
+    let Registered {
+        reference,
+        cancel,
+        discard,
+        meter,
+    } = registered;
     let segment_labels = match &assignment.task {
         Some(pb::assignment::Task::Segment(task)) => Some((
             crate::worker_metrics::model_labels(task),
@@ -534,7 +557,7 @@ async fn execute(
                     context.store.clone(),
                     progress,
                     record_job_via(context.link.clone(), reference.clone()),
-                    context.handing_back.clone(),
+                    discard,
                 )
                 .await
                 .map(|done| {
@@ -582,7 +605,12 @@ async fn execute(
         None => Err(TaskFailure::invalid("assignment without a task")),
     };
     let _ = reporter.await;
-    let peak_memory_bytes = meter.peak_bytes();
+    // A hosted slot holds an API call, not a model: the process's heap peak (the other
+    // slots' clips in it) is no measure of it, and must not teach placement a size.
+    let hosted_slot = device
+        .as_ref()
+        .is_some_and(|device| device.kind == "hosted");
+    let peak_memory_bytes = if hosted_slot { 0 } else { meter.peak_bytes() };
     let result = result
         .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));
     let traceparent = span.traceparent.clone();
@@ -630,6 +658,7 @@ async fn execute(
                     reelfarm_common::limits::MAX_MESSAGE_TEXT_BYTES,
                 ),
                 corrupt_keys: failure.corrupt_keys,
+                remote_job_unusable: failure.remote_job_unusable,
             };
             deliver(&context.link, &reference, "failure", |mut client| {
                 let mut request = tonic::Request::new(request.clone());
@@ -696,8 +725,8 @@ where
 }
 
 /// Records a hosted segment's remote job with the leader, following it through failovers
-/// (a created job must be recorded before it is polled); `Err` when the leader refuses it
-/// (the assignment is no longer current) or none answers in time.
+/// (a created job must be recorded before it is polled): `Refused` when the leader says no
+/// (the assignment is no longer current), `Unanswered` when none answers in time.
 fn record_job_via(link: Arc<Link>, reference: pb::AssignmentRef) -> RecordJob {
     Box::new(move |remote_job_id: String| {
         let link = link.clone();
@@ -717,13 +746,15 @@ fn record_job_via(link: Arc<Link>, reference: pb::AssignmentRef) -> RecordJob {
                                 link.broken(generation).await;
                                 status.message().to_string()
                             }
-                            Err(status) => return Err(status.message().to_string()),
+                            Err(status) => {
+                                return Err(NotRecorded::Refused(status.message().to_string()));
+                            }
                         }
                     }
                     Err(error) => error.to_string(),
                 };
                 if tokio::time::Instant::now() > deadline {
-                    return Err(format!("no leader recorded it: {last_error}"));
+                    return Err(NotRecorded::Unanswered(last_error));
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }

@@ -14,14 +14,16 @@ use reelfarm_models::{ClipDecoder, GeneratedClip, ModelError};
 use crate::task::TaskFailure;
 
 /// The clip of `task` from the MP4 the API delivered: `render_frames` frames at the task's
-/// rate and size. A clip shorter than that is refused, naming both lengths.
+/// rate and size. A clip up to `SHORT_BY` frames shorter (an encoder that drops the last
+/// frame, 29.97 fps called 30) repeats its last frame; a shorter one is refused, naming
+/// both lengths.
 pub fn from_mp4(bytes: Vec<u8>, task: &pb::SegmentTask) -> Result<GeneratedClip, TaskFailure> {
     let reader = Mp4Reader::open(bytes.clone())?;
     let clip_fps = reader.fps().round().max(1.0) as u32;
     let frames = u32::try_from(task.render_frames)
         .map_err(|_| TaskFailure::invalid("render_frames out of range"))?;
     let last = native_index(frames.saturating_sub(1), task.fps, clip_fps);
-    if u64::from(last) >= reader.frame_count() {
+    if u64::from(last) >= reader.frame_count() + SHORT_BY || reader.frame_count() == 0 {
         return Err(TaskFailure::new(
             pb::FailureReason::ModelError,
             format!(
@@ -34,6 +36,7 @@ pub fn from_mp4(bytes: Vec<u8>, task: &pb::SegmentTask) -> Result<GeneratedClip,
         ));
     }
     let decoder = Forward {
+        last_source: (reader.frame_count() - 1) as u32,
         bytes,
         clip_fps,
         fps: task.fps,
@@ -52,7 +55,12 @@ pub fn from_mp4(bytes: Vec<u8>, task: &pb::SegmentTask) -> Result<GeneratedClip,
     ))
 }
 
+/// Frames a clip may fall short of the segment by, its last one repeated.
+const SHORT_BY: u64 = 2;
+
 struct Forward {
+    /// The clip's last frame: later ones repeat it.
+    last_source: u32,
     bytes: Vec<u8>,
     clip_fps: u32,
     fps: u32,
@@ -70,7 +78,7 @@ struct State {
 
 impl ClipDecoder for Forward {
     fn decode_frame(&self, index: u32) -> Result<RgbFrame, ModelError> {
-        let source = native_index(index, self.fps, self.clip_fps);
+        let source = native_index(index, self.fps, self.clip_fps).min(self.last_source);
         let mut state = self
             .state
             .lock()
@@ -174,6 +182,14 @@ mod tests {
             render_frames: 30,
             ..Default::default()
         };
+        // Two frames short: the last one repeats.
+        let almost = pb::SegmentTask {
+            render_frames: 26,
+            ..task.clone()
+        };
+        let generated = from_mp4(clip(24), &almost).unwrap();
+        let end = generated.try_frame(25).unwrap().pixel(0, 0)[0];
+        assert!((i32::from(end) - 23 * 8).abs() <= 3, "{end}");
         let error = from_mp4(clip(24), &task).err().unwrap();
         assert!(
             error.message.contains("has 24 frames at 24 fps"),

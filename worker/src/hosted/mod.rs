@@ -13,8 +13,11 @@
 //!    sequence's rate, scaled and cropped to its frame, trimmed; then the shared encoder
 //!    writes frames, sidecar and handoff frame).
 //!
-//! Cancelling deletes the remote job; a worker shutting down leaves it running for the next
-//! attempt to collect.
+//! A cancel that discards the work (its sequence was cancelled or failed) deletes the
+//! remote job; one that only fences this attempt off, a take-back and a worker shutting down
+//! leave it running for the next attempt to collect. Only a job that can give nothing (it
+//! failed, is gone, its clip cannot be read) is reported unusable, so the next attempt
+//! creates another.
 
 mod api;
 mod clip;
@@ -38,6 +41,11 @@ use crate::task::{Phases, Progress, TaskFailure, fetch_verified};
 /// The first and the longest wait between two polls of a job.
 const FIRST_POLL: Duration = Duration::from_millis(500);
 const MAX_POLL: Duration = Duration::from_secs(15);
+/// A job not finished after this long is given up (deleted, and created anew by the next
+/// attempt).
+const MAX_JOB_TIME: Duration = Duration::from_secs(2 * 3600);
+/// How often a segment waiting for its model's job limit tells the scheduler it is alive.
+const WAITING_REPORT: Duration = Duration::from_secs(5);
 
 /// One hosted model this worker calls.
 pub struct HostedModel {
@@ -115,10 +123,19 @@ pub struct HostedResult {
     pub cost_usd: f64,
 }
 
-/// Records a created job with the scheduler; `Err` when the scheduler refused it (the
-/// assignment is no longer current).
+/// Why a created job is not on the task's record.
+#[derive(Debug)]
+pub enum NotRecorded {
+    /// The scheduler answered no: the assignment is no longer current (another attempt
+    /// owns the segment), or the task already has another job.
+    Refused(String),
+    /// No scheduler answered in time: the record may or may not have been made.
+    Unanswered(String),
+}
+
+/// Records a created job with the scheduler.
 pub type RecordJob = Box<
-    dyn Fn(String) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+    dyn Fn(String) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NotRecorded>> + Send>>
         + Send
         + Sync,
 >;
@@ -129,7 +146,7 @@ pub async fn run_hosted_segment(
     store: Arc<dyn BlobStore>,
     progress: Progress,
     record_job: RecordJob,
-    handing_back: Arc<AtomicBool>,
+    discard: Arc<AtomicBool>,
 ) -> Result<HostedResult, TaskFailure> {
     check_shape(&task)?;
     let spec = model.api.spec().clone();
@@ -143,11 +160,18 @@ pub async fn run_hosted_segment(
         )));
     }
     let size = spec.nearest_size(task.width, task.height);
-    let _job_slot = model
-        .jobs
-        .acquire()
-        .await
-        .map_err(|_| TaskFailure::invalid("the hosted model's job limit closed"))?;
+    // The model's own job limit may be below the worker's slots: wait for a turn, saying
+    // so, so the scheduler does not take the segment back as stalled.
+    let _job_slot = loop {
+        progress.check_cancelled()?;
+        match tokio::time::timeout(WAITING_REPORT, model.jobs.acquire()).await {
+            Ok(permit) => {
+                break permit
+                    .map_err(|_| TaskFailure::invalid("the hosted model's job limit closed"))?;
+            }
+            Err(_) => progress.report(0, 100),
+        }
+    };
     let mut phases = Phases::default();
     let started = unix_now_s();
     let job_id = if task.remote_job_id.is_empty() {
@@ -167,19 +191,41 @@ pub async fn run_hosted_segment(
             }
         };
         progress.check_cancelled()?;
+        // The same key for every try of this attempt's create: a service that honours it
+        // answers a retried create with the job it already made.
+        let idempotency_key = format!("{}-{}", task.output_prefix, seconds);
         let video = model
             .api
-            .create(&task.prompt, seconds, size, reference.as_deref())
+            .create(
+                &task.prompt,
+                seconds,
+                size,
+                reference.as_deref(),
+                &idempotency_key,
+            )
             .await
             .map_err(|error| api_failure(&model.id, "create", &error))?;
         tracing::info!(segment = %task.segment_id, model = %model.id, job = %video.id, "remote job created");
-        if let Err(refused) = record_job(video.id.clone()).await {
-            // Another attempt owns the segment now: this job would be paid for nothing.
-            let _ = model.api.delete(&video.id).await;
-            return Err(TaskFailure::new(
-                pb::FailureReason::Cancelled,
-                format!("remote job {} not recorded ({refused}); deleted", video.id),
-            ));
+        match record_job(video.id.clone()).await {
+            Ok(()) => {}
+            Err(NotRecorded::Refused(reason)) => {
+                // Another attempt owns the segment now: this job would be paid for nothing.
+                let _ = model.api.delete(&video.id).await;
+                return Err(TaskFailure::new(
+                    pb::FailureReason::Cancelled,
+                    format!("remote job {} not recorded ({reason}); deleted", video.id),
+                ));
+            }
+            Err(NotRecorded::Unanswered(reason)) => {
+                // It may be on the record: left running for the next attempt to collect.
+                return Err(TaskFailure::new(
+                    pb::FailureReason::WorkerLost,
+                    format!(
+                        "remote job {} created but no scheduler answered ({reason})",
+                        video.id
+                    ),
+                ));
+            }
         }
         video.id
     } else {
@@ -187,14 +233,15 @@ pub async fn run_hosted_segment(
         task.remote_job_id.clone()
     };
     let polled = poll(&model, &job_id, &progress).await;
+    let discarded = discard.load(Ordering::Relaxed);
     if let Err(failure) = &polled
-        && failure.reason == pb::FailureReason::Cancelled
-        && !handing_back.load(Ordering::Relaxed)
+        && (failure.remote_job_unusable
+            || (failure.reason == pb::FailureReason::Cancelled && discarded))
     {
-        // Cancelled for good (not handed back to another attempt): stop paying for it.
+        // Not wanted any more, or it can give nothing: stop paying for it.
         match model.api.delete(&job_id).await {
-            Ok(()) => tracing::info!(job = %job_id, "cancelled remote job deleted"),
-            Err(error) => tracing::warn!(job = %job_id, %error, "cancelled remote job not deleted"),
+            Ok(()) => tracing::info!(job = %job_id, "remote job deleted"),
+            Err(error) => tracing::warn!(job = %job_id, %error, "remote job not deleted"),
         }
     }
     polled?;
@@ -207,8 +254,12 @@ pub async fn run_hosted_segment(
     let model_seconds = unix_now_s() - started;
     let blocking_task = task.clone();
     let encoded = tokio::task::spawn_blocking(move || {
-        let clip = clip::from_mp4(content.to_vec(), &blocking_task)?;
+        // A clip that cannot be read or is too short is unusable: the next attempt makes
+        // another (the store and the encoder fail other ways).
+        let clip = clip::from_mp4(content.to_vec(), &blocking_task)
+            .map_err(TaskFailure::with_unusable_remote_job)?;
         encode_clip(&blocking_task, &clip, phases, model_seconds, 0)
+            .map_err(TaskFailure::with_unusable_remote_job)
     })
     .await
     .map_err(|error| {
@@ -227,19 +278,36 @@ pub async fn run_hosted_segment(
 /// Polls until the job completes, with backoff; `progress` (0-100) goes to the progress bar.
 async fn poll(model: &HostedModel, job_id: &str, progress: &Progress) -> Result<(), TaskFailure> {
     let mut wait = FIRST_POLL;
+    let started = tokio::time::Instant::now();
     loop {
         progress.check_cancelled()?;
+        if started.elapsed() > MAX_JOB_TIME {
+            return Err(TaskFailure::new(
+                pb::FailureReason::ModelError,
+                format!(
+                    "model {}: remote job {job_id} unfinished after {} minutes; given up",
+                    model.id,
+                    MAX_JOB_TIME.as_secs() / 60
+                ),
+            )
+            .with_unusable_remote_job());
+        }
         let video = model
             .api
             .retrieve(job_id)
             .await
             .map_err(|error| api_failure(&model.id, "retrieve", &error))?;
         match video.status.as_str() {
-            "completed" => {
+            // OpenAI's word, and Azure's older jobs API's.
+            "completed" | "succeeded" => {
                 progress.report(100, 100);
                 return Ok(());
             }
-            "failed" => {
+            "queued" | "in_progress" | "pending" | "preprocessing" | "running" | "processing" => {
+                let done = video.progress.unwrap_or(0.0).clamp(0.0, 99.0) as u64;
+                progress.report(done, 100);
+            }
+            "failed" | "cancelled" | "canceled" | "expired" => {
                 let reason = video
                     .error
                     .map(|error| {
@@ -252,12 +320,23 @@ async fn poll(model: &HostedModel, job_id: &str, progress: &Progress) -> Result<
                     .unwrap_or_else(|| "no reason given".into());
                 return Err(TaskFailure::new(
                     pb::FailureReason::ModelError,
-                    format!("model {}: remote job {job_id} failed: {reason}", model.id),
-                ));
+                    format!(
+                        "model {}: remote job {job_id} {}: {reason}",
+                        model.id, video.status
+                    ),
+                )
+                .with_unusable_remote_job());
             }
-            _ => {
-                let done = video.progress.unwrap_or(0.0).clamp(0.0, 99.0) as u64;
-                progress.report(done, 100);
+            other => {
+                // A status this client does not know: not polled for ever. The job is kept
+                // for the next attempt, which may know better after an upgrade.
+                return Err(TaskFailure::new(
+                    pb::FailureReason::ModelError,
+                    format!(
+                        "model {}: remote job {job_id} has status {other:?}, which reelfarm does not know",
+                        model.id
+                    ),
+                ));
             }
         }
         // Sleep in short steps so a cancel is seen promptly.
@@ -270,10 +349,22 @@ async fn poll(model: &HostedModel, job_id: &str, progress: &Progress) -> Result<
     }
 }
 
+/// How an API error ends the attempt: a refused request (400, 422) is the task's fault and
+/// not retried; a job that is gone (404, 410) is unusable; a refused key (401, 403) and an
+/// unavailable service are retried on the next attempt with the job kept.
 fn api_failure(model: &str, what: &str, error: &ApiError) -> TaskFailure {
-    let reason = match error {
-        ApiError::Refused { .. } => pb::FailureReason::InvalidTask,
-        ApiError::Unavailable(_) => pb::FailureReason::ModelError,
-    };
-    TaskFailure::new(reason, format!("model {model}: {what}: {error}"))
+    let message = format!("model {model}: {what}: {error}");
+    match error {
+        ApiError::Refused {
+            status: 404 | 410, ..
+        } => TaskFailure::new(pb::FailureReason::ModelError, message).with_unusable_remote_job(),
+        ApiError::Refused {
+            status: 401 | 403, ..
+        } => TaskFailure::new(
+            pb::FailureReason::ModelError,
+            message + " (check the worker's API key)",
+        ),
+        ApiError::Refused { .. } => TaskFailure::new(pb::FailureReason::InvalidTask, message),
+        ApiError::Unavailable(_) => TaskFailure::new(pb::FailureReason::ModelError, message),
+    }
 }

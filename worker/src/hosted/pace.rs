@@ -18,16 +18,15 @@ impl Pace {
         }
     }
 
-    /// Waits for this request's turn: at least `interval` after the one before.
+    /// Waits for this request's turn: at least `interval` after the one before was let go.
+    /// Turns are taken one at a time and counted from when each was actually let go, so a
+    /// busy machine waking a waiter late never lets the next one in early.
     pub async fn wait(&self) {
-        let turn = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let turn = next.map_or(now, |at| at.max(now));
-            *next = Some(turn + self.interval);
-            turn
-        };
-        tokio::time::sleep_until(turn).await;
+        let mut next = self.next.lock().await;
+        if let Some(at) = *next {
+            tokio::time::sleep_until(at).await;
+        }
+        *next = Some(Instant::now() + self.interval);
     }
 }
 

@@ -30,7 +30,8 @@ fn a_task_without_progress_past_its_deadline_is_taken_back_and_placed_again() {
         actions,
         vec![Action::Cancel {
             worker: worker.clone(),
-            assignment: first.clone()
+            assignment: first.clone(),
+            discard: false,
         }]
     );
     let record = &farm.sequences["seq"];

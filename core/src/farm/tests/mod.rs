@@ -373,9 +373,10 @@ fn cancel_stops_running_tasks_and_keeps_memory_until_they_report() {
     assert_eq!(
         actions
             .iter()
-            .filter(|a| matches!(a, Action::Cancel { .. }))
+            .filter(|a| matches!(a, Action::Cancel { discard: true, .. }))
             .count(),
-        2
+        2,
+        "a cancelled sequence's work is discarded (a hosted job deleted)"
     );
     assert!(
         farm.workers()
@@ -486,7 +487,8 @@ fn a_reconnecting_worker_keeps_what_it_runs_and_loses_what_it_does_not() {
     assert!(
         actions.contains(&Action::Cancel {
             worker: "w0".into(),
-            assignment: stale
+            assignment: stale,
+            discard: false,
         }),
         "an assignment that is not current is cancelled: {actions:?}"
     );
