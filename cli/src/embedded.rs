@@ -135,7 +135,10 @@ impl EmbeddedFarm {
                 store: blob_store.clone(),
                 models: Vec::new(),
                 hosted,
-                inventory: Arc::new(Inventory::Fixed(reelfarm_worker::hosted::slots(slots))),
+                // Its stitching device shares the machine with the local workers.
+                inventory: Arc::new(Inventory::Fixed(reelfarm_worker::hosted::devices(
+                    slots, share,
+                ))),
                 connect_timeout: Duration::from_secs(10),
                 drain_timeout: Duration::ZERO,
                 bearer: worker_bearer.clone(),

@@ -365,8 +365,13 @@ pub async fn run_worker(
             .unwrap_or(1);
         let ids: Vec<&str> = hosted.iter().map(|model| model.id.as_str()).collect();
         (
-            reelfarm_worker::inventory::Inventory::Fixed(reelfarm_worker::hosted::slots(slots)),
-            format!("hosted: {slots} concurrency slot(s) for {}", ids.join(", ")),
+            reelfarm_worker::inventory::Inventory::Fixed(reelfarm_worker::hosted::devices(
+                slots, 0.5,
+            )),
+            format!(
+                "hosted: {slots} concurrency slot(s) for {}, and half this machine's memory for stitching",
+                ids.join(", ")
+            ),
         )
     } else {
         reelfarm_worker::inventory::Inventory::discover(args.simulate_gpus.as_deref())

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use reelfarm_models::catalog::hosted::HOSTED_DEVICE_KIND;
+
 use crate::placement::{GpuState, RunningCounts};
 
 use super::{DeviceRecord, Farm, WorkerId, WorkerRecord};
@@ -89,10 +91,22 @@ impl Running {
     }
 }
 
-/// One device as placement sees it.
+/// One device as placement sees it. A hosted worker's slots take its hosted models and
+/// nothing else, and its other device (the CPU it offers) takes stitches only: a stitch
+/// never holds a slot, and a hosted segment never runs beyond the slots.
 fn gpu_state(ids: &mut Ids, worker: &WorkerRecord, device: &DeviceRecord) -> GpuState {
-    let mut serves: Vec<u32> = worker.models.iter().map(|model| ids.model(model)).collect();
-    serves.push(STITCH_MODEL);
+    let hosted_worker = worker
+        .devices
+        .iter()
+        .any(|other| other.device.kind == HOSTED_DEVICE_KIND);
+    let mut serves: Vec<u32> = if hosted_worker && device.device.kind != HOSTED_DEVICE_KIND {
+        Vec::new()
+    } else {
+        worker.models.iter().map(|model| ids.model(model)).collect()
+    };
+    if device.device.kind != HOSTED_DEVICE_KIND {
+        serves.push(STITCH_MODEL);
+    }
     let speed = if device.device.speed > 0.0 {
         device.device.speed
     } else {

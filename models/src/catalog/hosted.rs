@@ -65,6 +65,10 @@ pub struct HostedSpec {
 pub const HOSTED_SEGMENT_BYTES: u64 = 1 << 30;
 pub const HOSTED_SLOT_BYTES: u64 = HOSTED_SEGMENT_BYTES * 3 / 2;
 
+/// The device kind of a hosted worker's concurrency slots: placement gives them hosted
+/// segments only, and the worker's other device its stitches.
+pub const HOSTED_DEVICE_KIND: &str = "hosted";
+
 /// A hosted segment's progress steps: the service reports a percentage.
 pub const HOSTED_PROGRESS_STEPS: u32 = 100;
 

@@ -609,7 +609,7 @@ async fn execute(assignment: pb::Assignment, registered: Registered, context: Co
     // slots' clips in it) is no measure of it, and must not teach placement a size.
     let hosted_slot = device
         .as_ref()
-        .is_some_and(|device| device.kind == "hosted");
+        .is_some_and(|device| device.kind == reelfarm_models::catalog::hosted::HOSTED_DEVICE_KIND);
     let peak_memory_bytes = if hosted_slot { 0 } else { meter.peak_bytes() };
     let result = result
         .and_then(|done| within_device_memory(device.as_ref(), peak_memory_bytes).map(|()| done));

@@ -30,7 +30,7 @@ use std::time::Duration;
 use reelfarm_common::blob::BlobStore;
 use reelfarm_common::{pb, unix_now_s};
 use reelfarm_media::video::{decode_png, encode_png};
-use reelfarm_models::catalog::hosted::HOSTED_SLOT_BYTES;
+use reelfarm_models::catalog::hosted::{HOSTED_DEVICE_KIND, HOSTED_SLOT_BYTES};
 use reelfarm_models::{Backend, Catalog, KeySource};
 
 pub use api::{Api, ApiError, Video};
@@ -101,12 +101,15 @@ pub fn load_hosted(catalog: &Catalog) -> Result<Vec<Arc<HostedModel>>, crate::Er
     Ok(models)
 }
 
-/// The devices of a hosted worker: `count` concurrency slots, each holding one segment.
-pub fn slots(count: u32) -> Vec<pb::Device> {
-    (0..count.max(1))
+/// The devices of a hosted worker: `count` concurrency slots, each holding one hosted
+/// segment, and `share` of this machine's CPU and memory for the stitches it also takes
+/// (placement keeps stitches off the slots and hosted segments off the CPU).
+pub fn devices(count: u32, share: f64) -> Vec<pb::Device> {
+    let slots = count.max(1);
+    let mut devices: Vec<pb::Device> = (0..slots)
         .map(|index| pb::Device {
             index,
-            kind: "hosted".into(),
+            kind: HOSTED_DEVICE_KIND.into(),
             name: format!("hosted slot {index}"),
             memory_total_bytes: HOSTED_SLOT_BYTES,
             memory_free_bytes: HOSTED_SLOT_BYTES,
@@ -114,7 +117,13 @@ pub fn slots(count: u32) -> Vec<pb::Device> {
             speed: 1.0,
             ..Default::default()
         })
-        .collect()
+        .collect();
+    devices.push(pb::Device {
+        index: slots,
+        name: "cpu (stitching)".into(),
+        ..crate::inventory::cpu_device(share)
+    });
+    devices
 }
 
 /// What a hosted segment hands back besides the segment: what it cost.

@@ -161,3 +161,53 @@ fn a_local_segment_has_no_remote_job_and_costs_nothing() {
     farm.complete_with(&reference, charged, 1.0).unwrap();
     assert_eq!(farm.sequences["seq"].segments[0].cost_usd, 0.0);
 }
+
+#[test]
+fn hosted_slots_take_hosted_segments_only_and_the_worker_s_cpu_takes_its_stitches() {
+    use reelfarm_models::catalog::hosted::{HOSTED_DEVICE_KIND, HOSTED_SLOT_BYTES};
+    let slot = |index| pb::Device {
+        index,
+        kind: HOSTED_DEVICE_KIND.into(),
+        name: format!("hosted slot {index}"),
+        memory_total_bytes: HOSTED_SLOT_BYTES,
+        memory_free_bytes: HOSTED_SLOT_BYTES,
+        ..Default::default()
+    };
+    let mut farm = Farm::new(3);
+    farm.register_worker(
+        "h0".into(),
+        "h0".into(),
+        vec![slot(0), slot(1), device(2, 16)],
+        vec!["sora-test".into()],
+        &[],
+        0.0,
+    );
+    let mut sequence = sequence(&[Transition::Cut, Transition::Cut, Transition::Cut]);
+    sequence.model = "sora-test".into();
+    sequence.steps = None;
+    let plan = planner::plan(&sequence, &hosted_entry());
+    farm.submit("seq".into(), None, sequence, plan, 0.0);
+    let devices = |actions: &[Action]| -> Vec<u32> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Assign { assignment, .. } => Some(assignment.device_index),
+                _ => None,
+            })
+            .collect()
+    };
+    // Two slots, three hosted segments: two run, on the slots; the CPU takes none.
+    let first = farm.dispatch();
+    let mut on = devices(&first);
+    on.sort_unstable();
+    assert_eq!(on, [0, 1]);
+    for (_, reference) in assigned(&first) {
+        complete(&mut farm, &reference);
+    }
+    let second = farm.dispatch();
+    assert_eq!(devices(&second).len(), 1);
+    assert!(devices(&second)[0] < 2);
+    complete(&mut farm, &assigned(&second)[0].1);
+    // The stitch goes to the CPU, never to a slot.
+    assert_eq!(devices(&farm.dispatch()), [2]);
+}
