@@ -482,6 +482,27 @@ impl Cluster {
         simulate_gpus: &str,
         env: &[(&str, &str)],
     ) -> Result<()> {
+        let mut command = self.worker_command(name, env)?;
+        command.arg("--simulate-gpus").arg(simulate_gpus);
+        self.spawn_worker(name, command)
+    }
+
+    /// A hosted worker (`--hosted`): it calls the openai-videos models of the catalog file
+    /// `models`, with `env` giving their API keys; its devices are concurrency slots.
+    pub fn start_hosted_worker(
+        &mut self,
+        name: &str,
+        models: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<()> {
+        let mut command = self.worker_command(name, env)?;
+        command.arg("--hosted").arg("--models").arg(models);
+        self.spawn_worker(name, command)
+    }
+
+    /// `reelfarm worker` named `name` against every scheduler started so far, with its
+    /// credentials (a certificate naming it, or the shared worker token) and `env`.
+    fn worker_command(&mut self, name: &str, env: &[(&str, &str)]) -> Result<Command> {
         let mut command = self.command("worker");
         if let Some(ca) = &self.tls {
             // Its certificate is its identity: no token.
@@ -505,39 +526,11 @@ impl Cluster {
             .arg("--scheduler")
             .arg(self.scheduler_list())
             .arg("--name")
-            .arg(name)
-            .arg("--simulate-gpus")
-            .arg(simulate_gpus);
-        let process = Process::spawn(name, command, &self.dir)?;
-        self.workers.push(process);
-        Ok(())
+            .arg(name);
+        Ok(command)
     }
 
-    /// A hosted worker (`--hosted`): it calls the openai-videos models of the catalog file
-    /// `models`, with `env` giving their API keys; its devices are concurrency slots.
-    pub fn start_hosted_worker(
-        &mut self,
-        name: &str,
-        models: &Path,
-        env: &[(&str, &str)],
-    ) -> Result<()> {
-        let mut command = self.command("worker");
-        if let Some((_, workers)) = &self.tokens {
-            command.env("REELFARM_TOKEN", workers);
-        }
-        command.envs(env.iter().copied());
-        let health = format!("127.0.0.1:{}", free_port());
-        self.worker_health.push(health.clone());
-        command
-            .arg("--health-listen")
-            .arg(health)
-            .arg("--scheduler")
-            .arg(self.scheduler_list())
-            .arg("--name")
-            .arg(name)
-            .arg("--hosted")
-            .arg("--models")
-            .arg(models);
+    fn spawn_worker(&mut self, name: &str, command: Command) -> Result<()> {
         let process = Process::spawn(name, command, &self.dir)?;
         self.workers.push(process);
         Ok(())
