@@ -299,6 +299,19 @@ async fn a_sixty_second_sequence_renders_through_the_hosted_api_across_failovers
         if (shots[0]["cost_usd"].as_f64().unwrap_or(0.0) - 1.6).abs() > 1e-9 {
             bail!("the first shot (12 s + 4 s) cost {:?}", shots[0]);
         }
+        // Each join says what its shot cost: the continuation inside shot 0 (12 s + 4 s),
+        // the cut to shot 2 (one 12 s clip).
+        let joins = report["joins"].as_array().context("report joins")?;
+        let join_cost = |shot: u64| {
+            joins
+                .iter()
+                .find(|join| join["shot_index"].as_u64() == Some(shot))
+                .and_then(|join| join["shot_cost_usd"].as_f64())
+        };
+        let near = |cost: Option<f64>, want: f64| cost.is_some_and(|cost| (cost - want).abs() < 1e-9);
+        if !near(join_cost(0), 1.6) || !near(join_cost(2), 1.2) {
+            bail!("join costs: {joins:?}");
+        }
         let (code, stdout, _) = farm.cluster.client(&["status", &id])?;
         if code != 0
             || !stdout.contains("cost: $6.80 paid of $6.80 estimated")

@@ -159,7 +159,7 @@ pub async fn run_stitch(
     shot_costs.sort_by_key(|shot| shot.shot_index);
     let sequence = SequenceStitch {
         takes,
-        shot_costs,
+        shot_costs: shot_costs.clone(),
         reused_segments: task.parts.iter().filter(|part| part.reused).count(),
         title: task.title.clone(),
         width: task.width,
@@ -191,6 +191,7 @@ pub async fn run_stitch(
     crate::worker_metrics::seams(&outputs.joins);
     let seams = seam_qa::scores(&outputs.joins);
     let report = seam_qa::with_tries(outputs.report, &task, &seams)
+        .and_then(|report| with_join_costs(report, &shot_costs))
         .map_err(|error| TaskFailure::invalid(format!("stitch report: {error}")))?;
 
     let start = unix_now_s();
@@ -220,4 +221,27 @@ pub async fn run_stitch(
         objects,
         seams,
     })
+}
+
+/// Each join of the report with what its shot's hosted clips cost (`shot_cost_usd`), when
+/// any shot cost something: the join's line tells what that shot was paid.
+fn with_join_costs(report: Vec<u8>, shot_costs: &[ShotCost]) -> Result<Vec<u8>, serde_json::Error> {
+    if shot_costs.is_empty() {
+        return Ok(report);
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(&report)?;
+    if let Some(joins) = value
+        .get_mut("joins")
+        .and_then(|joins| joins.as_array_mut())
+    {
+        for join in joins {
+            let shot = join.get("shot_index").and_then(serde_json::Value::as_u64);
+            let cost = shot_costs
+                .iter()
+                .find(|cost| Some(u64::from(cost.shot_index)) == shot)
+                .map_or(0.0, |cost| cost.cost_usd);
+            join["shot_cost_usd"] = serde_json::json!(cost);
+        }
+    }
+    serde_json::to_vec_pretty(&value)
 }
