@@ -104,7 +104,7 @@ pub struct TaskRecord {
     /// A hosted segment's remote job, from its creation until its clip is accepted or the
     /// job failed: a new attempt polls it instead of creating (and paying for) another.
     pub remote_job_id: Option<String>,
-    /// What its hosted clips cost so far, every paid render counted (seam QA's too).
+    /// What its accepted hosted clips cost so far (each acceptance adds its clip's price).
     pub cost_usd: f64,
 }
 
