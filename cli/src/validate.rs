@@ -73,8 +73,8 @@ pub fn print_plan(sequence: &Sequence, catalog: &Catalog) {
             .collect();
         let seconds: u32 = hosted.iter().map(|s| s.clip_seconds).sum();
         println!(
-            "estimated cost: ${cost:.2} for {} hosted clips ({seconds} s billed); \
-             seam QA re-renders and retries of failed jobs cost more",
+            "estimated cost: ${cost:.2} for {} hosted clips ({seconds} s at the catalog's prices; \
+             a hosted segment's steps are its progress in percent)",
             hosted.len()
         );
     }

@@ -254,10 +254,8 @@ pub async fn run_hosted_segment(
         }
     }
     polled?;
-    let content = model
-        .api
-        .content(&job_id)
-        .await
+    let content = or_cancelled(&progress, model.api.content(&job_id))
+        .await?
         .map_err(|error| api_failure(&model.id, "download", &error))?;
     phases.record("model", &task.segment_id, started);
     let model_seconds = unix_now_s() - started;
@@ -301,10 +299,8 @@ async fn poll(model: &HostedModel, job_id: &str, progress: &Progress) -> Result<
             )
             .with_unusable_remote_job());
         }
-        let video = model
-            .api
-            .retrieve(job_id)
-            .await
+        let video = or_cancelled(progress, model.api.retrieve(job_id))
+            .await?
             .map_err(|error| api_failure(&model.id, "retrieve", &error))?;
         match video.status.as_str() {
             // OpenAI's word, and Azure's older jobs API's.
@@ -355,6 +351,22 @@ async fn poll(model: &HostedModel, job_id: &str, progress: &Progress) -> Result<
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         wait = (wait * 3 / 2).min(MAX_POLL);
+    }
+}
+
+/// `call`'s answer, or the attempt's cancellation while it waits (its retries and their
+/// sleeps included). Only for calls that are safe to walk away from: never a create, whose
+/// job would then be paid for and unknown.
+async fn or_cancelled<T>(
+    progress: &Progress,
+    call: impl Future<Output = T>,
+) -> Result<T, TaskFailure> {
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            answer = &mut call => return Ok(answer),
+            () = tokio::time::sleep(Duration::from_millis(100)) => progress.check_cancelled()?,
+        }
     }
 }
 
