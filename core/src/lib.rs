@@ -30,5 +30,7 @@ pub mod records;
 pub mod revise;
 pub mod sim;
 pub mod snapshot;
+#[cfg(test)]
+mod test_catalogs;
 
 pub use error::Error;

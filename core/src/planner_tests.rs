@@ -355,26 +355,8 @@ fn variants_add_alternate_takes_off_the_timeline_that_pick_can_swap_in() {
     );
 }
 
-/// A catalog with a hosted model of OpenAI's clip lengths and landscape/portrait sizes.
 fn hosted_catalog() -> Catalog {
-    let mut catalog = Catalog::builtin();
-    catalog
-        .add_toml(
-            r#"
-[[model]]
-id = "sora-test"
-backend = "openai-videos"
-remote_model = "sora-2"
-base_url = "https://api.example.com/v1"
-api_key_env = "KEY"
-clip_seconds = [4, 8, 12]
-sizes = ["1280x720", "720x1280"]
-price_per_second_usd = 0.5
-"#,
-            "hosted.toml",
-        )
-        .unwrap();
-    catalog
+    crate::test_catalogs::with_hosted(0.5)
 }
 
 fn hosted(mut shot: Shot) -> Shot {

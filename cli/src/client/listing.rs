@@ -154,7 +154,7 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
         .segments
         .iter()
         .map(|segment| {
-            vec![
+            let mut row = vec![
                 segment.segment_id.clone(),
                 (segment.shot_index + 1).to_string(),
                 if segment.reused {
@@ -179,11 +179,9 @@ pub(super) async fn print_sequence(client: &mut Client, id: &str) -> Result<()> 
                 },
                 memory_cell(segment),
                 or_dash(&segment.error),
-            ]
-        })
-        .map(|mut row: Vec<String>| {
+            ];
             if hosted {
-                row.insert(row.len() - 1, hosted_cell(&status.segments, &row[0]));
+                row.insert(row.len() - 1, hosted_cell(segment));
             }
             row
         })
@@ -280,14 +278,14 @@ pub(super) async fn print_workers(client: &mut Client) -> Result<()> {
 }
 
 /// A hosted segment's model, billed clip length and what it cost so far (`-` for local).
-fn hosted_cell(segments: &[pb::SegmentStatus], id: &str) -> String {
-    match segments.iter().find(|segment| segment.segment_id == id) {
-        Some(segment) if segment.clip_seconds > 0 => format!(
-            "{} {} s ${:.2}",
-            segment.model, segment.clip_seconds, segment.cost_usd
-        ),
-        _ => "-".to_string(),
+fn hosted_cell(segment: &pb::SegmentStatus) -> String {
+    if segment.clip_seconds == 0 {
+        return "-".to_string();
     }
+    format!(
+        "{} {} s ${:.2}",
+        segment.model, segment.clip_seconds, segment.cost_usd
+    )
 }
 
 /// Reserved (or estimated) and measured peak memory, with the out-of-memory ladder's state.

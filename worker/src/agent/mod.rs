@@ -700,64 +700,60 @@ where
     F: Fn(WorkerServiceClient<leader::Authed>) -> Fut,
     Fut: Future<Output = Result<(), tonic::Status>>,
 {
+    match call_leader(link, call).await {
+        Ok(()) => {}
+        Err(NotRecorded::Refused(message)) => {
+            warn!(assignment = %reference.assignment_id, %message, "{what} not accepted")
+        }
+        Err(NotRecorded::Unanswered(last_error)) => {
+            warn!(assignment = %reference.assignment_id, %last_error, "gave up handing in the {what}")
+        }
+    }
+}
+
+/// One call to whichever scheduler leads, following it through failovers for up to
+/// `DELIVERY_PATIENCE`: `Refused` when the leader answers no, `Unanswered` when none
+/// answers in time.
+async fn call_leader<F, Fut>(link: &Link, call: F) -> Result<(), NotRecorded>
+where
+    F: Fn(WorkerServiceClient<leader::Authed>) -> Fut,
+    Fut: Future<Output = Result<(), tonic::Status>>,
+{
     let deadline = tokio::time::Instant::now() + DELIVERY_PATIENCE;
     loop {
         let last_error = match link.client(RECONNECT_PATIENCE).await {
             Ok((generation, client)) => match call(client).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(status) if leader::is_transient(&status) => {
                     link.broken(generation).await;
                     status.message().to_string()
                 }
-                Err(status) => {
-                    warn!(assignment = %reference.assignment_id, code = ?status.code(), message = %status.message(), "{what} not accepted");
-                    return;
-                }
+                Err(status) => return Err(NotRecorded::Refused(status.message().to_string())),
             },
             Err(error) => error.to_string(),
         };
         if tokio::time::Instant::now() > deadline {
-            warn!(assignment = %reference.assignment_id, %last_error, "gave up handing in the {what}");
-            return;
+            return Err(NotRecorded::Unanswered(last_error));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-/// Records a hosted segment's remote job with the leader, following it through failovers
-/// (a created job must be recorded before it is polled): `Refused` when the leader says no
-/// (the assignment is no longer current), `Unanswered` when none answers in time.
+/// Records a hosted segment's remote job with the leader (`call_leader`): a created job
+/// must be recorded before it is polled.
 fn record_job_via(link: Arc<Link>, reference: pb::AssignmentRef) -> RecordJob {
     Box::new(move |remote_job_id: String| {
         let link = link.clone();
-        let reference = reference.clone();
+        let request = pb::RecordRemoteJobRequest {
+            assignment: Some(reference.clone()),
+            remote_job_id,
+        };
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + DELIVERY_PATIENCE;
-            loop {
-                let last_error = match link.client(RECONNECT_PATIENCE).await {
-                    Ok((generation, mut client)) => {
-                        let request = pb::RecordRemoteJobRequest {
-                            assignment: Some(reference.clone()),
-                            remote_job_id: remote_job_id.clone(),
-                        };
-                        match client.record_remote_job(request).await {
-                            Ok(_) => return Ok(()),
-                            Err(status) if leader::is_transient(&status) => {
-                                link.broken(generation).await;
-                                status.message().to_string()
-                            }
-                            Err(status) => {
-                                return Err(NotRecorded::Refused(status.message().to_string()));
-                            }
-                        }
-                    }
-                    Err(error) => error.to_string(),
-                };
-                if tokio::time::Instant::now() > deadline {
-                    return Err(NotRecorded::Unanswered(last_error));
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+            call_leader(&link, |mut client| {
+                let request = request.clone();
+                async move { client.record_remote_job(request).await.map(|_| ()) }
+            })
+            .await
         })
     })
 }

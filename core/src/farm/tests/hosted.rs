@@ -3,26 +3,15 @@
 //! is accepted or the worker found the job unusable; what a clip cost is bounded by its
 //! price and summed.
 
-use reelfarm_models::{Catalog, ModelEntry};
+use reelfarm_models::ModelEntry;
 
 use super::*;
 
-const HOSTED: &str = r#"
-[[model]]
-id = "sora-test"
-backend = "openai-videos"
-remote_model = "sora-2"
-base_url = "https://api.example.com/v1"
-api_key_env = "KEY"
-clip_seconds = [4, 8, 12]
-sizes = ["1280x720", "720x1280"]
-price_per_second_usd = 0.25
-"#;
-
 fn hosted_entry() -> ModelEntry {
-    let mut catalog = Catalog::builtin();
-    catalog.add_toml(HOSTED, "hosted.toml").unwrap();
-    catalog.require("sora-test").unwrap().clone()
+    crate::test_catalogs::with_hosted(0.25)
+        .require("sora-test")
+        .unwrap()
+        .clone()
 }
 
 /// One 6 s hosted shot (one 8 s clip at $2.00) on a hosted worker with two slots.
