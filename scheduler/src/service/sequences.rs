@@ -61,11 +61,15 @@ impl SequenceService for Api {
         }
         let uploads = uploads::resolve(&self.0.store, &mut spec).await?;
         let sequence = spec::sequence_from_pb(spec, &self.0.catalog.ids()).map_err(Error::from)?;
-        if let Some(budget) = request.max_cost_usd {
-            check_budget(&sequence, &self.0.catalog, budget)?;
-        }
         let (sequence_id, created) = self
-            .accept(sequence, key, request.no_cache, &incoming, None)
+            .accept(
+                sequence,
+                key,
+                request.no_cache,
+                &incoming,
+                None,
+                request.max_cost_usd,
+            )
             .await?;
         if created {
             // Stored under the sequence now: the uploads served their one submission.
@@ -167,7 +171,14 @@ impl SequenceService for Api {
             change,
         };
         let (sequence_id, created) = self
-            .accept(revised, key, request.no_cache, &incoming, Some(revision))
+            .accept(
+                revised,
+                key,
+                request.no_cache,
+                &incoming,
+                Some(revision),
+                None,
+            )
             .await?;
         let status = self.status(&sequence_id).await?;
         Ok(Response::new(pb::SubmitSequenceResponse {
@@ -663,7 +674,8 @@ impl Api {
     }
 
     /// Plans a validated sequence, stores its reference images, looks its segments up in
-    /// the segment cache and adds it to the farm (submit and revise alike).
+    /// the segment cache and adds it to the farm (submit and revise alike); a sequence whose
+    /// hosted clips are estimated above `budget_usd` is refused.
     async fn accept(
         &self,
         sequence: reelfarm_common::sequence::Sequence,
@@ -671,6 +683,7 @@ impl Api {
         no_cache: bool,
         incoming: &str,
         revision: Option<Revision>,
+        budget_usd: Option<f64>,
     ) -> Result<(String, bool), Status> {
         let plan = planner::plan_with(&sequence, &self.0.catalog)
             .map_err(|unknown| Error::InvalidArgument(format!("model: {unknown}")))?;
@@ -681,6 +694,9 @@ impl Api {
                 .map(|(path, reason)| format!("{path}: {reason}"))
                 .collect();
             return Err(Error::InvalidArgument(lines.join("\n")).into());
+        }
+        if let Some(budget) = budget_usd {
+            check_budget(plan.estimated_cost_usd(), budget)?;
         }
         // Refuse early on a follower, before uploading reference images.
         self.0.leadership().await?;
@@ -744,19 +760,12 @@ impl Api {
 
 /// `--max-cost`: a sequence whose hosted clips are estimated above the budget is refused,
 /// with both figures.
-fn check_budget(
-    sequence: &reelfarm_common::sequence::Sequence,
-    catalog: &reelfarm_models::Catalog,
-    budget: f64,
-) -> Result<(), Error> {
+fn check_budget(estimated: f64, budget: f64) -> Result<(), Error> {
     if !budget.is_finite() || budget < 0.0 {
         return Err(Error::InvalidArgument(format!(
             "max_cost_usd: {budget} must be a non-negative number of dollars"
         )));
     }
-    let plan = planner::plan_with(sequence, catalog)
-        .map_err(|unknown| Error::InvalidArgument(format!("model: {unknown}")))?;
-    let estimated = plan.estimated_cost_usd();
     if estimated > budget + 1e-9 {
         return Err(Error::InvalidArgument(format!(
             "max_cost_usd: the hosted clips are estimated at ${estimated:.2}, above the budget of \
