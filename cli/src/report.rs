@@ -28,7 +28,9 @@ pub fn breakdown(phases: &[pb::TimedPhase], window: (f64, f64)) -> Breakdown {
             .iter()
             .filter(|p| kind(&p.kind))
             .map(|p| (p.end_unix_s - p.start_unix_s).max(0.0))
+            // An empty float sum is -0.0, which a summary would print as "-0.0 s".
             .sum::<f64>()
+            + 0.0
     };
     let model_s = duration(&|kind| kind == "model");
     let codec_s = duration(&|kind| is_compute(kind) && kind != "model");
@@ -114,5 +116,11 @@ mod tests {
         let result = breakdown(&phases, (0.0, 10.0));
         assert_eq!(result.model_s, 12.0);
         assert_eq!(result.overhead_s, 1.0);
+    }
+
+    #[test]
+    fn a_render_with_nothing_to_do_reports_zero_not_minus_zero() {
+        let result = breakdown(&[phase("codec", 1.0, 2.0)], (0.0, 3.0));
+        assert_eq!(format!("{:.1}", result.model_s), "0.0");
     }
 }
